@@ -1,0 +1,503 @@
+//! Configuration: a TOML file and/or command-line flags → a validated [`Config`].
+//!
+//! Every refusal is a [`ConfigError`] naming where the bad value came from (file and line, or the
+//! command line), the key and the value. Unknown keys are errors. The keys and their defaults are
+//! listed in the README and in `examples/stringban.toml`.
+
+use std::fmt;
+use std::ops::Range;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::blacklist::{ListConfig, ListId};
+use crate::engine::{EngineConfig, UnparsedPolicy};
+use crate::rule::{self, Action, Algo, Mode, Ports, Protocol, Rule, StringMatch};
+use crate::time::{self, Duration};
+
+/// A validated configuration.
+#[derive(Clone, Debug, Default, Eq, PartialEq)]
+pub struct Config {
+    pub engine: EngineConfig,
+    pub lists: Vec<ListConfig>,
+    pub rules: Vec<Rule>,
+}
+
+/// A configuration value that was refused.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct ConfigError {
+    /// The file path, or `command line`.
+    pub origin: String,
+    /// 1-based line in the file, when known.
+    pub line: Option<usize>,
+    /// The key (`rule.string`, `--ttl`, …), when known.
+    pub key: String,
+    /// The offending text, when known.
+    pub value: String,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.origin)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        f.write_str(": ")?;
+        if !self.key.is_empty() {
+            write!(f, "{}", self.key)?;
+            if !self.value.is_empty() {
+                write!(f, " = {}", self.value)?;
+            }
+            f.write_str(": ")?;
+        }
+        f.write_str(&self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Rule and list settings given as command-line flags (the one-liner case).
+#[derive(Clone, Debug, Default, Eq, PartialEq)]
+pub struct Flags {
+    pub string: Vec<String>,
+    pub hex_string: Vec<String>,
+    pub icase: bool,
+    pub invert: bool,
+    pub algo: Option<String>,
+    pub from: Option<u16>,
+    pub to: Option<u16>,
+    pub ports: Vec<u16>,
+    pub ttl: Option<String>,
+    pub action: Option<String>,
+    pub mode: Option<String>,
+    pub capacity: Option<u64>,
+}
+
+impl Flags {
+    fn has_rule(&self) -> bool {
+        !self.string.is_empty() || !self.hex_string.is_empty()
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    engine: RawEngine,
+    #[serde(default)]
+    list: Vec<Spanned<RawList>>,
+    #[serde(default)]
+    rule: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEngine {
+    ports: Option<Vec<u16>>,
+    on_unparsed: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawList {
+    name: Spanned<String>,
+    ttl: Option<Spanned<DurationValue>>,
+    refresh_on_hit: Option<bool>,
+    capacity: Option<Spanned<u64>>,
+    prefix_v4: Option<Spanned<u8>>,
+    prefix_v6: Option<Spanned<u8>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DurationValue {
+    Secs(u64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Option<String>,
+    string: Option<Spanned<String>>,
+    hex_string: Option<Spanned<String>>,
+    #[serde(default)]
+    icase: bool,
+    #[serde(default)]
+    invert: bool,
+    algo: Option<Spanned<String>>,
+    from: Option<Spanned<u16>>,
+    to: Option<u16>,
+    protocol: Option<Spanned<String>>,
+    #[serde(default)]
+    dports: Vec<u16>,
+    #[serde(default)]
+    sports: Vec<u16>,
+    action: Option<Spanned<String>>,
+    list: Option<Spanned<String>>,
+    ban: Option<bool>,
+    mode: Option<Spanned<String>>,
+}
+
+/// Where values come from, to locate errors.
+struct Origin<'a> {
+    name: &'a str,
+    text: &'a str,
+}
+
+impl Origin<'_> {
+    fn error(&self, span: Option<Range<usize>>, key: &str, value: &str, problem: impl fmt::Display) -> ConfigError {
+        let line = span.map(|s| self.text[..s.start.min(self.text.len())].matches('\n').count() + 1);
+        ConfigError {
+            origin: self.name.to_string(),
+            line,
+            key: key.to_string(),
+            value: value.to_string(),
+            problem: problem.to_string(),
+        }
+    }
+
+    fn at<T>(&self, v: &Spanned<T>, key: &str, value: &str, problem: impl fmt::Display) -> ConfigError {
+        self.error(Some(v.span()), key, value, problem)
+    }
+}
+
+const CLI: &str = "command line";
+
+impl Config {
+    /// Parses a configuration file's text. `name` is used in error messages.
+    pub fn from_toml(name: &str, text: &str) -> Result<Config, ConfigError> {
+        Config::build(Some((name, text)), &Flags::default())
+    }
+
+    /// Builds the configuration from an optional file (`(name, text)`) and flags. Flags add a
+    /// rule (`--string`/`--hex-string`), and override the protected ports and the first list's
+    /// TTL and capacity. Without a file, flags must name a string.
+    pub fn build(file: Option<(&str, &str)>, flags: &Flags) -> Result<Config, ConfigError> {
+        let cli = |key: &str, value: &str, problem: &dyn fmt::Display| ConfigError {
+            origin: CLI.to_string(),
+            line: None,
+            key: key.to_string(),
+            value: value.to_string(),
+            problem: problem.to_string(),
+        };
+        let mut config = match file {
+            Some((name, text)) => parse_file(&Origin { name, text })?,
+            None => Config::default(),
+        };
+        if config.lists.is_empty() {
+            config.lists.push(ListConfig::new("default"));
+        }
+        if !flags.ports.is_empty() {
+            config.engine.ports = Ports::list(&flags.ports);
+        }
+        if let Some(ttl) = &flags.ttl {
+            config.lists[0].ttl = time::parse_duration(ttl).map_err(|e| cli("--ttl", ttl, &e))?;
+            if config.lists[0].ttl == Duration::ZERO {
+                return Err(cli("--ttl", ttl, &"must be more than 0"));
+            }
+        }
+        if let Some(capacity) = flags.capacity {
+            if capacity == 0 {
+                return Err(cli("--capacity", "0", &"must be at least 1"));
+            }
+            config.lists[0].capacity = usize::try_from(capacity).unwrap_or(usize::MAX);
+        }
+        let patterns = flags
+            .string
+            .iter()
+            .map(|s| ("--string", s, rule::parse_string(s)))
+            .chain(flags.hex_string.iter().map(|s| ("--hex-string", s, rule::parse_hex_string(s))));
+        for (key, text, pattern) in patterns {
+            let pattern = pattern.map_err(|e| cli(key, text, &e))?;
+            let algo = match &flags.algo {
+                None => Algo::Bm,
+                Some(a) => Algo::parse(a).ok_or_else(|| cli("--algo", a, &"expected bm or kmp"))?,
+            };
+            let (from, to) = (flags.from.unwrap_or(0), flags.to.unwrap_or(u16::MAX));
+            if from > to {
+                return Err(cli("--from", &from.to_string(), &format!("is above --to {to}")));
+            }
+            let action = match &flags.action {
+                None => Action::Reject,
+                Some(a) => Action::parse(a).ok_or_else(|| cli("--action", a, &"expected reject, drop or log"))?,
+            };
+            let mode = match &flags.mode {
+                None => Mode::Packet,
+                Some(m) => Mode::parse(m).ok_or_else(|| cli("--mode", m, &MODE_PROBLEM))?,
+            };
+            config.rules.push(Rule {
+                name: text.clone(),
+                matcher: StringMatch { pattern, algo, from, to, icase: flags.icase, invert: flags.invert },
+                protocol: Protocol::Tcp,
+                dports: Ports::any(),
+                sports: Ports::any(),
+                action,
+                ban: Some(0),
+                mode,
+            });
+        }
+        if config.rules.is_empty() {
+            let problem = if file.is_some() { "the configuration has no [[rule]]" } else { "give --string, --hex-string or --config" };
+            return Err(ConfigError {
+                origin: file.map_or(CLI, |f| f.0).to_string(),
+                line: None,
+                key: String::new(),
+                value: String::new(),
+                problem: problem.to_string(),
+            });
+        }
+        if config.rules.len() > usize::from(u16::MAX - 1) {
+            return Err(cli("rule", "", &"at most 65534 rules"));
+        }
+        if !flags.has_rule() && (flags.icase || flags.invert || flags.from.is_some() || flags.to.is_some()) {
+            return Err(cli("--icase/--invert/--from/--to", "", &"apply to --string or --hex-string; give one"));
+        }
+        Ok(config)
+    }
+}
+
+const MODE_PROBLEM: &str = "expected packet (stream and smtp modes are not built yet)";
+
+fn parse_file(origin: &Origin<'_>) -> Result<Config, ConfigError> {
+    let raw: RawFile = toml::from_str(origin.text).map_err(|e| {
+        let span = e.span();
+        let value = span.clone().and_then(|s| origin.text.get(s)).unwrap_or("").trim().to_string();
+        origin.error(span, "", "", format!("{}{}", e.message().trim_end(), if value.is_empty() { String::new() } else { format!(" (at `{value}`)") }))
+    })?;
+    let mut config = Config::default();
+    if let Some(ports) = raw.engine.ports {
+        config.engine.ports = Ports::list(&ports);
+    }
+    if let Some(p) = raw.engine.on_unparsed {
+        config.engine.on_unparsed = match p.as_ref().as_str() {
+            "accept" => UnparsedPolicy::Accept,
+            "drop" => UnparsedPolicy::Drop,
+            other => return Err(origin.at(&p, "engine.on_unparsed", other, "expected accept or drop")),
+        };
+    }
+    for spanned in raw.list {
+        let list = spanned.into_inner();
+        let name = list.name.as_ref().clone();
+        if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            return Err(origin.at(&list.name, "list.name", &name, "1-64 characters of A-Z a-z 0-9 - _ ."));
+        }
+        if config.lists.iter().any(|l| l.name == name) {
+            return Err(origin.at(&list.name, "list.name", &name, "a list with this name is already defined"));
+        }
+        let mut out = ListConfig::new(&name);
+        if let Some(ttl) = &list.ttl {
+            out.ttl = match ttl.as_ref() {
+                DurationValue::Secs(s) => Duration::from_secs(*s),
+                DurationValue::Text(t) => time::parse_duration(t).map_err(|e| origin.at(ttl, "list.ttl", t, e))?,
+            };
+            if out.ttl == Duration::ZERO {
+                return Err(origin.at(ttl, "list.ttl", "0", "must be more than 0"));
+            }
+        }
+        if let Some(r) = list.refresh_on_hit {
+            out.refresh_on_hit = r;
+        }
+        if let Some(c) = &list.capacity {
+            if *c.as_ref() == 0 {
+                return Err(origin.at(c, "list.capacity", "0", "must be at least 1"));
+            }
+            out.capacity = usize::try_from(*c.as_ref()).unwrap_or(usize::MAX);
+        }
+        if let Some(p) = &list.prefix_v4 {
+            if *p.as_ref() > 32 {
+                return Err(origin.at(p, "list.prefix_v4", &p.as_ref().to_string(), "must be 0 to 32"));
+            }
+            out.prefix_v4 = *p.as_ref();
+        }
+        if let Some(p) = &list.prefix_v6 {
+            if *p.as_ref() > 128 {
+                return Err(origin.at(p, "list.prefix_v6", &p.as_ref().to_string(), "must be 0 to 128"));
+            }
+            out.prefix_v6 = *p.as_ref();
+        }
+        config.lists.push(out);
+    }
+    if config.lists.is_empty() {
+        config.lists.push(ListConfig::new("default"));
+    }
+    for (index, spanned) in raw.rule.into_iter().enumerate() {
+        let span = spanned.span();
+        config.rules.push(parse_rule(origin, index, span, spanned.into_inner(), &config.lists)?);
+    }
+    Ok(config)
+}
+
+fn parse_rule(origin: &Origin<'_>, index: usize, span: Range<usize>, r: RawRule, lists: &[ListConfig]) -> Result<Rule, ConfigError> {
+    let pattern = match (&r.string, &r.hex_string) {
+        (Some(s), None) => rule::parse_string(s.as_ref()).map_err(|e| origin.at(s, "rule.string", s.as_ref(), e))?,
+        (None, Some(h)) => rule::parse_hex_string(h.as_ref()).map_err(|e| origin.at(h, "rule.hex_string", h.as_ref(), e))?,
+        (Some(s), Some(_)) => return Err(origin.at(s, "rule.string", s.as_ref(), "give string or hex_string, not both")),
+        (None, None) => return Err(origin.error(Some(span), "rule", "", "needs string or hex_string")),
+    };
+    let algo = match &r.algo {
+        None => Algo::Bm,
+        Some(a) => Algo::parse(a.as_ref()).ok_or_else(|| origin.at(a, "rule.algo", a.as_ref(), "expected bm or kmp"))?,
+    };
+    let (from, to) = (r.from.as_ref().map_or(0, |f| *f.as_ref()), r.to.unwrap_or(u16::MAX));
+    if let Some(f) = &r.from
+        && from > to
+    {
+        return Err(origin.at(f, "rule.from", &from.to_string(), format!("is above rule.to ({to})")));
+    }
+    let protocol = match &r.protocol {
+        None => Protocol::Tcp,
+        Some(p) => Protocol::parse(p.as_ref()).ok_or_else(|| origin.at(p, "rule.protocol", p.as_ref(), "expected tcp, udp or all"))?,
+    };
+    if protocol == Protocol::All && (!r.dports.is_empty() || !r.sports.is_empty()) {
+        let p = r.protocol.as_ref().map(|p| p.span());
+        return Err(origin.error(p, "rule.protocol", "all", "dports and sports need protocol tcp or udp"));
+    }
+    let action = match &r.action {
+        None => Action::Reject,
+        Some(a) => Action::parse(a.as_ref()).ok_or_else(|| origin.at(a, "rule.action", a.as_ref(), "expected reject, drop or log"))?,
+    };
+    if action == Action::Reject && protocol != Protocol::Tcp {
+        let a = r.action.as_ref().map(|a| a.span()).unwrap_or(span.clone());
+        return Err(origin.error(Some(a), "rule.action", "reject", "a reset needs protocol = \"tcp\""));
+    }
+    let ban = if r.ban == Some(false) {
+        None
+    } else {
+        match &r.list {
+            None => Some(0),
+            Some(name) => {
+                let i = lists.iter().position(|l| &l.name == name.as_ref());
+                let i = i.ok_or_else(|| origin.at(name, "rule.list", name.as_ref(), "no [[list]] has this name"))?;
+                Some(ListId::try_from(i).unwrap_or(ListId::MAX))
+            }
+        }
+    };
+    let mode = match &r.mode {
+        None => Mode::Packet,
+        Some(m) => Mode::parse(m.as_ref()).ok_or_else(|| origin.at(m, "rule.mode", m.as_ref(), MODE_PROBLEM))?,
+    };
+    let text = r.string.as_ref().or(r.hex_string.as_ref()).map(|s| s.as_ref().clone()).unwrap_or_default();
+    Ok(Rule {
+        name: r.name.unwrap_or_else(|| if text.is_empty() { format!("rule{index}") } else { text }),
+        matcher: StringMatch { pattern, algo, from, to, icase: r.icase, invert: r.invert },
+        protocol,
+        dports: Ports::list(&r.dports),
+        sports: Ports::list(&r.sports),
+        action,
+        ban,
+        mode,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> ConfigError {
+        Config::from_toml("t.toml", text).unwrap_err()
+    }
+
+    #[test]
+    fn full_file() {
+        let c = Config::from_toml(
+            "t.toml",
+            r#"
+[engine]
+ports = [25, 587]
+on_unparsed = "drop"
+
+[[list]]
+name = "spam"
+ttl = "7d"
+refresh_on_hit = false
+capacity = 1000
+prefix_v4 = 24
+prefix_v6 = 48
+
+[[rule]]
+name = "example"
+string = "@example.com"
+icase = true
+algo = "kmp"
+from = 40
+to = 1500
+dports = [25]
+action = "drop"
+list = "spam"
+
+[[rule]]
+hex_string = "|0d0a|QUIT"
+protocol = "tcp"
+ban = false
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.engine.ports, Ports::list(&[25, 587]));
+        assert_eq!(c.engine.on_unparsed, UnparsedPolicy::Drop);
+        assert_eq!(c.lists[0].ttl, Duration::from_secs(7 * 86_400));
+        assert!(!c.lists[0].refresh_on_hit);
+        assert_eq!((c.lists[0].prefix_v4, c.lists[0].prefix_v6, c.lists[0].capacity), (24, 48, 1000));
+        let r = &c.rules[0];
+        assert_eq!(r.matcher.to_string(), "-m string --string \"@example.com\" --algo kmp --from 40 --to 1500 --icase");
+        assert_eq!((r.action, r.ban, r.name.as_str()), (Action::Drop, Some(0), "example"));
+        assert_eq!(c.rules[1].matcher.pattern, b"\r\nQUIT");
+        assert_eq!(c.rules[1].ban, None);
+    }
+
+    #[test]
+    fn errors_name_line_key_and_value() {
+        let e = err("[[rule]]\nstring = \"x\"\n\n[[list]]\nname = \"a\"\nttl = \"24x\"\n");
+        assert_eq!(e.to_string(), "t.toml:6: list.ttl = 24x: expected a duration such as 86400, 90s, 15m, 24h, 7d or 1h30m");
+        let e = err("[[rule]]\nhex_string = \"|0a\"\n");
+        assert_eq!((e.line, e.key.as_str(), e.value.as_str()), (Some(2), "rule.hex_string", "|0a"));
+        assert_eq!(e.problem, "Invalid hex block");
+        let e = err("[[rule]]\nstring = \"x\"\nstrnig = \"y\"\n");
+        assert_eq!(e.line, Some(3));
+        assert!(e.problem.contains("unknown field `strnig`"), "{e}");
+        let e = err("[engine]\nports = [70000]\n[[rule]]\nstring = \"x\"\n");
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = err("[[rule]]\nstring = \"x\"\nlist = \"nope\"\n");
+        assert_eq!((e.line, e.key.as_str()), (Some(3), "rule.list"));
+        let e = err("[[rule]]\nstring = \"x\"\nprotocol = \"udp\"\n");
+        assert_eq!(e.key, "rule.action");
+        let e = err("[[rule]]\nstring = \"x\"\nfrom = 10\nto = 5\n");
+        assert_eq!((e.line, e.key.as_str()), (Some(3), "rule.from"));
+        let e = err("[[rule]]\nstring = \"x\"\nmode = \"smtp\"\n");
+        assert_eq!((e.line, e.key.as_str()), (Some(3), "rule.mode"));
+        let e = err("[[list]]\nname = \"a\"\n");
+        assert_eq!(e.problem, "the configuration has no [[rule]]");
+    }
+
+    #[test]
+    fn one_liner_flags() {
+        let flags = Flags {
+            string: vec!["@example.com".into()],
+            ports: vec![25],
+            ttl: Some("24h".into()),
+            action: Some("reject".into()),
+            ..Flags::default()
+        };
+        let c = Config::build(None, &flags).unwrap();
+        assert_eq!(c.engine.ports, Ports::list(&[25]));
+        assert_eq!(c.lists[0].ttl, Duration::from_secs(86_400));
+        assert_eq!(c.rules[0].action, Action::Reject);
+        assert_eq!(c.rules[0].matcher.pattern, b"@example.com");
+    }
+
+    #[test]
+    fn flag_errors() {
+        let bad = |flags: Flags| Config::build(None, &flags).unwrap_err().to_string();
+        assert_eq!(
+            bad(Flags { string: vec!["x".into()], ttl: Some("soon".into()), ..Flags::default() }),
+            "command line: --ttl = soon: expected a duration such as 86400, 90s, 15m, 24h, 7d or 1h30m"
+        );
+        assert_eq!(
+            bad(Flags { hex_string: vec!["|4".into()], ..Flags::default() }),
+            "command line: --hex-string = |4: Odd number of hex digits"
+        );
+        assert_eq!(bad(Flags::default()), "command line: give --string, --hex-string or --config");
+        assert!(bad(Flags { string: vec!["x".into()], action: Some("nuke".into()), ..Flags::default() }).contains("--action = nuke"));
+    }
+}

@@ -1,0 +1,33 @@
+//! stringban: ban the senders of packets that carry a string.
+//!
+//! ```text
+//!              ┌──────────── pure core (no sockets, no files, no clock) ────────────┐
+//! bytes, now ─►│ parse::packet → Engine (blacklist check → scan::Scanner → ban)     │─► Decision
+//!              └─────────────────────────────────────────────────────────────────────┘
+//!   shells:  io::pcap + replay (bench, tests)     live NFQUEUE daemon (next)
+//! ```
+//!
+//! What the core promises:
+//! - no I/O and no clock: [`Engine::decide`] takes `now`, so replays are deterministic;
+//! - no panic on any packet bytes: a packet that does not parse is a counted [`Decision`];
+//! - exact xt_string semantics in `packet` mode (offsets from the IP header, the whole pattern in
+//!   `[from, min(to, len))`, the kernel's Latin-1 case table).
+//!
+//! What it does not do (yet): reassemble TCP streams (a pattern split across two segments is not
+//! seen, as with the kernel), understand SMTP, or talk to the kernel. `gen` writes captures of the
+//! flood for the replay harness.
+
+pub mod blacklist;
+pub mod config;
+pub mod engine;
+pub mod attack;
+pub mod io;
+pub mod parse;
+pub mod replay;
+pub mod rule;
+pub mod scan;
+pub mod time;
+
+pub use config::Config;
+pub use engine::{Decision, Engine, Reason, Verdict};
+pub use time::{Duration, Instant};
