@@ -18,8 +18,8 @@
 //! predicts the exact verdict counts of a packet-mode replay — an oracle independent of the
 //! engine.
 
-use std::collections::{BinaryHeap, HashMap};
 use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -62,14 +62,22 @@ pub const MAX_SOURCES: u64 = 100_000;
 /// Why generation was refused.
 #[derive(Debug)]
 pub enum GenError {
-    BadConfig { key: &'static str, value: String, problem: &'static str },
+    BadConfig {
+        key: &'static str,
+        value: String,
+        problem: &'static str,
+    },
     Write(io::Error),
 }
 
 impl fmt::Display for GenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            GenError::BadConfig { key, value, problem } => write!(f, "{key} = {value}: {problem}"),
+            GenError::BadConfig {
+                key,
+                value,
+                problem,
+            } => write!(f, "{key} = {value}: {problem}"),
             GenError::Write(e) => write!(f, "{e}"),
         }
     }
@@ -95,7 +103,14 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [Kind::Spam, Kind::SpamUpper, Kind::SpamSplit, Kind::SpamPipelined, Kind::Legit, Kind::LegitMention];
+    pub const ALL: [Kind; 6] = [
+        Kind::Spam,
+        Kind::SpamUpper,
+        Kind::SpamSplit,
+        Kind::SpamPipelined,
+        Kind::Legit,
+        Kind::LegitMention,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -113,7 +128,10 @@ impl Kind {
     }
 
     pub fn is_spam(self) -> bool {
-        matches!(self, Kind::Spam | Kind::SpamUpper | Kind::SpamSplit | Kind::SpamPipelined)
+        matches!(
+            self,
+            Kind::Spam | Kind::SpamUpper | Kind::SpamSplit | Kind::SpamPipelined
+        )
     }
 }
 
@@ -158,8 +176,8 @@ const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0xffff, 0, 0, 0
 const SERVER_NAME: &str = "mx.stringban.test";
 const HOSTED: &str = "mail.stringban.test";
 const WORDS: &[&str] = &[
-    "alpha", "bravo", "delta", "echo", "kilo", "lima", "oscar", "romeo", "sierra", "tango", "victor", "zulu", "amber", "cobalt",
-    "ember", "harbor", "meadow", "quartz", "willow", "summit",
+    "alpha", "bravo", "delta", "echo", "kilo", "lima", "oscar", "romeo", "sierra", "tango",
+    "victor", "zulu", "amber", "cobalt", "ember", "harbor", "meadow", "quartz", "willow", "summit",
 ];
 
 /// One source: a bot or a legitimate mail server.
@@ -178,7 +196,11 @@ impl Source {
     fn address(&self, rng: &mut Rng) -> IpAddr {
         if self.v6 {
             // Bots rotate their interface id inside their /64; legit servers keep ::1.
-            let iid = if self.kind.is_spam() { rng.next_u64() | 1 } else { 1 };
+            let iid = if self.kind.is_spam() {
+                rng.next_u64() | 1
+            } else {
+                1
+            };
             IpAddr::V6(Ipv6Addr::from(self.base << 64 | u128::from(iid)))
         } else {
             IpAddr::V4(Ipv4Addr::from(self.base as u32))
@@ -242,13 +264,20 @@ const TRUTH_COLUMNS: &str = "session\tstart_us\tclient\tclient_port\tserver\tkin
 impl Truth {
     /// Writes the TSV form (comment lines, a header, one row per session).
     pub fn write(&self, cfg: &GenConfig, mut out: impl Write) -> io::Result<()> {
-        writeln!(out, "# stringban gen ground truth: one row per SMTP session, in start order")?;
+        writeln!(
+            out,
+            "# stringban gen ground truth: one row per SMTP session, in start order"
+        )?;
         writeln!(
             out,
             "# sessions={} sources={} spam_domain={} legit_ratio={} seed={} rate={}",
             cfg.sessions, cfg.sources, cfg.spam_domain, cfg.legit_ratio, cfg.seed, cfg.rate
         )?;
-        writeln!(out, "# pattern_packet: 1-based index among the client's packets of the first holding \"@{}\" verbatim", self.spam_domain)?;
+        writeln!(
+            out,
+            "# pattern_packet: 1-based index among the client's packets of the first holding \"@{}\" verbatim",
+            self.spam_domain
+        )?;
         writeln!(out, "# spam_domain\t{}", self.spam_domain)?;
         writeln!(out, "{TRUTH_COLUMNS}")?;
         for r in &self.rows {
@@ -299,7 +328,11 @@ impl Truth {
                 rcpt_to: f[7].to_string(),
                 c2s_packets: f[8].parse().map_err(|_| bad("c2s_packets"))?,
                 s2c_packets: f[9].parse().map_err(|_| bad("s2c_packets"))?,
-                pattern_packet: if f[10] == "-" { None } else { Some(f[10].parse().map_err(|_| bad("pattern_packet"))?) },
+                pattern_packet: if f[10] == "-" {
+                    None
+                } else {
+                    Some(f[10].parse().map_err(|_| bad("pattern_packet"))?)
+                },
             });
         }
         Ok(truth)
@@ -313,7 +346,10 @@ impl Truth {
     pub fn expected(&self, prefix_v4: u8, prefix_v6: u8) -> Expected {
         let mut by_key: HashMap<String, Vec<&TruthRow>> = HashMap::new();
         for r in &self.rows {
-            by_key.entry(ban_key(r.client, prefix_v4, prefix_v6)).or_default().push(r);
+            by_key
+                .entry(ban_key(r.client, prefix_v4, prefix_v6))
+                .or_default()
+                .push(r);
         }
         let mut e = Expected::default();
         for (key, mut rows) in by_key {
@@ -354,12 +390,20 @@ pub fn ban_key(addr: IpAddr, prefix_v4: u8, prefix_v6: u8) -> String {
     match addr {
         IpAddr::V4(a) if prefix_v4 >= 32 => a.to_string(),
         IpAddr::V4(a) => {
-            let mask = if prefix_v4 == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix_v4)) };
+            let mask = if prefix_v4 == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(prefix_v4))
+            };
             format!("{}/{prefix_v4}", Ipv4Addr::from(a.to_bits() & mask))
         }
         IpAddr::V6(a) if prefix_v6 >= 128 => a.to_string(),
         IpAddr::V6(a) => {
-            let mask = if prefix_v6 == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix_v6)) };
+            let mask = if prefix_v6 == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(prefix_v6))
+            };
             format!("{}/{prefix_v6}", Ipv6Addr::from(a.to_bits() & mask))
         }
     }
@@ -382,8 +426,14 @@ pub fn generate(cfg: &GenConfig, capture: impl Write) -> Result<(Truth, Summary)
     let sources = make_sources(cfg, &mut rng);
     let plans = plan_sessions(cfg, &sources, &mut rng);
     let mut writer = Writer::new(capture, linktype::ETHERNET)?;
-    let mut truth = Truth { spam_domain: cfg.spam_domain.clone(), rows: Vec::with_capacity(plans.len()) };
-    let mut summary = Summary { sources: sources.len() as u64, ..Summary::default() };
+    let mut truth = Truth {
+        spam_domain: cfg.spam_domain.clone(),
+        rows: Vec::with_capacity(plans.len()),
+    };
+    let mut summary = Summary {
+        sources: sources.len() as u64,
+        ..Summary::default()
+    };
     let mut by_kind: HashMap<Kind, u64> = HashMap::new();
     let needle = format!("@{}", cfg.spam_domain).into_bytes();
 
@@ -406,7 +456,8 @@ pub fn generate(cfg: &GenConfig, capture: impl Write) -> Result<(Truth, Summary)
             let plan = &plans[next_plan];
             next_plan += 1;
             let mut session_rng = Rng::new(cfg.seed ^ plan.id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-            let (packets, row) = build_session(plan, &sources[plan.source], cfg, &needle, &mut session_rng);
+            let (packets, row) =
+                build_session(plan, &sources[plan.source], cfg, &needle, &mut session_rng);
             *by_kind.entry(plan.kind).or_default() += 1;
             truth.rows.push(row);
             let iter = packets.into_iter();
@@ -416,8 +467,12 @@ pub fn generate(cfg: &GenConfig, capture: impl Write) -> Result<(Truth, Summary)
             pending.insert(plan.id, iter);
             continue;
         }
-        let Some(Reverse((_, id))) = heap.pop() else { break };
-        let Some(iter) = pending.get_mut(&id) else { continue };
+        let Some(Reverse((_, id))) = heap.pop() else {
+            break;
+        };
+        let Some(iter) = pending.get_mut(&id) else {
+            continue;
+        };
         if let Some(p) = iter.next() {
             let eth = ethernet_header(p.bytes[0] >> 4 == 6, p.from_client);
             writer.write(p.ts, &[&eth, &p.bytes])?;
@@ -434,13 +489,22 @@ pub fn generate(cfg: &GenConfig, capture: impl Write) -> Result<(Truth, Summary)
     }
     writer.into_inner().flush()?;
     summary.duration = last_ts.saturating_sub(cfg.start);
-    summary.sessions_by_kind = Kind::ALL.iter().map(|k| (*k, by_kind.get(k).copied().unwrap_or(0))).collect();
+    summary.sessions_by_kind = Kind::ALL
+        .iter()
+        .map(|k| (*k, by_kind.get(k).copied().unwrap_or(0)))
+        .collect();
     truth.rows.sort_by_key(|r| (r.start, r.session));
     Ok((truth, summary))
 }
 
 fn validate(cfg: &GenConfig) -> Result<(), GenError> {
-    let bad = |key, value: String, problem| Err(GenError::BadConfig { key, value, problem });
+    let bad = |key, value: String, problem| {
+        Err(GenError::BadConfig {
+            key,
+            value,
+            problem,
+        })
+    };
     if cfg.sessions == 0 {
         return bad("--sessions", "0".into(), "must be at least 1");
     }
@@ -448,14 +512,28 @@ fn validate(cfg: &GenConfig) -> Result<(), GenError> {
         return bad("--sources", cfg.sources.to_string(), "must be 1 to 100000");
     }
     if !(0.0..=1.0).contains(&cfg.legit_ratio) {
-        return bad("--legit-ratio", cfg.legit_ratio.to_string(), "must be between 0 and 1");
+        return bad(
+            "--legit-ratio",
+            cfg.legit_ratio.to_string(),
+            "must be between 0 and 1",
+        );
     }
     if !(cfg.rate > 0.0 && cfg.rate.is_finite()) {
         return bad("--rate", cfg.rate.to_string(), "must be above 0");
     }
     let d = &cfg.spam_domain;
-    if d.is_empty() || d.len() > 120 || !d.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') || !d.contains('.') {
-        return bad("--spam-domain", d.clone(), "must be a domain name such as example.com");
+    if d.is_empty()
+        || d.len() > 120
+        || !d
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        || !d.contains('.')
+    {
+        return bad(
+            "--spam-domain",
+            d.clone(),
+            "must be a domain name such as example.com",
+        );
     }
     Ok(())
 }
@@ -464,7 +542,11 @@ fn make_sources(cfg: &GenConfig, rng: &mut Rng) -> Vec<Source> {
     let legit_sessions = (cfg.sessions as f64 * cfg.legit_ratio).round() as u64;
     let spam_sessions = cfg.sessions - legit_sessions;
     // Legit mail comes from fewer, busier servers than the bots: one source per 3 sessions.
-    let mut legit = if legit_sessions == 0 { 0 } else { legit_sessions.div_ceil(3).clamp(1, cfg.sources) };
+    let mut legit = if legit_sessions == 0 {
+        0
+    } else {
+        legit_sessions.div_ceil(3).clamp(1, cfg.sources)
+    };
     if spam_sessions > 0 && legit == cfg.sources {
         legit = cfg.sources - 1;
     }
@@ -483,29 +565,62 @@ fn make_sources(cfg: &GenConfig, rng: &mut Rng) -> Vec<Source> {
             _ => Kind::SpamPipelined,
         };
         let v6 = rng.chance(0.1);
-        let base = if v6 { 0x2001_0db8_u128 << 32 | u128::from(i) } else { spam_v4_base + u128::from(i) };
-        out.push(Source { base, v6, kind, rtt_us: 20_000 + rng.below(180_000), ttl: *rng.pick(&[44u8, 52, 113, 49]), busy_until: Instant::ZERO });
+        let base = if v6 {
+            0x2001_0db8_u128 << 32 | u128::from(i)
+        } else {
+            spam_v4_base + u128::from(i)
+        };
+        out.push(Source {
+            base,
+            v6,
+            kind,
+            rtt_us: 20_000 + rng.below(180_000),
+            ttl: *rng.pick(&[44u8, 52, 113, 49]),
+            busy_until: Instant::ZERO,
+        });
     }
     for j in 0..legit {
         let v6 = rng.chance(0.1);
-        let base = if v6 { (0x2001_0db8_u128 << 32) | 0xfffe_0000 | u128::from(j) } else { legit_v4_base + u128::from(j) };
-        out.push(Source { base, v6, kind: Kind::Legit, rtt_us: 5_000 + rng.below(40_000), ttl: 57, busy_until: Instant::ZERO });
+        let base = if v6 {
+            (0x2001_0db8_u128 << 32) | 0xfffe_0000 | u128::from(j)
+        } else {
+            legit_v4_base + u128::from(j)
+        };
+        out.push(Source {
+            base,
+            v6,
+            kind: Kind::Legit,
+            rtt_us: 5_000 + rng.below(40_000),
+            ttl: 57,
+            busy_until: Instant::ZERO,
+        });
     }
     out
 }
 
 fn plan_sessions(cfg: &GenConfig, sources: &[Source], rng: &mut Rng) -> Vec<Plan> {
     let legit_sessions = (cfg.sessions as f64 * cfg.legit_ratio).round() as u64;
-    let spam_ids: Vec<usize> = (0..sources.len()).filter(|&i| sources[i].kind.is_spam()).collect();
-    let legit_ids: Vec<usize> = (0..sources.len()).filter(|&i| !sources[i].kind.is_spam()).collect();
+    let spam_ids: Vec<usize> = (0..sources.len())
+        .filter(|&i| sources[i].kind.is_spam())
+        .collect();
+    let legit_ids: Vec<usize> = (0..sources.len())
+        .filter(|&i| !sources[i].kind.is_spam())
+        .collect();
     let mut order: Vec<usize> = Vec::with_capacity(cfg.sessions as usize);
-    for (ids, count) in [(&spam_ids, cfg.sessions - legit_sessions), (&legit_ids, legit_sessions)] {
+    for (ids, count) in [
+        (&spam_ids, cfg.sessions - legit_sessions),
+        (&legit_ids, legit_sessions),
+    ] {
         if ids.is_empty() {
             continue;
         }
         for n in 0..count {
             // Every source sends at least once when there are sessions enough, then at random.
-            let id = if (n as usize) < ids.len() { ids[n as usize] } else { *rng.pick(ids) };
+            let id = if (n as usize) < ids.len() {
+                ids[n as usize]
+            } else {
+                *rng.pick(ids)
+            };
             order.push(id);
         }
     }
@@ -525,7 +640,11 @@ fn plan_sessions(cfg: &GenConfig, sources: &[Source], rng: &mut Rng) -> Vec<Plan
             start = busy[source];
         }
         busy[source] = start.saturating_add(Duration::from_micros(s.rtt_us * 20 + 2_000_000));
-        let kind = if s.kind == Kind::Legit && rng.chance(0.25) { Kind::LegitMention } else { s.kind };
+        let kind = if s.kind == Kind::Legit && rng.chance(0.25) {
+            Kind::LegitMention
+        } else {
+            s.kind
+        };
         let mut addr_rng = Rng::new(cfg.seed ^ (id as u64) << 20 ^ 0xadd7);
         plans.push(Plan {
             id: id as u64,
@@ -574,17 +693,29 @@ impl SessionWriter {
     /// Sends a segment; the capture point is at the server, so a client segment is seen at
     /// `now` and the server's answer shortly after.
     fn send(&mut self, from_client: bool, flags: u8, payload: &[u8], options: &[u8]) {
-        let (from, to) = if from_client { (&mut self.client, &self.server) } else { (&mut self.server, &self.client) };
+        let (from, to) = if from_client {
+            (&mut self.client, &self.server)
+        } else {
+            (&mut self.server, &self.client)
+        };
         let ack = if flags & ACK != 0 { to.seq } else { 0 };
         let bytes = tcp_packet(from, to, flags, ack, payload, options);
-        from.seq = from.seq.wrapping_add(payload.len() as u32 + u32::from(flags & (SYN | 0x01) != 0));
+        from.seq = from
+            .seq
+            .wrapping_add(payload.len() as u32 + u32::from(flags & (SYN | 0x01) != 0));
         from.ip_id = from.ip_id.wrapping_add(1);
-        self.packets.push(Packet { ts: self.now, from_client, bytes });
+        self.packets.push(Packet {
+            ts: self.now,
+            from_client,
+            bytes,
+        });
     }
 
     /// Advances the clock: `half` half round trips plus `extra` microseconds.
     fn wait(&mut self, half: u64, extra: u64) {
-        self.now = self.now.saturating_add(Duration::from_micros(self.rtt_us * half / 2 + extra));
+        self.now = self
+            .now
+            .saturating_add(Duration::from_micros(self.rtt_us * half / 2 + extra));
     }
 
     fn client(&mut self, payload: &[u8]) {
@@ -599,11 +730,33 @@ impl SessionWriter {
     }
 }
 
-fn build_session(plan: &Plan, source: &Source, cfg: &GenConfig, needle: &[u8], rng: &mut Rng) -> (Vec<Packet>, TruthRow) {
-    let server_addr = if plan.client.is_ipv6() { IpAddr::V6(SERVER_V6) } else { IpAddr::V4(SERVER_V4) };
+fn build_session(
+    plan: &Plan,
+    source: &Source,
+    cfg: &GenConfig,
+    needle: &[u8],
+    rng: &mut Rng,
+) -> (Vec<Packet>, TruthRow) {
+    let server_addr = if plan.client.is_ipv6() {
+        IpAddr::V6(SERVER_V6)
+    } else {
+        IpAddr::V4(SERVER_V4)
+    };
     let mut w = SessionWriter {
-        client: Side { addr: plan.client, port: plan.client_port, seq: rng.next_u64() as u32, ttl: source.ttl, ip_id: rng.next_u64() as u16 },
-        server: Side { addr: server_addr, port: 25, seq: rng.next_u64() as u32, ttl: 64, ip_id: rng.next_u64() as u16 },
+        client: Side {
+            addr: plan.client,
+            port: plan.client_port,
+            seq: rng.next_u64() as u32,
+            ttl: source.ttl,
+            ip_id: rng.next_u64() as u16,
+        },
+        server: Side {
+            addr: server_addr,
+            port: 25,
+            seq: rng.next_u64() as u32,
+            ttl: 64,
+            ip_id: rng.next_u64() as u16,
+        },
         now: plan.start,
         rtt_us: source.rtt_us,
         packets: Vec::with_capacity(24),
@@ -611,8 +764,16 @@ fn build_session(plan: &Plan, source: &Source, cfg: &GenConfig, needle: &[u8], r
     let domain = &cfg.spam_domain;
     let word = |rng: &mut Rng| *rng.pick(WORDS);
     let spam = plan.kind.is_spam();
-    let helo = if spam { format!("{}{}.dsl.test", word(rng), rng.below(9999)) } else { format!("mx{}.{}-partner.test", rng.below(9), word(rng)) };
-    let mail_from = if spam { format!("{}{}@{}-deals.test", word(rng), rng.below(999), word(rng)) } else { format!("{}@{}-partner.test", word(rng), word(rng)) };
+    let helo = if spam {
+        format!("{}{}.dsl.test", word(rng), rng.below(9999))
+    } else {
+        format!("mx{}.{}-partner.test", rng.below(9), word(rng))
+    };
+    let mail_from = if spam {
+        format!("{}{}@{}-deals.test", word(rng), rng.below(999), word(rng))
+    } else {
+        format!("{}@{}-partner.test", word(rng), word(rng))
+    };
     let user = format!("{}.{}", word(rng), rng.below(99));
     let rcpt = match plan.kind {
         Kind::Spam | Kind::SpamSplit | Kind::SpamPipelined => format!("{user}@{domain}"),
@@ -665,7 +826,9 @@ fn build_session(plan: &Plan, source: &Source, cfg: &GenConfig, needle: &[u8], r
         }
         w.send(true, PSH_ACK, chunk, &[]);
     }
-    let queue_id: String = (0..10).map(|_| char::from(b"0123456789ABCDEF"[rng.below(16) as usize])).collect();
+    let queue_id: String = (0..10)
+        .map(|_| char::from(b"0123456789ABCDEF"[rng.below(16) as usize]))
+        .collect();
     w.server(format!("250 2.0.0 Ok: queued as {queue_id}\r\n").as_bytes());
     w.client(b"QUIT\r\n");
     w.wait(0, 250);
@@ -716,7 +879,9 @@ fn message_body(plan: &Plan, from: &str, to_header: &str, domain: &str, rng: &mu
     b.push_str(&format!("{subject}\r\nMessage-ID: <{msg_id:016x}@{}>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n", plan.client_port));
     for i in 0..lines {
         if plan.kind == Kind::LegitMention && i == 1 {
-            b.push_str(&format!("The invoice from billing@{domain} arrived twice; please ignore the second one.\r\n"));
+            b.push_str(&format!(
+                "The invoice from billing@{domain} arrived twice; please ignore the second one.\r\n"
+            ));
             continue;
         }
         let w1 = WORDS[rng.below(WORDS.len() as u64) as usize];
@@ -730,7 +895,11 @@ fn message_body(plan: &Plan, from: &str, to_header: &str, domain: &str, rng: &mu
 fn ethernet_header(v6: bool, from_client: bool) -> [u8; 14] {
     let server = [0x02, 0, 0, 0, 0, 0x01];
     let router = [0x02, 0, 0, 0, 0, 0x02];
-    let (dst, src) = if from_client { (server, router) } else { (router, server) };
+    let (dst, src) = if from_client {
+        (server, router)
+    } else {
+        (router, server)
+    };
     let mut h = [0u8; 14];
     h[..6].copy_from_slice(&dst);
     h[6..12].copy_from_slice(&src);
@@ -739,7 +908,14 @@ fn ethernet_header(v6: bool, from_client: bool) -> [u8; 14] {
 }
 
 /// Builds an IPv4 or IPv6 TCP packet with correct lengths and checksums.
-fn tcp_packet(from: &Side, to: &Side, flags: u8, ack: u32, payload: &[u8], options: &[u8]) -> Vec<u8> {
+fn tcp_packet(
+    from: &Side,
+    to: &Side,
+    flags: u8,
+    ack: u32,
+    payload: &[u8],
+    options: &[u8],
+) -> Vec<u8> {
     let tcp_len = 20 + options.len() + payload.len();
     let mut tcp = Vec::with_capacity(tcp_len);
     tcp.extend(from.port.to_be_bytes());
@@ -821,7 +997,13 @@ mod tests {
     use crate::parse;
 
     fn small() -> GenConfig {
-        GenConfig { sessions: 400, sources: 120, legit_ratio: 0.2, seed: 7, ..GenConfig::default() }
+        GenConfig {
+            sessions: 400,
+            sources: 120,
+            legit_ratio: 0.2,
+            seed: 7,
+            ..GenConfig::default()
+        }
     }
 
     #[test]
@@ -842,15 +1024,24 @@ mod tests {
         let (truth, summary) = generate(&small(), &mut capture).unwrap();
         assert_eq!(truth.rows.len(), 400);
         for kind in Kind::ALL {
-            assert!(truth.rows.iter().any(|r| r.kind == kind), "no {kind:?} session");
+            assert!(
+                truth.rows.iter().any(|r| r.kind == kind),
+                "no {kind:?} session"
+            );
         }
         assert!(truth.rows.iter().any(|r| r.client.is_ipv6()));
-        let total: u64 = truth.rows.iter().map(|r| u64::from(r.c2s_packets + r.s2c_packets)).sum();
+        let total: u64 = truth
+            .rows
+            .iter()
+            .map(|r| u64::from(r.c2s_packets + r.s2c_packets))
+            .sum();
         assert_eq!(total, summary.packets);
         // Evasive variants never carry the literal pattern; the others always do.
         for r in &truth.rows {
             match r.kind {
-                Kind::SpamUpper | Kind::SpamSplit | Kind::Legit => assert_eq!(r.pattern_packet, None, "{r:?}"),
+                Kind::SpamUpper | Kind::SpamSplit | Kind::Legit => {
+                    assert_eq!(r.pattern_packet, None, "{r:?}")
+                }
                 _ => assert!(r.pattern_packet.is_some(), "{r:?}"),
             }
         }
@@ -880,7 +1071,10 @@ mod tests {
         let (truth, _) = generate(&cfg, io::sink()).unwrap();
         let mut text = Vec::new();
         truth.write(&cfg, &mut text).unwrap();
-        assert_eq!(Truth::parse(std::str::from_utf8(&text).unwrap()).unwrap(), truth);
+        assert_eq!(
+            Truth::parse(std::str::from_utf8(&text).unwrap()).unwrap(),
+            truth
+        );
     }
 
     #[test]
@@ -899,13 +1093,31 @@ mod tests {
     #[test]
     fn refuses_bad_settings() {
         for cfg in [
-            GenConfig { sessions: 0, ..small() },
-            GenConfig { sources: 0, ..small() },
-            GenConfig { sources: MAX_SOURCES + 1, ..small() },
-            GenConfig { legit_ratio: 1.5, ..small() },
-            GenConfig { spam_domain: "no spaces.com".into(), ..small() },
+            GenConfig {
+                sessions: 0,
+                ..small()
+            },
+            GenConfig {
+                sources: 0,
+                ..small()
+            },
+            GenConfig {
+                sources: MAX_SOURCES + 1,
+                ..small()
+            },
+            GenConfig {
+                legit_ratio: 1.5,
+                ..small()
+            },
+            GenConfig {
+                spam_domain: "no spaces.com".into(),
+                ..small()
+            },
         ] {
-            assert!(matches!(generate(&cfg, io::sink()), Err(GenError::BadConfig { .. })));
+            assert!(matches!(
+                generate(&cfg, io::sink()),
+                Err(GenError::BadConfig { .. })
+            ));
         }
     }
 }

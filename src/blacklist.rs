@@ -77,8 +77,12 @@ impl fmt::Display for Key {
     /// `198.18.0.7` for a full-length key, `2001:db8:1::/64` for a prefix.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Key::V4 { prefix: 32, .. } | Key::V6 { prefix: 128, .. } => write!(f, "{}", self.addr()),
-            Key::V4 { prefix, .. } | Key::V6 { prefix, .. } => write!(f, "{}/{prefix}", self.addr()),
+            Key::V4 { prefix: 32, .. } | Key::V6 { prefix: 128, .. } => {
+                write!(f, "{}", self.addr())
+            }
+            Key::V4 { prefix, .. } | Key::V6 { prefix, .. } => {
+                write!(f, "{}/{prefix}", self.addr())
+            }
         }
     }
 }
@@ -198,10 +202,16 @@ impl List {
     /// The key `addr` falls under in this list. IPv4-mapped IPv6 addresses count as IPv4.
     pub fn key(&self, addr: IpAddr) -> Key {
         match addr {
-            IpAddr::V4(v4) => Key::V4 { addr: mask32(v4.to_bits(), self.config.prefix_v4), prefix: self.config.prefix_v4 },
+            IpAddr::V4(v4) => Key::V4 {
+                addr: mask32(v4.to_bits(), self.config.prefix_v4),
+                prefix: self.config.prefix_v4,
+            },
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
                 Some(v4) => self.key(IpAddr::V4(v4)),
-                None => Key::V6 { addr: mask128(v6.to_bits(), self.config.prefix_v6), prefix: self.config.prefix_v6 },
+                None => Key::V6 {
+                    addr: mask128(v6.to_bits(), self.config.prefix_v6),
+                    prefix: self.config.prefix_v6,
+                },
             },
         }
     }
@@ -215,7 +225,12 @@ impl List {
         }
     }
 
-    fn check_in<K: Eq + std::hash::Hash + Copy>(&self, map: &DashMap<K, Entry, RandomState>, key: K, now: Instant) -> bool {
+    fn check_in<K: Eq + std::hash::Hash + Copy>(
+        &self,
+        map: &DashMap<K, Entry, RandomState>,
+        key: K,
+        now: Instant,
+    ) -> bool {
         let expired = match map.get(&key) {
             None => return false,
             Some(entry) if entry.is_expired(now) => true,
@@ -223,7 +238,9 @@ impl List {
                 entry.hits.fetch_add(1, Relaxed);
                 entry.last_seen.fetch_max(now.secs_u32(), Relaxed);
                 if self.config.refresh_on_hit {
-                    entry.expires_at.fetch_max(expiry(now, self.config.ttl), Relaxed);
+                    entry
+                        .expires_at
+                        .fetch_max(expiry(now, self.config.ttl), Relaxed);
                 }
                 self.stats.hits.fetch_add(1, Relaxed);
                 false
@@ -260,13 +277,13 @@ impl List {
         ttl: Duration,
         rule: RuleId,
     ) -> Banned {
-        if let Some(entry) = map.get(&key) {
-            if !entry.is_expired(now) {
-                entry.expires_at.fetch_max(expiry(now, ttl), Relaxed);
-                entry.last_seen.fetch_max(now.secs_u32(), Relaxed);
-                self.stats.renewed.fetch_add(1, Relaxed);
-                return Banned::Renewed;
-            }
+        if let Some(entry) = map.get(&key)
+            && !entry.is_expired(now)
+        {
+            entry.expires_at.fetch_max(expiry(now, ttl), Relaxed);
+            entry.last_seen.fetch_max(now.secs_u32(), Relaxed);
+            self.stats.renewed.fetch_add(1, Relaxed);
+            return Banned::Renewed;
         }
         if self.len() >= self.config.capacity {
             self.make_room(now);
@@ -304,13 +321,17 @@ impl List {
     /// Removes expired entries; returns how many.
     pub fn expire(&self, now: Instant) -> usize {
         let mut gone = 0;
-        self.v4.retain(|_, e| !e.is_expired(now) || {
-            gone += 1;
-            false
+        self.v4.retain(|_, e| {
+            !e.is_expired(now) || {
+                gone += 1;
+                false
+            }
         });
-        self.v6.retain(|_, e| !e.is_expired(now) || {
-            gone += 1;
-            false
+        self.v6.retain(|_, e| {
+            !e.is_expired(now) || {
+                gone += 1;
+                false
+            }
         });
         self.len.fetch_sub(gone, Relaxed);
         self.stats.expired.fetch_add(gone as u64, Relaxed);
@@ -325,8 +346,12 @@ impl List {
         }
         let batch = (self.config.capacity / 64).max(1);
         let mut seen: Vec<u32> = Vec::with_capacity(self.len());
-        self.v4.iter().for_each(|e| seen.push(e.last_seen.load(Relaxed)));
-        self.v6.iter().for_each(|e| seen.push(e.last_seen.load(Relaxed)));
+        self.v4
+            .iter()
+            .for_each(|e| seen.push(e.last_seen.load(Relaxed)));
+        self.v6
+            .iter()
+            .for_each(|e| seen.push(e.last_seen.load(Relaxed)));
         if seen.is_empty() {
             return;
         }
@@ -339,10 +364,11 @@ impl List {
         let mut gone = 0usize;
         let mut keep = |e: &Entry| {
             let s = e.last_seen.load(Relaxed);
-            let evict = s < threshold || (s == threshold && ties > 0 && {
-                ties -= 1;
-                true
-            });
+            let evict = s < threshold
+                || (s == threshold && ties > 0 && {
+                    ties -= 1;
+                    true
+                });
             gone += usize::from(evict);
             !evict
         };
@@ -357,10 +383,16 @@ impl List {
         let (p4, p6) = (self.config.prefix_v4, self.config.prefix_v6);
         let mut out = Vec::with_capacity(self.len());
         for e in self.v4.iter().filter(|e| !e.is_expired(now)) {
-            out.push(e.value().snapshot(Key::V4 { addr: *e.key(), prefix: p4 }));
+            out.push(e.value().snapshot(Key::V4 {
+                addr: *e.key(),
+                prefix: p4,
+            }));
         }
         for e in self.v6.iter().filter(|e| !e.is_expired(now)) {
-            out.push(e.value().snapshot(Key::V6 { addr: *e.key(), prefix: p6 }));
+            out.push(e.value().snapshot(Key::V6 {
+                addr: *e.key(),
+                prefix: p6,
+            }));
         }
         out
     }
@@ -388,7 +420,9 @@ pub struct Blacklist {
 
 impl Blacklist {
     pub fn new(configs: Vec<ListConfig>) -> Blacklist {
-        Blacklist { lists: configs.into_iter().map(List::new).collect() }
+        Blacklist {
+            lists: configs.into_iter().map(List::new).collect(),
+        }
     }
 
     pub fn lists(&self) -> &[List] {
@@ -436,7 +470,10 @@ mod tests {
         assert!(l.check(ip("198.18.0.1"), t0));
         assert!(l.check(ip("198.18.0.1"), t0.saturating_add(Duration::from_secs(59))));
         assert!(!l.check(ip("198.18.0.1"), t0.saturating_add(Duration::from_secs(60))));
-        assert!(l.is_empty(), "an expired entry found by a lookup is removed");
+        assert!(
+            l.is_empty(),
+            "an expired entry found by a lookup is removed"
+        );
         assert_eq!(l.stats().expired.load(Relaxed), 1);
     }
 
@@ -463,14 +500,20 @@ mod tests {
     fn renewal_restarts_ttl() {
         let l = list(60, false, 100);
         l.ban(ip("198.18.0.1"), Instant::from_secs(0), 0);
-        assert_eq!(l.ban(ip("198.18.0.1"), Instant::from_secs(50), 0), Banned::Renewed);
+        assert_eq!(
+            l.ban(ip("198.18.0.1"), Instant::from_secs(50), 0),
+            Banned::Renewed
+        );
         assert!(l.check(ip("198.18.0.1"), Instant::from_secs(100)));
         assert_eq!(l.len(), 1);
     }
 
     #[test]
     fn prefixes_group_addresses() {
-        let l = List::new(ListConfig { prefix_v4: 24, ..ListConfig::new("p") });
+        let l = List::new(ListConfig {
+            prefix_v4: 24,
+            ..ListConfig::new("p")
+        });
         let now = Instant::from_secs(1);
         l.ban(ip("198.18.7.9"), now, 3);
         assert!(l.check(ip("198.18.7.200"), now));
@@ -489,21 +532,41 @@ mod tests {
         let l = list(60, false, 100);
         l.ban(ip("::ffff:198.18.0.5"), Instant::from_secs(1), 0);
         assert!(l.check(ip("198.18.0.5"), Instant::from_secs(1)));
-        assert_eq!(l.bans(Instant::from_secs(1))[0].key.to_string(), "198.18.0.5");
+        assert_eq!(
+            l.bans(Instant::from_secs(1))[0].key.to_string(),
+            "198.18.0.5"
+        );
     }
 
     #[test]
     fn capacity_evicts_least_recently_seen() {
         let l = list(3_600, false, 100);
         for i in 0..100u32 {
-            l.ban(IpAddr::V4(Ipv4Addr::from(0xC612_0000 + i)), Instant::from_secs(u64::from(i)), 0);
+            l.ban(
+                IpAddr::V4(Ipv4Addr::from(0xC612_0000 + i)),
+                Instant::from_secs(u64::from(i)),
+                0,
+            );
         }
         // Touch the oldest: it is now the most recently seen.
-        assert!(l.check(IpAddr::V4(Ipv4Addr::from(0xC612_0000)), Instant::from_secs(200)));
+        assert!(l.check(
+            IpAddr::V4(Ipv4Addr::from(0xC612_0000)),
+            Instant::from_secs(200)
+        ));
         l.ban(ip("198.19.0.1"), Instant::from_secs(201), 0);
-        assert_eq!(l.len(), 100, "capacity 100 evicts a batch of max(1, 100/64) = 1");
-        assert!(l.check(IpAddr::V4(Ipv4Addr::from(0xC612_0000)), Instant::from_secs(202)));
-        assert!(!l.check(IpAddr::V4(Ipv4Addr::from(0xC612_0001)), Instant::from_secs(202)));
+        assert_eq!(
+            l.len(),
+            100,
+            "capacity 100 evicts a batch of max(1, 100/64) = 1"
+        );
+        assert!(l.check(
+            IpAddr::V4(Ipv4Addr::from(0xC612_0000)),
+            Instant::from_secs(202)
+        ));
+        assert!(!l.check(
+            IpAddr::V4(Ipv4Addr::from(0xC612_0001)),
+            Instant::from_secs(202)
+        ));
         assert!(l.check(ip("198.19.0.1"), Instant::from_secs(202)));
         assert_eq!(l.stats().evicted.load(Relaxed), 1);
     }

@@ -147,8 +147,19 @@ struct Origin<'a> {
 }
 
 impl Origin<'_> {
-    fn error(&self, span: Option<Range<usize>>, key: &str, value: &str, problem: impl fmt::Display) -> ConfigError {
-        let line = span.map(|s| self.text[..s.start.min(self.text.len())].matches('\n').count() + 1);
+    fn error(
+        &self,
+        span: Option<Range<usize>>,
+        key: &str,
+        value: &str,
+        problem: impl fmt::Display,
+    ) -> ConfigError {
+        let line = span.map(|s| {
+            self.text[..s.start.min(self.text.len())]
+                .matches('\n')
+                .count()
+                + 1
+        });
         ConfigError {
             origin: self.name.to_string(),
             line,
@@ -158,7 +169,13 @@ impl Origin<'_> {
         }
     }
 
-    fn at<T>(&self, v: &Spanned<T>, key: &str, value: &str, problem: impl fmt::Display) -> ConfigError {
+    fn at<T>(
+        &self,
+        v: &Spanned<T>,
+        key: &str,
+        value: &str,
+        problem: impl fmt::Display,
+    ) -> ConfigError {
         self.error(Some(v.span()), key, value, problem)
     }
 }
@@ -208,7 +225,12 @@ impl Config {
             .string
             .iter()
             .map(|s| ("--string", s, rule::parse_string(s)))
-            .chain(flags.hex_string.iter().map(|s| ("--hex-string", s, rule::parse_hex_string(s))));
+            .chain(
+                flags
+                    .hex_string
+                    .iter()
+                    .map(|s| ("--hex-string", s, rule::parse_hex_string(s))),
+            );
         for (key, text, pattern) in patterns {
             let pattern = pattern.map_err(|e| cli(key, text, &e))?;
             let algo = match &flags.algo {
@@ -217,11 +239,16 @@ impl Config {
             };
             let (from, to) = (flags.from.unwrap_or(0), flags.to.unwrap_or(u16::MAX));
             if from > to {
-                return Err(cli("--from", &from.to_string(), &format!("is above --to {to}")));
+                return Err(cli(
+                    "--from",
+                    &from.to_string(),
+                    &format!("is above --to {to}"),
+                ));
             }
             let action = match &flags.action {
                 None => Action::Reject,
-                Some(a) => Action::parse(a).ok_or_else(|| cli("--action", a, &"expected reject, drop or log"))?,
+                Some(a) => Action::parse(a)
+                    .ok_or_else(|| cli("--action", a, &"expected reject, drop or log"))?,
             };
             let mode = match &flags.mode {
                 None => Mode::Packet,
@@ -229,7 +256,14 @@ impl Config {
             };
             config.rules.push(Rule {
                 name: text.clone(),
-                matcher: StringMatch { pattern, algo, from, to, icase: flags.icase, invert: flags.invert },
+                matcher: StringMatch {
+                    pattern,
+                    algo,
+                    from,
+                    to,
+                    icase: flags.icase,
+                    invert: flags.invert,
+                },
                 protocol: Protocol::Tcp,
                 dports: Ports::any(),
                 sports: Ports::any(),
@@ -239,7 +273,11 @@ impl Config {
             });
         }
         if config.rules.is_empty() {
-            let problem = if file.is_some() { "the configuration has no [[rule]]" } else { "give --string, --hex-string or --config" };
+            let problem = if file.is_some() {
+                "the configuration has no [[rule]]"
+            } else {
+                "give --string, --hex-string or --config"
+            };
             return Err(ConfigError {
                 origin: file.map_or(CLI, |f| f.0).to_string(),
                 line: None,
@@ -248,23 +286,59 @@ impl Config {
                 problem: problem.to_string(),
             });
         }
+        if !config.engine.ports.is_any()
+            && let Some(r) = config.rules.iter().find(|r| r.protocol == Protocol::Udp)
+        {
+            return Err(cli(
+                "--port",
+                &config.engine.ports.to_string(),
+                &format!("rule {:?} is udp: {UDP_PROBLEM}", r.name),
+            ));
+        }
         if config.rules.len() > usize::from(u16::MAX - 1) {
             return Err(cli("rule", "", &"at most 65534 rules"));
         }
-        if !flags.has_rule() && (flags.icase || flags.invert || flags.from.is_some() || flags.to.is_some()) {
-            return Err(cli("--icase/--invert/--from/--to", "", &"apply to --string or --hex-string; give one"));
+        if !flags.has_rule()
+            && (flags.icase || flags.invert || flags.from.is_some() || flags.to.is_some())
+        {
+            return Err(cli(
+                "--icase/--invert/--from/--to",
+                "",
+                &"apply to --string or --hex-string; give one",
+            ));
         }
         Ok(config)
     }
 }
+
+const UDP_PROBLEM: &str =
+    "never reached: [engine] ports limits the engine to those TCP ports; set ports = []";
 
 const MODE_PROBLEM: &str = "expected packet (stream and smtp modes are not built yet)";
 
 fn parse_file(origin: &Origin<'_>) -> Result<Config, ConfigError> {
     let raw: RawFile = toml::from_str(origin.text).map_err(|e| {
         let span = e.span();
-        let value = span.clone().and_then(|s| origin.text.get(s)).unwrap_or("").trim().to_string();
-        origin.error(span, "", "", format!("{}{}", e.message().trim_end(), if value.is_empty() { String::new() } else { format!(" (at `{value}`)") }))
+        let value = span
+            .clone()
+            .and_then(|s| origin.text.get(s))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        origin.error(
+            span,
+            "",
+            "",
+            format!(
+                "{}{}",
+                e.message().trim_end(),
+                if value.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (at `{value}`)")
+                }
+            ),
+        )
     })?;
     let mut config = Config::default();
     if let Some(ports) = raw.engine.ports {
@@ -274,23 +348,42 @@ fn parse_file(origin: &Origin<'_>) -> Result<Config, ConfigError> {
         config.engine.on_unparsed = match p.as_ref().as_str() {
             "accept" => UnparsedPolicy::Accept,
             "drop" => UnparsedPolicy::Drop,
-            other => return Err(origin.at(&p, "engine.on_unparsed", other, "expected accept or drop")),
+            other => {
+                return Err(origin.at(&p, "engine.on_unparsed", other, "expected accept or drop"));
+            }
         };
     }
     for spanned in raw.list {
         let list = spanned.into_inner();
         let name = list.name.as_ref().clone();
-        if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-            return Err(origin.at(&list.name, "list.name", &name, "1-64 characters of A-Z a-z 0-9 - _ ."));
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(origin.at(
+                &list.name,
+                "list.name",
+                &name,
+                "1-64 characters of A-Z a-z 0-9 - _ .",
+            ));
         }
         if config.lists.iter().any(|l| l.name == name) {
-            return Err(origin.at(&list.name, "list.name", &name, "a list with this name is already defined"));
+            return Err(origin.at(
+                &list.name,
+                "list.name",
+                &name,
+                "a list with this name is already defined",
+            ));
         }
         let mut out = ListConfig::new(&name);
         if let Some(ttl) = &list.ttl {
             out.ttl = match ttl.as_ref() {
                 DurationValue::Secs(s) => Duration::from_secs(*s),
-                DurationValue::Text(t) => time::parse_duration(t).map_err(|e| origin.at(ttl, "list.ttl", t, e))?,
+                DurationValue::Text(t) => {
+                    time::parse_duration(t).map_err(|e| origin.at(ttl, "list.ttl", t, e))?
+                }
             };
             if out.ttl == Duration::ZERO {
                 return Err(origin.at(ttl, "list.ttl", "0", "must be more than 0"));
@@ -307,13 +400,23 @@ fn parse_file(origin: &Origin<'_>) -> Result<Config, ConfigError> {
         }
         if let Some(p) = &list.prefix_v4 {
             if *p.as_ref() > 32 {
-                return Err(origin.at(p, "list.prefix_v4", &p.as_ref().to_string(), "must be 0 to 32"));
+                return Err(origin.at(
+                    p,
+                    "list.prefix_v4",
+                    &p.as_ref().to_string(),
+                    "must be 0 to 32",
+                ));
             }
             out.prefix_v4 = *p.as_ref();
         }
         if let Some(p) = &list.prefix_v6 {
             if *p.as_ref() > 128 {
-                return Err(origin.at(p, "list.prefix_v6", &p.as_ref().to_string(), "must be 0 to 128"));
+                return Err(origin.at(
+                    p,
+                    "list.prefix_v6",
+                    &p.as_ref().to_string(),
+                    "must be 0 to 128",
+                ));
             }
             out.prefix_v6 = *p.as_ref();
         }
@@ -324,43 +427,92 @@ fn parse_file(origin: &Origin<'_>) -> Result<Config, ConfigError> {
     }
     for (index, spanned) in raw.rule.into_iter().enumerate() {
         let span = spanned.span();
-        config.rules.push(parse_rule(origin, index, span, spanned.into_inner(), &config.lists)?);
+        let rule = parse_rule(
+            origin,
+            index,
+            span.clone(),
+            spanned.into_inner(),
+            &config.lists,
+        )?;
+        if rule.protocol == Protocol::Udp && !config.engine.ports.is_any() {
+            return Err(origin.error(Some(span), "rule.protocol", "udp", UDP_PROBLEM));
+        }
+        config.rules.push(rule);
     }
     Ok(config)
 }
 
-fn parse_rule(origin: &Origin<'_>, index: usize, span: Range<usize>, r: RawRule, lists: &[ListConfig]) -> Result<Rule, ConfigError> {
+fn parse_rule(
+    origin: &Origin<'_>,
+    index: usize,
+    span: Range<usize>,
+    r: RawRule,
+    lists: &[ListConfig],
+) -> Result<Rule, ConfigError> {
     let pattern = match (&r.string, &r.hex_string) {
-        (Some(s), None) => rule::parse_string(s.as_ref()).map_err(|e| origin.at(s, "rule.string", s.as_ref(), e))?,
-        (None, Some(h)) => rule::parse_hex_string(h.as_ref()).map_err(|e| origin.at(h, "rule.hex_string", h.as_ref(), e))?,
-        (Some(s), Some(_)) => return Err(origin.at(s, "rule.string", s.as_ref(), "give string or hex_string, not both")),
-        (None, None) => return Err(origin.error(Some(span), "rule", "", "needs string or hex_string")),
+        (Some(s), None) => rule::parse_string(s.as_ref())
+            .map_err(|e| origin.at(s, "rule.string", s.as_ref(), e))?,
+        (None, Some(h)) => rule::parse_hex_string(h.as_ref())
+            .map_err(|e| origin.at(h, "rule.hex_string", h.as_ref(), e))?,
+        (Some(s), Some(_)) => {
+            return Err(origin.at(
+                s,
+                "rule.string",
+                s.as_ref(),
+                "give string or hex_string, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(origin.error(Some(span), "rule", "", "needs string or hex_string"));
+        }
     };
     let algo = match &r.algo {
         None => Algo::Bm,
-        Some(a) => Algo::parse(a.as_ref()).ok_or_else(|| origin.at(a, "rule.algo", a.as_ref(), "expected bm or kmp"))?,
+        Some(a) => Algo::parse(a.as_ref())
+            .ok_or_else(|| origin.at(a, "rule.algo", a.as_ref(), "expected bm or kmp"))?,
     };
-    let (from, to) = (r.from.as_ref().map_or(0, |f| *f.as_ref()), r.to.unwrap_or(u16::MAX));
+    let (from, to) = (
+        r.from.as_ref().map_or(0, |f| *f.as_ref()),
+        r.to.unwrap_or(u16::MAX),
+    );
     if let Some(f) = &r.from
         && from > to
     {
-        return Err(origin.at(f, "rule.from", &from.to_string(), format!("is above rule.to ({to})")));
+        return Err(origin.at(
+            f,
+            "rule.from",
+            &from.to_string(),
+            format!("is above rule.to ({to})"),
+        ));
     }
     let protocol = match &r.protocol {
         None => Protocol::Tcp,
-        Some(p) => Protocol::parse(p.as_ref()).ok_or_else(|| origin.at(p, "rule.protocol", p.as_ref(), "expected tcp, udp or all"))?,
+        Some(p) => Protocol::parse(p.as_ref())
+            .ok_or_else(|| origin.at(p, "rule.protocol", p.as_ref(), "expected tcp, udp or all"))?,
     };
     if protocol == Protocol::All && (!r.dports.is_empty() || !r.sports.is_empty()) {
         let p = r.protocol.as_ref().map(|p| p.span());
-        return Err(origin.error(p, "rule.protocol", "all", "dports and sports need protocol tcp or udp"));
+        return Err(origin.error(
+            p,
+            "rule.protocol",
+            "all",
+            "dports and sports need protocol tcp or udp",
+        ));
     }
     let action = match &r.action {
         None => Action::Reject,
-        Some(a) => Action::parse(a.as_ref()).ok_or_else(|| origin.at(a, "rule.action", a.as_ref(), "expected reject, drop or log"))?,
+        Some(a) => Action::parse(a.as_ref()).ok_or_else(|| {
+            origin.at(a, "rule.action", a.as_ref(), "expected reject, drop or log")
+        })?,
     };
     if action == Action::Reject && protocol != Protocol::Tcp {
         let a = r.action.as_ref().map(|a| a.span()).unwrap_or(span.clone());
-        return Err(origin.error(Some(a), "rule.action", "reject", "a reset needs protocol = \"tcp\""));
+        return Err(origin.error(
+            Some(a),
+            "rule.action",
+            "reject",
+            "a reset needs protocol = \"tcp\"",
+        ));
     }
     let ban = if r.ban == Some(false) {
         None
@@ -369,19 +521,45 @@ fn parse_rule(origin: &Origin<'_>, index: usize, span: Range<usize>, r: RawRule,
             None => Some(0),
             Some(name) => {
                 let i = lists.iter().position(|l| &l.name == name.as_ref());
-                let i = i.ok_or_else(|| origin.at(name, "rule.list", name.as_ref(), "no [[list]] has this name"))?;
+                let i = i.ok_or_else(|| {
+                    origin.at(
+                        name,
+                        "rule.list",
+                        name.as_ref(),
+                        "no [[list]] has this name",
+                    )
+                })?;
                 Some(ListId::try_from(i).unwrap_or(ListId::MAX))
             }
         }
     };
     let mode = match &r.mode {
         None => Mode::Packet,
-        Some(m) => Mode::parse(m.as_ref()).ok_or_else(|| origin.at(m, "rule.mode", m.as_ref(), MODE_PROBLEM))?,
+        Some(m) => Mode::parse(m.as_ref())
+            .ok_or_else(|| origin.at(m, "rule.mode", m.as_ref(), MODE_PROBLEM))?,
     };
-    let text = r.string.as_ref().or(r.hex_string.as_ref()).map(|s| s.as_ref().clone()).unwrap_or_default();
+    let text = r
+        .string
+        .as_ref()
+        .or(r.hex_string.as_ref())
+        .map(|s| s.as_ref().clone())
+        .unwrap_or_default();
     Ok(Rule {
-        name: r.name.unwrap_or_else(|| if text.is_empty() { format!("rule{index}") } else { text }),
-        matcher: StringMatch { pattern, algo, from, to, icase: r.icase, invert: r.invert },
+        name: r.name.unwrap_or_else(|| {
+            if text.is_empty() {
+                format!("rule{index}")
+            } else {
+                text
+            }
+        }),
+        matcher: StringMatch {
+            pattern,
+            algo,
+            from,
+            to,
+            icase: r.icase,
+            invert: r.invert,
+        },
         protocol,
         dports: Ports::list(&r.dports),
         sports: Ports::list(&r.sports),
@@ -438,10 +616,23 @@ ban = false
         assert_eq!(c.engine.on_unparsed, UnparsedPolicy::Drop);
         assert_eq!(c.lists[0].ttl, Duration::from_secs(7 * 86_400));
         assert!(!c.lists[0].refresh_on_hit);
-        assert_eq!((c.lists[0].prefix_v4, c.lists[0].prefix_v6, c.lists[0].capacity), (24, 48, 1000));
+        assert_eq!(
+            (
+                c.lists[0].prefix_v4,
+                c.lists[0].prefix_v6,
+                c.lists[0].capacity
+            ),
+            (24, 48, 1000)
+        );
         let r = &c.rules[0];
-        assert_eq!(r.matcher.to_string(), "-m string --string \"@example.com\" --algo kmp --from 40 --to 1500 --icase");
-        assert_eq!((r.action, r.ban, r.name.as_str()), (Action::Drop, Some(0), "example"));
+        assert_eq!(
+            r.matcher.to_string(),
+            "-m string --string \"@example.com\" --algo kmp --from 40 --to 1500 --icase"
+        );
+        assert_eq!(
+            (r.action, r.ban, r.name.as_str()),
+            (Action::Drop, Some(0), "example")
+        );
         assert_eq!(c.rules[1].matcher.pattern, b"\r\nQUIT");
         assert_eq!(c.rules[1].ban, None);
     }
@@ -449,9 +640,15 @@ ban = false
     #[test]
     fn errors_name_line_key_and_value() {
         let e = err("[[rule]]\nstring = \"x\"\n\n[[list]]\nname = \"a\"\nttl = \"24x\"\n");
-        assert_eq!(e.to_string(), "t.toml:6: list.ttl = 24x: expected a duration such as 86400, 90s, 15m, 24h, 7d or 1h30m");
+        assert_eq!(
+            e.to_string(),
+            "t.toml:6: list.ttl = 24x: expected a duration such as 86400, 90s, 15m, 24h, 7d or 1h30m"
+        );
         let e = err("[[rule]]\nhex_string = \"|0a\"\n");
-        assert_eq!((e.line, e.key.as_str(), e.value.as_str()), (Some(2), "rule.hex_string", "|0a"));
+        assert_eq!(
+            (e.line, e.key.as_str(), e.value.as_str()),
+            (Some(2), "rule.hex_string", "|0a")
+        );
         assert_eq!(e.problem, "Invalid hex block");
         let e = err("[[rule]]\nstring = \"x\"\nstrnig = \"y\"\n");
         assert_eq!(e.line, Some(3));
@@ -460,8 +657,11 @@ ban = false
         assert_eq!(e.line, Some(2), "{e}");
         let e = err("[[rule]]\nstring = \"x\"\nlist = \"nope\"\n");
         assert_eq!((e.line, e.key.as_str()), (Some(3), "rule.list"));
-        let e = err("[[rule]]\nstring = \"x\"\nprotocol = \"udp\"\n");
+        let e = err("[engine]\nports = []\n[[rule]]\nstring = \"x\"\nprotocol = \"udp\"\n");
         assert_eq!(e.key, "rule.action");
+        let e = err("[[rule]]\nstring = \"x\"\nprotocol = \"udp\"\naction = \"drop\"\n");
+        assert_eq!((e.line, e.key.as_str()), (Some(1), "rule.protocol"));
+        assert!(Config::from_toml("t", "[engine]\nports = []\n[[rule]]\nstring = \"x\"\nprotocol = \"udp\"\naction = \"drop\"\n").is_ok());
         let e = err("[[rule]]\nstring = \"x\"\nfrom = 10\nto = 5\n");
         assert_eq!((e.line, e.key.as_str()), (Some(3), "rule.from"));
         let e = err("[[rule]]\nstring = \"x\"\nmode = \"smtp\"\n");
@@ -490,14 +690,31 @@ ban = false
     fn flag_errors() {
         let bad = |flags: Flags| Config::build(None, &flags).unwrap_err().to_string();
         assert_eq!(
-            bad(Flags { string: vec!["x".into()], ttl: Some("soon".into()), ..Flags::default() }),
+            bad(Flags {
+                string: vec!["x".into()],
+                ttl: Some("soon".into()),
+                ..Flags::default()
+            }),
             "command line: --ttl = soon: expected a duration such as 86400, 90s, 15m, 24h, 7d or 1h30m"
         );
         assert_eq!(
-            bad(Flags { hex_string: vec!["|4".into()], ..Flags::default() }),
+            bad(Flags {
+                hex_string: vec!["|4".into()],
+                ..Flags::default()
+            }),
             "command line: --hex-string = |4: Odd number of hex digits"
         );
-        assert_eq!(bad(Flags::default()), "command line: give --string, --hex-string or --config");
-        assert!(bad(Flags { string: vec!["x".into()], action: Some("nuke".into()), ..Flags::default() }).contains("--action = nuke"));
+        assert_eq!(
+            bad(Flags::default()),
+            "command line: give --string, --hex-string or --config"
+        );
+        assert!(
+            bad(Flags {
+                string: vec!["x".into()],
+                action: Some("nuke".into()),
+                ..Flags::default()
+            })
+            .contains("--action = nuke")
+        );
     }
 }

@@ -33,7 +33,12 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 4] = [Verdict::Accept, Verdict::Bypass, Verdict::Drop, Verdict::Reset];
+    pub const ALL: [Verdict; 4] = [
+        Verdict::Accept,
+        Verdict::Bypass,
+        Verdict::Drop,
+        Verdict::Reset,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -110,7 +115,11 @@ pub struct Stats {
 
 impl Stats {
     fn new(rules: usize, lists: usize) -> Stats {
-        Stats { matches: vec![0; rules], banned: vec![0; lists], ..Stats::default() }
+        Stats {
+            matches: vec![0; rules],
+            banned: vec![0; lists],
+            ..Stats::default()
+        }
     }
 
     pub fn unparsed_total(&self) -> u64 {
@@ -173,7 +182,13 @@ impl Engine {
         let matchers: Vec<_> = rules.iter().map(|r| &r.matcher).collect();
         let scanner = Scanner::new(&matchers);
         let stats = Stats::new(rules.len(), blacklist.lists().len());
-        Engine { config: config.engine.clone(), rules, blacklist, scanner, stats }
+        Engine {
+            config: config.engine.clone(),
+            rules,
+            blacklist,
+            scanner,
+            stats,
+        }
     }
 
     /// A sibling for another worker thread: same rules and blacklist, own scratch and counters.
@@ -220,31 +235,47 @@ impl Engine {
                     UnparsedPolicy::Accept => Verdict::Accept,
                     UnparsedPolicy::Drop => Verdict::Drop,
                 };
-                return Decision { verdict, reason: Reason::Unparsed(e) };
+                return Decision {
+                    verdict,
+                    reason: Reason::Unparsed(e),
+                };
             }
         };
         let guarded = match packet.transport {
             Transport::Tcp(t) => self.config.ports.contains(t.dport),
             Transport::Udp { .. } | Transport::Fragment | Transport::Other => {
-                self.stats.other_protocol += u64::from(!matches!(packet.transport, Transport::Udp { .. }));
+                self.stats.other_protocol +=
+                    u64::from(!matches!(packet.transport, Transport::Udp { .. }));
                 self.config.ports.is_any()
             }
         };
         if !guarded {
             self.stats.unguarded += 1;
-            return Decision { verdict: Verdict::Accept, reason: Reason::Unguarded };
+            return Decision {
+                verdict: Verdict::Accept,
+                reason: Reason::Unguarded,
+            };
         }
         for (id, list) in self.blacklist.lists().iter().enumerate() {
             if list.check(packet.src, now) {
                 self.stats.banned[id] += 1;
                 // Lists are indexed by ListId (u16) when the config is built.
                 let list = id as ListId;
-                return Decision { verdict: Verdict::Drop, reason: Reason::Banned { list } };
+                return Decision {
+                    verdict: Verdict::Drop,
+                    reason: Reason::Banned { list },
+                };
             }
         }
         let rules = &self.rules;
-        let Some(index) = self.scanner.first_match(bytes, |i| rules[i].admits(&packet)) else {
-            return Decision { verdict: Verdict::Accept, reason: Reason::Clean };
+        let Some(index) = self
+            .scanner
+            .first_match(bytes, |i| rules[i].admits(&packet))
+        else {
+            return Decision {
+                verdict: Verdict::Accept,
+                reason: Reason::Clean,
+            };
         };
         let rule = &self.rules[index];
         self.stats.matches[index] += 1;
@@ -261,6 +292,9 @@ impl Engine {
             Action::Log => Verdict::Accept,
             Action::Reject => Verdict::Reset,
         };
-        Decision { verdict, reason: Reason::Matched { rule: rule_id } }
+        Decision {
+            verdict,
+            reason: Reason::Matched { rule: rule_id },
+        }
     }
 }

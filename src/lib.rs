@@ -17,10 +17,10 @@
 //! seen, as with the kernel), understand SMTP, or talk to the kernel. `gen` writes captures of the
 //! flood for the replay harness.
 
+pub mod attack;
 pub mod blacklist;
 pub mod config;
 pub mod engine;
-pub mod attack;
 pub mod io;
 pub mod parse;
 pub mod replay;

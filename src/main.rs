@@ -10,13 +10,17 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use stringban::Engine;
 use stringban::attack::{self, GenConfig, GenError, Kind};
 use stringban::config::{Config, Flags};
 use stringban::replay::{self, Options, ReplayError};
-use stringban::Engine;
 
 #[derive(Parser)]
-#[command(name = "stringban", version, about = "Ban the senders of packets that carry a string (replaces -m string + -m recent)")]
+#[command(
+    name = "stringban",
+    version,
+    about = "Ban the senders of packets that carry a string (replaces -m string + -m recent)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -169,7 +173,9 @@ fn bad(msg: impl Into<String>) -> anyhow::Error {
 
 fn load_config(args: &RuleArgs) -> anyhow::Result<Config> {
     let text = match &args.config {
-        Some(path) => Some(fs::read_to_string(path).map_err(|e| bad(format!("{}: {e}", path.display())))?),
+        Some(path) => {
+            Some(fs::read_to_string(path).map_err(|e| bad(format!("{}: {e}", path.display())))?)
+        }
         None => None,
     };
     let mut flags = Flags {
@@ -204,7 +210,10 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let options = Options { verdicts, progress: !args.quiet };
+    let options = Options {
+        verdicts,
+        progress: !args.quiet,
+    };
     let report = replay::replay(&mut engine, &args.files, options).map_err(|e| match e {
         ReplayError::Verdicts { .. } => anyhow::Error::new(e),
         other => bad(other.to_string()),
@@ -238,19 +247,41 @@ fn run_gen(args: GenArgs) -> anyhow::Result<()> {
     let file = File::create(&args.out).map_err(|e| bad(format!("{}: {e}", args.out.display())))?;
     let (truth, summary) = match attack::generate(&cfg, BufWriter::with_capacity(1 << 20, file)) {
         Ok(v) => v,
-        Err(GenError::BadConfig { key, value, problem }) => {
+        Err(GenError::BadConfig {
+            key,
+            value,
+            problem,
+        }) => {
             let _ = fs::remove_file(&args.out);
             return Err(bad(format!("{key} = {value}: {problem}")));
         }
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("writing {}", args.out.display()))),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("writing {}", args.out.display())));
+        }
     };
-    let tf = File::create(&truth_path).with_context(|| format!("creating {}", truth_path.display()))?;
+    let tf =
+        File::create(&truth_path).with_context(|| format!("creating {}", truth_path.display()))?;
     let mut tw = BufWriter::new(tf);
-    truth.write(&cfg, &mut tw).and_then(|()| tw.flush()).with_context(|| format!("writing {}", truth_path.display()))?;
+    truth
+        .write(&cfg, &mut tw)
+        .and_then(|()| tw.flush())
+        .with_context(|| format!("writing {}", truth_path.display()))?;
     let expected = truth.expected(32, 64);
     let mut out = io::stdout().lock();
-    writeln!(out, "wrote {} ({} packets, {} bytes, {:.0} s of traffic from {} sources)", args.out.display(), summary.packets, summary.bytes, summary.duration.micros() as f64 / 1e6, summary.sources)?;
-    writeln!(out, "wrote {} (ground truth, one row per session)", truth_path.display())?;
+    writeln!(
+        out,
+        "wrote {} ({} packets, {} bytes, {:.0} s of traffic from {} sources)",
+        args.out.display(),
+        summary.packets,
+        summary.bytes,
+        summary.duration.micros() as f64 / 1e6,
+        summary.sources
+    )?;
+    writeln!(
+        out,
+        "wrote {} (ground truth, one row per session)",
+        truth_path.display()
+    )?;
     write!(out, "sessions:")?;
     for (kind, count) in &summary.sessions_by_kind {
         write!(out, " {} {count}", kind.name())?;
@@ -259,7 +290,11 @@ fn run_gen(args: GenArgs) -> anyhow::Result<()> {
     writeln!(
         out,
         "packet mode, --string @{} --action reject, TTL longer than the capture, expects: accept {} drop {} reset {} ({} sources banned)",
-        cfg.spam_domain, expected.accept, expected.drop, expected.reset, expected.convicted.len()
+        cfg.spam_domain,
+        expected.accept,
+        expected.drop,
+        expected.reset,
+        expected.convicted.len()
     )?;
     let missed = |k: Kind| expected.missed_spam.get(&k).copied().unwrap_or(0);
     writeln!(
@@ -280,7 +315,15 @@ fn truth_path(capture: &Path) -> PathBuf {
 fn run_check(args: CheckArgs) -> anyhow::Result<()> {
     let config = load_config(&args.rules)?;
     let mut out = io::stdout().lock();
-    writeln!(out, "ports: {}", if config.engine.ports.is_any() { "any".to_string() } else { config.engine.ports.to_string() })?;
+    writeln!(
+        out,
+        "ports: {}",
+        if config.engine.ports.is_any() {
+            "any".to_string()
+        } else {
+            config.engine.ports.to_string()
+        }
+    )?;
     for l in &config.lists {
         writeln!(
             out,
@@ -289,7 +332,9 @@ fn run_check(args: CheckArgs) -> anyhow::Result<()> {
         )?;
     }
     for (i, r) in config.rules.iter().enumerate() {
-        let list = r.ban.map_or("(no ban)".to_string(), |id| format!("list {:?}", config.lists[usize::from(id)].name));
+        let list = r.ban.map_or("(no ban)".to_string(), |id| {
+            format!("list {:?}", config.lists[usize::from(id)].name)
+        });
         let mut filters = format!("-p {}", r.protocol.name());
         if !r.dports.is_any() {
             filters.push_str(&format!(" --dports {}", r.dports));
@@ -297,7 +342,14 @@ fn run_check(args: CheckArgs) -> anyhow::Result<()> {
         if !r.sports.is_any() {
             filters.push_str(&format!(" --sports {}", r.sports));
         }
-        writeln!(out, "rule {i} {:?}: {filters} {} -> {} {list}, mode {}", r.name, r.matcher, r.action.name(), r.mode.name())?;
+        writeln!(
+            out,
+            "rule {i} {:?}: {filters} {} -> {} {list}, mode {}",
+            r.name,
+            r.matcher,
+            r.action.name(),
+            r.mode.name()
+        )?;
     }
     Ok(())
 }

@@ -66,7 +66,10 @@ pub enum Transport {
     /// A protocol other than TCP and UDP (ICMP, ESP, …).
     Other,
     Tcp(Tcp),
-    Udp { sport: u16, dport: u16 },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
 }
 
 /// The TCP header fields the engine uses.
@@ -150,7 +153,14 @@ pub fn packet(bytes: &[u8]) -> Result<Packet<'_>, Error> {
             _ => (Transport::Other, body_start..body_start),
         }
     };
-    Ok(Packet { bytes, src, dst, proto, transport, payload })
+    Ok(Packet {
+        bytes,
+        src,
+        dst,
+        proto,
+        transport,
+        payload,
+    })
 }
 
 fn is_first_fragment(ip: &LaxIpSlice<'_>) -> bool {
@@ -203,7 +213,9 @@ mod tests {
         assert_eq!(p.ports(), Some((40000, 25)));
         assert_eq!(p.payload(), b"RCPT TO:<a@example.com>\r\n");
         assert_eq!(p.payload, 40..65);
-        let Transport::Tcp(t) = p.transport else { panic!("not tcp") };
+        let Transport::Tcp(t) = p.transport else {
+            panic!("not tcp")
+        };
         assert_eq!((t.seq, t.ack), (100, 200));
         assert_eq!(t.flags, tcp_flags::ACK | tcp_flags::PSH);
     }
@@ -215,7 +227,9 @@ mod tests {
         assert_eq!(p.ports(), Some((40000, 25)));
         assert!(p.payload().is_empty());
         assert_eq!(p.payload.start, 68);
-        let Transport::Tcp(t) = p.transport else { panic!("not tcp") };
+        let Transport::Tcp(t) = p.transport else {
+            panic!("not tcp")
+        };
         assert_eq!(t.flags, tcp_flags::SYN);
     }
 
@@ -224,7 +238,10 @@ mod tests {
         let mut gso = V4_DATA;
         gso[2] = 0;
         gso[3] = 0;
-        assert_eq!(packet(&gso).unwrap().payload(), b"RCPT TO:<a@example.com>\r\n");
+        assert_eq!(
+            packet(&gso).unwrap().payload(),
+            b"RCPT TO:<a@example.com>\r\n"
+        );
     }
 
     #[test]

@@ -80,18 +80,28 @@ pub struct Convicted {
 
 impl Report {
     pub fn engine_pps(&self) -> f64 {
-        if self.engine_secs > 0.0 { self.stats.packets as f64 / self.engine_secs } else { 0.0 }
+        if self.engine_secs > 0.0 {
+            self.stats.packets as f64 / self.engine_secs
+        } else {
+            0.0
+        }
     }
 
     pub fn engine_gbps(&self) -> f64 {
-        if self.engine_secs > 0.0 { self.stats.bytes as f64 * 8.0 / self.engine_secs / 1e9 } else { 0.0 }
+        if self.engine_secs > 0.0 {
+            self.stats.bytes as f64 * 8.0 / self.engine_secs / 1e9
+        } else {
+            0.0
+        }
     }
 
     /// The machine-readable form printed by `--json`.
     pub fn to_json(&self) -> serde_json::Value {
         let s = &self.stats;
-        let verdicts: serde_json::Map<String, serde_json::Value> =
-            Verdict::ALL.iter().map(|v| (v.name().to_string(), s.verdict(*v).into())).collect();
+        let verdicts: serde_json::Map<String, serde_json::Value> = Verdict::ALL
+            .iter()
+            .map(|v| (v.name().to_string(), s.verdict(*v).into()))
+            .collect();
         let matches: Vec<_> = self
             .rule_names
             .iter()
@@ -154,7 +164,12 @@ impl fmt::Display for Report {
         )?;
         for file in &self.files {
             if let Some(t) = &file.truncated {
-                writeln!(f, "  warning: {}: {t}; the {} frames before the cut were replayed", file.path.display(), n(file.frames))?;
+                writeln!(
+                    f,
+                    "  warning: {}: {t}; the {} frames before the cut were replayed",
+                    file.path.display(),
+                    n(file.frames)
+                )?;
             }
         }
         writeln!(
@@ -170,18 +185,37 @@ impl fmt::Display for Report {
         }
         writeln!(f)?;
         for (i, name) in self.rule_names.iter().enumerate() {
-            writeln!(f, "rule {i} {name:?}: {} matches", n(s.matches.get(i).copied().unwrap_or(0)))?;
+            writeln!(
+                f,
+                "rule {i} {name:?}: {} matches",
+                n(s.matches.get(i).copied().unwrap_or(0))
+            )?;
         }
         for (i, name) in self.list_names.iter().enumerate() {
-            writeln!(f, "list {name:?}: {} packets dropped from banned sources", n(s.banned.get(i).copied().unwrap_or(0)))?;
+            writeln!(
+                f,
+                "list {name:?}: {} packets dropped from banned sources",
+                n(s.banned.get(i).copied().unwrap_or(0))
+            )?;
         }
         let live = self.banned.iter().filter(|c| c.live_at_end).count() as u64;
-        writeln!(f, "banned:   {} distinct sources ({} still banned when the capture ends)", n(self.banned.len() as u64), n(live))?;
+        writeln!(
+            f,
+            "banned:   {} distinct sources ({} still banned when the capture ends)",
+            n(self.banned.len() as u64),
+            n(live)
+        )?;
         if !self.banned.is_empty() {
             writeln!(f, "  top sources by packets dropped:")?;
         }
         for c in self.banned.iter().take(10) {
-            writeln!(f, "  {:<40} {:>8} dropped  list {}", c.key.to_string(), n(c.dropped), c.list)?;
+            writeln!(
+                f,
+                "  {:<40} {:>8} dropped  list {}",
+                c.key.to_string(),
+                n(c.dropped),
+                c.list
+            )?;
         }
         write!(
             f,
@@ -198,7 +232,7 @@ fn group(v: u64) -> String {
     let digits = v.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -242,7 +276,11 @@ struct Batch {
 }
 
 /// Replays `files` in order through `engine`.
-pub fn replay(engine: &mut Engine, files: &[PathBuf], mut options: Options) -> Result<Report, ReplayError> {
+pub fn replay(
+    engine: &mut Engine,
+    files: &[PathBuf],
+    mut options: Options,
+) -> Result<Report, ReplayError> {
     let mut report = Report {
         files: Vec::new(),
         frames: 0,
@@ -252,11 +290,17 @@ pub fn replay(engine: &mut Engine, files: &[PathBuf], mut options: Options) -> R
         first_ts: None,
         last_ts: None,
         rule_names: engine.rules().iter().map(|r| r.name.clone()).collect(),
-        list_names: engine.blacklist().lists().iter().map(|l| l.config().name.clone()).collect(),
+        list_names: engine
+            .blacklist()
+            .lists()
+            .iter()
+            .map(|l| l.config().name.clone())
+            .collect(),
         banned: Vec::new(),
     };
     if let Some(out) = options.verdicts.as_mut() {
-        writeln!(out, "#index\tsrc\tsport\tdst\tdport\tverdict\treason").map_err(|source| ReplayError::Verdicts { source })?;
+        writeln!(out, "#index\tsrc\tsport\tdst\tdport\tverdict\treason")
+            .map_err(|source| ReplayError::Verdicts { source })?;
     }
     let mut batch = Batch::default();
     for path in files {
@@ -279,19 +323,38 @@ pub fn replay(engine: &mut Engine, files: &[PathBuf], mut options: Options) -> R
     Ok(report)
 }
 
-fn replay_file(engine: &mut Engine, path: &Path, options: &mut Options, batch: &mut Batch, report: &mut Report) -> Result<FileReport, ReplayError> {
-    let file = File::open(path).map_err(|source| ReplayError::Open { path: path.to_path_buf(), source })?;
+fn replay_file(
+    engine: &mut Engine,
+    path: &Path,
+    options: &mut Options,
+    batch: &mut Batch,
+    report: &mut Report,
+) -> Result<FileReport, ReplayError> {
+    let file = File::open(path).map_err(|source| ReplayError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let capture_err = |source| ReplayError::Capture { path: path.to_path_buf(), source };
+    let capture_err = |source| ReplayError::Capture {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut reader = Reader::new(BufReader::with_capacity(1 << 20, file)).map_err(capture_err)?;
     if let Some(link) = reader.pcap_link()
         && !pcap::linktype::is_supported(link)
     {
-        return Err(ReplayError::UnsupportedLink { path: path.to_path_buf(), link });
+        return Err(ReplayError::UnsupportedLink {
+            path: path.to_path_buf(),
+            link,
+        });
     }
     let show_progress = options.progress && size > PROGRESS_BYTES && io::stderr().is_terminal();
     let mut last_progress = std::time::Instant::now();
-    let mut out = FileReport { path: path.to_path_buf(), frames: 0, truncated: None };
+    let mut out = FileReport {
+        path: path.to_path_buf(),
+        frames: 0,
+        truncated: None,
+    };
     loop {
         batch.data.clear();
         batch.frames.clear();
@@ -305,9 +368,13 @@ fn replay_file(engine: &mut Engine, path: &Path, options: &mut Options, batch: &
                         Ok(ip) => {
                             let start = batch.data.len();
                             batch.data.extend_from_slice(ip);
-                            batch.frames.push((report.frames, rec.ts, start..batch.data.len()));
+                            batch
+                                .frames
+                                .push((report.frames, rec.ts, start..batch.data.len()));
                         }
-                        Err(Skip::NotIp | Skip::Short | Skip::UnsupportedLink(_)) => report.skipped += 1,
+                        Err(Skip::NotIp | Skip::Short | Skip::UnsupportedLink(_)) => {
+                            report.skipped += 1
+                        }
                     }
                 }
                 Ok(None) => {
@@ -329,14 +396,22 @@ fn replay_file(engine: &mut Engine, path: &Path, options: &mut Options, batch: &
         if show_progress && last_progress.elapsed().as_millis() >= 250 {
             last_progress = std::time::Instant::now();
             let pct = reader.offset() as f64 * 100.0 / size as f64;
-            eprint!("\rreplay {}: {pct:5.1}% ({} frames)", path.display(), group(out.frames));
+            eprint!(
+                "\rreplay {}: {pct:5.1}% ({} frames)",
+                path.display(),
+                group(out.frames)
+            );
         }
         if done {
             break;
         }
     }
     if show_progress {
-        eprintln!("\rreplay {}: 100.0% ({} frames)", path.display(), group(out.frames));
+        eprintln!(
+            "\rreplay {}: 100.0% ({} frames)",
+            path.display(),
+            group(out.frames)
+        );
     }
     Ok(out)
 }
@@ -359,17 +434,22 @@ fn decide_batch(engine: &mut Engine, batch: &mut Batch, report: &mut Report) {
             },
             _ => continue,
         };
-        let Ok(p) = parse::packet(&batch.data[range.clone()]) else { continue };
+        let Ok(p) = parse::packet(&batch.data[range.clone()]) else {
+            continue;
+        };
         let list = engine.blacklist().list(list_id);
         let key = list.key(p.src);
-        let c = batch.convicted.entry((list_id, key)).or_insert_with(|| Convicted {
-            key,
-            list: list.config().name.clone(),
-            first: *ts,
-            convictions: 0,
-            dropped: 0,
-            live_at_end: false,
-        });
+        let c = batch
+            .convicted
+            .entry((list_id, key))
+            .or_insert_with(|| Convicted {
+                key,
+                list: list.config().name.clone(),
+                first: *ts,
+                convictions: 0,
+                dropped: 0,
+                live_at_end: false,
+            });
         if convicting {
             c.convictions += 1;
         } else {
@@ -389,12 +469,21 @@ fn write_verdicts(out: &mut dyn Write, batch: &Batch, engine: &Engine) -> io::Re
         let bytes = &batch.data[range.clone()];
         let (src, sport, dst, dport) = match parse::packet(bytes) {
             Ok(p) => {
-                let (sp, dp) = p.ports().map_or(("-".to_string(), "-".to_string()), |(s, d)| (s.to_string(), d.to_string()));
+                let (sp, dp) = p
+                    .ports()
+                    .map_or(("-".to_string(), "-".to_string()), |(s, d)| {
+                        (s.to_string(), d.to_string())
+                    });
                 (p.src.to_string(), sp, p.dst.to_string(), dp)
             }
             Err(_) => ("-".into(), "-".into(), "-".into(), "-".into()),
         };
-        writeln!(out, "{index}\t{src}\t{sport}\t{dst}\t{dport}\t{}\t{}", decision.verdict.name(), reason_text(decision.reason, engine))?;
+        writeln!(
+            out,
+            "{index}\t{src}\t{sport}\t{dst}\t{dport}\t{}\t{}",
+            decision.verdict.name(),
+            reason_text(decision.reason, engine)
+        )?;
     }
     Ok(())
 }
@@ -402,15 +491,20 @@ fn write_verdicts(out: &mut dyn Write, batch: &Batch, engine: &Engine) -> io::Re
 /// The reason column of the verdict log.
 pub fn reason_text(reason: Reason, engine: &Engine) -> String {
     match reason {
-        Reason::Banned { list } => format!("banned:{}", engine.blacklist().list(list).config().name),
+        Reason::Banned { list } => {
+            format!("banned:{}", engine.blacklist().list(list).config().name)
+        }
         Reason::Clean => "clean".into(),
         Reason::Matched { rule } => format!("matched:{}", engine.rules()[usize::from(rule)].name),
         Reason::Unguarded => "unguarded".into(),
-        Reason::Unparsed(e) => format!("unparsed:{}", match e {
-            parse::Error::BadVersion => "bad-version",
-            parse::Error::BadHeaderLen => "bad-header-len",
-            parse::Error::Truncated => "truncated",
-        }),
+        Reason::Unparsed(e) => format!(
+            "unparsed:{}",
+            match e {
+                parse::Error::BadVersion => "bad-version",
+                parse::Error::BadHeaderLen => "bad-header-len",
+                parse::Error::Truncated => "truncated",
+            }
+        ),
     }
 }
 
@@ -425,11 +519,19 @@ pub fn banned_sources(report: &Report) -> Vec<String> {
 pub fn is_convicted(report: &Report, addr: IpAddr) -> bool {
     report.banned.iter().any(|c| match (c.key, addr) {
         (crate::blacklist::Key::V4 { addr: k, prefix }, IpAddr::V4(a)) => {
-            let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) };
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(prefix))
+            };
             a.to_bits() & mask == k
         }
         (crate::blacklist::Key::V6 { addr: k, prefix }, IpAddr::V6(a)) => {
-            let mask = if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix)) };
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(prefix))
+            };
             a.to_bits() & mask == k
         }
         _ => false,

@@ -49,7 +49,14 @@ impl StringMatch {
     /// A match on `pattern` over the whole packet, case-sensitive, not inverted.
     pub fn new(pattern: Vec<u8>) -> Result<StringMatch, PatternError> {
         check_pattern_len(&pattern)?;
-        Ok(StringMatch { pattern, algo: Algo::Bm, from: 0, to: u16::MAX, icase: false, invert: false })
+        Ok(StringMatch {
+            pattern,
+            algo: Algo::Bm,
+            from: 0,
+            to: u16::MAX,
+            icase: false,
+            invert: false,
+        })
     }
 }
 
@@ -105,7 +112,9 @@ impl fmt::Display for PatternError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PatternError::Empty => f.write_str("STRING must contain at least one char"),
-            PatternError::TooLong => write!(f, "STRING too long (more than {MAX_PATTERN_LEN} bytes)"),
+            PatternError::TooLong => {
+                write!(f, "STRING too long (more than {MAX_PATTERN_LEN} bytes)")
+            }
             PatternError::LiteralAtEnd => f.write_str("Bad literal placement at end of string"),
             PatternError::LiteralInHex => f.write_str("Cannot include literals in hex data"),
             PatternError::OddHexDigits => f.write_str("Odd number of hex digits"),
@@ -177,7 +186,9 @@ pub fn parse_hex_string(text: &str) -> Result<Vec<u8>, PatternError> {
             let (hi, lo) = (s[i], s[i + 1]);
             for digit in [hi, lo] {
                 if !digit.is_ascii_hexdigit() {
-                    return Err(PatternError::InvalidHexChar { found: digit as char });
+                    return Err(PatternError::InvalidHexChar {
+                        found: digit as char,
+                    });
                 }
             }
             out.push(hex_value(hi) << 4 | hex_value(lo));
@@ -256,7 +267,10 @@ mod tests {
             ("|0D 0A|", &[0x0d, 0x0a]),
             ("| 0d 0a |", &[0x0d, 0x0a]),
             ("abc|00|def", b"abc\0def"),
-            ("|03|www|09|netfilter|03|org|00|", b"\x03www\x09netfilter\x03org\x00"),
+            (
+                "|03|www|09|netfilter|03|org|00|",
+                b"\x03www\x09netfilter\x03org\x00",
+            ),
             ("\\|x", b"|x"),
             ("|41|42|43|", &[0x41, b'4', b'2', 0x43]),
             ("|0a||0b|", &[0x0a, 0x7c, 0x30, 0x62]),
@@ -288,7 +302,10 @@ mod tests {
         assert_eq!(parse_string(&"a".repeat(129)), Err(PatternError::TooLong));
         assert_eq!(parse_string(""), Err(PatternError::Empty));
         assert!(parse_hex_string(&format!("|{}|", "41".repeat(128))).is_ok());
-        assert_eq!(parse_hex_string(&format!("|{}|", "41".repeat(129))), Err(PatternError::TooLong));
+        assert_eq!(
+            parse_hex_string(&format!("|{}|", "41".repeat(129))),
+            Err(PatternError::TooLong)
+        );
     }
 
     #[test]
@@ -300,13 +317,25 @@ mod tests {
         m.icase = true;
         m.invert = true;
         m.algo = Algo::Kmp;
-        assert_eq!(m.to_string(), "-m string ! --string \"test\" --algo kmp --from 40 --to 57 --icase");
+        assert_eq!(
+            m.to_string(),
+            "-m string ! --string \"test\" --algo kmp --from 40 --to 57 --icase"
+        );
         let hex = StringMatch::new(b"\x03www\x00".to_vec()).unwrap();
-        assert_eq!(hex.to_string(), "-m string --hex-string \"|0377777700|\" --algo bm");
+        assert_eq!(
+            hex.to_string(),
+            "-m string --hex-string \"|0377777700|\" --algo bm"
+        );
         let backslash = StringMatch::new(b"a\\".to_vec()).unwrap();
-        assert_eq!(backslash.to_string(), "-m string --hex-string \"|615c|\" --algo bm");
+        assert_eq!(
+            backslash.to_string(),
+            "-m string --hex-string \"|615c|\" --algo bm"
+        );
         let quoted = StringMatch::new(b"a\"b\\c".to_vec()).unwrap();
-        assert_eq!(quoted.to_string(), "-m string --string \"a\\\"b\\\\c\" --algo bm");
+        assert_eq!(
+            quoted.to_string(),
+            "-m string --string \"a\\\"b\\\\c\" --algo bm"
+        );
     }
 
     #[test]
@@ -421,8 +450,12 @@ impl Rule {
         use crate::parse::Transport;
         match (self.protocol, packet.transport) {
             (Protocol::All, _) => true,
-            (Protocol::Tcp, Transport::Tcp(t)) => self.dports.contains(t.dport) && self.sports.contains(t.sport),
-            (Protocol::Udp, Transport::Udp { sport, dport }) => self.dports.contains(dport) && self.sports.contains(sport),
+            (Protocol::Tcp, Transport::Tcp(t)) => {
+                self.dports.contains(t.dport) && self.sports.contains(t.sport)
+            }
+            (Protocol::Udp, Transport::Udp { sport, dport }) => {
+                self.dports.contains(dport) && self.sports.contains(sport)
+            }
             _ => false,
         }
     }

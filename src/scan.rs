@@ -1,9 +1,11 @@
 //! The scanner: which of a rule set's string matches hit a packet.
 //!
-//! Built once per rule set (construction separate from search, as memchr does). A few needles
-//! get one prebuilt `memmem::Finder` each and are searched lazily, in rule order, so the first
-//! hit ends the scan. Many needles go into Aho-Corasick automata (one for case-sensitive, one for
-//! folded needles) searched once per packet with overlapping matches, so no needle hides another.
+//! Built once per rule set (construction separate from search, as memchr does): one prebuilt
+//! `memmem::Finder` per rule, and, for two rules or more, Aho-Corasick automata (one for
+//! case-sensitive, one for folded needles). Per packet it picks the cheaper: the finders, searched
+//! lazily in rule order so the first hit ends the scan, when there are few rules and a short
+//! packet; otherwise one automaton pass with overlapping matches, so that no needle hides another
+//! whose window differs.
 //!
 //! Case-insensitive needles are matched by folding the packet through the kernel's Latin-1
 //! `toupper` table ([`fold`]) into a scratch buffer, then searching the folded needle: the same
@@ -14,8 +16,25 @@ use memchr::memmem::Finder;
 
 use crate::rule::StringMatch;
 
-/// Up to this many rules are searched with one memmem `Finder` each.
-pub const FINDER_LIMIT: usize = 4;
+/// Memmem finders are used for a packet when there is one rule, or when there are at most
+/// `FINDER_MAX_RULES` rules and rules × searched bytes ≤ `FINDER_BUDGET`; Aho-Corasick otherwise.
+/// Measured (docs/BENCHMARKS.md, `scan/strategy`): an automaton search costs ~45 ns per packet
+/// up front, a finder ~8 ns per rule; per byte the two are alike.
+pub const FINDER_MAX_RULES: usize = 8;
+
+/// See [`FINDER_MAX_RULES`].
+pub const FINDER_BUDGET: usize = 1024;
+
+/// Which search a [`Scanner`] uses.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Choice {
+    /// Per packet, by the rule above (the default).
+    Auto,
+    /// Always one finder per rule.
+    Finders,
+    /// Always the automata (for more than one rule).
+    Automata,
+}
 
 /// The kernel's `toupper` (lib/ctype.c): a-z, 0xDF, 0xE0–0xF6 and 0xF8–0xFF are lower case and
 /// map to the byte 0x20 below. Branch-free so that [`fold`] vectorises.
@@ -48,22 +67,24 @@ struct Needle {
     invert: bool,
 }
 
+/// Overlapping Aho-Corasick automata; `ids[pattern]` is the rule index of each pattern.
 #[derive(Clone, Debug)]
-enum Strategy {
-    /// One prebuilt finder per rule (needles folded for icase rules).
-    Finders(Vec<Finder<'static>>),
-    /// Overlapping Aho-Corasick; `ids[pattern]` is the rule index of each automaton pattern.
-    Automata { exact: Option<(AhoCorasick, Vec<usize>)>, folded: Option<(AhoCorasick, Vec<usize>)> },
+struct Automata {
+    exact: Option<(AhoCorasick, Vec<usize>)>,
+    folded: Option<(AhoCorasick, Vec<usize>)>,
 }
 
 /// Finds the first rule (in order) whose string match hits a packet.
 ///
-/// A `Scanner` holds scratch buffers, so each worker owns one; cloning is cheap for the finders
-/// and shares nothing mutable.
+/// A `Scanner` holds scratch buffers, so each worker owns one; cloning shares nothing mutable.
 #[derive(Clone, Debug)]
 pub struct Scanner {
     needles: Vec<Needle>,
-    strategy: Strategy,
+    /// One prebuilt finder per rule (the needle folded for icase rules).
+    finders: Vec<Finder<'static>>,
+    /// Built for two rules or more, unless the choice is `Finders`.
+    automata: Option<Automata>,
+    choice: Choice,
     folded: Vec<u8>,
     found: Vec<bool>,
     candidates: Vec<bool>,
@@ -72,11 +93,11 @@ pub struct Scanner {
 impl Scanner {
     /// Builds the scanner for `matches`, in rule order.
     pub fn new(matches: &[&StringMatch]) -> Scanner {
-        Scanner::with_strategy(matches, matches.len() <= FINDER_LIMIT)
+        Scanner::with_choice(matches, Choice::Auto)
     }
 
-    /// As [`Scanner::new`], forcing memmem finders (`true`) or automata (`false`). For benches.
-    pub fn with_strategy(matches: &[&StringMatch], finders: bool) -> Scanner {
+    /// As [`Scanner::new`], with the search forced one way (for benches and tests).
+    pub fn with_choice(matches: &[&StringMatch], choice: Choice) -> Scanner {
         let needles = matches
             .iter()
             .map(|m| Needle {
@@ -88,17 +109,19 @@ impl Scanner {
             })
             .collect();
         let needle_bytes = |m: &StringMatch| -> Vec<u8> {
+            let mut folded = Vec::new();
             if m.icase {
-                let mut folded = Vec::new();
                 fold(&m.pattern, &mut folded);
-                folded
             } else {
-                m.pattern.clone()
+                folded.extend_from_slice(&m.pattern);
             }
+            folded
         };
-        let strategy = if finders {
-            Strategy::Finders(matches.iter().map(|m| Finder::new(&needle_bytes(m)).into_owned()).collect())
-        } else {
+        let finders = matches
+            .iter()
+            .map(|m| Finder::new(&needle_bytes(m)).into_owned())
+            .collect();
+        let automata = (matches.len() >= 2 && choice != Choice::Finders).then(|| {
             let build = |icase: bool| {
                 let (ids, pats): (Vec<usize>, Vec<Vec<u8>>) = matches
                     .iter()
@@ -113,16 +136,31 @@ impl Scanner {
                     .match_kind(MatchKind::Standard)
                     .kind(Some(AhoCorasickKind::DFA))
                     .build(&pats)
-                    // A DFA over ≤ a few thousand needles of ≤ 128 bytes stays far below the
-                    // builder's size limits; fall back to the default kind if it ever does not.
-                    .or_else(|_| AhoCorasick::builder().match_kind(MatchKind::Standard).build(&pats))
+                    // A DFA over a few thousand needles of <= 128 bytes stays far below the
+                    // builder's limits; fall back to the default kind if it ever does not.
+                    .or_else(|_| {
+                        AhoCorasick::builder()
+                            .match_kind(MatchKind::Standard)
+                            .build(&pats)
+                    })
                     .expect("aho-corasick accepts any set of non-empty byte needles");
                 Some((ac, ids))
             };
-            Strategy::Automata { exact: build(false), folded: build(true) }
-        };
+            Automata {
+                exact: build(false),
+                folded: build(true),
+            }
+        });
         let n = matches.len();
-        Scanner { found: vec![false; n], candidates: vec![false; n], needles, strategy, folded: Vec::new() }
+        Scanner {
+            needles,
+            finders,
+            automata,
+            choice,
+            folded: Vec::new(),
+            found: vec![false; n],
+            candidates: vec![false; n],
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -135,56 +173,99 @@ impl Scanner {
 
     /// The index of the first rule `i` with `candidate(i)` whose match (after `invert`) holds
     /// for `packet`, or `None`. `packet` starts at the IP header.
-    pub fn first_match(&mut self, packet: &[u8], mut candidate: impl FnMut(usize) -> bool) -> Option<usize> {
-        match &self.strategy {
-            Strategy::Finders(finders) => {
-                let mut folded_ready = false;
-                for (i, (needle, finder)) in self.needles.iter().zip(finders).enumerate() {
-                    if !candidate(i) {
-                        continue;
-                    }
-                    let hit = match window(needle, packet.len()) {
-                        None => false,
-                        Some((from, end)) if needle.icase => {
-                            if !folded_ready {
-                                fold(packet, &mut self.folded);
-                                folded_ready = true;
-                            }
-                            finder.find(&self.folded[from..end]).is_some()
-                        }
-                        Some((from, end)) => finder.find(&packet[from..end]).is_some(),
-                    };
-                    if hit != needle.invert {
-                        return Some(i);
-                    }
-                }
-                None
+    pub fn first_match(
+        &mut self,
+        packet: &[u8],
+        candidate: impl FnMut(usize) -> bool,
+    ) -> Option<usize> {
+        let use_finders = match (&self.automata, self.choice) {
+            (None, _) | (_, Choice::Finders) => true,
+            (Some(_), Choice::Automata) => false,
+            (Some(_), Choice::Auto) => {
+                self.needles.len() <= FINDER_MAX_RULES
+                    && self.needles.len() * packet.len() <= FINDER_BUDGET
             }
-            Strategy::Automata { exact, folded } => {
-                let mut any = false;
-                for (i, c) in self.candidates.iter_mut().enumerate() {
-                    *c = candidate(i);
-                    any |= *c;
+        };
+        if use_finders {
+            self.first_by_finders(packet, candidate)
+        } else {
+            self.first_by_automata(packet, candidate)
+        }
+    }
+
+    fn first_by_finders(
+        &mut self,
+        packet: &[u8],
+        mut candidate: impl FnMut(usize) -> bool,
+    ) -> Option<usize> {
+        let mut folded_ready = false;
+        for (i, (needle, finder)) in self.needles.iter().zip(&self.finders).enumerate() {
+            if !candidate(i) {
+                continue;
+            }
+            let hit = match window(needle, packet.len()) {
+                None => false,
+                Some((from, end)) if needle.icase => {
+                    if !folded_ready {
+                        fold(packet, &mut self.folded);
+                        folded_ready = true;
+                    }
+                    finder.find(&self.folded[from..end]).is_some()
                 }
-                if !any {
-                    return None;
-                }
-                self.found.iter_mut().for_each(|f| *f = false);
-                if let Some((ac, ids)) = exact {
-                    mark(ac, ids, &self.needles, packet, packet, &mut self.found);
-                }
-                if let Some((ac, ids)) = folded {
-                    fold(packet, &mut self.folded);
-                    mark(ac, ids, &self.needles, &self.folded, packet, &mut self.found);
-                }
-                (0..self.needles.len()).find(|&i| self.candidates[i] && self.found[i] != self.needles[i].invert)
+                Some((from, end)) => finder.find(&packet[from..end]).is_some(),
+            };
+            if hit != needle.invert {
+                return Some(i);
             }
         }
+        None
+    }
+
+    fn first_by_automata(
+        &mut self,
+        packet: &[u8],
+        mut candidate: impl FnMut(usize) -> bool,
+    ) -> Option<usize> {
+        let Some(automata) = &self.automata else {
+            return None;
+        };
+        let mut any = false;
+        for (i, c) in self.candidates.iter_mut().enumerate() {
+            *c = candidate(i);
+            any |= *c;
+        }
+        if !any {
+            return None;
+        }
+        self.found.iter_mut().for_each(|f| *f = false);
+        if let Some((ac, ids)) = &automata.exact {
+            mark(ac, ids, &self.needles, packet, packet, &mut self.found);
+        }
+        if let Some((ac, ids)) = &automata.folded {
+            fold(packet, &mut self.folded);
+            mark(
+                ac,
+                ids,
+                &self.needles,
+                &self.folded,
+                packet,
+                &mut self.found,
+            );
+        }
+        (0..self.needles.len())
+            .find(|&i| self.candidates[i] && self.found[i] != self.needles[i].invert)
     }
 }
 
 /// Sets `found[rule]` for every automaton match that lies wholly inside its rule's window.
-fn mark(ac: &AhoCorasick, ids: &[usize], needles: &[Needle], haystack: &[u8], packet: &[u8], found: &mut [bool]) {
+fn mark(
+    ac: &AhoCorasick,
+    ids: &[usize],
+    needles: &[Needle],
+    haystack: &[u8],
+    packet: &[u8],
+    found: &mut [bool],
+) {
     let (mut lo, mut hi) = (usize::MAX, 0);
     for &rule in ids {
         if let Some((from, end)) = window(&needles[rule], packet.len()) {
@@ -237,7 +318,14 @@ mod tests {
     }
 
     fn rule(pattern: &[u8], from: u16, to: u16, algo: Algo) -> StringMatch {
-        StringMatch { pattern: pattern.to_vec(), algo, from, to, icase: false, invert: false }
+        StringMatch {
+            pattern: pattern.to_vec(),
+            algo,
+            from,
+            to,
+            icase: false,
+            invert: false,
+        }
     }
 
     /// KERNEL-SPEC §2.6: "foo bar baz" at offset X in a UDP/IPv4 packet, four rules.
@@ -266,13 +354,17 @@ mod tests {
             (1590, [false; 4]),
             (1600, [false; 4]),
         ];
-        for finders in [true, false] {
+        for choice in [Choice::Auto, Choice::Finders, Choice::Automata] {
             for (at, want) in cases {
                 let mut packet = vec![0u8; 1700];
                 packet[*at..at + needle.len()].copy_from_slice(needle);
                 for (i, r) in rules.iter().enumerate() {
-                    let mut s = Scanner::with_strategy(&[r], finders);
-                    assert_eq!(s.first_match(&packet, |_| true).is_some(), want[i], "at {at} rule {i}");
+                    let mut s = Scanner::with_choice(&[r], choice);
+                    assert_eq!(
+                        s.first_match(&packet, |_| true).is_some(),
+                        want[i],
+                        "at {at} rule {i} {choice:?}"
+                    );
                 }
             }
         }
@@ -285,7 +377,10 @@ mod tests {
         assert_eq!(s.first_match(b"xxabc", |_| true), Some(0));
         assert_eq!(s.first_match(b"xxab", |_| true), None);
         let from_eq_to = rule(b"a", 5, 5, Algo::Bm);
-        assert_eq!(Scanner::new(&[&from_eq_to]).first_match(b"aaaaaaaaaa", |_| true), None);
+        assert_eq!(
+            Scanner::new(&[&from_eq_to]).first_match(b"aaaaaaaaaa", |_| true),
+            None
+        );
     }
 
     #[test]
@@ -306,8 +401,8 @@ mod tests {
         let mut a = rule(b"spam", 0, u16::MAX, Algo::Bm);
         a.invert = true;
         let b = rule(b"ham", 0, u16::MAX, Algo::Bm);
-        for finders in [true, false] {
-            let mut s = Scanner::with_strategy(&[&a, &b], finders);
+        for choice in [Choice::Auto, Choice::Finders, Choice::Automata] {
+            let mut s = Scanner::with_choice(&[&a, &b], choice);
             assert_eq!(s.first_match(b"ham and eggs", |_| true), Some(0));
             assert_eq!(s.first_match(b"spam and ham", |_| true), Some(1));
             assert_eq!(s.first_match(b"spam and ham", |i| i == 0), None);
@@ -320,7 +415,7 @@ mod tests {
         // "example.com" would hide "ample" under leftmost-first semantics.
         let a = rule(b"example.com", 0, 20, Algo::Bm);
         let b = rule(b"ample", 0, u16::MAX, Algo::Bm);
-        let mut s = Scanner::with_strategy(&[&a, &b], false);
+        let mut s = Scanner::with_choice(&[&a, &b], Choice::Automata);
         let mut packet = vec![b'.'; 30];
         packet[15..26].copy_from_slice(b"example.com");
         assert_eq!(s.first_match(&packet, |_| true), Some(1));

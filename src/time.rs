@@ -83,7 +83,7 @@ impl fmt::Display for Duration {
             return f.write_str("0s");
         }
         for (size, unit) in UNITS {
-            if self.0 % size == 0 {
+            if self.0.is_multiple_of(size) {
                 return write!(f, "{}{unit}", self.0 / size);
             }
         }
@@ -154,7 +154,15 @@ mod tests {
 
     #[test]
     fn refuses_garbage() {
-        for bad in ["", "h", "24x", "1.5h", "-3s", "24 h", "99999999999999999999"] {
+        for bad in [
+            "",
+            "h",
+            "24x",
+            "1.5h",
+            "-3s",
+            "24 h",
+            "99999999999999999999",
+        ] {
             assert_eq!(parse_duration(bad), Err(BadDuration), "{bad:?}");
         }
     }

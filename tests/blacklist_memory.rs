@@ -54,5 +54,8 @@ fn ten_million_ipv4_bans_fit_in_48_bytes_each() {
     let per_entry = bytes as f64 / f64::from(N);
     println!("blacklist: {N} IPv4 entries use {bytes} bytes = {per_entry:.1} bytes/entry");
     assert!(per_entry <= 48.0, "{per_entry:.1} bytes per entry");
-    assert!(list.check(IpAddr::V4(Ipv4Addr::from(7u32.wrapping_mul(2_654_435_761))), now));
+    assert!(list.check(
+        IpAddr::V4(Ipv4Addr::from(7u32.wrapping_mul(2_654_435_761))),
+        now
+    ));
 }

@@ -11,7 +11,8 @@ impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("stringban-test-{tag}-{}-{n}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("stringban-test-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create temp dir");
         TempDir(dir)
@@ -34,7 +35,10 @@ pub fn real_pcaps() -> Option<PathBuf> {
     if dir.join("expected.tsv").is_file() {
         Some(dir)
     } else {
-        eprintln!("SKIPPED: {} not found; the golden replays need the shared captures", dir.display());
+        eprintln!(
+            "SKIPPED: {} not found; the golden replays need the shared captures",
+            dir.display()
+        );
         None
     }
 }

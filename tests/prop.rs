@@ -7,12 +7,16 @@ use proptest::prelude::*;
 use stringban::blacklist::{List, ListConfig};
 use stringban::config::{Config, Flags};
 use stringban::rule::{Algo, StringMatch};
-use stringban::scan::Scanner;
+use stringban::scan::{Choice, Scanner};
 use stringban::{Duration, Engine, Instant, parse};
 
 /// lib/ctype.c's lower-case set, independently of `scan::to_upper`.
 fn kernel_upper(b: u8) -> u8 {
-    if matches!(b, 0x61..=0x7a | 0xdf | 0xe0..=0xf6 | 0xf8..=0xff) { b - 0x20 } else { b }
+    if matches!(b, 0x61..=0x7a | 0xdf | 0xe0..=0xf6 | 0xf8..=0xff) {
+        b - 0x20
+    } else {
+        b
+    }
 }
 
 /// The naive reference: the whole pattern inside `[from, min(to, len))`, then `invert`.
@@ -20,23 +24,58 @@ fn naive_hit(m: &StringMatch, packet: &[u8]) -> bool {
     let end = usize::from(m.to).min(packet.len());
     let from = usize::from(m.from);
     let n = m.pattern.len();
-    let eq = |a: u8, b: u8| if m.icase { kernel_upper(a) == kernel_upper(b) } else { a == b };
-    let found = from < end && end - from >= n && (from..=end - n).any(|s| (0..n).all(|i| eq(packet[s + i], m.pattern[i])));
+    let eq = |a: u8, b: u8| {
+        if m.icase {
+            kernel_upper(a) == kernel_upper(b)
+        } else {
+            a == b
+        }
+    };
+    let found = from < end
+        && end - from >= n
+        && (from..=end - n).any(|s| (0..n).all(|i| eq(packet[s + i], m.pattern[i])));
     found != m.invert
 }
 
 /// Bytes from a small alphabet (with case pairs and Latin-1 letters) so that matches happen.
 fn alphabet() -> impl Strategy<Value = u8> {
-    prop_oneof![Just(b'a'), Just(b'A'), Just(b'b'), Just(b'@'), Just(0xe4), Just(0xc4), Just(0xff), Just(0xdf), Just(0xf7), any::<u8>()]
+    prop_oneof![
+        Just(b'a'),
+        Just(b'A'),
+        Just(b'b'),
+        Just(b'@'),
+        Just(0xe4),
+        Just(0xc4),
+        Just(0xff),
+        Just(0xdf),
+        Just(0xf7),
+        any::<u8>()
+    ]
 }
 
 fn string_match() -> impl Strategy<Value = StringMatch> {
-    (prop::collection::vec(alphabet(), 1..6), 0u16..80, 0u16..90, any::<bool>(), any::<bool>()).prop_map(
-        |(pattern, a, b, icase, invert)| {
-            let (from, to) = if b == 89 { (a.min(40), u16::MAX) } else { (a.min(b), a.max(b)) };
-            StringMatch { pattern, algo: Algo::Kmp, from, to, icase, invert }
-        },
+    (
+        prop::collection::vec(alphabet(), 1..6),
+        0u16..80,
+        0u16..90,
+        any::<bool>(),
+        any::<bool>(),
     )
+        .prop_map(|(pattern, a, b, icase, invert)| {
+            let (from, to) = if b == 89 {
+                (a.min(40), u16::MAX)
+            } else {
+                (a.min(b), a.max(b))
+            };
+            StringMatch {
+                pattern,
+                algo: Algo::Kmp,
+                from,
+                to,
+                icase,
+                invert,
+            }
+        })
 }
 
 proptest! {
@@ -51,9 +90,9 @@ proptest! {
         let candidate = |i: usize| mask & (1 << (i % 16)) != 0;
         let want = rules.iter().enumerate().find(|(i, m)| candidate(*i) && naive_hit(m, &packet)).map(|(i, _)| i);
         let refs: Vec<&StringMatch> = rules.iter().collect();
-        for finders in [true, false] {
-            let mut s = Scanner::with_strategy(&refs, finders);
-            prop_assert_eq!(s.first_match(&packet, candidate), want, "finders={}", finders);
+        for choice in [Choice::Auto, Choice::Finders, Choice::Automata] {
+            let mut s = Scanner::with_choice(&refs, choice);
+            prop_assert_eq!(s.first_match(&packet, candidate), want, "{:?}", choice);
         }
     }
 
@@ -128,13 +167,13 @@ proptest! {
 
 /// IPv4 TCP 198.18.0.2:40000 → 198.18.0.1:25, ACK|PSH, no payload.
 static V4: [u8; 40] = [
-    0x45, 0, 0, 0x28, 0, 1, 0x40, 0, 64, 6, 0, 0, 198, 18, 0, 2, 198, 18, 0, 1, 0x9c, 0x40, 0, 25, 0, 0, 0, 100, 0, 0, 0, 200,
-    0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0,
+    0x45, 0, 0, 0x28, 0, 1, 0x40, 0, 64, 6, 0, 0, 198, 18, 0, 2, 198, 18, 0, 1, 0x9c, 0x40, 0, 25,
+    0, 0, 0, 100, 0, 0, 0, 200, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0,
 ];
 
 /// IPv6 TCP with a hop-by-hop header.
 static V6: [u8; 68] = [
-    0x60, 0, 0, 0, 0, 0x1c, 0, 64, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 1, 6, 0, 1, 4, 0, 0, 0, 0, 0x9c, 0x40, 0, 25, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0,
-    0, 0,
+    0x60, 0, 0, 0, 0, 0x1c, 0, 64, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2,
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 6, 0, 1, 4, 0, 0, 0, 0, 0x9c, 0x40,
+    0, 25, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0,
 ];

@@ -18,7 +18,13 @@ fn stringban() -> Command {
 }
 
 fn gen_config() -> GenConfig {
-    GenConfig { sessions: 3_000, sources: 900, legit_ratio: 0.15, seed: 42, ..GenConfig::default() }
+    GenConfig {
+        sessions: 3_000,
+        sources: 900,
+        legit_ratio: 0.15,
+        seed: 42,
+        ..GenConfig::default()
+    }
 }
 
 fn write_capture(dir: &TempDir, cfg: &GenConfig) -> (PathBuf, Truth) {
@@ -35,7 +41,12 @@ fn write_capture(dir: &TempDir, cfg: &GenConfig) -> (PathBuf, Truth) {
 fn packet_mode_verdicts_match_the_ground_truth_exactly() {
     let dir = TempDir::new("gen");
     let (path, truth) = write_capture(&dir, &gen_config());
-    let flags = Flags { string: vec!["@example.com".into()], ports: vec![25], ttl: Some("24h".into()), ..Flags::default() };
+    let flags = Flags {
+        string: vec!["@example.com".into()],
+        ports: vec![25],
+        ttl: Some("24h".into()),
+        ..Flags::default()
+    };
     let mut engine = Engine::new(&Config::build(None, &flags).unwrap());
     let report = replay::replay(&mut engine, &[path], Options::default()).unwrap();
     let want = truth.expected(32, 64);
@@ -51,11 +62,20 @@ fn packet_mode_verdicts_match_the_ground_truth_exactly() {
     assert_eq!(got, want.convicted);
 
     // What the kernel recipe gets wrong, stated as counts.
-    assert!(want.missed_spam[&Kind::SpamUpper] > 0, "upper-case spam slips through packet mode");
-    assert!(want.missed_spam[&Kind::SpamSplit] > 0, "split RCPT slips through packet mode");
+    assert!(
+        want.missed_spam[&Kind::SpamUpper] > 0,
+        "upper-case spam slips through packet mode"
+    );
+    assert!(
+        want.missed_spam[&Kind::SpamSplit] > 0,
+        "split RCPT slips through packet mode"
+    );
     assert!(!want.missed_spam.contains_key(&Kind::Spam));
     assert!(!want.missed_spam.contains_key(&Kind::SpamPipelined));
-    assert!(want.hurt_legit[&Kind::LegitMention] > 0, "body mentions get legit senders banned");
+    assert!(
+        want.hurt_legit[&Kind::LegitMention] > 0,
+        "body mentions get legit senders banned"
+    );
 
     // Per source: upper-case and split bots are never convicted; every plain bot is.
     let mut kinds: HashMap<String, Kind> = HashMap::new();
@@ -76,7 +96,12 @@ fn packet_mode_verdicts_match_the_ground_truth_exactly() {
 fn icase_catches_upper_case_but_not_splits() {
     let dir = TempDir::new("icase");
     let (path, truth) = write_capture(&dir, &gen_config());
-    let flags = Flags { string: vec!["@example.com".into()], icase: true, ports: vec![25], ..Flags::default() };
+    let flags = Flags {
+        string: vec!["@example.com".into()],
+        icase: true,
+        ports: vec![25],
+        ..Flags::default()
+    };
     let mut engine = Engine::new(&Config::build(None, &flags).unwrap());
     let report = replay::replay(&mut engine, &[path], Options::default()).unwrap();
     let got = replay::banned_sources(&report);
@@ -95,11 +120,24 @@ fn cli_gen_then_replay_json_and_verdict_log() {
     let dir = TempDir::new("cli");
     let pcap = dir.path().join("flood.pcap");
     let out = stringban()
-        .args(["gen", "--sessions", "500", "--sources", "150", "--seed", "3", "--out"])
+        .args([
+            "gen",
+            "--sessions",
+            "500",
+            "--sources",
+            "150",
+            "--seed",
+            "3",
+            "--out",
+        ])
         .arg(&pcap)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("expects: accept"), "{stdout}");
     let truth_path = dir.path().join("flood.truth.tsv");
@@ -109,33 +147,64 @@ fn cli_gen_then_replay_json_and_verdict_log() {
 
     let tsv = dir.path().join("verdicts.tsv");
     let out = stringban()
-        .args(["replay", "--json", "--string", "@example.com", "--port", "25", "--ttl", "24h", "--action", "reject", "--verdicts"])
+        .args([
+            "replay",
+            "--json",
+            "--string",
+            "@example.com",
+            "--port",
+            "25",
+            "--ttl",
+            "24h",
+            "--action",
+            "reject",
+            "--verdicts",
+        ])
         .arg(&tsv)
         .arg(&pcap)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["packets"], want.packets);
     assert_eq!(json["verdicts"]["accept"], want.accept);
     assert_eq!(json["verdicts"]["drop"], want.drop);
     assert_eq!(json["verdicts"]["reset"], want.reset);
     assert_eq!(json["verdicts"]["bypass"], 0);
-    assert_eq!(json["banned"].as_array().unwrap().len(), want.convicted.len());
+    assert_eq!(
+        json["banned"].as_array().unwrap().len(),
+        want.convicted.len()
+    );
     assert!(json["engine_pps"].as_f64().unwrap() > 0.0);
 
     let log = std::fs::read_to_string(&tsv).unwrap();
     let lines: Vec<&str> = log.lines().collect();
     assert_eq!(lines[0], "#index\tsrc\tsport\tdst\tdport\tverdict\treason");
     assert_eq!(lines.len() as u64, want.packets + 1);
-    let resets: Vec<&str> = lines.iter().filter(|l| l.split('\t').nth(5) == Some("reset")).copied().collect();
+    let resets: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.split('\t').nth(5) == Some("reset"))
+        .copied()
+        .collect();
     assert_eq!(resets.len() as u64, want.reset);
-    assert!(resets.iter().all(|l| l.ends_with("\tmatched:@example.com") && l.split('\t').nth(4) == Some("25")));
+    assert!(
+        resets
+            .iter()
+            .all(|l| l.ends_with("\tmatched:@example.com") && l.split('\t').nth(4) == Some("25"))
+    );
     assert!(lines.iter().any(|l| l.ends_with("\tdrop\tbanned:default")));
     assert!(lines.iter().any(|l| l.ends_with("\taccept\tunguarded")));
 
     // The human summary names the same numbers.
-    let out = stringban().args(["replay", "--string", "@example.com"]).arg(&pcap).output().unwrap();
+    let out = stringban()
+        .args(["replay", "--string", "@example.com"])
+        .arg(&pcap)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("reset {}", want.reset)), "{text}");
     assert!(text.contains("top sources by packets dropped"), "{text}");
@@ -147,34 +216,68 @@ fn bad_input_exits_2_with_a_clear_message() {
     let dir = TempDir::new("bad");
     let run = |args: &[&str]| {
         let out = stringban().args(args).output().unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     };
     let missing = dir.path().join("missing.pcap");
     let (code, err) = run(&["replay", "--string", "x", missing.to_str().unwrap()]);
     assert_eq!(code, Some(2));
-    assert!(err.contains("missing.pcap") && err.contains("No such file"), "{err}");
+    assert!(
+        err.contains("missing.pcap") && err.contains("No such file"),
+        "{err}"
+    );
 
     let text = dir.path().join("notes.pcap");
     std::fs::write(&text, "these are not packets\n").unwrap();
     let (code, err) = run(&["replay", "--string", "x", text.to_str().unwrap()]);
     assert_eq!(code, Some(2));
-    assert!(err.contains("notes.pcap: not a pcap or pcapng file"), "{err}");
+    assert!(
+        err.contains("notes.pcap: not a pcap or pcapng file"),
+        "{err}"
+    );
 
     let conf = dir.path().join("bad.toml");
-    std::fs::write(&conf, "[[rule]]\nstring = \"@example.com\"\n\n[[list]]\nname = \"x\"\nttl = \"forever\"\n").unwrap();
-    let (code, err) = run(&["replay", "--config", conf.to_str().unwrap(), text.to_str().unwrap()]);
+    std::fs::write(
+        &conf,
+        "[[rule]]\nstring = \"@example.com\"\n\n[[list]]\nname = \"x\"\nttl = \"forever\"\n",
+    )
+    .unwrap();
+    let (code, err) = run(&[
+        "replay",
+        "--config",
+        conf.to_str().unwrap(),
+        text.to_str().unwrap(),
+    ]);
     assert_eq!(code, Some(2));
     assert!(err.contains("bad.toml:6: list.ttl = forever:"), "{err}");
 
     let (code, err) = run(&["replay", "--hex-string", "|0g|", text.to_str().unwrap()]);
     assert_eq!(code, Some(2));
-    assert!(err.contains("--hex-string = |0g|: Invalid hex char 'g'"), "{err}");
+    assert!(
+        err.contains("--hex-string = |0g|: Invalid hex char 'g'"),
+        "{err}"
+    );
 
-    let (code, err) = run(&["replay", "--string", "x", "--port", "smtp", text.to_str().unwrap()]);
+    let (code, err) = run(&[
+        "replay",
+        "--string",
+        "x",
+        "--port",
+        "smtp",
+        text.to_str().unwrap(),
+    ]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("smtp"), "{err}");
 
-    let (code, err) = run(&["gen", "--out", dir.path().join("g.pcap").to_str().unwrap(), "--legit-ratio", "2"]);
+    let (code, err) = run(&[
+        "gen",
+        "--out",
+        dir.path().join("g.pcap").to_str().unwrap(),
+        "--legit-ratio",
+        "2",
+    ]);
     assert_eq!(code, Some(2));
     assert!(err.contains("--legit-ratio = 2"), "{err}");
 }
@@ -182,16 +285,34 @@ fn bad_input_exits_2_with_a_clear_message() {
 #[test]
 fn truncated_capture_is_replayed_up_to_the_cut() {
     let dir = TempDir::new("trunc");
-    let (path, truth) = write_capture(&dir, &GenConfig { sessions: 200, sources: 60, ..gen_config() });
+    let (path, truth) = write_capture(
+        &dir,
+        &GenConfig {
+            sessions: 200,
+            sources: 60,
+            ..gen_config()
+        },
+    );
     let bytes = std::fs::read(&path).unwrap();
     let cut = dir.path().join("cut.pcap");
     std::fs::write(&cut, &bytes[..bytes.len() - 30]).unwrap();
-    let out = stringban().args(["replay", "--json", "--string", "@example.com"]).arg(&cut).output().unwrap();
+    let out = stringban()
+        .args(["replay", "--json", "--string", "@example.com"])
+        .arg(&cut)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("cut.pcap: capture is truncated"), "{stderr}");
+    assert!(
+        stderr.contains("cut.pcap: capture is truncated"),
+        "{stderr}"
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let total: u64 = truth.rows.iter().map(|r| u64::from(r.c2s_packets + r.s2c_packets)).sum();
+    let total: u64 = truth
+        .rows
+        .iter()
+        .map(|r| u64::from(r.c2s_packets + r.s2c_packets))
+        .sum();
     assert_eq!(json["packets"], total - 1);
     assert!(json["files"][0]["truncated"].is_string());
 }
@@ -199,9 +320,20 @@ fn truncated_capture_is_replayed_up_to_the_cut() {
 #[test]
 fn config_file_and_check_command() {
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/stringban.toml");
-    let out = stringban().args(["check", "--config"]).arg(&example).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = stringban()
+        .args(["check", "--config"])
+        .arg(&example)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("-m string --string \"@example.com\" --algo bm"), "{text}");
+    assert!(
+        text.contains("-m string --string \"@example.com\" --algo bm"),
+        "{text}"
+    );
     assert!(text.contains("list \"spam\": ttl 1d"), "{text}");
 }

@@ -24,7 +24,10 @@ pub mod linktype {
     pub const LINUX_SLL2: u32 = 276;
 
     pub fn is_supported(link: u32) -> bool {
-        matches!(link, NULL | ETHERNET | RAW_OPENBSD | RAW | LOOP | LINUX_SLL | IPV4 | IPV6 | LINUX_SLL2)
+        matches!(
+            link,
+            NULL | ETHERNET | RAW_OPENBSD | RAW | LOOP | LINUX_SLL | IPV4 | IPV6 | LINUX_SLL2
+        )
     }
 }
 
@@ -48,7 +51,9 @@ pub fn ip_packet(link: u32, frame: &[u8]) -> Result<&[u8], Skip> {
             _ => Err(Skip::NotIp),
         }
     }
-    let be16 = |b: &[u8], at: usize| -> Option<u16> { Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?])) };
+    let be16 = |b: &[u8], at: usize| -> Option<u16> {
+        Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+    };
     match link {
         ETHERNET => {
             let mut at = 12;
@@ -59,17 +64,31 @@ pub fn ip_packet(link: u32, frame: &[u8]) -> Result<&[u8], Skip> {
             }
             ether(ethertype, &frame[at + 2..])
         }
-        LINUX_SLL => ether(be16(frame, 14).ok_or(Skip::Short)?, frame.get(16..).ok_or(Skip::Short)?),
-        LINUX_SLL2 => ether(be16(frame, 0).ok_or(Skip::Short)?, frame.get(20..).ok_or(Skip::Short)?),
+        LINUX_SLL => ether(
+            be16(frame, 14).ok_or(Skip::Short)?,
+            frame.get(16..).ok_or(Skip::Short)?,
+        ),
+        LINUX_SLL2 => ether(
+            be16(frame, 0).ok_or(Skip::Short)?,
+            frame.get(20..).ok_or(Skip::Short)?,
+        ),
         RAW | RAW_OPENBSD | IPV4 | IPV6 => Ok(frame),
         NULL | LOOP => {
-            let head: [u8; 4] = frame.get(..4).ok_or(Skip::Short)?.try_into().map_err(|_| Skip::Short)?;
+            let head: [u8; 4] = frame
+                .get(..4)
+                .ok_or(Skip::Short)?
+                .try_into()
+                .map_err(|_| Skip::Short)?;
             // NULL is in the capturing host's byte order, LOOP in network order.
             let family = if link == LOOP {
                 u32::from_be_bytes(head)
             } else {
                 let le = u32::from_le_bytes(head);
-                if le < 0x1_0000 { le } else { u32::from_be_bytes(head) }
+                if le < 0x1_0000 {
+                    le
+                } else {
+                    u32::from_be_bytes(head)
+                }
             };
             match family {
                 2 | 24 | 28 | 30 => Ok(&frame[4..]),
@@ -85,20 +104,34 @@ pub fn ip_packet(link: u32, frame: &[u8]) -> Result<&[u8], Skip> {
 pub enum PcapError {
     Io(io::Error),
     /// The first bytes are neither a pcap nor a pcapng header.
-    NotACapture { magic: u32 },
+    NotACapture {
+        magic: u32,
+    },
     /// The file ends inside a record: everything before it was read.
-    Truncated { offset: u64 },
+    Truncated {
+        offset: u64,
+    },
     /// A record or block header makes no sense.
-    Corrupt { offset: u64, what: &'static str },
+    Corrupt {
+        offset: u64,
+        what: &'static str,
+    },
 }
 
 impl fmt::Display for PcapError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PcapError::Io(e) => write!(f, "{e}"),
-            PcapError::NotACapture { magic } => write!(f, "not a pcap or pcapng file (first bytes {magic:#010x})"),
-            PcapError::Truncated { offset } => write!(f, "capture is truncated: it ends inside a record at byte {offset}"),
-            PcapError::Corrupt { offset, what } => write!(f, "corrupt capture at byte {offset}: {what}"),
+            PcapError::NotACapture { magic } => {
+                write!(f, "not a pcap or pcapng file (first bytes {magic:#010x})")
+            }
+            PcapError::Truncated { offset } => write!(
+                f,
+                "capture is truncated: it ends inside a record at byte {offset}"
+            ),
+            PcapError::Corrupt { offset, what } => {
+                write!(f, "corrupt capture at byte {offset}: {what}")
+            }
         }
     }
 }
@@ -129,8 +162,15 @@ struct Interface {
 }
 
 enum Format {
-    Pcap { big_endian: bool, nanos: bool, link: u32 },
-    PcapNg { big_endian: bool, interfaces: Vec<Interface> },
+    Pcap {
+        big_endian: bool,
+        nanos: bool,
+        link: u32,
+    },
+    PcapNg {
+        big_endian: bool,
+        interfaces: Vec<Interface>,
+    },
 }
 
 /// Records larger than this are corrupt (a pcapng block may hold a 256 KiB frame plus options).
@@ -150,11 +190,21 @@ impl<R: BufRead> Reader<R> {
         let mut head = [0u8; 4];
         match input.read_exact(&mut head) {
             Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Err(PcapError::NotACapture { magic: 0 }),
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
+                return Err(PcapError::NotACapture { magic: 0 });
+            }
             Err(e) => return Err(e.into()),
         }
         let magic = u32::from_le_bytes(head);
-        let mut reader = Reader { input, format: Format::PcapNg { big_endian: false, interfaces: Vec::new() }, buf: Vec::new(), offset: 4 };
+        let mut reader = Reader {
+            input,
+            format: Format::PcapNg {
+                big_endian: false,
+                interfaces: Vec::new(),
+            },
+            buf: Vec::new(),
+            offset: 4,
+        };
         match magic {
             0xa1b2_c3d4 | 0xa1b2_3c4d | 0xd4c3_b2a1 | 0x4d3c_b2a1 => {
                 let big_endian = matches!(magic, 0xd4c3_b2a1 | 0x4d3c_b2a1);
@@ -162,12 +212,20 @@ impl<R: BufRead> Reader<R> {
                 let mut rest = [0u8; 20];
                 reader.read_exact(&mut rest)?;
                 let link = u32_at(&rest, 16, big_endian) & 0x0fff_ffff;
-                reader.format = Format::Pcap { big_endian, nanos, link };
+                reader.format = Format::Pcap {
+                    big_endian,
+                    nanos,
+                    link,
+                };
             }
             0x0a0d_0d0a => {
                 reader.read_block_body(0x0a0d_0d0a)?;
             }
-            _ => return Err(PcapError::NotACapture { magic: u32::from_be_bytes(head) }),
+            _ => {
+                return Err(PcapError::NotACapture {
+                    magic: u32::from_be_bytes(head),
+                });
+            }
         }
         Ok(reader)
     }
@@ -188,7 +246,11 @@ impl<R: BufRead> Reader<R> {
     /// The next frame, `Ok(None)` at a clean end of file.
     pub fn next_record(&mut self) -> Result<Option<Record<'_>>, PcapError> {
         match self.format {
-            Format::Pcap { big_endian, nanos, link } => {
+            Format::Pcap {
+                big_endian,
+                nanos,
+                link,
+            } => {
                 let mut head = [0u8; 16];
                 if !self.read_or_eof(&mut head)? {
                     return Ok(None);
@@ -197,7 +259,10 @@ impl<R: BufRead> Reader<R> {
                 let frac = u64::from(u32_at(&head, 4, big_endian));
                 let caplen = u32_at(&head, 8, big_endian) as usize;
                 if caplen > MAX_RECORD {
-                    return Err(PcapError::Corrupt { offset: self.offset - 16, what: "record length above 16 MiB" });
+                    return Err(PcapError::Corrupt {
+                        offset: self.offset - 16,
+                        what: "record length above 16 MiB",
+                    });
                 }
                 self.buf.resize(caplen, 0);
                 let mut buf = std::mem::take(&mut self.buf);
@@ -205,21 +270,35 @@ impl<R: BufRead> Reader<R> {
                 self.buf = buf;
                 read?;
                 let micros = secs * 1_000_000 + if nanos { frac / 1_000 } else { frac };
-                Ok(Some(Record { ts: Instant::from_micros(micros), link, data: &self.buf }))
+                Ok(Some(Record {
+                    ts: Instant::from_micros(micros),
+                    link,
+                    data: &self.buf,
+                }))
             }
             Format::PcapNg { .. } => loop {
                 let mut head = [0u8; 4];
                 if !self.read_or_eof(&mut head)? {
                     return Ok(None);
                 }
-                let big_endian = matches!(self.format, Format::PcapNg { big_endian: true, .. });
+                let big_endian = matches!(
+                    self.format,
+                    Format::PcapNg {
+                        big_endian: true,
+                        ..
+                    }
+                );
                 let block_type = u32_at(&head, 0, big_endian);
                 if block_type == 0x0a0d_0d0a {
                     self.read_block_body(block_type)?;
                     continue;
                 }
                 if let Some((ts, link, range)) = self.read_block_body(block_type)? {
-                    return Ok(Some(Record { ts, link, data: &self.buf[range] }));
+                    return Ok(Some(Record {
+                        ts,
+                        link,
+                        data: &self.buf[range],
+                    }));
                 }
             },
         }
@@ -227,7 +306,10 @@ impl<R: BufRead> Reader<R> {
 
     /// Reads the rest of a pcapng block whose type was just read. Returns a packet's timestamp,
     /// link type and data range in `self.buf` for packet blocks.
-    fn read_block_body(&mut self, block_type: u32) -> Result<Option<(Instant, u32, std::ops::Range<usize>)>, PcapError> {
+    fn read_block_body(
+        &mut self,
+        block_type: u32,
+    ) -> Result<Option<(Instant, u32, std::ops::Range<usize>)>, PcapError> {
         let start = self.offset - 4;
         let mut len_bytes = [0u8; 4];
         self.read_exact(&mut len_bytes)?;
@@ -237,22 +319,39 @@ impl<R: BufRead> Reader<R> {
             let big_endian = match u32::from_le_bytes(bom) {
                 0x1a2b_3c4d => false,
                 0x4d3c_2b1a => true,
-                _ => return Err(PcapError::Corrupt { offset: start, what: "section header byte-order magic" }),
+                _ => {
+                    return Err(PcapError::Corrupt {
+                        offset: start,
+                        what: "section header byte-order magic",
+                    });
+                }
             };
-            self.format = Format::PcapNg { big_endian, interfaces: Vec::new() };
+            self.format = Format::PcapNg {
+                big_endian,
+                interfaces: Vec::new(),
+            };
             let total = u32_at(&len_bytes, 0, big_endian) as usize;
-            if total < 28 || total % 4 != 0 || total > MAX_RECORD {
-                return Err(PcapError::Corrupt { offset: start, what: "section header length" });
+            if total < 28 || !total.is_multiple_of(4) || total > MAX_RECORD {
+                return Err(PcapError::Corrupt {
+                    offset: start,
+                    what: "section header length",
+                });
             }
             self.skip(total - 12)?;
             return Ok(None);
         }
         let Format::PcapNg { big_endian, .. } = self.format else {
-            return Err(PcapError::Corrupt { offset: start, what: "pcapng block in a pcap file" });
+            return Err(PcapError::Corrupt {
+                offset: start,
+                what: "pcapng block in a pcap file",
+            });
         };
         let total = u32_at(&len_bytes, 0, big_endian) as usize;
-        if total < 12 || total % 4 != 0 || total > MAX_RECORD {
-            return Err(PcapError::Corrupt { offset: start, what: "block length" });
+        if total < 12 || !total.is_multiple_of(4) || total > MAX_RECORD {
+            return Err(PcapError::Corrupt {
+                offset: start,
+                what: "block length",
+            });
         }
         let mut body = std::mem::take(&mut self.buf);
         body.resize(total - 8, 0);
@@ -260,26 +359,41 @@ impl<R: BufRead> Reader<R> {
         self.buf = body;
         read?;
         let body = &self.buf[..total - 12];
-        let Format::PcapNg { interfaces, .. } = &mut self.format else { unreachable!("checked above") };
-        let corrupt = |what| PcapError::Corrupt { offset: start, what };
+        let Format::PcapNg { interfaces, .. } = &mut self.format else {
+            unreachable!("checked above")
+        };
+        let corrupt = |what| PcapError::Corrupt {
+            offset: start,
+            what,
+        };
         match block_type {
             1 => {
                 if body.len() < 8 {
                     return Err(corrupt("interface description block too short"));
                 }
                 let link = u32::from(u16_at(body, 0, big_endian));
-                let mut iface = Interface { link, resol: (false, 6), offset_secs: 0 };
+                let mut iface = Interface {
+                    link,
+                    resol: (false, 6),
+                    offset_secs: 0,
+                };
                 let mut opts = &body[8..];
                 while opts.len() >= 4 {
                     let code = u16_at(opts, 0, big_endian);
                     let len = usize::from(u16_at(opts, 2, big_endian));
-                    let value = opts.get(4..4 + len).ok_or_else(|| corrupt("interface option length"))?;
+                    let value = opts
+                        .get(4..4 + len)
+                        .ok_or_else(|| corrupt("interface option length"))?;
                     match (code, value) {
                         (0, _) => break,
                         (9, [r]) => iface.resol = (r & 0x80 != 0, r & 0x7f),
                         (14, v) if v.len() == 8 => {
                             let raw: [u8; 8] = v.try_into().map_err(|_| corrupt("if_tsoffset"))?;
-                            iface.offset_secs = if big_endian { i64::from_be_bytes(raw) } else { i64::from_le_bytes(raw) };
+                            iface.offset_secs = if big_endian {
+                                i64::from_be_bytes(raw)
+                            } else {
+                                i64::from_le_bytes(raw)
+                            };
                         }
                         _ => {}
                     }
@@ -293,8 +407,11 @@ impl<R: BufRead> Reader<R> {
                     return Err(corrupt("enhanced packet block too short"));
                 }
                 let iface_id = u32_at(body, 0, big_endian) as usize;
-                let iface = *interfaces.get(iface_id).ok_or_else(|| corrupt("packet names an undeclared interface"))?;
-                let ticks = u64::from(u32_at(body, 4, big_endian)) << 32 | u64::from(u32_at(body, 8, big_endian));
+                let iface = *interfaces
+                    .get(iface_id)
+                    .ok_or_else(|| corrupt("packet names an undeclared interface"))?;
+                let ticks = u64::from(u32_at(body, 4, big_endian)) << 32
+                    | u64::from(u32_at(body, 8, big_endian));
                 let caplen = u32_at(body, 12, big_endian) as usize;
                 if 20 + caplen > body.len() {
                     return Err(corrupt("captured length beyond the block"));
@@ -302,7 +419,9 @@ impl<R: BufRead> Reader<R> {
                 Ok(Some((timestamp(ticks, iface), iface.link, 20..20 + caplen)))
             }
             3 => {
-                let iface = *interfaces.first().ok_or_else(|| corrupt("simple packet block before any interface"))?;
+                let iface = *interfaces
+                    .first()
+                    .ok_or_else(|| corrupt("simple packet block before any interface"))?;
                 let orig = u32_at(body, 0, big_endian) as usize;
                 let caplen = orig.min(body.len().saturating_sub(4));
                 Ok(Some((Instant::ZERO, iface.link, 4..4 + caplen)))
@@ -315,13 +434,21 @@ impl<R: BufRead> Reader<R> {
         let copied = io::copy(&mut (&mut self.input).take(n as u64), &mut io::sink())?;
         self.offset += copied;
         if copied < n as u64 {
-            return Err(PcapError::Truncated { offset: self.offset });
+            return Err(PcapError::Truncated {
+                offset: self.offset,
+            });
         }
         Ok(())
     }
 
     fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), PcapError> {
-        if self.read_or_eof(buf)? { Ok(()) } else { Err(PcapError::Truncated { offset: self.offset }) }
+        if self.read_or_eof(buf)? {
+            Ok(())
+        } else {
+            Err(PcapError::Truncated {
+                offset: self.offset,
+            })
+        }
     }
 
     /// Fills `buf`; false on a clean end of file before the first byte.
@@ -332,7 +459,9 @@ impl<R: BufRead> Reader<R> {
                 Ok(0) if filled == 0 => return Ok(false),
                 Ok(0) => {
                     self.offset += filled as u64;
-                    return Err(PcapError::Truncated { offset: self.offset });
+                    return Err(PcapError::Truncated {
+                        offset: self.offset,
+                    });
                 }
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -354,18 +483,28 @@ fn timestamp(ticks: u64, iface: Interface) -> Instant {
         u128::from(ticks) * 10u128.pow(u32::from(6 - exp))
     };
     let offset = iface.offset_secs.saturating_mul(1_000_000);
-    let micros = i128::try_from(micros).unwrap_or(i128::MAX).saturating_add(i128::from(offset));
+    let micros = i128::try_from(micros)
+        .unwrap_or(i128::MAX)
+        .saturating_add(i128::from(offset));
     Instant::from_micros(u64::try_from(micros.max(0)).unwrap_or(u64::MAX))
 }
 
 fn u32_at(b: &[u8], at: usize, big_endian: bool) -> u32 {
     let raw = [b[at], b[at + 1], b[at + 2], b[at + 3]];
-    if big_endian { u32::from_be_bytes(raw) } else { u32::from_le_bytes(raw) }
+    if big_endian {
+        u32::from_be_bytes(raw)
+    } else {
+        u32::from_le_bytes(raw)
+    }
 }
 
 fn u16_at(b: &[u8], at: usize, big_endian: bool) -> u16 {
     let raw = [b[at], b[at + 1]];
-    if big_endian { u16::from_be_bytes(raw) } else { u16::from_le_bytes(raw) }
+    if big_endian {
+        u16::from_be_bytes(raw)
+    } else {
+        u16::from_le_bytes(raw)
+    }
 }
 
 /// Writes a classic little-endian microsecond pcap file.
@@ -387,10 +526,13 @@ impl<W: Write> Writer<W> {
     /// Writes one frame given in parts (link header, IP packet), to avoid a copy.
     pub fn write(&mut self, ts: Instant, parts: &[&[u8]]) -> io::Result<()> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        let len = u32::try_from(len).map_err(|_| io::Error::new(ErrorKind::InvalidInput, "frame above 4 GiB"))?;
-        let secs = u32::try_from(ts.micros() / 1_000_000).map_err(|_| io::Error::new(ErrorKind::InvalidInput, "timestamp after 2106"))?;
+        let len = u32::try_from(len)
+            .map_err(|_| io::Error::new(ErrorKind::InvalidInput, "frame above 4 GiB"))?;
+        let secs = u32::try_from(ts.micros() / 1_000_000)
+            .map_err(|_| io::Error::new(ErrorKind::InvalidInput, "timestamp after 2106"))?;
         self.out.write_all(&secs.to_le_bytes())?;
-        self.out.write_all(&((ts.micros() % 1_000_000) as u32).to_le_bytes())?;
+        self.out
+            .write_all(&((ts.micros() % 1_000_000) as u32).to_le_bytes())?;
         self.out.write_all(&len.to_le_bytes())?;
         self.out.write_all(&len.to_le_bytes())?;
         for p in parts {
@@ -408,9 +550,13 @@ impl<W: Write> Writer<W> {
 mod tests {
     use super::*;
 
-    const IP: &[u8] = &[0x45, 0, 0, 20, 0, 0, 0, 0, 64, 6, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+    const IP: &[u8] = &[
+        0x45, 0, 0, 20, 0, 0, 0, 0, 64, 6, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8,
+    ];
 
-    fn read_all(bytes: &[u8]) -> (Vec<(u64, u32, Vec<u8>)>, Option<PcapError>) {
+    type Records = Vec<(u64, u32, Vec<u8>)>;
+
+    fn read_all(bytes: &[u8]) -> (Records, Option<PcapError>) {
         let mut r = Reader::new(bytes).unwrap();
         let mut out = Vec::new();
         loop {
@@ -425,8 +571,13 @@ mod tests {
     #[test]
     fn pcap_round_trip_and_truncation() {
         let mut w = Writer::new(Vec::new(), linktype::RAW).unwrap();
-        w.write(Instant::from_micros(1_700_000_000_123_456), &[IP]).unwrap();
-        w.write(Instant::from_micros(1_700_000_001_000_000), &[&IP[..10], &IP[10..]]).unwrap();
+        w.write(Instant::from_micros(1_700_000_000_123_456), &[IP])
+            .unwrap();
+        w.write(
+            Instant::from_micros(1_700_000_001_000_000),
+            &[&IP[..10], &IP[10..]],
+        )
+        .unwrap();
         let bytes = w.into_inner();
         let (recs, err) = read_all(&bytes);
         assert!(err.is_none());
@@ -439,15 +590,23 @@ mod tests {
 
     #[test]
     fn not_a_capture() {
-        assert!(matches!(Reader::new(&b"hello world, this is text"[..]), Err(PcapError::NotACapture { .. })));
-        assert!(matches!(Reader::new(&b""[..]), Err(PcapError::NotACapture { magic: 0 })));
+        assert!(matches!(
+            Reader::new(&b"hello world, this is text"[..]),
+            Err(PcapError::NotACapture { .. })
+        ));
+        assert!(matches!(
+            Reader::new(&b""[..]),
+            Err(PcapError::NotACapture { magic: 0 })
+        ));
     }
 
     #[test]
     fn big_endian_nanosecond_pcap() {
         let mut f = Vec::new();
         f.extend(0xa1b2_3c4du32.to_be_bytes());
-        f.extend([0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 101]);
+        f.extend([
+            0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 101,
+        ]);
         f.extend(10u32.to_be_bytes());
         f.extend(5_000u32.to_be_bytes());
         f.extend(20u32.to_be_bytes());
@@ -470,10 +629,18 @@ mod tests {
 
     #[test]
     fn pcapng_with_resolutions() {
-        let mut f = block(0x0a0d_0d0a, &[0x4d, 0x3c, 0x2b, 0x1a, 1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        let mut f = block(
+            0x0a0d_0d0a,
+            &[
+                0x4d, 0x3c, 0x2b, 0x1a, 1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            ],
+        );
         // Interface 0: raw IP, default microseconds. Interface 1: Ethernet, nanoseconds.
         f.extend(block(1, &[101, 0, 0, 0, 0, 0, 4, 0]));
-        f.extend(block(1, &[1, 0, 0, 0, 0, 0, 4, 0, 9, 0, 1, 0, 9, 0, 0, 0, 0, 0, 0, 0]));
+        f.extend(block(
+            1,
+            &[1, 0, 0, 0, 0, 0, 4, 0, 9, 0, 1, 0, 9, 0, 0, 0, 0, 0, 0, 0],
+        ));
         let epb = |iface: u32, ticks: u64, data: &[u8]| {
             let mut b = iface.to_le_bytes().to_vec();
             b.extend(((ticks >> 32) as u32).to_le_bytes());
