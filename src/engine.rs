@@ -86,11 +86,21 @@ pub enum UnparsedPolicy {
 }
 
 /// Engine-wide settings.
-#[derive(Clone, Debug, Default, Eq, PartialEq)]
+#[derive(Clone, Debug, Eq, PartialEq)]
 pub struct EngineConfig {
     /// Protected TCP destination ports. Empty: every packet is looked at.
     pub ports: Ports,
     pub on_unparsed: UnparsedPolicy,
+}
+
+impl Default for EngineConfig {
+    /// Protects SMTP: TCP port 25.
+    fn default() -> EngineConfig {
+        EngineConfig {
+            ports: Ports::list(&[25]),
+            on_unparsed: UnparsedPolicy::Accept,
+        }
+    }
 }
 
 /// Per-worker counters. Plain integers: a worker owns its `Stats`; [`Stats::merge`] sums them.

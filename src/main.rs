@@ -63,7 +63,7 @@ struct RuleArgs {
     /// End of the searched range (exclusive), counted from the IP header.
     #[arg(long, value_name = "N")]
     to: Option<u16>,
-    /// Protected TCP destination port(s); default 25 without --config.
+    /// Protected TCP destination port(s), overriding the configuration (default 25).
     #[arg(long, value_name = "PORT", value_delimiter = ',')]
     port: Vec<u16>,
     /// How long a ban lasts, e.g. 24h, 90m, 3600 (first list).
@@ -178,7 +178,7 @@ fn load_config(args: &RuleArgs) -> anyhow::Result<Config> {
         }
         None => None,
     };
-    let mut flags = Flags {
+    let flags = Flags {
         string: args.string.clone(),
         hex_string: args.hex_string.clone(),
         icase: args.icase,
@@ -192,9 +192,6 @@ fn load_config(args: &RuleArgs) -> anyhow::Result<Config> {
         mode: args.mode.clone(),
         capacity: args.capacity,
     };
-    if args.config.is_none() && flags.ports.is_empty() {
-        flags.ports = vec![25];
-    }
     let name = args.config.as_ref().map(|p| p.display().to_string());
     let file = name.as_deref().zip(text.as_deref());
     Config::build(file, &flags).map_err(|e| bad(e.to_string()))

@@ -227,6 +227,32 @@ impl fmt::Display for Report {
     }
 }
 
+/// `replay FILE [#########...........]  45.1%  801,234 frames  120 MB/s`.
+fn progress_line(
+    path: &Path,
+    done: u64,
+    size: u64,
+    frames: u64,
+    elapsed: std::time::Duration,
+) -> String {
+    const WIDTH: usize = 30;
+    let fraction = if size == 0 {
+        1.0
+    } else {
+        (done as f64 / size as f64).min(1.0)
+    };
+    let filled = (fraction * WIDTH as f64) as usize;
+    let rate = done as f64 / elapsed.as_secs_f64().max(1e-3) / 1e6;
+    format!(
+        "replay {} [{}{}] {:5.1}%  {} frames  {rate:.0} MB/s",
+        path.display(),
+        "#".repeat(filled),
+        ".".repeat(WIDTH - filled),
+        fraction * 100.0,
+        group(frames)
+    )
+}
+
 /// `1234567` → `1,234,567`.
 fn group(v: u64) -> String {
     let digits = v.to_string();
@@ -349,7 +375,8 @@ fn replay_file(
         });
     }
     let show_progress = options.progress && size > PROGRESS_BYTES && io::stderr().is_terminal();
-    let mut last_progress = std::time::Instant::now();
+    let started = std::time::Instant::now();
+    let mut last_progress = started;
     let mut out = FileReport {
         path: path.to_path_buf(),
         frames: 0,
@@ -395,12 +422,8 @@ fn replay_file(
         }
         if show_progress && last_progress.elapsed().as_millis() >= 250 {
             last_progress = std::time::Instant::now();
-            let pct = reader.offset() as f64 * 100.0 / size as f64;
-            eprint!(
-                "\rreplay {}: {pct:5.1}% ({} frames)",
-                path.display(),
-                group(out.frames)
-            );
+            let line = progress_line(path, reader.offset(), size, out.frames, started.elapsed());
+            eprint!("\r{line}");
         }
         if done {
             break;
@@ -408,9 +431,8 @@ fn replay_file(
     }
     if show_progress {
         eprintln!(
-            "\rreplay {}: 100.0% ({} frames)",
-            path.display(),
-            group(out.frames)
+            "\r{}",
+            progress_line(path, size, size, out.frames, started.elapsed())
         );
     }
     Ok(out)
@@ -541,6 +563,21 @@ pub fn is_convicted(report: &Report, addr: IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_bar() {
+        let line = progress_line(
+            Path::new("a.pcap"),
+            50,
+            100,
+            1234,
+            std::time::Duration::from_secs(1),
+        );
+        assert_eq!(
+            line,
+            "replay a.pcap [###############...............]  50.0%  1,234 frames  0 MB/s"
+        );
+    }
 
     #[test]
     fn groups_thousands() {
