@@ -17,6 +17,17 @@ fn stringban() -> Command {
     Command::new(env!("CARGO_BIN_EXE_stringban"))
 }
 
+/// Runs `cmd`, asserting that it succeeds (showing its stderr if not).
+fn ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn gen_config() -> GenConfig {
     GenConfig {
         sessions: 3_000,
@@ -119,7 +130,7 @@ fn icase_catches_upper_case_but_not_splits() {
 fn cli_gen_then_replay_json_and_verdict_log() {
     let dir = TempDir::new("cli");
     let pcap = dir.path().join("flood.pcap");
-    let out = stringban()
+    let out = ok(stringban()
         .args([
             "gen",
             "--sessions",
@@ -130,14 +141,7 @@ fn cli_gen_then_replay_json_and_verdict_log() {
             "3",
             "--out",
         ])
-        .arg(&pcap)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg(&pcap));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("expects: accept"), "{stdout}");
     let truth_path = dir.path().join("flood.truth.tsv");
@@ -146,7 +150,7 @@ fn cli_gen_then_replay_json_and_verdict_log() {
     let want = truth.expected(32, 64);
 
     let tsv = dir.path().join("verdicts.tsv");
-    let out = stringban()
+    let out = ok(stringban()
         .args([
             "replay",
             "--json",
@@ -161,14 +165,7 @@ fn cli_gen_then_replay_json_and_verdict_log() {
             "--verdicts",
         ])
         .arg(&tsv)
-        .arg(&pcap)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg(&pcap));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["packets"], want.packets);
     assert_eq!(json["verdicts"]["accept"], want.accept);
@@ -320,16 +317,7 @@ fn truncated_capture_is_replayed_up_to_the_cut() {
 #[test]
 fn config_file_and_check_command() {
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/stringban.toml");
-    let out = stringban()
-        .args(["check", "--config"])
-        .arg(&example)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = ok(stringban().args(["check", "--config"]).arg(&example));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("-m string --string \"@example.com\" --algo bm"),
