@@ -20,6 +20,7 @@
 pub mod attack;
 pub mod blacklist;
 pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod io;
 pub mod parse;

@@ -13,6 +13,9 @@ use clap::{Args, Parser, Subcommand};
 use stringban::Engine;
 use stringban::attack::{self, GenConfig, GenError, Kind};
 use stringban::config::{Config, Flags};
+use stringban::daemon::{self, DaemonConfig, DaemonError};
+use stringban::io::firewall::{self, Marks, RulesConfig};
+use stringban::io::nfqueue::QueueConfig;
 use stringban::replay::{self, Options, ReplayError};
 
 #[derive(Parser)]
@@ -34,6 +37,77 @@ enum Command {
     Gen(GenArgs),
     /// Check a configuration file and print its rules in iptables save form.
     Check(CheckArgs),
+    /// Run the daemon: decide packets from NFQUEUE, ban, reset (root).
+    Run(RunArgs),
+    /// Print, install or remove the kernel rules that queue traffic to the daemon.
+    Rules(RulesArgs),
+}
+
+/// Queue and mark settings shared by `run` and `rules`.
+#[derive(Args, Clone, Debug)]
+struct QueueArgs {
+    /// NFQUEUE queue number, or first:last for one worker per queue (iptables --queue-balance).
+    #[arg(long, default_value = "0", value_name = "N|FIRST:LAST")]
+    queues: String,
+    /// Drop protected traffic while no daemon is bound (default: it flows, --queue-bypass).
+    #[arg(long)]
+    fail_closed: bool,
+    /// Mark that asks the rules to stop queueing a flow (saved into the connmark).
+    #[arg(long, default_value = "0x10000", value_name = "MARK")]
+    bypass_mark: String,
+    /// Mark that asks the rules to REJECT --reject-with tcp-reset.
+    #[arg(long, default_value = "0x20000", value_name = "MARK")]
+    reset_mark: String,
+    /// Bits of the packet mark stringban owns.
+    #[arg(long, default_value = "0x30000", value_name = "MASK")]
+    mark_mask: String,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    rules: RuleArgs,
+    #[command(flatten)]
+    queue: QueueArgs,
+    /// Install the kernel rules at start and remove them at exit.
+    #[arg(long)]
+    install_rules: bool,
+    /// Write the pid here once queues are bound and rules installed; refuse to start twice.
+    #[arg(long, value_name = "FILE")]
+    pidfile: Option<PathBuf>,
+    /// Bytes of each packet copied to the daemon.
+    #[arg(long, default_value_t = 0xffff, value_name = "BYTES")]
+    copy_range: u32,
+    /// Packets the kernel holds per queue before fail-open (or drop).
+    #[arg(long, default_value_t = 65_536, value_name = "N")]
+    queue_maxlen: u32,
+    /// Netlink receive buffer; 0 = queue-maxlen × copy-range, capped at 256 MiB.
+    #[arg(long, default_value_t = 0, value_name = "BYTES")]
+    rcvbuf: usize,
+    /// Do not ask for GSO packets unsegmented.
+    #[arg(long)]
+    no_gso: bool,
+    /// How often to log the one-line summary.
+    #[arg(long, default_value = "60s", value_name = "DURATION")]
+    summary_interval: String,
+    /// error, warn, info or debug.
+    #[arg(long, default_value = "info", value_name = "LEVEL")]
+    log_level: String,
+}
+
+#[derive(Args)]
+struct RulesArgs {
+    /// print, install or remove.
+    #[arg(value_name = "ACTION")]
+    action: String,
+    /// Take the protected ports from this configuration.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Protected TCP destination port(s) (default 25).
+    #[arg(long, value_name = "PORT", value_delimiter = ',')]
+    port: Vec<u16>,
+    #[command(flatten)]
+    queue: QueueArgs,
 }
 
 /// Rule flags shared by the commands that run the engine.
@@ -137,6 +211,8 @@ fn main() -> ExitCode {
         Command::Replay(args) => run_replay(args),
         Command::Gen(args) => run_gen(args),
         Command::Check(args) => run_check(args),
+        Command::Run(args) => run_daemon(args),
+        Command::Rules(args) => run_rules(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -349,4 +425,145 @@ fn run_check(args: CheckArgs) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+fn parse_u32(flag: &str, text: &str) -> anyhow::Result<u32> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|_| {
+        bad(format!(
+            "command line: {flag} = {text}: expected a number such as 0x10000"
+        ))
+    })
+}
+
+fn parse_queues(text: &str) -> anyhow::Result<(u16, u16)> {
+    let err = || {
+        bad(format!(
+            "command line: --queues = {text}: expected N or FIRST:LAST (0 to 65535)"
+        ))
+    };
+    let (a, b) = match text.split_once(':') {
+        Some((a, b)) => (a.parse().map_err(|_| err())?, b.parse().map_err(|_| err())?),
+        None => {
+            let n: u16 = text.parse().map_err(|_| err())?;
+            (n, n)
+        }
+    };
+    if a > b || b - a >= 64 {
+        return Err(err());
+    }
+    Ok((a, b))
+}
+
+fn marks(q: &QueueArgs) -> anyhow::Result<Marks> {
+    let m = Marks {
+        bypass: parse_u32("--bypass-mark", &q.bypass_mark)?,
+        reset: parse_u32("--reset-mark", &q.reset_mark)?,
+        mask: parse_u32("--mark-mask", &q.mark_mask)?,
+    };
+    if m.bypass == 0
+        || m.reset == 0
+        || m.bypass == m.reset
+        || m.bypass & !m.mask != 0
+        || m.reset & !m.mask != 0
+    {
+        return Err(bad(format!(
+            "command line: marks bypass {:#x} reset {:#x} mask {:#x}: need two different non-zero marks inside the mask",
+            m.bypass, m.reset, m.mask
+        )));
+    }
+    Ok(m)
+}
+
+fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
+    let level = match args.log_level.as_str() {
+        "error" => tracing::Level::ERROR,
+        "warn" => tracing::Level::WARN,
+        "info" => tracing::Level::INFO,
+        "debug" => tracing::Level::DEBUG,
+        other => {
+            return Err(bad(format!(
+                "command line: --log-level = {other}: expected error, warn, info or debug"
+            )));
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&io::stderr()))
+        .with_max_level(level)
+        .with_target(false)
+        .init();
+    let config = load_config(&args.rules)?;
+    let summary_every = stringban::time::parse_duration(&args.summary_interval).map_err(|e| {
+        bad(format!(
+            "command line: --summary-interval = {}: {e}",
+            args.summary_interval
+        ))
+    })?;
+    let queues = parse_queues(&args.queue.queues)?;
+    let daemon = DaemonConfig {
+        queues,
+        queue: QueueConfig {
+            copy_range: args.copy_range,
+            maxlen: args.queue_maxlen,
+            fail_open: true,
+            gso: !args.no_gso,
+            rcvbuf: args.rcvbuf,
+            ..QueueConfig::new(queues.0)
+        },
+        install_rules: args.install_rules,
+        fail_open: !args.queue.fail_closed,
+        marks: marks(&args.queue)?,
+        pidfile: args.pidfile.clone(),
+        summary_every: std::time::Duration::from_micros(summary_every.micros().max(1_000_000)),
+    };
+    let rule_args = args.rules.clone();
+    let reload: daemon::Reload =
+        Box::new(move || load_config(&rule_args).map_err(|e| e.to_string()));
+    daemon::run(config, daemon, reload).map_err(|e| match e {
+        DaemonError::Start(m) => bad(m),
+        DaemonError::Failed(m) => anyhow::anyhow!(m),
+    })
+}
+
+fn run_rules(args: RulesArgs) -> anyhow::Result<()> {
+    let ports = if !args.port.is_empty() {
+        args.port.clone()
+    } else if let Some(path) = &args.config {
+        let text = fs::read_to_string(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+        let config = Config::from_toml(&path.display().to_string(), &text)
+            .map_err(|e| bad(e.to_string()))?;
+        config.engine.ports.singles()
+    } else {
+        vec![25]
+    };
+    let cfg = RulesConfig {
+        fail_open: !args.queue.fail_closed,
+        marks: marks(&args.queue)?,
+        ..RulesConfig::new(ports, parse_queues(&args.queue.queues)?)
+    };
+    match args.action.as_str() {
+        "print" => {
+            let mut out = io::stdout().lock();
+            write!(out, "{}", firewall::script(&cfg, "iptables"))?;
+            write!(out, "{}", firewall::script(&cfg, "ip6tables"))?;
+            Ok(())
+        }
+        "install" => {
+            let tools = firewall::install(&cfg).map_err(|e| anyhow::anyhow!(e))?;
+            println!("installed chain {} with {}", cfg.chain, tools.join(" and "));
+            Ok(())
+        }
+        "remove" => {
+            firewall::remove(&cfg).map_err(|e| anyhow::anyhow!(e))?;
+            println!("removed chain {}", cfg.chain);
+            Ok(())
+        }
+        other => Err(bad(format!(
+            "command line: rules {other}: expected print, install or remove"
+        ))),
+    }
 }

@@ -234,6 +234,11 @@ impl Ports {
         self.0.is_empty()
     }
 
+    /// Every port in the set, ranges expanded (empty for "any").
+    pub fn singles(&self) -> Vec<u16> {
+        self.0.iter().flat_map(|&(lo, hi)| lo..=hi).collect()
+    }
+
     pub fn contains(&self, port: u16) -> bool {
         self.0.is_empty() || self.0.iter().any(|&(lo, hi)| lo <= port && port <= hi)
     }

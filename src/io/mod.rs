@@ -1,3 +1,6 @@
-//! Shells: code that touches files (and, later, sockets). Nothing in the core imports this.
+//! Shells: code that touches files, sockets and the kernel. Nothing in the core imports this.
 
+pub mod firewall;
+pub mod nfqueue;
 pub mod pcap;
+pub mod sockdiag;
