@@ -325,3 +325,68 @@ fn config_file_and_check_command() {
     );
     assert!(text.contains("list \"spam\": ttl 1d"), "{text}");
 }
+
+#[test]
+fn rules_print_shows_the_chain() {
+    let out = ok(stringban().args(["rules", "print", "--port", "25,587", "--queues", "0:1"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("iptables -w -I INPUT -p tcp -m multiport --dports 25,587 -j STRINGBAN"),
+        "{text}"
+    );
+    assert!(
+        text.contains("-j NFQUEUE --queue-balance 0:1 --queue-bypass"),
+        "{text}"
+    );
+    assert!(text.contains("ip6tables -w -A STRINGBAN -p tcp -m mark --mark 0x20000/0x30000 -j REJECT --reject-with tcp-reset"), "{text}");
+    let out = ok(stringban().args([
+        "rules",
+        "print",
+        "--fail-closed",
+        "--bypass-mark",
+        "0x100",
+        "--reset-mark",
+        "0x200",
+        "--mark-mask",
+        "0x300",
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("-j NFQUEUE --queue-num 0\n"), "{text}");
+    assert!(text.contains("--mark 0x100/0x300 -j RETURN"), "{text}");
+}
+
+#[test]
+fn run_and_rules_refuse_bad_flags_with_exit_2() {
+    let run = |args: &[&str]| {
+        let out = stringban().args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, err) = run(&["rules", "print", "--queues", "3:1"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--queues = 3:1"), "{err}");
+    let (code, err) = run(&[
+        "rules",
+        "print",
+        "--bypass-mark",
+        "0x10000",
+        "--reset-mark",
+        "0x10000",
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("need two different non-zero marks inside the mask"),
+        "{err}"
+    );
+    let (code, err) = run(&["rules", "flush"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("expected print, install or remove"), "{err}");
+    let (code, err) = run(&["run", "--string", "x", "--log-level", "loud"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--log-level = loud"), "{err}");
+    let (code, err) = run(&["run", "--hex-string", "|zz|"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("Invalid hex char 'z'"), "{err}");
+}

@@ -38,8 +38,27 @@ pub struct SockDiag {
 
 impl SockDiag {
     pub fn open() -> io::Result<SockDiag> {
+        let fd = netlink_socket(NETLINK_SOCK_DIAG)?;
+        // A reply never takes long; never let a lost one block a worker.
+        let timeout = libc::timeval {
+            tv_sec: 1,
+            tv_usec: 0,
+        };
+        // SAFETY: `timeout` is a live timeval of the size passed.
+        let ret = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
         Ok(SockDiag {
-            fd: netlink_socket(NETLINK_SOCK_DIAG)?,
+            fd,
             seq: 0,
             buf: vec![0; 8192],
         })

@@ -81,7 +81,9 @@ impl fmt::Display for QueueError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             QueueError::Socket { source } => write!(f, "netlink socket: {source}"),
-            QueueError::Config { queue, errno } if *errno == libc::EBUSY => {
+            QueueError::Config { queue, errno }
+                if *errno == libc::EBUSY || (*errno == libc::EPERM && is_bound(*queue)) =>
+            {
                 write!(
                     f,
                     "queue {queue} is bound by another process (is stringban already running?)"
@@ -357,6 +359,12 @@ impl Drop for Queue {
     fn drop(&mut self) {
         let _ = self.command(|b, seq, num| b.config_cmd(seq, num, codec::CMD_UNBIND));
     }
+}
+
+/// Is queue `num` bound by some process? (The kernel answers a bind of a queue that another
+/// socket owns with `EPERM`, the same as a missing capability.)
+fn is_bound(num: u16) -> bool {
+    kernel_counters().iter().any(|c| c.queue == num)
 }
 
 /// Reads the kernel's per-queue counters (`/proc/net/netfilter/nfnetlink_queue`).

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Live tests of `stringban run` (root, network namespaces only). Usage: daemon.sh STRINGBAN_BINARY
+# A server namespace runs a line-based SMTP stand-in on 198.18.0.1:25 and the daemon; a client
+# namespace holds 198.18.0.2 and, behind it, 2,100 addresses in 198.19.0.0/16. Nothing touches the
+# root namespace's rules; everything is torn down by the trap, and only our own PIDs are killed.
+set -uo pipefail
+BIN=$(realpath "$1")
+HERE=$(cd "$(dirname "$0")" && pwd)
+[ "$(id -u)" -eq 0 ] || { echo "FAIL: live tests need root" >&2; exit 1; }
+for t in ip iptables python3; do command -v "$t" >/dev/null || { echo "FAIL: $t not installed" >&2; exit 1; }; done
+
+S=sbS$$; C=sbC$$; T=$(mktemp -d); PIDS=(); DPID=
+passed=0; failed=0
+cleanup() {
+    for p in $DPID "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+    sleep 0.3
+    for p in $DPID "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
+    ip netns del "$S" 2>/dev/null; ip netns del "$C" 2>/dev/null
+    rm -rf "$T"
+}
+trap cleanup EXIT
+ok() { echo "  ok: $*"; passed=$((passed + 1)); }
+no() { echo "  FAIL: $*"; failed=$((failed + 1)); }
+check() { local what=$1; shift; if "$@"; then ok "$what"; else no "$what"; fi; }
+ins() { ip netns exec "$S" "$@"; }
+inc() { ip netns exec "$C" "$@"; }
+client() { inc python3 "$HERE/smtp_client.py" "$@"; }
+
+ip netns add "$S" && ip netns add "$C" || exit 1
+ip link add vS netns "$S" type veth peer name vC netns "$C"
+ip -n "$S" addr add 198.18.0.1/24 dev vS
+ip -n "$C" addr add 198.18.0.2/24 dev vC
+# The 2,100 client addresses live on the client's loopback, routed via 198.18.0.2 as if behind
+# a router: the server then keeps one neighbour entry, not 2,100 (the default neighbour table
+# holds 1,024, and its limits are not per namespace).
+{ for i in $(seq 0 2099); do echo "addr add 198.19.$(( (256 + i) >> 8 )).$(( (256 + i) & 255 ))/32 dev lo"; done; } > "$T/addrs"
+for n in "$S" "$C"; do ip -n "$n" link set lo up; done
+ip -n "$C" -batch "$T/addrs"
+ip -n "$S" link set vS up; ip -n "$C" link set vC up
+ip -n "$S" route add 198.19.0.0/16 via 198.18.0.2
+ip netns exec "$S" python3 "$HERE/smtp_server.py" 198.18.0.1 25 "$T/server.log" & PIDS+=($!)
+sleep 0.5
+
+start_daemon() {   # start_daemon EXTRA_ARGS... ; waits for the pidfile
+    rm -f "$T/pid"
+    # Started directly, not through a shell function, so that $! is the daemon itself
+    # (`ip netns exec` execs the command in place).
+    ip netns exec "$S" "$BIN" run --install-rules --pidfile "$T/pid" --summary-interval 1s "$@" 2>> "$T/daemon.log" & DPID=$!
+    for _ in $(seq 100); do [ -s "$T/pid" ] && return 0; sleep 0.05; done
+    echo "daemon did not start:"; cat "$T/daemon.log"; return 1
+}
+chain_count() { ins iptables -S INPUT | grep -c -- '-j STRINGBAN'; }
+SPAM='EHLO bot\nMAIL FROM:<x@bot.test>\nRCPT TO:<victim@example.com>'
+LEGIT='EHLO mx\nMAIL FROM:<a@partner.test>\nRCPT TO:<b@hosted.test>\nQUIT'
+
+echo "== daemon: reset both ways, bans"
+# Listen as systemd would for Type=notify.
+python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind(sys.argv[1]); s.settimeout(10)
+try: print(s.recv(256).decode())
+except OSError: print("nothing")' "$T/notify" > "$T/notify.out" & PIDS+=($!)
+sleep 0.3
+export NOTIFY_SOCKET=$T/notify
+start_daemon --string @example.com || exit 1
+unset NOTIFY_SOCKET
+sleep 0.2
+check "systemd was told READY=1 once bound ($(cat "$T/notify.out"))" grep -qx "READY=1" "$T/notify.out"
+check "rules installed once" test "$(chain_count)" = 1
+check "pidfile holds the daemon's pid" test "$(cat "$T/pid")" = "$DPID"
+check "legit mail from a clean IP goes through" test "$(client 198.18.0.2 198.18.0.1 "$LEGIT")" = ok
+: > "$T/server.log"
+check "a spam session gets a RST" test "$(client 198.19.1.0 198.18.0.1 "$SPAM")" = reset
+sleep 0.3
+read -r _ _ how secs < <(grep '^198.19.1.0 ' "$T/server.log" | tail -1)
+check "the server's session was aborted (ECONNABORTED), not left open: $how" test "${how%%:*}" = ConnectionAbortedError
+check "... within 1 s of the spam line (took ${secs:-?} s)" python3 -c "import sys; sys.exit(0 if float('${secs:-9}') <= 1.0 else 1)"
+check "a new connection from the banned IP is dropped at the SYN" test "$(client 198.19.1.0 198.18.0.1 'EHLO x' 1.5)" = timeout
+
+echo "== 2,000 spam sources, legit mail during the flood"
+ip netns exec "$C" python3 "$HERE/flood.py" spam 198.18.0.1 198.19 257 2000 > "$T/flood.out" & FLOOD=$!
+sleep 0.5
+check "legit mail during the flood" test "$(client 198.18.0.2 198.18.0.1 "$LEGIT")" = ok
+wait $FLOOD
+check "all 2,000 spam sessions were reset ($(cat "$T/flood.out"))" test "$(cat "$T/flood.out")" = 2000
+blocked=$(inc python3 "$HERE/flood.py" probe 198.18.0.1 198.19 257 2000)
+check "all 2,000 spam IPs still banned (blocked: $blocked)" test "$blocked" = 2000
+check "legit mail after the flood" test "$(client 198.18.0.2 198.18.0.1 "$LEGIT")" = ok
+
+echo "== life cycle"
+ins "$BIN" run --string @example.com --install-rules --pidfile "$T/pid" > "$T/second.out" 2>&1; code=$?
+check "a second daemon exits 2 ($(tail -1 "$T/second.out"))" test "$code" = 2
+check "... saying the first is running" grep -q "already running (pid $DPID" "$T/second.out"
+check "... and the first keeps working" test "$(client 198.19.9.1 198.18.0.1 "$SPAM")" = reset
+check "... with its rules in place" test "$(chain_count)" = 1
+kill -9 "$DPID"; wait "$DPID" 2>/dev/null; DPID=
+check "daemon killed: mail still flows (--queue-bypass)" test "$(client 198.18.0.2 198.18.0.1 "$LEGIT")" = ok
+start_daemon --string @example.com
+check "restart reinstalls the rules (once)" test "$(chain_count)" = 1
+check "... and resets spam again" test "$(client 198.19.9.2 198.18.0.1 "$SPAM")" = reset
+
+echo "== SIGHUP reload keeps bans"
+kill "$DPID"; wait "$DPID"; DPID=
+printf '[[rule]]\nstring = "@example.com"\n' > "$T/sb.toml"
+start_daemon --config "$T/sb.toml"
+check "spam (rule from the file) is reset" test "$(client 198.19.9.3 198.18.0.1 "$SPAM")" = reset
+printf '[[rule]]\nstring = "@example.org"\n' > "$T/sb.toml"
+kill -HUP "$DPID"; sleep 0.5
+check "after reload the new rule convicts" test "$(client 198.19.9.4 198.18.0.1 'EHLO x\nRCPT TO:<v@example.org>')" = reset
+check "... the old one no longer does" test "$(client 198.19.9.5 198.18.0.1 "$SPAM")" = ok
+check "... and bans made before the reload hold" test "$(client 198.19.9.3 198.18.0.1 'EHLO x' 1.5)" = timeout
+check "the reload was logged" grep -q "reloaded the rules; bans kept" "$T/daemon.log"
+
+echo "== SIGTERM"
+kill "$DPID"; wait "$DPID"; code=$?; DPID=
+check "exit code 0 on SIGTERM" test "$code" = 0
+check "rules removed" test "$(chain_count)" = 0
+check "pidfile removed" test ! -e "$T/pid"
+check "the periodic summary was logged" grep -q "packets .* accept .* reset .*sockets destroyed" "$T/daemon.log"
+check "no kernel queue drops" bash -c "! grep -E 'queue_dropped [1-9]' '$T/daemon.log'"
+
+echo "== the kernel recipe, same flood, for contrast (-m string + -m recent + REJECT)"
+if ins iptables -A INPUT -p tcp --dport 25 -m recent --name sbtest --update --seconds 86400 -j DROP 2>/dev/null &&
+   ins iptables -A INPUT -p tcp --dport 25 -m string --string @example.com --algo bm -m recent --name sbtest --set -j REJECT --reject-with tcp-reset; then
+    : > "$T/server.log"
+    check "kernel recipe: the spam session gets a RST" test "$(client 198.19.9.30 198.18.0.1 "$SPAM")" = reset
+    sleep 1.5
+    check "kernel recipe: ... but the server's session is left open" bash -c "! grep -q '^198.19.9.30 ' '$T/server.log'"
+    ip netns exec "$C" python3 "$HERE/flood.py" spam 198.18.0.1 198.19 257 2000 > /dev/null
+    listed=$(ins cat /proc/net/xt_recent/sbtest | wc -l)
+    check "kernel recipe: its table remembers only $listed of 2,000 spam IPs" test "$listed" -le 100
+    free=$(( 100 - $(inc python3 "$HERE/flood.py" probe 198.18.0.1 198.19 257 100) ))
+    check "kernel recipe: the first 100 spam IPs are free to come back ($free of 100 connect)" test "$free" = 100
+else
+    no "kernel recipe rules could not be added (xt_string/xt_recent missing?)"
+fi
+
+echo
+echo "live: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
