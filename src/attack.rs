@@ -907,6 +907,32 @@ fn ethernet_header(v6: bool, from_client: bool) -> [u8; 14] {
     h
 }
 
+/// A TCP segment from `src:sport` to `dst:dport` (same address family) with correct lengths and
+/// checksums: for the live benchmark's packet generator.
+pub fn tcp_segment(
+    (src, sport): (IpAddr, u16),
+    (dst, dport): (IpAddr, u16),
+    seq: u32,
+    ack: u32,
+    payload: &[u8],
+) -> Vec<u8> {
+    let from = Side {
+        addr: src,
+        port: sport,
+        seq,
+        ttl: 64,
+        ip_id: 1,
+    };
+    let to = Side {
+        addr: dst,
+        port: dport,
+        seq: ack,
+        ttl: 64,
+        ip_id: 1,
+    };
+    tcp_packet(&from, &to, PSH_ACK, ack, payload, &[])
+}
+
 /// Builds an IPv4 or IPv6 TCP packet with correct lengths and checksums.
 fn tcp_packet(
     from: &Side,

@@ -3,8 +3,8 @@
 //! expiry and the periodic summary.
 //!
 //! Verdict mapping (DESIGN §5):
-//! - Accept → one batched accept per wake-up;
-//! - Drop → drop;
+//! - Accept and Drop → run-length batch verdicts: each run of consecutive packets with the same
+//!   verdict is one `NFQNL_MSG_VERDICT_BATCH`, all of a wake-up's verdicts in one `sendto`;
 //! - Reset → drop, and destroy the local socket with `SOCK_DESTROY` (the MTA's session is
 //!   aborted at once and the kernel sends the remote a RST). Where that is unsupported or no
 //!   local socket has the 4-tuple, the packet is repeated with the RESET mark, so the kernel's
@@ -327,7 +327,7 @@ fn worker(
         carried.wakeups += 1;
         out.clear();
         let now = now();
-        let mut last_accept = None;
+        let mut runs = Runs::new(num);
         for i in 0..n {
             for msg in queue.datagram(i) {
                 let msg = match msg {
@@ -351,21 +351,25 @@ fn worker(
                 carried.csum_not_ready += u64::from(q.skb_info & codec::SKB_CSUMNOTREADY != 0);
                 let decision = engine.decide(q.payload, now);
                 match decision.verdict {
-                    Verdict::Accept => last_accept = Some(q.id),
-                    Verdict::Drop => out.verdict(num, q.id, codec::NF_DROP, None),
-                    Verdict::Bypass => out.verdict(
-                        num,
-                        q.id,
-                        codec::NF_REPEAT,
-                        Some(q.mark & !marks.mask | marks.bypass),
-                    ),
+                    Verdict::Accept => runs.push(&mut out, codec::NF_ACCEPT, q.id),
+                    Verdict::Drop => runs.push(&mut out, codec::NF_DROP, q.id),
+                    Verdict::Bypass => {
+                        runs.flush(&mut out);
+                        out.verdict(
+                            num,
+                            q.id,
+                            codec::NF_REPEAT,
+                            Some(q.mark & !marks.mask | marks.bypass),
+                        );
+                    }
                     Verdict::Reset => match destroy_local(diag.as_mut(), q.payload) {
                         Destroyed::Yes => {
                             carried.destroyed += 1;
-                            out.verdict(num, q.id, codec::NF_DROP, None);
+                            runs.push(&mut out, codec::NF_DROP, q.id);
                         }
                         Destroyed::NoSocket | Destroyed::Unsupported => {
                             carried.reset_by_mark += 1;
+                            runs.flush(&mut out);
                             out.verdict(
                                 num,
                                 q.id,
@@ -377,9 +381,7 @@ fn worker(
                 }
             }
         }
-        if let Some(id) = last_accept {
-            out.verdict_batch(num, id, codec::NF_ACCEPT);
-        }
+        runs.flush(&mut out);
         queue.send(&out)?;
         if published.elapsed() >= StdDuration::from_millis(500) {
             published = std::time::Instant::now();
@@ -391,6 +393,36 @@ fn worker(
     }
     publish(shared, index, &carried, &engine);
     Ok(())
+}
+
+/// Verdicts as runs: consecutive packets (in id order) with the same plain verdict become one
+/// `NFQNL_MSG_VERDICT_BATCH`, which covers every queued id up to the run's last. A marked verdict
+/// flushes the open run first, so no batch ever covers a packet judged on its own.
+struct Runs {
+    queue: u16,
+    open: Option<(u32, u32)>,
+}
+
+impl Runs {
+    fn new(queue: u16) -> Runs {
+        Runs { queue, open: None }
+    }
+
+    fn push(&mut self, out: &mut Builder, verdict: u32, id: u32) {
+        match &mut self.open {
+            Some((v, last)) if *v == verdict => *last = id,
+            _ => {
+                self.flush(out);
+                self.open = Some((verdict, id));
+            }
+        }
+    }
+
+    fn flush(&mut self, out: &mut Builder) {
+        if let Some((verdict, last)) = self.open.take() {
+            out.verdict_batch(self.queue, last, verdict);
+        }
+    }
 }
 
 fn publish(shared: &Shared, index: usize, carried: &WorkerStats, engine: &Engine) {
@@ -433,5 +465,52 @@ pub fn notify_systemd(state: &str) {
     };
     if let Err(e) = sent {
         warn!("notifying systemd: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::nfqueue::codec::{
+        MSG_VERDICT, MSG_VERDICT_BATCH, NF_ACCEPT, NF_DROP, NF_REPEAT, SUBSYS_QUEUE,
+    };
+
+    /// (message type, verdict, id) of every verdict in `out`.
+    fn verdicts(out: &Builder) -> Vec<(u16, u32, u32)> {
+        codec::messages(out.as_bytes())
+            .map(|m| {
+                let m = m.unwrap();
+                let (_, hdr) = codec::attributes(&m.payload[4..]).next().unwrap().unwrap();
+                let v = u32::from_be_bytes(hdr[..4].try_into().unwrap());
+                let id = u32::from_be_bytes(hdr[4..8].try_into().unwrap());
+                (m.kind & 0xff, v, id)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn runs_become_batches_and_marked_verdicts_split_them() {
+        let mut out = Builder::new();
+        let mut runs = Runs::new(0);
+        for id in 1..=3 {
+            runs.push(&mut out, NF_DROP, id);
+        }
+        runs.push(&mut out, NF_ACCEPT, 4);
+        runs.push(&mut out, NF_ACCEPT, 5);
+        runs.flush(&mut out);
+        out.verdict(0, 6, NF_REPEAT, Some(0x20000));
+        runs.push(&mut out, NF_ACCEPT, 7);
+        runs.flush(&mut out);
+        runs.flush(&mut out);
+        assert_eq!(
+            verdicts(&out),
+            vec![
+                (MSG_VERDICT_BATCH, NF_DROP, 3),
+                (MSG_VERDICT_BATCH, NF_ACCEPT, 5),
+                (MSG_VERDICT, NF_REPEAT, 6),
+                (MSG_VERDICT_BATCH, NF_ACCEPT, 7),
+            ]
+        );
+        let _ = SUBSYS_QUEUE;
     }
 }

@@ -87,6 +87,9 @@ struct RunArgs {
     /// Do not ask for GSO packets unsegmented.
     #[arg(long)]
     no_gso: bool,
+    /// Microseconds a worker keeps polling for packets before it sleeps (0: sleep at once).
+    #[arg(long, default_value_t = 200, value_name = "US")]
+    busy_poll_us: u64,
     /// How often to log the one-line summary.
     #[arg(long, default_value = "60s", value_name = "DURATION")]
     summary_interval: String,
@@ -512,6 +515,7 @@ fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
             fail_open: true,
             gso: !args.no_gso,
             rcvbuf: args.rcvbuf,
+            busy_poll_us: args.busy_poll_us.min(100_000),
             ..QueueConfig::new(queues.0)
         },
         install_rules: args.install_rules,

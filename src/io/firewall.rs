@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! -I INPUT -p tcp -m multiport --dports 25 -j STRINGBAN
+//! (the next three only when a matching mode can bypass a flow; not in packet mode)
 //! -A STRINGBAN -m connmark --mark BYPASS/MASK -j RETURN        flow already judged clean
 //! -A STRINGBAN -m mark --mark BYPASS/MASK -j CONNMARK --save-mark --nfmask MASK --ctmask MASK
 //! -A STRINGBAN -m mark --mark BYPASS/MASK -j RETURN
@@ -45,6 +46,9 @@ pub struct RulesConfig {
     pub marks: Marks,
     /// `--queue-bypass`: with no daemon bound, packets pass (fail-open). Off: they are dropped.
     pub fail_open: bool,
+    /// Install the BYPASS connmark rules. Needed only by matching modes that end a flow's
+    /// inspection early; without them conntrack stays out of the packet path (packet mode).
+    pub bypass: bool,
 }
 
 impl RulesConfig {
@@ -55,6 +59,7 @@ impl RulesConfig {
             queues,
             marks: Marks::default(),
             fail_open: true,
+            bypass: false,
         }
     }
 }
@@ -89,21 +94,22 @@ pub fn rules(cfg: &RulesConfig) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
         format!("--queue-balance {}:{}", cfg.queues.0, cfg.queues.1)
     };
     let bypass_flag = if cfg.fail_open { " --queue-bypass" } else { "" };
-    let chain = vec![
-        words(format!(
+    let mut chain = Vec::new();
+    if cfg.bypass {
+        chain.push(words(format!(
             "{c} -m connmark --mark {bypass:#x}/{mask:#x} -j RETURN"
-        )),
-        words(format!(
+        )));
+        chain.push(words(format!(
             "{c} -m mark --mark {bypass:#x}/{mask:#x} -j CONNMARK --save-mark --nfmask {mask:#x} --ctmask {mask:#x}"
-        )),
-        words(format!(
+        )));
+        chain.push(words(format!(
             "{c} -m mark --mark {bypass:#x}/{mask:#x} -j RETURN"
-        )),
-        words(format!(
-            "{c} -p tcp -m mark --mark {reset:#x}/{mask:#x} -j REJECT --reject-with tcp-reset"
-        )),
-        words(format!("{c} -j NFQUEUE {queue}{bypass_flag}")),
-    ];
+        )));
+    }
+    chain.push(words(format!(
+        "{c} -p tcp -m mark --mark {reset:#x}/{mask:#x} -j REJECT --reject-with tcp-reset"
+    )));
+    chain.push(words(format!("{c} -j NFQUEUE {queue}{bypass_flag}")));
     (jumps, chain)
 }
 
@@ -261,7 +267,8 @@ mod tests {
 
     #[test]
     fn default_rules() {
-        let cfg = RulesConfig::new(vec![25], (0, 0));
+        let mut cfg = RulesConfig::new(vec![25], (0, 0));
+        cfg.bypass = true;
         assert_eq!(
             script(&cfg, "iptables"),
             "iptables -w -N STRINGBAN
@@ -287,5 +294,13 @@ iptables -w -I INPUT -p tcp -m multiport --dports 25 -j STRINGBAN
         );
         let any = rules(&RulesConfig::new(vec![], (0, 0))).0;
         assert_eq!(any[0].join(" "), "INPUT -p tcp -j STRINGBAN");
+        // Packet mode never bypasses: no connmark rules, so conntrack stays out of the path.
+        let (_, packet_mode) = rules(&RulesConfig::new(vec![25], (0, 0)));
+        assert_eq!(packet_mode.len(), 2);
+        assert!(
+            packet_mode
+                .iter()
+                .all(|r| !r.join(" ").contains("connmark"))
+        );
     }
 }
