@@ -148,7 +148,8 @@ pub fn error_code(msg: &Message<'_>) -> Result<i32, CodecError> {
     let b = msg.payload.get(..4).ok_or(CodecError::Truncated {
         what: "netlink error message",
     })?;
-    Ok(-i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+    // The kernel sends -errno; a hostile i32::MIN must not overflow the negation.
+    Ok(i32::from_ne_bytes([b[0], b[1], b[2], b[3]]).saturating_neg())
 }
 
 /// Iterates the attributes in `buf` as `(type, value)`.
@@ -556,6 +557,10 @@ mod tests {
         m.extend([0; 16]);
         let msg = messages(&m).next().unwrap().unwrap();
         assert_eq!(error_code(&msg), Ok(16));
+        // Found by the fuzz target: i32::MIN as the error code.
+        m[16..20].copy_from_slice(&i32::MIN.to_ne_bytes());
+        let msg = messages(&m).next().unwrap().unwrap();
+        assert_eq!(error_code(&msg), Ok(i32::MAX));
     }
 
     #[test]
