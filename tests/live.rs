@@ -1,21 +1,33 @@
-//! Root-only live tests: the daemon on a real NFQUEUE in throwaway network namespaces
-//! (tests/live/daemon.sh). `#[ignore]`d in plain `cargo test`; `scripts/test` runs them as root,
-//! where any failure, or a missing tool, fails the test loudly.
+//! Root-only live tests in throwaway network namespaces. `#[ignore]`d in plain `cargo test`;
+//! `scripts/test` runs them as root, where any failure, or a missing tool, fails loudly.
 
 use std::process::Command;
 
-#[test]
-#[ignore = "needs root, iptables, iproute2 and python3; run by scripts/test as root"]
-fn daemon_in_namespaces() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/live/daemon.sh");
+/// Runs one live script; it prints `NAME: N passed, M failed` last and exits non-zero on failure.
+fn live(script: &str) {
+    let path = format!("{}/tests/live/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("bash")
-        .arg(script)
+        .arg(&path)
         .arg(env!("CARGO_BIN_EXE_stringban"))
         .output()
         .expect("run bash");
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}");
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "live tests failed:\n{stdout}");
+    assert!(out.status.success(), "{script} failed:\n{stdout}");
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+}
+
+/// The daemon on a real NFQUEUE with a line-based SMTP stand-in (tests/live/daemon.sh).
+#[test]
+#[ignore = "needs root, iptables, iproute2 and python3; run by scripts/test as root"]
+fn daemon_in_namespaces() {
+    live("daemon.sh");
+}
+
+/// A real Exim behind stringban, then behind the kernel recipe (tests/live/exim.sh).
+#[test]
+#[ignore = "needs root, iptables, iproute2, python3, exim4-daemon-light and swaks; run by scripts/test as root"]
+fn exim_in_namespaces() {
+    live("exim.sh");
 }

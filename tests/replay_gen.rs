@@ -352,7 +352,10 @@ fn rules_print_shows_the_chain() {
     ]));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("-j NFQUEUE --queue-num 0\n"), "{text}");
-    assert!(text.contains("-p tcp -m mark --mark 0x200/0x300 -j REJECT --reject-with tcp-reset"), "{text}");
+    assert!(
+        text.contains("-p tcp -m mark --mark 0x200/0x300 -j REJECT --reject-with tcp-reset"),
+        "{text}"
+    );
     // Packet mode never bypasses a flow: no connmark rules, so conntrack stays out of the path.
     assert!(!text.contains("connmark"), "{text}");
 }
