@@ -10,7 +10,9 @@ src, dst, ns = sys.argv[1], sys.argv[2], sys.argv[3]
 wait = float(sys.argv[4]) if len(sys.argv) > 4 else 3.0
 s = socket.socket(); s.settimeout(5); s.bind((src, 0)); s.connect((dst, 25))
 port = s.getsockname()[1]
-s.recv(1024); s.sendall(b"EHLO bot.test\r\n"); s.recv(4096)
+if not s.recv(1024).startswith(b"220"):
+    print("refused -"); sys.exit(0)  # e.g. 421: the server is at its session limit
+s.sendall(b"EHLO bot.test\r\n"); s.recv(4096)
 s.sendall(b"MAIL FROM:<x@bot.test>\r\n"); s.recv(1024)
 out = subprocess.run(["ip", "netns", "exec", ns, "ss", "-tnpH", "state", "established",
                       f"( sport = :25 and dport = :{port} )"], capture_output=True, text=True).stdout
