@@ -328,6 +328,12 @@ fn worker(
         out.clear();
         let now = now();
         let mut runs = Runs::new(num);
+        // A verdict that sets one of our marks (keeping the packet's other mark bits) and
+        // repeats the packet, so that the chain acts on the mark.
+        let repeat_marked = |out: &mut Builder, runs: &mut Runs, id: u32, old: u32, mark: u32| {
+            runs.flush(out);
+            out.verdict(num, id, codec::NF_REPEAT, Some(old & !marks.mask | mark));
+        };
         for i in 0..n {
             for msg in queue.datagram(i) {
                 let msg = match msg {
@@ -354,13 +360,7 @@ fn worker(
                     Verdict::Accept => runs.push(&mut out, codec::NF_ACCEPT, q.id),
                     Verdict::Drop => runs.push(&mut out, codec::NF_DROP, q.id),
                     Verdict::Bypass => {
-                        runs.flush(&mut out);
-                        out.verdict(
-                            num,
-                            q.id,
-                            codec::NF_REPEAT,
-                            Some(q.mark & !marks.mask | marks.bypass),
-                        );
+                        repeat_marked(&mut out, &mut runs, q.id, q.mark, marks.bypass)
                     }
                     Verdict::Reset => match destroy_local(diag.as_mut(), q.payload) {
                         Destroyed::Yes => {
@@ -369,13 +369,7 @@ fn worker(
                         }
                         Destroyed::NoSocket | Destroyed::Unsupported => {
                             carried.reset_by_mark += 1;
-                            runs.flush(&mut out);
-                            out.verdict(
-                                num,
-                                q.id,
-                                codec::NF_REPEAT,
-                                Some(q.mark & !marks.mask | marks.reset),
-                            );
+                            repeat_marked(&mut out, &mut runs, q.id, q.mark, marks.reset);
                         }
                     },
                 }

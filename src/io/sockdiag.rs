@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::os::fd::OwnedFd;
 
 use super::nfqueue::codec::{self, NLM_F_ACK, NLM_F_REQUEST};
-use super::nfqueue::{netlink_socket, recv_one, send_to_kernel};
+use super::nfqueue::{netlink_socket, recv_one, send_to_kernel, setsockopt};
 
 const NETLINK_SOCK_DIAG: i32 = 4;
 const SOCK_DESTROY: u16 = 21;
@@ -44,19 +44,7 @@ impl SockDiag {
             tv_sec: 1,
             tv_usec: 0,
         };
-        // SAFETY: `timeout` is a live timeval of the size passed.
-        let ret = unsafe {
-            libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&fd),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&timeout as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if ret < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &timeout)?;
         Ok(SockDiag {
             fd,
             seq: 0,

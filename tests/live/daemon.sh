@@ -6,6 +6,7 @@
 set -uo pipefail
 BIN=$(realpath "$1")
 HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/lib.sh"
 [ "$(id -u)" -eq 0 ] || { echo "FAIL: live tests need root" >&2; exit 1; }
 for t in ip iptables python3; do command -v "$t" >/dev/null || { echo "FAIL: $t not installed" >&2; exit 1; }; done
 
@@ -26,18 +27,7 @@ ins() { ip netns exec "$S" "$@"; }
 inc() { ip netns exec "$C" "$@"; }
 client() { inc python3 "$HERE/smtp_client.py" "$@"; }
 
-ip netns add "$S" && ip netns add "$C" || exit 1
-ip link add vS netns "$S" type veth peer name vC netns "$C"
-ip -n "$S" addr add 198.18.0.1/24 dev vS
-ip -n "$C" addr add 198.18.0.2/24 dev vC
-# The 2,100 client addresses live on the client's loopback, routed via 198.18.0.2 as if behind
-# a router: the server then keeps one neighbour entry, not 2,100 (the default neighbour table
-# holds 1,024, and its limits are not per namespace).
-{ for i in $(seq 0 2099); do echo "addr add 198.19.$(( (256 + i) >> 8 )).$(( (256 + i) & 255 ))/32 dev lo"; done; } > "$T/addrs"
-for n in "$S" "$C"; do ip -n "$n" link set lo up; done
-ip -n "$C" -batch "$T/addrs"
-ip -n "$S" link set vS up; ip -n "$C" link set vC up
-ip -n "$S" route add 198.19.0.0/16 via 198.18.0.2
+netns_pair "$S" "$C" 2100 "$T" || exit 1
 ip netns exec "$S" python3 "$HERE/smtp_server.py" 198.18.0.1 25 "$T/server.log" & PIDS+=($!)
 sleep 0.5
 

@@ -7,6 +7,7 @@
 set -uo pipefail
 BIN=$(realpath "$1")
 HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/lib.sh"
 [ "$(id -u)" -eq 0 ] || { echo "FAIL: live tests need root" >&2; exit 1; }
 for t in ip iptables python3 exim4 swaks ss; do command -v "$t" >/dev/null || { echo "FAIL: $t not installed" >&2; exit 1; }; done
 
@@ -15,11 +16,7 @@ passed=0; failed=0
 cleanup() {
     set +e
     [ -n "$DPID" ] && kill "$DPID" 2>/dev/null
-    if [ -n "$EPID" ]; then
-        # The Exim daemon's children (sessions still waiting for their timeout) are ours too.
-        for p in $(pgrep -P "$EPID"); do kill "$p" 2>/dev/null; done
-        kill "$EPID" 2>/dev/null
-    fi
+    exim_stop
     sleep 0.3
     ip netns del "$S" 2>/dev/null; ip netns del "$C" 2>/dev/null
     rm -rf "$T"
@@ -31,22 +28,8 @@ check() { local what=$1; shift; if "$@"; then ok "$what"; else no "$what"; fi; }
 inc() { ip netns exec "$C" "$@"; }
 ins() { ip netns exec "$S" "$@"; }
 
-ip netns add "$S" && ip netns add "$C" || exit 1
-ip link add vS netns "$S" type veth peer name vC netns "$C"
-ip -n "$S" addr add 198.18.0.1/24 dev vS
-ip -n "$C" addr add 198.18.0.2/24 dev vC
-{ for i in $(seq 0 399); do echo "addr add 198.19.$(( (256 + i) >> 8 )).$(( (256 + i) & 255 ))/32 dev lo"; done; } > "$T/addrs"
-for n in "$S" "$C"; do ip -n "$n" link set lo up; done
-ip -n "$C" -batch "$T/addrs"
-ip -n "$S" link set vS up; ip -n "$C" link set vC up
-ip -n "$S" route add 198.19.0.0/16 via 198.18.0.2
-
-chmod 755 "$T"; mkdir -p "$T/spool" "$T/log" "$T/mail"
-chown Debian-exim:Debian-exim "$T/spool" "$T/log" "$T/mail"
-sed -e "s|SPOOLDIR|$T/spool|; s|LOGDIR|$T/log|g; s|MAILDIR|$T/mail|" "$HERE/exim.conf.in" > "$T/exim.conf"
-ip netns exec "$S" exim4 -C "$T/exim.conf" -bdf > "$T/exim.out" 2>&1 & EPID=$!
-for _ in $(seq 50); do grep -q "listening for SMTP" "$T/log/mainlog" 2>/dev/null && break; sleep 0.1; done
-grep -q "listening for SMTP" "$T/log/mainlog" || { echo "FAIL: Exim did not start"; cat "$T/exim.out" "$T/log/"*; exit 1; }
+netns_pair "$S" "$C" 400 "$T" || exit 1
+exim_start "$S" "$T" || exit 1
 
 legit() {   # legit SUBJECT: one mail with swaks from the clean IP; prints swaks' last reply code
     inc swaks --to b@hosted.test --from a@partner.test --server 198.18.0.1 --local-interface 198.18.0.2 \

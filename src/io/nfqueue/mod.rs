@@ -149,7 +149,8 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn setsockopt<T>(fd: &OwnedFd, level: i32, name: i32, value: &T) -> io::Result<()> {
+/// `setsockopt(2)` with a typed value.
+pub(crate) fn setsockopt<T>(fd: &OwnedFd, level: i32, name: i32, value: &T) -> io::Result<()> {
     // SAFETY: `value` points to a live `T` of the size passed.
     let ret = unsafe {
         libc::setsockopt(

@@ -1,0 +1,44 @@
+# Shared by tests/live/*.sh, scripts/demo and scripts/bench-live. Source it; needs root.
+
+# netns_pair SERVER CLIENT ADDRESSES TMPDIR — two namespaces joined by a veth pair: SERVER has
+# 198.18.0.1/24 on vS, CLIENT 198.18.0.2/24 on vC plus ADDRESSES addresses 198.19.X.Y
+# (X.Y = 256 + i, i.e. 198.19.1.0 on) on its loopback, which SERVER reaches via 198.18.0.2 as if
+# behind a router: the server keeps one neighbour entry however many clients there are.
+netns_pair() {
+    local s=$1 c=$2 n=$3 tmp=$4 i
+    ip netns add "$s" && ip netns add "$c" || return 1
+    ip link add vS netns "$s" type veth peer name vC netns "$c" || return 1
+    ip -n "$s" addr add 198.18.0.1/24 dev vS
+    ip -n "$c" addr add 198.18.0.2/24 dev vC
+    ip -n "$s" link set lo up; ip -n "$c" link set lo up
+    if [ "$n" -gt 0 ]; then
+        for i in $(seq 0 $((n - 1))); do
+            echo "addr add 198.19.$(( (256 + i) >> 8 )).$(( (256 + i) & 255 ))/32 dev lo"
+        done > "$tmp/addrs"
+        ip -n "$c" -batch "$tmp/addrs" || return 1
+    fi
+    ip -n "$s" link set vS up; ip -n "$c" link set vC up
+    ip -n "$s" route add 198.19.0.0/16 via 198.18.0.2
+}
+
+# exim_start SERVER TMPDIR — a fresh Exim (tests/live/exim.conf.in) on 198.18.0.1:25 in SERVER,
+# empty inbox at TMPDIR/mail/inbox. Sets EPID. Fails if Exim does not start within 5 s.
+exim_start() {
+    local s=$1 tmp=$2 here
+    here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+    chmod 755 "$tmp"
+    rm -rf "$tmp/spool" "$tmp/log" "$tmp/mail"; mkdir -p "$tmp/spool" "$tmp/log" "$tmp/mail"
+    chown Debian-exim:Debian-exim "$tmp/spool" "$tmp/log" "$tmp/mail"
+    sed -e "s|SPOOLDIR|$tmp/spool|; s|LOGDIR|$tmp/log|g; s|MAILDIR|$tmp/mail|" "$here/exim.conf.in" > "$tmp/exim.conf"
+    ip netns exec "$s" exim4 -C "$tmp/exim.conf" -bdf > "$tmp/exim.out" 2>&1 & EPID=$!
+    for _ in $(seq 50); do grep -q "listening for SMTP" "$tmp/log/mainlog" 2>/dev/null && return 0; sleep 0.1; done
+    echo "Exim did not start:"; cat "$tmp/exim.out" "$tmp/log/"* 2>/dev/null; return 1
+}
+
+# exim_stop — kills the Exim daemon started by exim_start and its session processes (ours).
+exim_stop() {
+    [ -z "${EPID:-}" ] && return 0
+    local p
+    for p in $(pgrep -P "$EPID"); do kill "$p" 2>/dev/null; done
+    kill "$EPID" 2>/dev/null; wait "$EPID" 2>/dev/null; EPID=
+}
