@@ -11,7 +11,6 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 for t in ip iptables python3; do command -v "$t" >/dev/null || { echo "FAIL: $t not installed" >&2; exit 1; }; done
 
 S=sbS$$; C=sbC$$; T=$(mktemp -d); PIDS=(); DPID=
-passed=0; failed=0
 cleanup() {
     for p in $DPID "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
     sleep 0.3
@@ -20,9 +19,6 @@ cleanup() {
     rm -rf "$T"
 }
 trap cleanup EXIT
-ok() { echo "  ok: $*"; passed=$((passed + 1)); }
-no() { echo "  FAIL: $*"; failed=$((failed + 1)); }
-check() { local what=$1; shift; if "$@"; then ok "$what"; else no "$what"; fi; }
 ins() { ip netns exec "$S" "$@"; }
 inc() { ip netns exec "$C" "$@"; }
 client() { inc python3 "$HERE/smtp_client.py" "$@"; }

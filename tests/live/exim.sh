@@ -12,7 +12,6 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 for t in ip iptables python3 exim4 swaks ss; do command -v "$t" >/dev/null || { echo "FAIL: $t not installed" >&2; exit 1; }; done
 
 S=sbX$$; C=sbY$$; T=$(mktemp -d); DPID=; EPID=
-passed=0; failed=0
 cleanup() {
     set +e
     [ -n "$DPID" ] && kill "$DPID" 2>/dev/null
@@ -22,9 +21,6 @@ cleanup() {
     rm -rf "$T"
 }
 trap cleanup EXIT
-ok() { echo "  ok: $*"; passed=$((passed + 1)); }
-no() { echo "  FAIL: $*"; failed=$((failed + 1)); }
-check() { local what=$1; shift; if "$@"; then ok "$what"; else no "$what"; fi; }
 inc() { ip netns exec "$C" "$@"; }
 ins() { ip netns exec "$S" "$@"; }
 

@@ -1,5 +1,11 @@
 # Shared by tests/live/*.sh, scripts/demo and scripts/bench-live. Source it; needs root.
 
+# Test checks: `check WHAT COMMAND...` counts COMMAND's success as a pass, printing WHAT.
+passed=0; failed=0
+ok() { echo "  ok: $*"; passed=$((passed + 1)); }
+no() { echo "  FAIL: $*"; failed=$((failed + 1)); }
+check() { local what=$1; shift; if "$@"; then ok "$what"; else no "$what"; fi; }
+
 # netns_pair SERVER CLIENT ADDRESSES TMPDIR — two namespaces joined by a veth pair: SERVER has
 # 198.18.0.1/24 on vS, CLIENT 198.18.0.2/24 on vC plus ADDRESSES addresses 198.19.X.Y
 # (X.Y = 256 + i, i.e. 198.19.1.0 on) on its loopback, which SERVER reaches via 198.18.0.2 as if
