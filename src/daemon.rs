@@ -272,6 +272,7 @@ fn summary(shared: &Shared, blacklist: &Blacklist) -> String {
         total.malformed += s.malformed;
         total.destroyed += s.destroyed;
         total.reset_by_mark += s.reset_by_mark;
+        total.wakeups += s.wakeups;
     }
     let e = &total.engine;
     let (mut qd, mut ud) = (0, 0);
@@ -281,7 +282,7 @@ fn summary(shared: &Shared, blacklist: &Blacklist) -> String {
     }
     let banned: usize = blacklist.lists().iter().map(|l| l.len()).sum();
     format!(
-        "packets {} accept {} drop {} reset {} (sockets destroyed {}, by REJECT {}) bypass {} bans {} banned-now {} unparsed {} malformed {} kernel queue_dropped {} user_dropped {}",
+        "packets {} accept {} drop {} reset {} (sockets destroyed {}, by REJECT {}) bypass {} bans {} banned-now {} unparsed {} malformed {} kernel queue_dropped {} user_dropped {} avg-batch {:.1}",
         e.packets,
         e.verdict(Verdict::Accept),
         e.verdict(Verdict::Drop),
@@ -294,7 +295,8 @@ fn summary(shared: &Shared, blacklist: &Blacklist) -> String {
         e.unparsed_total(),
         total.malformed,
         qd,
-        ud
+        ud,
+        e.packets as f64 / total.wakeups.max(1) as f64
     )
 }
 
