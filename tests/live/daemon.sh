@@ -63,6 +63,12 @@ check "the server's session was aborted (ECONNABORTED), not left open: $how" tes
 check "... within 1 s of the spam line (took ${secs:-?} s)" python3 -c "import sys; sys.exit(0 if float('${secs:-9}') <= 1.0 else 1)"
 check "a new connection from the banned IP is dropped at the SYN" test "$(client 198.19.1.0 198.18.0.1 'EHLO x' 1.5)" = timeout
 
+echo "== packet mode is the kernel's xt_string (stream and smtp modes will close these)"
+check "a RCPT split across two TCP segments is not caught, as with the kernel" \
+    test "$(client 198.19.9.10 198.18.0.1 'EHLO bot\nRCPT TO:<victim@exam<SPLIT>ple.com>')" = ok
+check "@EXAMPLE.COM is not caught by a case-sensitive rule, as with the kernel" \
+    test "$(client 198.19.9.11 198.18.0.1 'EHLO bot\nRCPT TO:<VICTIM@EXAMPLE.COM>')" = ok
+
 echo "== 2,000 spam sources, legit mail during the flood"
 ip netns exec "$C" python3 "$HERE/flood.py" spam 198.18.0.1 198.19 257 2000 > "$T/flood.out" & FLOOD=$!
 sleep 0.5
