@@ -684,6 +684,7 @@ struct SessionWriter {
 }
 
 const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
 const ACK: u8 = 0x10;
 const PSH_ACK: u8 = 0x18;
 const FIN_ACK: u8 = 0x11;
@@ -931,6 +932,26 @@ pub fn tcp_segment(
         ip_id: 1,
     };
     tcp_packet(&from, &to, PSH_ACK, ack, payload, &[])
+}
+
+/// A bare RST from `src:sport` to `dst:dport` with sequence number `seq` (no ACK), correct
+/// lengths and checksums: the daemon's crafted reset toward the local side.
+pub fn tcp_rst((src, sport): (IpAddr, u16), (dst, dport): (IpAddr, u16), seq: u32) -> Vec<u8> {
+    let from = Side {
+        addr: src,
+        port: sport,
+        seq,
+        ttl: 64,
+        ip_id: 0,
+    };
+    let to = Side {
+        addr: dst,
+        port: dport,
+        seq: 0,
+        ttl: 64,
+        ip_id: 0,
+    };
+    tcp_packet(&from, &to, RST, 0, &[], &[])
 }
 
 /// Builds an IPv4 or IPv6 TCP packet with correct lengths and checksums.

@@ -28,6 +28,7 @@ use crate::engine::{Engine, Stats, Verdict};
 use crate::io::firewall::{self, Marks, RulesConfig};
 use crate::io::nfqueue::codec::{self, Builder};
 use crate::io::nfqueue::{Queue, QueueConfig, QueueError, kernel_counters};
+use crate::io::rst::RstInjector;
 use crate::io::sockdiag::{Destroyed, SockDiag};
 use crate::parse::{self, Transport};
 use crate::time::Instant;
@@ -42,6 +43,9 @@ pub struct DaemonConfig {
     pub marks: Marks,
     pub pidfile: Option<PathBuf>,
     pub summary_every: StdDuration,
+    /// Abort local sockets with SOCK_DESTROY when a flow is reset; false forces the fallback
+    /// (REJECT for the remote, a crafted RST for the local side).
+    pub sock_destroy: bool,
 }
 
 /// Reads the configuration again (SIGHUP).
@@ -63,6 +67,8 @@ pub struct WorkerStats {
     pub wakeups: u64,
     pub destroyed: u64,
     pub reset_by_mark: u64,
+    /// Crafted RSTs sent toward the local side (with `reset_by_mark`).
+    pub crafted: u64,
     pub gso: u64,
     pub csum_not_ready: u64,
 }
@@ -189,9 +195,10 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
         let shared = Arc::clone(&shared);
         let blacklist = Arc::clone(&blacklist);
         let marks = daemon.marks;
+        let sock_destroy = daemon.sock_destroy;
         let handle = thread::Builder::new()
             .name(format!("queue-{}", queue.num()))
-            .spawn(move || worker(i, queue, &shared, blacklist, marks))
+            .spawn(move || worker(i, queue, &shared, blacklist, marks, sock_destroy))
             .map_err(|e| DaemonError::Start(format!("spawning a worker: {e}")))?;
         handles.push(handle);
     }
@@ -272,6 +279,7 @@ fn summary(shared: &Shared, blacklist: &Blacklist) -> String {
         total.malformed += s.malformed;
         total.destroyed += s.destroyed;
         total.reset_by_mark += s.reset_by_mark;
+        total.crafted += s.crafted;
         total.wakeups += s.wakeups;
     }
     let e = &total.engine;
@@ -282,13 +290,14 @@ fn summary(shared: &Shared, blacklist: &Blacklist) -> String {
     }
     let banned: usize = blacklist.lists().iter().map(|l| l.len()).sum();
     format!(
-        "packets {} accept {} drop {} reset {} (sockets destroyed {}, by REJECT {}) bypass {} bans {} banned-now {} unparsed {} malformed {} kernel queue_dropped {} user_dropped {} avg-batch {:.1}",
+        "packets {} accept {} drop {} reset {} (sockets destroyed {}, by REJECT {} with {} crafted local RSTs) bypass {} bans {} banned-now {} unparsed {} malformed {} kernel queue_dropped {} user_dropped {} avg-batch {:.1}",
         e.packets,
         e.verdict(Verdict::Accept),
         e.verdict(Verdict::Drop),
         e.verdict(Verdict::Reset),
         total.destroyed,
         total.reset_by_mark,
+        total.crafted,
         e.verdict(Verdict::Bypass),
         e.bans_new,
         banned,
@@ -306,12 +315,24 @@ fn worker(
     shared: &Shared,
     blacklist: Arc<Blacklist>,
     marks: Marks,
+    sock_destroy: bool,
 ) -> Result<(), QueueError> {
     let mut generation = shared.generation.load(Relaxed);
     let mut engine = Engine::with_blacklist(&lock(&shared.config), Arc::clone(&blacklist));
     let mut carried = WorkerStats::default();
     let mut out = Builder::new();
-    let mut diag = SockDiag::open().ok();
+    let mut diag = if sock_destroy {
+        SockDiag::open().ok()
+    } else {
+        None
+    };
+    let injector = match RstInjector::open(marks.inject()) {
+        Ok(i) => Some(i),
+        Err(e) => {
+            warn!("no raw socket for crafted RSTs toward local sockets: {e}");
+            None
+        }
+    };
     let num = queue.num();
     let mut published = std::time::Instant::now();
     while !shared.stop.load(Relaxed) {
@@ -372,6 +393,7 @@ fn worker(
                         Destroyed::NoSocket | Destroyed::Unsupported => {
                             carried.reset_by_mark += 1;
                             repeat_marked(&mut out, &mut runs, q.id, q.mark, marks.reset);
+                            carried.crafted += u64::from(reset_local(injector.as_ref(), q.payload));
                         }
                     },
                 }
@@ -383,7 +405,7 @@ fn worker(
             published = std::time::Instant::now();
             publish(shared, index, &carried, &engine);
         }
-        if diag.is_none() {
+        if diag.is_none() && sock_destroy {
             diag = SockDiag::open().ok();
         }
     }
@@ -425,6 +447,20 @@ fn publish(shared: &Shared, index: usize, carried: &WorkerStats, engine: &Engine
     let mut s = carried.clone();
     s.engine.merge(engine.stats());
     *lock(&shared.stats[index]) = s;
+}
+
+/// Sends the local side of the packet's flow (remote → local) a RST as if from the remote.
+fn reset_local(injector: Option<&RstInjector>, packet: &[u8]) -> bool {
+    let Some(injector) = injector else {
+        return false;
+    };
+    let Ok(p) = parse::packet(packet) else {
+        return false;
+    };
+    let Transport::Tcp(t) = p.transport else {
+        return false;
+    };
+    injector.send(p.src, t.sport, p.dst, t.dport, t.seq).is_ok()
 }
 
 /// Destroys the local socket the packet (remote → local) belongs to.

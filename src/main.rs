@@ -90,6 +90,10 @@ struct RunArgs {
     /// Microseconds a worker keeps polling for packets before it sleeps (0: sleep at once).
     #[arg(long, default_value_t = 200, value_name = "US")]
     busy_poll_us: u64,
+    /// Do not abort local sockets with SOCK_DESTROY; reset them with a crafted RST instead (the
+    /// fallback used where the kernel lacks CONFIG_INET_DIAG_DESTROY).
+    #[arg(long)]
+    no_sock_destroy: bool,
     /// How often to log the one-line summary.
     #[arg(long, default_value = "60s", value_name = "DURATION")]
     summary_interval: String,
@@ -523,6 +527,7 @@ fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
         marks: marks(&args.queue)?,
         pidfile: args.pidfile.clone(),
         summary_every: std::time::Duration::from_micros(summary_every.micros().max(1_000_000)),
+        sock_destroy: !args.no_sock_destroy,
     };
     let rule_args = args.rules.clone();
     let reload: daemon::Reload =

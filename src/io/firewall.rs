@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! -I INPUT -p tcp -m multiport --dports 25 -j STRINGBAN
+//! -A STRINGBAN -m mark --mark INJECT/MASK -j RETURN             the daemon's own crafted RSTs
 //! (the next three only when a matching mode can bypass a flow; not in packet mode)
 //! -A STRINGBAN -m connmark --mark BYPASS/MASK -j RETURN        flow already judged clean
 //! -A STRINGBAN -m mark --mark BYPASS/MASK -j CONNMARK --save-mark --nfmask MASK --ctmask MASK
@@ -24,6 +25,14 @@ pub struct Marks {
     pub bypass: u32,
     pub reset: u32,
     pub mask: u32,
+}
+
+impl Marks {
+    /// The mark of the daemon's own crafted RSTs: both bits, so it matches neither BYPASS nor
+    /// RESET exactly. The chain lets such packets through first.
+    pub fn inject(self) -> u32 {
+        self.bypass | self.reset
+    }
 }
 
 impl Default for Marks {
@@ -94,7 +103,10 @@ pub fn rules(cfg: &RulesConfig) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
         format!("--queue-balance {}:{}", cfg.queues.0, cfg.queues.1)
     };
     let bypass_flag = if cfg.fail_open { " --queue-bypass" } else { "" };
-    let mut chain = Vec::new();
+    let inject = cfg.marks.inject();
+    let mut chain = vec![words(format!(
+        "{c} -m mark --mark {inject:#x}/{mask:#x} -j RETURN"
+    ))];
     if cfg.bypass {
         chain.push(words(format!(
             "{c} -m connmark --mark {bypass:#x}/{mask:#x} -j RETURN"
@@ -272,6 +284,7 @@ mod tests {
         assert_eq!(
             script(&cfg, "iptables"),
             "iptables -w -N STRINGBAN
+iptables -w -A STRINGBAN -m mark --mark 0x30000/0x30000 -j RETURN
 iptables -w -A STRINGBAN -m connmark --mark 0x10000/0x30000 -j RETURN
 iptables -w -A STRINGBAN -m mark --mark 0x10000/0x30000 -j CONNMARK --save-mark --nfmask 0x30000 --ctmask 0x30000
 iptables -w -A STRINGBAN -m mark --mark 0x10000/0x30000 -j RETURN
@@ -296,7 +309,7 @@ iptables -w -I INPUT -p tcp -m multiport --dports 25 -j STRINGBAN
         assert_eq!(any[0].join(" "), "INPUT -p tcp -j STRINGBAN");
         // Packet mode never bypasses: no connmark rules, so conntrack stays out of the path.
         let (_, packet_mode) = rules(&RulesConfig::new(vec![25], (0, 0)));
-        assert_eq!(packet_mode.len(), 2);
+        assert_eq!(packet_mode.len(), 3);
         assert!(
             packet_mode
                 .iter()

@@ -3,4 +3,5 @@
 pub mod firewall;
 pub mod nfqueue;
 pub mod pcap;
+pub mod rst;
 pub mod sockdiag;

@@ -91,6 +91,17 @@ start_daemon --string @example.com
 check "restart reinstalls the rules (once)" test "$(chain_count)" = 1
 check "... and resets spam again" test "$(client 198.19.9.2 198.18.0.1 "$SPAM")" = reset
 
+echo "== without SOCK_DESTROY: a crafted RST resets the local side"
+kill "$DPID"; wait "$DPID"; DPID=
+start_daemon --string @example.com --no-sock-destroy
+: > "$T/server.log"
+check "a spam session gets a RST (from the kernel's REJECT)" test "$(client 198.19.9.20 198.18.0.1 "$SPAM")" = reset
+sleep 0.3
+read -r _ _ how secs < <(grep '^198.19.9.20 ' "$T/server.log" | tail -1)
+check "the server's session was reset by the crafted RST (ECONNRESET): $how" test "${how%%:*}" = ConnectionResetError
+check "... within 1 s of the spam line (took ${secs:-?} s)" python3 -c "import sys; sys.exit(0 if float('${secs:-9}') <= 1.0 else 1)"
+check "... and the ban holds" test "$(client 198.19.9.20 198.18.0.1 'EHLO x' 1.5)" = timeout
+
 echo "== SIGHUP reload keeps bans"
 kill "$DPID"; wait "$DPID"; DPID=
 printf '[[rule]]\nstring = "@example.com"\n' > "$T/sb.toml"
@@ -109,6 +120,7 @@ check "exit code 0 on SIGTERM" test "$code" = 0
 check "rules removed" test "$(chain_count)" = 0
 check "pidfile removed" test ! -e "$T/pid"
 check "the periodic summary was logged" grep -q "packets .* accept .* reset .*sockets destroyed" "$T/daemon.log"
+check "... counting the crafted local RSTs" grep -q "with [1-9][0-9]* crafted local RSTs" "$T/daemon.log"
 check "no kernel queue drops" bash -c "! grep -E 'queue_dropped [1-9]' '$T/daemon.log'"
 
 echo "== the kernel recipe, same flood, for contrast (-m string + -m recent + REJECT)"
