@@ -10,9 +10,9 @@
 use std::io;
 use std::mem;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 
-use super::nfqueue::setsockopt;
+use super::nfqueue::{send_to, setsockopt};
 use crate::attack::tcp_rst;
 
 /// Raw sockets (IPv4 and IPv6) that send crafted RSTs with a mark.
@@ -59,23 +59,13 @@ impl RstInjector {
         seq: u32,
     ) -> io::Result<()> {
         let packet = tcp_rst((remote, rport), (local, lport), seq);
-        let ret = match local {
+        match local {
             IpAddr::V4(dst) => {
                 // SAFETY: sockaddr_in is plain data; zeroed is valid.
                 let mut to: libc::sockaddr_in = unsafe { mem::zeroed() };
                 to.sin_family = libc::AF_INET as libc::sa_family_t;
                 to.sin_addr.s_addr = u32::from(dst).to_be();
-                // SAFETY: `packet` and `to` are valid for the lengths passed.
-                unsafe {
-                    libc::sendto(
-                        self.v4.as_raw_fd(),
-                        packet.as_ptr().cast(),
-                        packet.len(),
-                        0,
-                        (&to as *const libc::sockaddr_in).cast(),
-                        mem::size_of::<libc::sockaddr_in>() as u32,
-                    )
-                }
+                send_to(&self.v4, &packet, &to)
             }
             IpAddr::V6(dst) => {
                 let Some(v6) = &self.v6 else {
@@ -85,23 +75,8 @@ impl RstInjector {
                 let mut to: libc::sockaddr_in6 = unsafe { mem::zeroed() };
                 to.sin6_family = libc::AF_INET6 as libc::sa_family_t;
                 to.sin6_addr.s6_addr = dst.octets();
-                // SAFETY: `packet` and `to` are valid for the lengths passed.
-                unsafe {
-                    libc::sendto(
-                        v6.as_raw_fd(),
-                        packet.as_ptr().cast(),
-                        packet.len(),
-                        0,
-                        (&to as *const libc::sockaddr_in6).cast(),
-                        mem::size_of::<libc::sockaddr_in6>() as u32,
-                    )
-                }
+                send_to(v6, &packet, &to)
             }
-        };
-        if ret < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
         }
     }
 }

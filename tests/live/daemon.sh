@@ -36,6 +36,15 @@ start_daemon() {   # start_daemon EXTRA_ARGS... ; waits for the pidfile
     echo "daemon did not start:"; cat "$T/daemon.log"; return 1
 }
 chain_count() { ins iptables -S INPUT | grep -c -- '-j STRINGBAN'; }
+# session_ended SRC ERROR WHAT: the server logged SRC's session ending with ERROR (e.g.
+# ConnectionAbortedError), within 1 s of its last line.
+session_ended() {
+    local how secs
+    sleep 0.3
+    read -r _ _ how secs < <(grep "^$1 " "$T/server.log" | tail -1)
+    check "the server's session was $3: $how" test "${how%%:*}" = "$2"
+    check "... within 1 s of the spam line (took ${secs:-?} s)" python3 -c "import sys; sys.exit(0 if float('${secs:-9}') <= 1.0 else 1)"
+}
 SPAM='EHLO bot\nMAIL FROM:<x@bot.test>\nRCPT TO:<victim@example.com>'
 LEGIT='EHLO mx\nMAIL FROM:<a@partner.test>\nRCPT TO:<b@hosted.test>\nQUIT'
 
@@ -57,10 +66,7 @@ check "pidfile holds the daemon's pid" test "$(cat "$T/pid")" = "$DPID"
 check "legit mail from a clean IP goes through" test "$(client 198.18.0.2 198.18.0.1 "$LEGIT")" = ok
 : > "$T/server.log"
 check "a spam session gets a RST" test "$(client 198.19.1.0 198.18.0.1 "$SPAM")" = reset
-sleep 0.3
-read -r _ _ how secs < <(grep '^198.19.1.0 ' "$T/server.log" | tail -1)
-check "the server's session was aborted (ECONNABORTED), not left open: $how" test "${how%%:*}" = ConnectionAbortedError
-check "... within 1 s of the spam line (took ${secs:-?} s)" python3 -c "import sys; sys.exit(0 if float('${secs:-9}') <= 1.0 else 1)"
+session_ended 198.19.1.0 ConnectionAbortedError "aborted (ECONNABORTED), not left open"
 check "a new connection from the banned IP is dropped at the SYN" test "$(client 198.19.1.0 198.18.0.1 'EHLO x' 1.5)" = timeout
 
 echo "== packet mode is the kernel's xt_string (stream and smtp modes will close these)"
@@ -96,10 +102,7 @@ kill "$DPID"; wait "$DPID"; DPID=
 start_daemon --string @example.com --no-sock-destroy
 : > "$T/server.log"
 check "a spam session gets a RST (from the kernel's REJECT)" test "$(client 198.19.9.20 198.18.0.1 "$SPAM")" = reset
-sleep 0.3
-read -r _ _ how secs < <(grep '^198.19.9.20 ' "$T/server.log" | tail -1)
-check "the server's session was reset by the crafted RST (ECONNRESET): $how" test "${how%%:*}" = ConnectionResetError
-check "... within 1 s of the spam line (took ${secs:-?} s)" python3 -c "import sys; sys.exit(0 if float('${secs:-9}') <= 1.0 else 1)"
+session_ended 198.19.9.20 ConnectionResetError "reset by the crafted RST (ECONNRESET)"
 check "... and the ban holds" test "$(client 198.19.9.20 198.18.0.1 'EHLO x' 1.5)" = timeout
 
 echo "== SIGHUP reload keeps bans"

@@ -190,20 +190,17 @@ pub(crate) fn netlink_socket(protocol: i32) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Sends `bytes` to the kernel on a netlink socket.
-pub(crate) fn send_to_kernel(fd: &OwnedFd, bytes: &[u8]) -> io::Result<()> {
-    // SAFETY: sockaddr_nl is plain data; zeroed is a valid value (pid 0 = the kernel).
-    let mut addr: libc::sockaddr_nl = unsafe { mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    // SAFETY: `bytes` and `addr` are valid for the lengths passed.
+/// `sendto(2)` of `bytes` to the socket address `addr` (a `sockaddr_*`).
+pub(crate) fn send_to<A>(fd: &OwnedFd, bytes: &[u8], addr: &A) -> io::Result<()> {
+    // SAFETY: `bytes` and `addr` are live and valid for the lengths passed.
     let ret = unsafe {
         libc::sendto(
             fd.as_raw_fd(),
             bytes.as_ptr().cast(),
             bytes.len(),
             0,
-            (&addr as *const libc::sockaddr_nl).cast(),
-            mem::size_of::<libc::sockaddr_nl>() as u32,
+            (addr as *const A).cast(),
+            mem::size_of::<A>() as libc::socklen_t,
         )
     };
     if ret < 0 {
@@ -211,6 +208,14 @@ pub(crate) fn send_to_kernel(fd: &OwnedFd, bytes: &[u8]) -> io::Result<()> {
     } else {
         Ok(())
     }
+}
+
+/// Sends `bytes` to the kernel on a netlink socket.
+pub(crate) fn send_to_kernel(fd: &OwnedFd, bytes: &[u8]) -> io::Result<()> {
+    // SAFETY: sockaddr_nl is plain data; zeroed is a valid value (pid 0 = the kernel).
+    let mut addr: libc::sockaddr_nl = unsafe { mem::zeroed() };
+    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    send_to(fd, bytes, &addr)
 }
 
 /// Receives one datagram into `buf`; returns its length.
