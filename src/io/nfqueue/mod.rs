@@ -333,14 +333,28 @@ impl Queue {
             let until = std::time::Instant::now()
                 + std::time::Duration::from_micros(self.config.busy_poll_us);
             while std::time::Instant::now() < until {
-                let got = self.recv_flags(libc::MSG_DONTWAIT)?;
-                if got > 0 {
-                    return Ok(got);
+                if self.readable() {
+                    let got = self.recv_flags(libc::MSG_DONTWAIT)?;
+                    if got > 0 {
+                        return Ok(got);
+                    }
                 }
                 std::hint::spin_loop();
             }
         }
         self.recv_flags(libc::MSG_WAITFORONE)
+    }
+
+    /// Is a datagram waiting? `poll` with a zero timeout reads the receive queue without taking
+    /// its lock, so spinning on it does not contend with the kernel queueing the next packet.
+    fn readable(&self) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut pfd, 1, 0) > 0 }
     }
 
     fn recv_flags(&mut self, flags: libc::c_int) -> Result<usize, QueueError> {
