@@ -9,6 +9,7 @@ fn live(script: &str) {
     let out = Command::new("bash")
         .arg(&path)
         .arg(env!("CARGO_BIN_EXE_stringban"))
+        .arg(env!("CARGO_BIN_EXE_stringban-blast"))
         .output()
         .expect("run bash");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -30,4 +31,11 @@ fn daemon_in_namespaces() {
 #[ignore = "needs root, iptables, iproute2, python3, exim4-daemon-light and swaks; run by scripts/test as root"]
 fn exim_in_namespaces() {
     live("exim.sh");
+}
+
+/// A million bans held in at most 150 MB of resident memory (tests/live/memory.sh).
+#[test]
+#[ignore = "needs root, iptables and iproute2; run by scripts/test as root"]
+fn memory_with_a_million_bans() {
+    live("memory.sh");
 }

@@ -1,7 +1,9 @@
-//! `stringban-blast`: the live benchmark's packet generator. Sends prebuilt TCP segments to
-//! port 25 from many IPv4 sources through a raw socket, 64 per `sendmmsg`, bounded in count and
-//! time. A share of the segments carries the pattern. Only for the benchmark's own namespaces:
-//! the destination must be in 198.18.0.0/15 or loopback.
+//! `stringban-blast`: the live benchmark's packet generator. Sends TCP segments to port 25 from
+//! many IPv4 sources through a raw socket, 64 per `sendmmsg`, bounded in count and time. A share
+//! of the segments carries the pattern. Only for the benchmark's own namespaces: the destination
+//! must be in 198.18.0.0/15 (sources 198.19.1.0 on, at most 65,000) or loopback (sources
+//! 127.1.0.0 on, at most 16,000,000: how the memory test bans a million addresses). Up to 65,000
+//! sources the segments are built once; beyond, each batch is built as it is sent.
 //!
 //! `stringban-blast DST COUNT SECONDS [--sources N] [--share PERMILLE] [--pattern S] [--pps N]
 //! [--size PAYLOAD_BYTES]` — payloads are mail-body text padded to the size (default 64).
@@ -64,7 +66,14 @@ fn parse() -> Result<Args, String> {
                 .map_err(|_| format!("{flag} = {v}: not a number"))
         };
         match flag.as_str() {
-            "--sources" => a.sources = num(value)?.clamp(1, 65_000) as u32,
+            "--sources" => {
+                let most = if a.dst.is_loopback() {
+                    16_000_000
+                } else {
+                    65_000
+                };
+                a.sources = num(value)?.clamp(1, most) as u32
+            }
             "--share" => a.share_permille = num(value)?.min(1000) as u32,
             "--pattern" => a.pattern = value.clone(),
             "--pps" => a.pps = num(value)?,
@@ -78,40 +87,48 @@ fn parse() -> Result<Args, String> {
     Ok(a)
 }
 
-/// Segments: for each source, one clean and one carrying the pattern.
-fn segments(a: &Args) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
-    let dst = IpAddr::V4(a.dst);
-    let (mut clean, mut dirty) = (Vec::new(), Vec::new());
-    for i in 0..a.sources {
-        let src = IpAddr::V4(Ipv4Addr::from(
-            u32::from(Ipv4Addr::new(198, 19, 0, 0)) + 256 + i,
-        ));
-        let sport = 32_768 + (i % 28_000) as u16;
-        let seq = i.wrapping_mul(2_654_435_761);
-        // Body text up to the size; the pattern, when carried, sits at the end (the whole
-        // segment is searched either way).
-        let body = |tail: &str| -> Vec<u8> {
-            let filler = b"the quarterly figures and the harbor report are attached as discussed. ";
-            let mut p: Vec<u8> = filler
-                .iter()
-                .cycle()
-                .take(a.size.saturating_sub(tail.len()))
-                .copied()
-                .collect();
-            p.extend_from_slice(tail.as_bytes());
-            p
-        };
-        clean.push(tcp_segment(
-            (src, sport),
-            (dst, 25),
-            seq,
-            1,
-            &body("hosted.example.net>\r\n"),
-        ));
-        let tail = format!("victim{}>\r\n", a.pattern);
-        dirty.push(tcp_segment((src, sport), (dst, 25), seq, 1, &body(&tail)));
-    }
-    (clean, dirty)
+/// Up to this many sources, every segment is built once before sending.
+const PREBUILT: u32 = 65_000;
+
+/// Source `i`'s address: 198.19.1.0 + i toward 198.18.0.0/15, 127.1.0.0 + i toward loopback.
+fn source(a: &Args, i: u32) -> Ipv4Addr {
+    let base = if a.dst.is_loopback() {
+        Ipv4Addr::new(127, 1, 0, 0)
+    } else {
+        Ipv4Addr::new(198, 19, 1, 0)
+    };
+    Ipv4Addr::from(u32::from(base) + i)
+}
+
+/// Source `i`'s segment, clean or carrying the pattern. Body text up to the size; the pattern,
+/// when carried, sits at the end (the whole segment is searched either way).
+fn segment(a: &Args, i: u32, dirty: bool) -> Vec<u8> {
+    let src = IpAddr::V4(source(a, i));
+    let sport = 32_768 + (i % 28_000) as u16;
+    let seq = i.wrapping_mul(2_654_435_761);
+    let tail = if dirty {
+        format!("victim{}>\r\n", a.pattern)
+    } else {
+        "hosted.example.net>\r\n".to_string()
+    };
+    let filler = b"the quarterly figures and the harbor report are attached as discussed. ";
+    let mut body: Vec<u8> = filler
+        .iter()
+        .cycle()
+        .take(a.size.saturating_sub(tail.len()))
+        .copied()
+        .collect();
+    body.extend_from_slice(tail.as_bytes());
+    tcp_segment((src, sport), (IpAddr::V4(a.dst), 25), seq, 1, &body)
+}
+
+/// Prebuilt segments (clean, dirty) for each source, when there are at most [`PREBUILT`].
+fn prebuilt(a: &Args) -> Option<(Vec<Vec<u8>>, Vec<Vec<u8>>)> {
+    (a.sources <= PREBUILT).then(|| {
+        (0..a.sources)
+            .map(|i| (segment(a, i, false), segment(a, i, true)))
+            .unzip()
+    })
 }
 
 fn raw_socket() -> io::Result<OwnedFd> {
@@ -145,7 +162,8 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let (clean, dirty) = segments(&a);
+    let built = prebuilt(&a);
+    let mut batch: Vec<Vec<u8>> = Vec::new();
     // SAFETY: sockaddr_in is plain data; zeroed is valid.
     let mut to: libc::sockaddr_in = unsafe { mem::zeroed() };
     to.sin_family = libc::AF_INET as libc::sa_family_t;
@@ -156,15 +174,34 @@ fn main() -> ExitCode {
     let (mut sent, mut n, mut errors) = (0u64, 0u64, 0u64);
     while sent < a.count && Instant::now() < deadline {
         let k = BATCH.min((a.count - sent) as usize);
+        // Every 1000 segments, `share_permille` carry the pattern.
+        let pick = |j: usize| {
+            let i = n + j as u64;
+            (
+                (i % u64::from(a.sources)) as u32,
+                (i % 1000) < u64::from(a.share_permille),
+            )
+        };
+        if built.is_none() {
+            batch = (0..k)
+                .map(|j| {
+                    let (src, dirty) = pick(j);
+                    segment(&a, src, dirty)
+                })
+                .collect();
+        }
         let mut iovs: Vec<libc::iovec> = (0..k)
             .map(|j| {
-                let i = n + j as u64;
-                let src = (i % u64::from(a.sources)) as usize;
-                // Every 1000 segments, `share_permille` carry the pattern.
-                let seg = if (i % 1000) < u64::from(a.share_permille) {
-                    &dirty[src]
-                } else {
-                    &clean[src]
+                let seg = match &built {
+                    Some((clean, dirty)) => {
+                        let (src, carries) = pick(j);
+                        if carries {
+                            &dirty[src as usize]
+                        } else {
+                            &clean[src as usize]
+                        }
+                    }
+                    None => &batch[j],
                 };
                 libc::iovec {
                     iov_base: seg.as_ptr() as *mut libc::c_void,

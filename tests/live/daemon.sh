@@ -22,6 +22,9 @@ trap cleanup EXIT
 ins() { ip netns exec "$S" "$@"; }
 inc() { ip netns exec "$C" "$@"; }
 client() { inc python3 "$HERE/smtp_client.py" "$@"; }
+# raw SRC LINES [TIMEOUT] [--reorder|--retransmit]: our own TCP over raw sockets, exact segments,
+# from 198.19.250.0/24 (routed to the client namespace, not assigned there).
+raw() { local src=$1; shift; inc python3 "$HERE/raw_client.py" vC "$src" 198.18.0.1 25 "$@"; }
 
 netns_pair "$S" "$C" 2100 "$T" || exit 1
 ip netns exec "$S" python3 "$HERE/smtp_server.py" 198.18.0.1 25 "$T/server.log" & PIDS+=($!)
@@ -74,6 +77,16 @@ check "a RCPT split across two TCP segments is not caught, as with the kernel" \
     test "$(client 198.19.9.10 198.18.0.1 'EHLO bot\nRCPT TO:<victim@exam<SPLIT>ple.com>')" = ok
 check "@EXAMPLE.COM is not caught by a case-sensitive rule, as with the kernel" \
     test "$(client 198.19.9.11 198.18.0.1 'EHLO bot\nRCPT TO:<VICTIM@EXAMPLE.COM>')" = ok
+
+echo "== a raw-socket client: exact segments, out of order, retransmitted"
+check "raw client: legit mail goes through" test "$(raw 198.19.250.1 "$LEGIT")" = ok
+check "raw client: a spam session gets a RST" test "$(raw 198.19.250.2 "$SPAM")" = reset
+check "raw client: ... and the banned IP's next SYN is dropped" test "$(raw 198.19.250.2 'EHLO x' 1.5)" = timeout
+check "raw client: a retransmitted spam segment gets a RST" test "$(raw 198.19.250.3 "$SPAM" 3 --retransmit)" = reset
+check "raw client: a RCPT in two exact segments is not caught in packet mode, as with the kernel" \
+    test "$(raw 198.19.250.4 'EHLO bot\nRCPT TO:<victim@exam<SPLIT>ple.com>\nQUIT')" = ok
+check "raw client: ... nor sent out of order" \
+    test "$(raw 198.19.250.5 'EHLO bot\nRCPT TO:<victim@exam<SPLIT>ple.com>\nQUIT' 3 --reorder)" = ok
 
 echo "== 2,000 spam sources, legit mail during the flood"
 ip netns exec "$C" python3 "$HERE/flood.py" spam 198.18.0.1 198.19 257 2000 > "$T/flood.out" & FLOOD=$!
