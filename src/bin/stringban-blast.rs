@@ -122,8 +122,11 @@ fn segment(a: &Args, i: u32, dirty: bool) -> Vec<u8> {
     tcp_segment((src, sport), (IpAddr::V4(a.dst), 25), seq, 1, &body)
 }
 
-/// Prebuilt segments (clean, dirty) for each source, when there are at most [`PREBUILT`].
-fn prebuilt(a: &Args) -> Option<(Vec<Vec<u8>>, Vec<Vec<u8>>)> {
+/// Each source's segments, clean and carrying the pattern.
+type Prebuilt = (Vec<Vec<u8>>, Vec<Vec<u8>>);
+
+/// Prebuilt segments for each source, when there are at most [`PREBUILT`].
+fn prebuilt(a: &Args) -> Option<Prebuilt> {
     (a.sources <= PREBUILT).then(|| {
         (0..a.sources)
             .map(|i| (segment(a, i, false), segment(a, i, true)))
