@@ -40,6 +40,8 @@ pub struct DaemonConfig {
     pub queue: QueueConfig,
     pub install_rules: bool,
     pub fail_open: bool,
+    /// Who writes the rules; None: auto ([`firewall::choose`]).
+    pub firewall: Option<firewall::Backend>,
     pub marks: Marks,
     pub pidfile: Option<PathBuf>,
     pub summary_every: StdDuration,
@@ -163,12 +165,14 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
         .map_err(|e| DaemonError::Start(e.to_string()))?;
         queues.push(q);
     }
-    let rules_cfg = RulesConfig {
+    let mut rules_cfg = RulesConfig {
         fail_open: daemon.fail_open,
         marks: daemon.marks,
         ..RulesConfig::new(ports_of(&config), daemon.queues)
     };
     if daemon.install_rules {
+        rules_cfg.backend = firewall::choose(daemon.firewall)
+            .map_err(|e| DaemonError::Start(format!("installing rules: {e}")))?;
         let tools = firewall::install(&rules_cfg)
             .map_err(|e| DaemonError::Start(format!("installing rules: {e}")))?;
         info!(tools = %tools.join(","), chain = %rules_cfg.chain, "rules installed");

@@ -61,6 +61,10 @@ struct QueueArgs {
     /// Bits of the packet mark stringban owns.
     #[arg(long, default_value = "0x30000", value_name = "MASK")]
     mark_mask: String,
+    /// Who writes the rules: iptables, nft (needs the kernel's nft queue statement), or auto
+    /// (iptables if installed, else nft where the kernel supports queue).
+    #[arg(long, default_value = "auto", value_name = "auto|iptables|nft")]
+    firewall: String,
 }
 
 #[derive(Args)]
@@ -485,6 +489,12 @@ fn marks(q: &QueueArgs) -> anyhow::Result<Marks> {
     Ok(m)
 }
 
+/// `--firewall`: None for auto.
+fn backend(q: &QueueArgs) -> anyhow::Result<Option<firewall::Backend>> {
+    firewall::Backend::parse(&q.firewall)
+        .map_err(|e| bad(format!("command line: --firewall = {}: {e}", q.firewall)))
+}
+
 fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
     let level = match args.log_level.as_str() {
         "error" => tracing::Level::ERROR,
@@ -525,6 +535,7 @@ fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
         install_rules: args.install_rules,
         fail_open: !args.queue.fail_closed,
         marks: marks(&args.queue)?,
+        firewall: backend(&args.queue)?,
         pidfile: args.pidfile.clone(),
         summary_every: std::time::Duration::from_micros(summary_every.micros().max(1_000_000)),
         sock_destroy: !args.no_sock_destroy,
@@ -549,7 +560,8 @@ fn run_rules(args: RulesArgs) -> anyhow::Result<()> {
     } else {
         vec![25]
     };
-    let cfg = RulesConfig {
+    let requested = backend(&args.queue)?;
+    let mut cfg = RulesConfig {
         fail_open: !args.queue.fail_closed,
         marks: marks(&args.queue)?,
         ..RulesConfig::new(ports, parse_queues(&args.queue.queues)?)
@@ -557,22 +569,39 @@ fn run_rules(args: RulesArgs) -> anyhow::Result<()> {
     match args.action.as_str() {
         "print" => {
             let mut out = io::stdout().lock();
-            write!(out, "{}", firewall::script(&cfg, "iptables"))?;
-            write!(out, "{}", firewall::script(&cfg, "ip6tables"))?;
+            if requested == Some(firewall::Backend::Nft) {
+                write!(out, "{}", firewall::nft_ruleset(&cfg))?;
+            } else {
+                write!(out, "{}", firewall::script(&cfg, "iptables"))?;
+                write!(out, "{}", firewall::script(&cfg, "ip6tables"))?;
+            }
             Ok(())
         }
-        "install" => {
-            let tools = firewall::install(&cfg).map_err(|e| anyhow::anyhow!(e))?;
-            println!("installed chain {} with {}", cfg.chain, tools.join(" and "));
-            Ok(())
-        }
-        "remove" => {
-            firewall::remove(&cfg).map_err(|e| anyhow::anyhow!(e))?;
-            println!("removed chain {}", cfg.chain);
-            Ok(())
+        "install" | "remove" => {
+            cfg.backend = match (args.action.as_str(), requested) {
+                // Removing needs only the tool, not the kernel's queue support.
+                ("remove", Some(b)) => b,
+                _ => firewall::choose(requested).map_err(|e| anyhow::anyhow!(e))?,
+            };
+            rules_apply(&args.action, &cfg)
         }
         other => Err(bad(format!(
             "command line: rules {other}: expected print, install or remove"
         ))),
+    }
+}
+
+fn rules_apply(action: &str, cfg: &RulesConfig) -> anyhow::Result<()> {
+    match action {
+        "install" => {
+            let tools = firewall::install(cfg).map_err(|e| anyhow::anyhow!(e))?;
+            println!("installed chain {} with {}", cfg.chain, tools.join(" and "));
+            Ok(())
+        }
+        _ => {
+            firewall::remove(cfg).map_err(|e| anyhow::anyhow!(e))?;
+            println!("removed chain {} ({})", cfg.chain, cfg.backend);
+            Ok(())
+        }
     }
 }

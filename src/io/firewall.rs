@@ -12,8 +12,11 @@
 //! -A STRINGBAN -j NFQUEUE --queue-num 0 --queue-bypass         daemon down => traffic flows
 //! ```
 //!
-//! Installed with `iptables`/`ip6tables` (iptables-nft or legacy). The rule text is built by pure
-//! functions (tested); only [`install`] and [`remove`] run commands.
+//! Installed with `iptables`/`ip6tables` (iptables-nft or legacy), or, with [`Backend::Nft`], as
+//! one native nftables table (`table inet stringban`, see [`nft_ruleset`]) where the kernel has
+//! the nft `queue` statement. [`choose`] picks: iptables when the tool is there, else nft when
+//! the kernel supports `queue`. The rule text is built by pure functions (tested); only
+//! [`install`], [`remove`] and the probes run commands.
 
 use std::fmt;
 use std::io;
@@ -58,6 +61,55 @@ pub struct RulesConfig {
     /// Install the BYPASS connmark rules. Needed only by matching modes that end a flow's
     /// inspection early; without them conntrack stays out of the packet path (packet mode).
     pub bypass: bool,
+    pub backend: Backend,
+}
+
+/// Which tool writes the rules.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Backend {
+    /// `iptables` and `ip6tables` (iptables-nft or legacy): the `STRINGBAN` chain.
+    Iptables,
+    /// `nft`: `table inet stringban`, both families in one table.
+    Nft,
+}
+
+impl Backend {
+    /// `auto` (None), `iptables` or `nft`.
+    pub fn parse(s: &str) -> Result<Option<Backend>, String> {
+        match s {
+            "auto" => Ok(None),
+            "iptables" => Ok(Some(Backend::Iptables)),
+            "nft" => Ok(Some(Backend::Nft)),
+            _ => Err("expected auto, iptables or nft".into()),
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Iptables => "iptables",
+            Backend::Nft => "nft",
+        })
+    }
+}
+
+/// The backend to use: the requested one if it can work here, else (auto) iptables when the
+/// tool is installed, then nft when the kernel supports its `queue` statement.
+pub fn choose(requested: Option<Backend>) -> Result<Backend, FirewallError> {
+    match requested {
+        Some(Backend::Iptables) | None if has("iptables") => Ok(Backend::Iptables),
+        Some(Backend::Iptables) => Err(FirewallError::NoTool),
+        Some(Backend::Nft) | None => {
+            if nft_queue_supported() {
+                Ok(Backend::Nft)
+            } else if requested.is_none() {
+                Err(FirewallError::NoTool)
+            } else {
+                Err(FirewallError::NoNftQueue)
+            }
+        }
+    }
 }
 
 impl RulesConfig {
@@ -69,6 +121,7 @@ impl RulesConfig {
             marks: Marks::default(),
             fail_open: true,
             bypass: false,
+            backend: Backend::Iptables,
         }
     }
 }
@@ -138,11 +191,95 @@ pub fn script(cfg: &RulesConfig, tool: &str) -> String {
     out
 }
 
+/// The nftables table that does what the `STRINGBAN` chain does, for both families, as an
+/// `nft -f` script that replaces an earlier copy atomically (declare, delete, define).
+pub fn nft_ruleset(cfg: &RulesConfig) -> String {
+    let t = nft_table(cfg);
+    let Marks {
+        bypass,
+        reset,
+        mask,
+    } = cfg.marks;
+    let inject = cfg.marks.inject();
+    let ports = if cfg.ports.is_empty() {
+        "meta l4proto tcp".to_string()
+    } else {
+        let list: Vec<String> = cfg.ports.iter().map(u16::to_string).collect();
+        format!("tcp dport {{ {} }}", list.join(", "))
+    };
+    let queue = if cfg.queues.0 == cfg.queues.1 {
+        format!("queue num {}", cfg.queues.0)
+    } else {
+        format!("queue num {}-{}", cfg.queues.0, cfg.queues.1)
+    };
+    let queue = if cfg.fail_open {
+        format!("{queue} bypass")
+    } else {
+        queue
+    };
+    let mut guard = vec![format!("meta mark & {mask:#x} == {inject:#x} return")];
+    if cfg.bypass {
+        guard.push(format!("ct mark & {mask:#x} == {bypass:#x} return"));
+        guard.push(format!(
+            "meta mark & {mask:#x} == {bypass:#x} ct mark set ct mark & {:#x} | {bypass:#x}",
+            !mask
+        ));
+        guard.push(format!("meta mark & {mask:#x} == {bypass:#x} return"));
+    }
+    guard.push(format!(
+        "meta mark & {mask:#x} == {reset:#x} meta l4proto tcp reject with tcp reset"
+    ));
+    guard.push(queue);
+    let mut out = format!("table inet {t}\ndelete table inet {t}\ntable inet {t} {{\n");
+    out.push_str("\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n");
+    out.push_str(&format!("\t\t{ports} jump guard\n\t}}\n\tchain guard {{\n"));
+    for g in guard {
+        out.push_str(&format!("\t\t{g}\n"));
+    }
+    out.push_str("\t}\n}\n");
+    out
+}
+
+/// The nftables table's name: the chain's, in lower case (`stringban`).
+fn nft_table(cfg: &RulesConfig) -> String {
+    cfg.chain.to_ascii_lowercase()
+}
+
+/// Runs `nft ARGS` with `script` on its standard input.
+fn nft(args: &[&str], script: &str) -> Result<(bool, String), FirewallError> {
+    let child = Command::new("nft")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = child.map_err(|source| FirewallError::Spawn {
+        tool: "nft".into(),
+        source,
+    })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        let _ = stdin.write_all(script.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|source| FirewallError::Spawn {
+            tool: "nft".into(),
+            source,
+        })?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
 /// A rules command that failed.
 #[derive(Debug)]
 pub enum FirewallError {
-    /// Neither `iptables` nor `ip6tables` could be run.
+    /// Neither `iptables` nor an `nft` with kernel `queue` support is there.
     NoTool,
+    /// `nft` was asked for, but it is missing or the kernel lacks its `queue` statement.
+    NoNftQueue,
     Spawn {
         tool: String,
         source: io::Error,
@@ -156,9 +293,12 @@ pub enum FirewallError {
 impl fmt::Display for FirewallError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FirewallError::NoTool => {
-                f.write_str("iptables not found (install the iptables package)")
-            }
+            FirewallError::NoTool => f.write_str(
+                "iptables not found, and no nft with kernel queue support (install the iptables package)",
+            ),
+            FirewallError::NoNftQueue => f.write_str(
+                "nft cannot queue here: nft missing or the kernel lacks the nft queue statement (CONFIG_NFT_QUEUE); use --firewall iptables",
+            ),
             FirewallError::Spawn { tool, source } => write!(f, "running {tool}: {source}"),
             FirewallError::Failed { command, stderr } => {
                 write!(f, "`{command}` failed: {}", stderr.trim())
@@ -212,8 +352,18 @@ pub fn tools() -> Vec<&'static str> {
         .collect()
 }
 
-/// Installs the rules (replacing an earlier copy of the chain). Idempotent.
+/// Installs the rules (replacing an earlier copy of the chain or table). Idempotent. Returns the
+/// tools used.
 pub fn install(cfg: &RulesConfig) -> Result<Vec<&'static str>, FirewallError> {
+    if cfg.backend == Backend::Nft {
+        return match nft(&["-f", "-"], &nft_ruleset(cfg))? {
+            (true, _) => Ok(vec!["nft"]),
+            (false, stderr) => Err(FirewallError::Failed {
+                command: "nft -f - (stringban rules print --firewall nft)".into(),
+                stderr,
+            }),
+        };
+    }
     let tools = tools();
     if !tools.contains(&"iptables") {
         return Err(FirewallError::NoTool);
@@ -236,8 +386,16 @@ pub fn install(cfg: &RulesConfig) -> Result<Vec<&'static str>, FirewallError> {
     Ok(tools)
 }
 
-/// Removes the jumps and the chain. Missing pieces are not an error.
+/// Removes the jumps and the chain (or the table). Missing pieces are not an error.
 pub fn remove(cfg: &RulesConfig) -> Result<(), FirewallError> {
+    if cfg.backend == Backend::Nft {
+        let t = nft_table(cfg);
+        let _ = nft(
+            &["-f", "-"],
+            &format!("table inet {t}\ndelete table inet {t}\n"),
+        )?;
+        return Ok(());
+    }
     let (jumps, _) = rules(cfg);
     for tool in tools() {
         for j in &jumps {
@@ -315,5 +473,50 @@ iptables -w -I INPUT -p tcp -m multiport --dports 25 -j STRINGBAN
                 .iter()
                 .all(|r| !r.join(" ").contains("connmark"))
         );
+    }
+
+    #[test]
+    fn nft_table_does_what_the_chain_does() {
+        let mut cfg = RulesConfig::new(vec![25, 587], (0, 3));
+        cfg.backend = Backend::Nft;
+        assert_eq!(
+            nft_ruleset(&cfg),
+            "table inet stringban
+delete table inet stringban
+table inet stringban {
+\tchain input {
+\t\ttype filter hook input priority filter; policy accept;
+\t\ttcp dport { 25, 587 } jump guard
+\t}
+\tchain guard {
+\t\tmeta mark & 0x30000 == 0x30000 return
+\t\tmeta mark & 0x30000 == 0x20000 meta l4proto tcp reject with tcp reset
+\t\tqueue num 0-3 bypass
+\t}
+}
+"
+        );
+        cfg.bypass = true;
+        cfg.fail_open = false;
+        cfg.queues = (2, 2);
+        let text = nft_ruleset(&cfg);
+        assert!(text.contains("\t\tct mark & 0x30000 == 0x10000 return\n"));
+        assert!(text.contains(
+            "\t\tmeta mark & 0x30000 == 0x10000 ct mark set ct mark & 0xfffcffff | 0x10000\n"
+        ));
+        assert!(
+            text.contains("\t\tqueue num 2\n"),
+            "fail-closed: no bypass flag"
+        );
+        cfg.ports.clear();
+        assert!(nft_ruleset(&cfg).contains("\t\tmeta l4proto tcp jump guard\n"));
+    }
+
+    #[test]
+    fn backend_names() {
+        assert_eq!(Backend::parse("auto"), Ok(None));
+        assert_eq!(Backend::parse("nft"), Ok(Some(Backend::Nft)));
+        assert_eq!(Backend::parse("iptables"), Ok(Some(Backend::Iptables)));
+        assert!(Backend::parse("ipfw").is_err());
     }
 }

@@ -139,6 +139,30 @@ check "the periodic summary was logged" grep -q "packets .* accept .* reset .*so
 check "... counting the crafted local RSTs" grep -q "with [1-9][0-9]* crafted local RSTs" "$T/daemon.log"
 check "no kernel queue drops" bash -c "! grep -E 'queue_dropped [1-9]' '$T/daemon.log'"
 
+echo "== the nft backend (--firewall nft: one table inet stringban, where the kernel has nft queue)"
+if ! command -v nft > /dev/null; then
+    no "nft not installed (scripts/test installs nftables)"
+elif ins "$BIN" rules install --firewall nft > "$T/nft.out" 2>&1; then
+    ins "$BIN" rules remove --firewall nft > /dev/null 2>&1
+    start_daemon --firewall nft --string @example.com
+    check "nft: the daemon installed table inet stringban" ins nft list table inet stringban
+    check "nft: ... and no iptables chain" test "$(chain_count)" = 0
+    check "nft: legit mail goes through" test "$(client 198.18.0.2 198.18.0.1 "$LEGIT")" = ok
+    check "nft: a spam session gets a RST" test "$(client 198.19.9.40 198.18.0.1 "$SPAM")" = reset
+    check "nft: ... and the banned IP's next SYN is dropped" test "$(client 198.19.9.40 198.18.0.1 'EHLO x' 1.5)" = timeout
+    kill "$DPID"; wait "$DPID"; DPID=
+    check "nft: the table is removed at exit" bash -c "! ip netns exec '$S' nft list table inet stringban > /dev/null 2>&1"
+else
+    echo "  (this kernel lacks the nft queue statement: $(tr -d '\n' < "$T/nft.out" | cut -c1-120))"
+    check "nft: --firewall nft is refused with a clear error" grep -q "kernel lacks the nft queue statement" "$T/nft.out"
+    ins "$BIN" run --firewall nft --install-rules --string @example.com > "$T/nft.out" 2>&1; code=$?
+    check "nft: so is run --firewall nft (status $code)" test "$code" -ne 0
+    check "nft: the kernel accepts the table without its queue statement (nft -c)" \
+        bash -c "'$BIN' rules print --firewall nft | grep -v 'queue num' | ip netns exec '$S' nft -c -f -"
+    check "nft: auto picks iptables here" bash -c "ip netns exec '$S' '$BIN' rules install | grep -q 'with iptables'"
+    ins "$BIN" rules remove > /dev/null
+fi
+
 echo "== the kernel recipe, same flood, for contrast (-m string + -m recent + REJECT)"
 if ins iptables -A INPUT -p tcp --dport 25 -m recent --name sbtest --update --seconds 86400 -j DROP 2>/dev/null &&
    ins iptables -A INPUT -p tcp --dport 25 -m string --string @example.com --algo bm -m recent --name sbtest --set -j REJECT --reject-with tcp-reset; then
