@@ -235,13 +235,34 @@ pub struct TruthRow {
     /// 1-based index, among the client's packets, of the first one holding `@DOMAIN` verbatim
     /// (what a packet-mode, case-sensitive rule for `@DOMAIN` sees).
     pub pattern_packet: Option<u32>,
+    /// Among the client's packets, the first with which the client's byte stream so far holds
+    /// `@DOMAIN` in any case (what a stream-mode `--icase` rule sees).
+    pub stream_packet: Option<u32>,
+    /// Among the client's packets, the one that ends a `RCPT TO` line whose address holds
+    /// `@DOMAIN` in any case (what an smtp-mode rule sees; bodies never count).
+    pub smtp_packet: Option<u32>,
+    /// 1-based index among all the session's packets (both directions) of the server's 354
+    /// answer to DATA: where an smtp-mode flow bypasses.
+    pub bypass_at: u32,
 }
 
-/// Packet-mode verdict counts predicted from the ground truth.
+/// Which rule a ground-truth prediction is for: `--string @DOMAIN` in this mode.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Oracle {
+    /// `--mode packet` (case-sensitive).
+    Packet,
+    /// `--mode stream --icase`.
+    StreamIcase,
+    /// `--mode smtp`, with or without bypass.
+    Smtp { bypass: bool },
+}
+
+/// Verdict counts predicted from the ground truth.
 #[derive(Clone, Debug, Default, Eq, PartialEq)]
 pub struct Expected {
     pub packets: u64,
     pub accept: u64,
+    pub bypass: u64,
     pub drop: u64,
     pub reset: u64,
     /// Ban keys convicted, as the engine prints them.
@@ -259,7 +280,7 @@ pub struct Truth {
     pub rows: Vec<TruthRow>,
 }
 
-const TRUTH_COLUMNS: &str = "session\tstart_us\tclient\tclient_port\tserver\tkind\tmail_from\trcpt_to\tc2s_packets\ts2c_packets\tpattern_packet";
+const TRUTH_COLUMNS: &str = "session\tstart_us\tclient\tclient_port\tserver\tkind\tmail_from\trcpt_to\tc2s_packets\ts2c_packets\tpattern_packet\tstream_packet\tsmtp_packet\tbypass_at";
 
 impl Truth {
     /// Writes the TSV form (comment lines, a header, one row per session).
@@ -278,13 +299,17 @@ impl Truth {
             "# pattern_packet: 1-based index among the client's packets of the first holding \"@{}\" verbatim",
             self.spam_domain
         )?;
+        writeln!(
+            out,
+            "# stream_packet: ... of the first with which the client's stream holds it in any case; smtp_packet: ... of the one ending a RCPT TO line that holds it in any case; bypass_at: index among all the session's packets of the 354 answer to DATA"
+        )?;
         writeln!(out, "# spam_domain\t{}", self.spam_domain)?;
         writeln!(out, "{TRUTH_COLUMNS}")?;
+        let opt = |p: Option<u32>| p.map_or("-".to_string(), |p| p.to_string());
         for r in &self.rows {
-            let pp = r.pattern_packet.map_or("-".to_string(), |p| p.to_string());
             writeln!(
                 out,
-                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                 r.session,
                 r.start.micros(),
                 r.client,
@@ -295,7 +320,10 @@ impl Truth {
                 r.rcpt_to,
                 r.c2s_packets,
                 r.s2c_packets,
-                pp
+                opt(r.pattern_packet),
+                opt(r.stream_packet),
+                opt(r.smtp_packet),
+                r.bypass_at
             )?;
         }
         Ok(())
@@ -314,9 +342,16 @@ impl Truth {
                 continue;
             }
             let f: Vec<&str> = line.split('\t').collect();
-            if f.len() != 11 {
-                return Err(bad("expected 11 columns"));
+            if f.len() != 14 {
+                return Err(bad("expected 14 columns"));
             }
+            let opt = |i: usize, name: &str| -> Result<Option<u32>, String> {
+                if f[i] == "-" {
+                    Ok(None)
+                } else {
+                    f[i].parse().map(Some).map_err(|_| bad(name))
+                }
+            };
             truth.rows.push(TruthRow {
                 session: f[0].parse().map_err(|_| bad("session"))?,
                 start: Instant::from_micros(f[1].parse().map_err(|_| bad("start_us"))?),
@@ -328,11 +363,10 @@ impl Truth {
                 rcpt_to: f[7].to_string(),
                 c2s_packets: f[8].parse().map_err(|_| bad("c2s_packets"))?,
                 s2c_packets: f[9].parse().map_err(|_| bad("s2c_packets"))?,
-                pattern_packet: if f[10] == "-" {
-                    None
-                } else {
-                    Some(f[10].parse().map_err(|_| bad("pattern_packet"))?)
-                },
+                pattern_packet: opt(10, "pattern_packet")?,
+                stream_packet: opt(11, "stream_packet")?,
+                smtp_packet: opt(12, "smtp_packet")?,
+                bypass_at: f[13].parse().map_err(|_| bad("bypass_at"))?,
             });
         }
         Ok(truth)
@@ -344,6 +378,14 @@ impl Truth {
     /// pattern packet, which is reset; every later client packet of that key is dropped. The
     /// server's packets are not to port 25, so they are accepted.
     pub fn expected(&self, prefix_v4: u8, prefix_v6: u8) -> Expected {
+        self.expected_for(Oracle::Packet, prefix_v4, prefix_v6)
+    }
+
+    /// As [`Truth::expected`], for the rule `--string @DOMAIN` in another mode: the convicting
+    /// packet is the stream or smtp column's instead. In smtp mode with bypass, a session that
+    /// is not convicted bypasses at the server's 354: that packet and every later one of the
+    /// session (both directions) are `bypass`.
+    pub fn expected_for(&self, oracle: Oracle, prefix_v4: u8, prefix_v6: u8) -> Expected {
         let mut by_key: HashMap<String, Vec<&TruthRow>> = HashMap::new();
         for r in &self.rows {
             by_key
@@ -356,14 +398,29 @@ impl Truth {
             rows.sort_by_key(|r| (r.start, r.session));
             let mut banned = false;
             for r in rows {
-                e.packets += u64::from(r.c2s_packets + r.s2c_packets);
+                let convicting = match oracle {
+                    Oracle::Packet => r.pattern_packet,
+                    Oracle::StreamIcase => r.stream_packet,
+                    Oracle::Smtp { .. } => r.smtp_packet,
+                };
+                let all = u64::from(r.c2s_packets + r.s2c_packets);
+                e.packets += all;
+                if !banned && convicting.is_none() && oracle == (Oracle::Smtp { bypass: true }) {
+                    // Clean: everything before the 354 is accepted, the rest bypasses.
+                    e.accept += u64::from(r.bypass_at - 1);
+                    e.bypass += all - u64::from(r.bypass_at - 1);
+                    if r.kind.is_spam() {
+                        *e.missed_spam.entry(r.kind).or_default() += 1;
+                    }
+                    continue;
+                }
                 e.accept += u64::from(r.s2c_packets);
                 let mut lost = false;
                 for k in 1..=r.c2s_packets {
                     if banned {
                         e.drop += 1;
                         lost = true;
-                    } else if r.pattern_packet == Some(k) {
+                    } else if convicting == Some(k) {
                         e.reset += 1;
                         banned = true;
                         lost = true;
@@ -664,6 +721,8 @@ struct Packet {
     ts: Instant,
     from_client: bool,
     bytes: Vec<u8>,
+    /// The TCP payload is the last `payload_len` bytes.
+    payload_len: usize,
 }
 
 /// TCP state of one side.
@@ -709,7 +768,13 @@ impl SessionWriter {
             ts: self.now,
             from_client,
             bytes,
+            payload_len: payload.len(),
         });
+    }
+
+    /// Client packets sent so far.
+    fn client_count(&self) -> u32 {
+        self.packets.iter().filter(|p| p.from_client).count() as u32
     }
 
     /// Advances the clock: `half` half round trips plus `extra` microseconds.
@@ -798,11 +863,16 @@ fn build_session(
     w.server(format!("250-{SERVER_NAME}\r\n250-PIPELINING\r\n250-SIZE 52428800\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n").as_bytes());
     let mail_cmd = format!("MAIL FROM:<{mail_from}>\r\n");
     let rcpt_cmd = format!("RCPT TO:<{rcpt}>\r\n");
+    // Client packets that end the MAIL and RCPT lines; the session packet of the 354.
+    let (mail_packet, rcpt_packet, bypass_at);
     if plan.kind == Kind::SpamPipelined {
         w.client(format!("{mail_cmd}{rcpt_cmd}DATA\r\n").as_bytes());
+        (mail_packet, rcpt_packet) = (w.client_count(), w.client_count());
         w.server(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n");
+        bypass_at = w.packets.len() as u32;
     } else {
         w.client(mail_cmd.as_bytes());
+        mail_packet = w.client_count();
         w.server(b"250 2.1.0 Ok\r\n");
         if plan.kind == Kind::SpamSplit {
             // Split strictly inside "@domain", so that neither segment holds it whole.
@@ -814,9 +884,11 @@ fn build_session(
         } else {
             w.client(rcpt_cmd.as_bytes());
         }
+        rcpt_packet = w.client_count();
         w.server(b"250 2.1.5 Ok\r\n");
         w.client(b"DATA\r\n");
         w.server(b"354 End data with <CR><LF>.<CR><LF>\r\n");
+        bypass_at = w.packets.len() as u32;
     }
     let chunks: Vec<&[u8]> = body.chunks(1460).collect();
     for (i, chunk) in chunks.iter().enumerate() {
@@ -843,16 +915,32 @@ fn build_session(
     let mut c2s = 0u32;
     let mut s2c = 0u32;
     let mut pattern_packet = None;
+    let mut stream_packet = None;
+    // The client's byte stream so far, in lower case (the needle is ASCII).
+    let lower_needle = needle.to_ascii_lowercase();
+    let holds = |hay: &[u8]| hay.windows(needle.len()).any(|win| win == lower_needle);
+    let mut stream: Vec<u8> = Vec::new();
     for p in &w.packets {
         if p.from_client {
             c2s += 1;
             if pattern_packet.is_none() && p.bytes.windows(needle.len()).any(|win| win == needle) {
                 pattern_packet = Some(c2s);
             }
+            stream.extend(p.bytes[p.bytes.len() - p.payload_len..].to_ascii_lowercase());
+            if stream_packet.is_none() && holds(&stream) {
+                stream_packet = Some(c2s);
+            }
         } else {
             s2c += 1;
         }
     }
+    let smtp_packet = if holds(mail_from.to_ascii_lowercase().as_bytes()) {
+        Some(mail_packet)
+    } else if holds(rcpt.to_ascii_lowercase().as_bytes()) {
+        Some(rcpt_packet)
+    } else {
+        None
+    };
     let row = TruthRow {
         session: plan.id,
         start: plan.start,
@@ -865,6 +953,9 @@ fn build_session(
         c2s_packets: c2s,
         s2c_packets: s2c,
         pattern_packet,
+        stream_packet,
+        smtp_packet,
+        bypass_at,
     };
     (w.packets, row)
 }

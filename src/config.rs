@@ -12,7 +12,7 @@ use toml::Spanned;
 
 use crate::blacklist::{ListConfig, ListId};
 use crate::engine::{EngineConfig, UnparsedPolicy};
-use crate::rule::{self, Action, Algo, Mode, Ports, Protocol, Rule, StringMatch};
+use crate::rule::{self, Action, Algo, Domain, Mode, Ports, Protocol, Rule, StringMatch};
 use crate::time::{self, Duration};
 
 /// A validated configuration.
@@ -72,11 +72,19 @@ pub struct Flags {
     pub action: Option<String>,
     pub mode: Option<String>,
     pub capacity: Option<u64>,
+    /// Smtp-mode rules naming a recipient domain.
+    pub rcpt_domain: Vec<String>,
+    pub subdomains: bool,
+    /// Engine: never bypass a flow (follow every session to its end).
+    pub no_bypass: bool,
+    pub bypass_after: Option<u64>,
+    pub max_flows: Option<u64>,
+    pub flow_idle: Option<String>,
 }
 
 impl Flags {
     fn has_rule(&self) -> bool {
-        !self.string.is_empty() || !self.hex_string.is_empty()
+        !self.string.is_empty() || !self.hex_string.is_empty() || !self.rcpt_domain.is_empty()
     }
 }
 
@@ -96,6 +104,10 @@ struct RawFile {
 struct RawEngine {
     ports: Option<Vec<u16>>,
     on_unparsed: Option<Spanned<String>>,
+    bypass: Option<bool>,
+    bypass_after: Option<u64>,
+    max_flows: Option<Spanned<u64>>,
+    flow_idle: Option<Spanned<DurationValue>>,
 }
 
 #[derive(Deserialize)]
@@ -138,6 +150,9 @@ struct RawRule {
     list: Option<Spanned<String>>,
     ban: Option<bool>,
     mode: Option<Spanned<String>>,
+    rcpt_domain: Option<Spanned<String>>,
+    #[serde(default)]
+    subdomains: bool,
 }
 
 /// Where values come from, to locate errors.
@@ -231,8 +246,19 @@ impl Config {
                     .iter()
                     .map(|s| ("--hex-string", s, rule::parse_hex_string(s))),
             );
-        for (key, text, pattern) in patterns {
+        let domains = flags.rcpt_domain.iter().map(|d| {
+            let domain =
+                Domain::parse(d, flags.subdomains).map_err(|e| cli("--rcpt-domain", d, &e));
+            let pattern = Ok(format!("@{}", d.trim_start_matches('@')).into_bytes());
+            ("--rcpt-domain", d, pattern, Some(domain))
+        });
+        let patterns = patterns
+            .map(|(k, t, p)| (k, t, p, None))
+            .chain(domains)
+            .collect::<Vec<_>>();
+        for (key, text, pattern, domain) in patterns {
             let pattern = pattern.map_err(|e| cli(key, text, &e))?;
+            let domain = domain.transpose()?;
             let algo = match &flags.algo {
                 None => Algo::Bm,
                 Some(a) => Algo::parse(a).ok_or_else(|| cli("--algo", a, &"expected bm or kmp"))?,
@@ -251,9 +277,26 @@ impl Config {
                     .ok_or_else(|| cli("--action", a, &"expected reject, drop or log"))?,
             };
             let mode = match &flags.mode {
+                None if domain.is_some() => Mode::Smtp,
                 None => Mode::Packet,
                 Some(m) => Mode::parse(m).ok_or_else(|| cli("--mode", m, &MODE_PROBLEM))?,
             };
+            let flag_of = |what: &str| match what {
+                "from" => "--from",
+                "to" => "--to",
+                "invert" => "--invert",
+                "rcpt_domain" => "--rcpt-domain",
+                _ => "--mode",
+            };
+            check_mode(
+                mode,
+                from,
+                to,
+                flags.invert,
+                Protocol::Tcp,
+                domain.is_some(),
+            )
+            .map_err(|(what, problem)| cli(flag_of(what), mode.name(), &problem))?;
             config.rules.push(Rule {
                 name: text.clone(),
                 matcher: StringMatch {
@@ -270,7 +313,27 @@ impl Config {
                 action,
                 ban: Some(0),
                 mode,
+                rcpt_domain: domain,
             });
+        }
+        if flags.no_bypass {
+            config.engine.bypass = false;
+        }
+        if let Some(b) = flags.bypass_after {
+            config.engine.bypass_after = b;
+        }
+        if let Some(m) = flags.max_flows {
+            if m == 0 {
+                return Err(cli("--max-flows", "0", &"must be at least 1"));
+            }
+            config.engine.max_flows = usize::try_from(m).unwrap_or(usize::MAX);
+        }
+        if let Some(idle) = &flags.flow_idle {
+            config.engine.flow_idle =
+                time::parse_duration(idle).map_err(|e| cli("--flow-idle", idle, &e))?;
+            if config.engine.flow_idle == Duration::ZERO {
+                return Err(cli("--flow-idle", idle, &"must be more than 0"));
+            }
         }
         if config.rules.is_empty() {
             let problem = if file.is_some() {
@@ -298,6 +361,27 @@ impl Config {
         if config.rules.len() > usize::from(u16::MAX - 1) {
             return Err(cli("rule", "", &"at most 65534 rules"));
         }
+        if config.engine.ports.is_any()
+            && let Some(r) = config.rules.iter().find(|r| r.mode.is_flow())
+        {
+            return Err(cli(
+                "--port",
+                "any",
+                &format!(
+                    "rule {:?} is {} mode, which tells client from server by the protected ports: list them",
+                    r.name,
+                    r.mode.name()
+                ),
+            ));
+        }
+        let flow_rules = config.rules.iter().filter(|r| r.mode.is_flow()).count();
+        if flow_rules > MAX_FLOW_RULES {
+            return Err(cli(
+                "rule.mode",
+                "",
+                &format!("at most {MAX_FLOW_RULES} stream and smtp rules ({flow_rules} given)"),
+            ));
+        }
         if !flags.has_rule()
             && (flags.icase || flags.invert || flags.from.is_some() || flags.to.is_some())
         {
@@ -307,6 +391,13 @@ impl Config {
                 &"apply to --string or --hex-string; give one",
             ));
         }
+        if flags.subdomains && flags.rcpt_domain.is_empty() {
+            return Err(cli(
+                "--subdomains",
+                "",
+                &"applies to --rcpt-domain; give one",
+            ));
+        }
         Ok(config)
     }
 }
@@ -314,7 +405,44 @@ impl Config {
 const UDP_PROBLEM: &str =
     "never reached: [engine] ports limits the engine to those TCP ports; set ports = []";
 
-const MODE_PROBLEM: &str = "expected packet (stream and smtp modes are not built yet)";
+const MODE_PROBLEM: &str = "expected packet, stream or smtp";
+
+/// Most stream and smtp rules (a flow remembers which of them matched in 64 bits).
+pub const MAX_FLOW_RULES: usize = 64;
+
+/// What a rule's mode allows: `Err((setting, problem))`.
+fn check_mode(
+    mode: Mode,
+    from: u16,
+    to: u16,
+    invert: bool,
+    protocol: Protocol,
+    domain: bool,
+) -> Result<(), (&'static str, String)> {
+    if domain && mode != Mode::Smtp {
+        return Err(("rcpt_domain", "a recipient domain needs mode smtp".into()));
+    }
+    if !mode.is_flow() {
+        return Ok(());
+    }
+    let m = mode.name();
+    if from != 0 {
+        return Err(("from", format!("offsets apply to packet mode, not {m}")));
+    }
+    if to != u16::MAX {
+        return Err(("to", format!("offsets apply to packet mode, not {m}")));
+    }
+    if invert {
+        return Err(("invert", format!("invert applies to packet mode, not {m}")));
+    }
+    if protocol != Protocol::Tcp {
+        return Err((
+            "protocol",
+            format!("{m} mode follows TCP flows: protocol must be tcp"),
+        ));
+    }
+    Ok(())
+}
 
 fn parse_file(origin: &Origin<'_>) -> Result<Config, ConfigError> {
     let raw: RawFile = toml::from_str(origin.text).map_err(|e| {
@@ -352,6 +480,29 @@ fn parse_file(origin: &Origin<'_>) -> Result<Config, ConfigError> {
                 return Err(origin.at(&p, "engine.on_unparsed", other, "expected accept or drop"));
             }
         };
+    }
+    if let Some(b) = raw.engine.bypass {
+        config.engine.bypass = b;
+    }
+    if let Some(b) = raw.engine.bypass_after {
+        config.engine.bypass_after = b;
+    }
+    if let Some(m) = &raw.engine.max_flows {
+        if *m.as_ref() == 0 {
+            return Err(origin.at(m, "engine.max_flows", "0", "must be at least 1"));
+        }
+        config.engine.max_flows = usize::try_from(*m.as_ref()).unwrap_or(usize::MAX);
+    }
+    if let Some(idle) = &raw.engine.flow_idle {
+        config.engine.flow_idle = match idle.as_ref() {
+            DurationValue::Secs(s) => Duration::from_secs(*s),
+            DurationValue::Text(t) => {
+                time::parse_duration(t).map_err(|e| origin.at(idle, "engine.flow_idle", t, e))?
+            }
+        };
+        if config.engine.flow_idle == Duration::ZERO {
+            return Err(origin.at(idle, "engine.flow_idle", "0", "must be more than 0"));
+        }
     }
     for spanned in raw.list {
         let list = spanned.into_inner();
@@ -449,23 +600,44 @@ fn parse_rule(
     r: RawRule,
     lists: &[ListConfig],
 ) -> Result<Rule, ConfigError> {
-    let pattern = match (&r.string, &r.hex_string) {
-        (Some(s), None) => rule::parse_string(s.as_ref())
+    let domain = match &r.rcpt_domain {
+        None => None,
+        Some(d) => Some(
+            Domain::parse(d.as_ref(), r.subdomains)
+                .map_err(|e| origin.at(d, "rule.rcpt_domain", d.as_ref(), e))?,
+        ),
+    };
+    let pattern = match (&r.string, &r.hex_string, &domain) {
+        (Some(s), None, None) => rule::parse_string(s.as_ref())
             .map_err(|e| origin.at(s, "rule.string", s.as_ref(), e))?,
-        (None, Some(h)) => rule::parse_hex_string(h.as_ref())
+        (None, Some(h), None) => rule::parse_hex_string(h.as_ref())
             .map_err(|e| origin.at(h, "rule.hex_string", h.as_ref(), e))?,
-        (Some(s), Some(_)) => {
+        (None, None, Some(d)) => [b"@".as_slice(), &d.name].concat(),
+        (None, None, None) => {
+            return Err(origin.error(
+                Some(span),
+                "rule",
+                "",
+                "needs string, hex_string or rcpt_domain",
+            ));
+        }
+        (Some(s), ..) | (None, Some(s), _) => {
             return Err(origin.at(
                 s,
                 "rule.string",
                 s.as_ref(),
-                "give string or hex_string, not both",
+                "give one of string, hex_string and rcpt_domain",
             ));
         }
-        (None, None) => {
-            return Err(origin.error(Some(span), "rule", "", "needs string or hex_string"));
-        }
     };
+    if r.subdomains && domain.is_none() {
+        return Err(origin.error(
+            Some(span),
+            "rule.subdomains",
+            "true",
+            "applies to rcpt_domain",
+        ));
+    }
     let algo = match &r.algo {
         None => Algo::Bm,
         Some(a) => Algo::parse(a.as_ref())
@@ -534,14 +706,32 @@ fn parse_rule(
         }
     };
     let mode = match &r.mode {
+        None if domain.is_some() => Mode::Smtp,
         None => Mode::Packet,
         Some(m) => Mode::parse(m.as_ref())
             .ok_or_else(|| origin.at(m, "rule.mode", m.as_ref(), MODE_PROBLEM))?,
     };
+    check_mode(mode, from, to, r.invert, protocol, domain.is_some()).map_err(
+        |(what, problem)| {
+            let at = match what {
+                "from" => r.from.as_ref().map(|f| f.span()),
+                "protocol" => r.protocol.as_ref().map(|p| p.span()),
+                "rcpt_domain" => r.rcpt_domain.as_ref().map(|d| d.span()),
+                _ => r.mode.as_ref().map(|m| m.span()),
+            };
+            origin.error(
+                Some(at.unwrap_or(span.clone())),
+                &format!("rule.{what}"),
+                mode.name(),
+                problem,
+            )
+        },
+    )?;
     let text = r
         .string
         .as_ref()
         .or(r.hex_string.as_ref())
+        .or(r.rcpt_domain.as_ref())
         .map(|s| s.as_ref().clone())
         .unwrap_or_default();
     Ok(Rule {
@@ -566,6 +756,7 @@ fn parse_rule(
         action,
         ban,
         mode,
+        rcpt_domain: domain,
     })
 }
 
@@ -664,10 +855,86 @@ ban = false
         assert!(Config::from_toml("t", "[engine]\nports = []\n[[rule]]\nstring = \"x\"\nprotocol = \"udp\"\naction = \"drop\"\n").is_ok());
         let e = err("[[rule]]\nstring = \"x\"\nfrom = 10\nto = 5\n");
         assert_eq!((e.line, e.key.as_str()), (Some(3), "rule.from"));
-        let e = err("[[rule]]\nstring = \"x\"\nmode = \"smtp\"\n");
+        let e = err("[[rule]]\nstring = \"x\"\nmode = \"fancy\"\n");
         assert_eq!((e.line, e.key.as_str()), (Some(3), "rule.mode"));
+        let e = err("[[rule]]\nstring = \"x\"\nmode = \"stream\"\nfrom = 40\n");
+        assert_eq!((e.line, e.key.as_str()), (Some(4), "rule.from"), "{e}");
+        let e = err("[[rule]]\nstring = \"x\"\ninvert = true\nmode = \"smtp\"\n");
+        assert_eq!((e.line, e.key.as_str()), (Some(4), "rule.invert"), "{e}");
+        let e = err("[[rule]]\nrcpt_domain = \"example.com\"\nmode = \"stream\"\n");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (Some(2), "rule.rcpt_domain"),
+            "{e}"
+        );
+        let e = err("[[rule]]\nrcpt_domain = \"not a domain\"\n");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (Some(2), "rule.rcpt_domain"),
+            "{e}"
+        );
+        let e = err("[[rule]]\nstring = \"x\"\nsubdomains = true\n");
+        assert_eq!(e.key, "rule.subdomains", "{e}");
+        let e = err("[engine]\nports = []\n[[rule]]\nstring = \"x\"\nmode = \"smtp\"\n");
+        assert_eq!(e.key, "--port", "flow modes need the protected ports: {e}");
+        let e = err("[engine]\nmax_flows = 0\n[[rule]]\nstring = \"x\"\n");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (Some(2), "engine.max_flows"),
+            "{e}"
+        );
         let e = err("[[list]]\nname = \"a\"\n");
         assert_eq!(e.problem, "the configuration has no [[rule]]");
+    }
+
+    #[test]
+    fn flow_modes_and_engine_settings() {
+        let c = Config::from_toml(
+            "t.toml",
+            "[engine]\nbypass = false\nbypass_after = 4096\nmax_flows = 10\nflow_idle = \"2m\"\n[[rule]]\nrcpt_domain = \"@Example.com\"\nsubdomains = true\n[[rule]]\nstring = \"spam\"\nmode = \"stream\"\nicase = true\n",
+        )
+        .unwrap();
+        assert!(!c.engine.bypass);
+        assert_eq!(c.engine.bypass_after, 4096);
+        assert_eq!(c.engine.max_flows, 10);
+        assert_eq!(c.engine.flow_idle, Duration::from_secs(120));
+        assert_eq!(
+            c.rules[0].mode,
+            Mode::Smtp,
+            "a domain rule is smtp by default"
+        );
+        let d = c.rules[0].rcpt_domain.as_ref().unwrap();
+        assert_eq!(
+            (d.name.as_slice(), d.subdomains),
+            (&b"example.com"[..], true)
+        );
+        assert_eq!(c.rules[1].mode, Mode::Stream);
+        let flags = Flags {
+            rcpt_domain: vec!["example.com".into()],
+            ..Flags::default()
+        };
+        let c = Config::build(None, &flags).unwrap();
+        assert_eq!(c.rules[0].mode, Mode::Smtp);
+        let bad = |f: Flags| Config::build(None, &f).unwrap_err().key;
+        let f = Flags {
+            string: vec!["x".into()],
+            mode: Some("stream".into()),
+            to: Some(100),
+            ..Flags::default()
+        };
+        assert_eq!(bad(f), "--to");
+        let f = Flags {
+            rcpt_domain: vec!["example.com".into()],
+            mode: Some("packet".into()),
+            ..Flags::default()
+        };
+        assert_eq!(bad(f), "--rcpt-domain");
+        let f = Flags {
+            string: vec!["x".into()],
+            subdomains: true,
+            ..Flags::default()
+        };
+        assert_eq!(bad(f), "--subdomains");
     }
 
     #[test]

@@ -1,22 +1,29 @@
 //! The decision engine: one packet and `now` in, one [`Decision`] out.
 //!
 //! ```text
-//! bytes ─► parse ─► guarded port? ─► source banned? ─► first matching rule ─► Decision
-//!            │            no: Accept        yes: Drop          match: ban + action
-//!            └─ error: Accept or Drop (policy)                 none:  Accept
+//! bytes ─► parse ─► to a guarded port? ─► source banned? ─► packet rules ─► flow rules ─► Decision
+//!            │        │ no: from one, with smtp rules:      yes: Drop     match: ban + action
+//!            │        │     the server's reply → its flow   (stream: the in-order byte stream;
+//!            │        └ no: Accept                           smtp: envelope commands only)
+//!            └─ error: Accept or Drop (policy)              none: Accept, or Bypass once a flow
+//!                                                           is past its envelope or budget
 //! ```
 //!
 //! The engine reads no clock, opens no file or socket, and never panics on packet bytes. The
-//! blacklist is shared (`Arc`) by every worker; scanner scratch space and counters are per
-//! worker, so [`Engine::worker`] makes a sibling for another thread.
+//! blacklist is shared (`Arc`) by every worker; scanner scratch space, the flow table and
+//! counters are per worker, so [`Engine::worker`] makes a sibling for another thread (the kernel
+//! queues both directions of a flow to the same queue).
 
 use std::sync::Arc;
 
+use memchr::memmem::Finder;
+
 use crate::blacklist::{Banned, Blacklist, ListId, RuleId};
 use crate::config::Config;
-use crate::parse::{self, Transport};
-use crate::rule::{Action, Ports, Rule};
-use crate::scan::Scanner;
+use crate::flow::{self, Envelope, Flow, FlowKey, FlowState, Flows, Push, Smtp};
+use crate::parse::{self, Packet, Tcp, Transport, tcp_flags};
+use crate::rule::{Action, Domain, Mode, Ports, Rule, StringMatch};
+use crate::scan::{self, Scanner};
 use crate::time::Instant;
 
 /// What the shell does with the packet.
@@ -65,6 +72,12 @@ pub enum Reason {
     Matched { rule: RuleId },
     /// Not to a protected port: not the engine's business.
     Unguarded,
+    /// The server's side of a flow followed in smtp mode (read for its replies).
+    Reply,
+    /// The flow is past its envelope (or its byte budget): let through uninspected.
+    Bypassed,
+    /// Out of order beyond what a flow holds: dropped so that TCP sends it again later.
+    FlowLimit,
     /// The bytes are not a packet we can read.
     Unparsed(parse::Error),
 }
@@ -91,6 +104,14 @@ pub struct EngineConfig {
     /// Protected TCP destination ports. Empty: every packet is looked at.
     pub ports: Ports,
     pub on_unparsed: UnparsedPolicy,
+    /// Let a flow bypass the queue once its envelope is over (smtp mode) or its budget is spent.
+    pub bypass: bool,
+    /// Client bytes inspected per flow before it bypasses (0: no budget).
+    pub bypass_after: u64,
+    /// Most flows tracked per worker (least recently seen evicted).
+    pub max_flows: usize,
+    /// A flow unseen this long is forgotten.
+    pub flow_idle: crate::time::Duration,
 }
 
 impl Default for EngineConfig {
@@ -99,6 +120,10 @@ impl Default for EngineConfig {
         EngineConfig {
             ports: Ports::list(&[25]),
             on_unparsed: UnparsedPolicy::Accept,
+            bypass: true,
+            bypass_after: 0,
+            max_flows: 65_536,
+            flow_idle: crate::time::Duration::from_secs(300),
         }
     }
 }
@@ -121,6 +146,18 @@ pub struct Stats {
     pub matches: Vec<u64>,
     pub bans_new: u64,
     pub bans_renewed: u64,
+    /// Flows: started, evicted (table full), expired (idle), bypassed, segments refused.
+    pub flows_new: u64,
+    pub flows_evicted: u64,
+    pub flows_expired: u64,
+    pub flows_bypassed: u64,
+    pub flow_refused: u64,
+    /// Sessions ended (closed, reset, convicted, bypassed, evicted or expired), the packets the
+    /// engine looked at in them, the most in one, and how many had 1, 2, … 31, ≥ 32.
+    pub sessions: u64,
+    pub session_packets: u64,
+    pub session_packets_max: u64,
+    pub session_hist: Vec<u64>,
 }
 
 impl Stats {
@@ -140,6 +177,30 @@ impl Stats {
         self.verdicts[v.index()]
     }
 
+    /// The median packets per ended session (from the histogram; 32 means "32 or more").
+    pub fn session_packets_median(&self) -> u64 {
+        let half = self.sessions.div_ceil(2);
+        let mut seen = 0;
+        for (n, count) in self.session_hist.iter().enumerate() {
+            seen += count;
+            if seen >= half && *count > 0 {
+                return n as u64;
+            }
+        }
+        0
+    }
+
+    fn end_session(&mut self, packets: u32) {
+        self.sessions += 1;
+        self.session_packets += u64::from(packets);
+        self.session_packets_max = self.session_packets_max.max(u64::from(packets));
+        let bucket = (packets as usize).min(32);
+        if self.session_hist.len() <= bucket {
+            self.session_hist.resize(33, 0);
+        }
+        self.session_hist[bucket] += 1;
+    }
+
     /// Adds `other` into `self`.
     pub fn merge(&mut self, other: &Stats) {
         self.packets += other.packets;
@@ -148,6 +209,15 @@ impl Stats {
         self.other_protocol += other.other_protocol;
         self.bans_new += other.bans_new;
         self.bans_renewed += other.bans_renewed;
+        self.flows_new += other.flows_new;
+        self.flows_evicted += other.flows_evicted;
+        self.flows_expired += other.flows_expired;
+        self.flows_bypassed += other.flows_bypassed;
+        self.flow_refused += other.flow_refused;
+        self.sessions += other.sessions;
+        self.session_packets += other.session_packets;
+        self.session_packets_max = self.session_packets_max.max(other.session_packets_max);
+        add_vec(&mut self.session_hist, &other.session_hist);
         for (a, b) in self.unparsed.iter_mut().zip(other.unparsed) {
             *a += b;
         }
@@ -168,6 +238,65 @@ fn add_vec(a: &mut Vec<u64>, b: &[u64]) {
     }
 }
 
+/// The rules of the flow modes, prepared once per rule set.
+#[derive(Clone, Debug)]
+struct FlowRules {
+    /// Rule index of each flow rule; a flow rule's position here is its bit in `Flow::matched`.
+    rules: Vec<usize>,
+    /// Stream rules: each one's position (the engine holds a scanner over their patterns).
+    stream: Vec<usize>,
+    /// Bytes carried between a flow's scans: the longest stream pattern less one.
+    carry: usize,
+    /// Smtp rules: position, folded-needle finder, or recipient domain.
+    smtp: Vec<(usize, Finder<'static>, Option<Domain>)>,
+}
+
+impl FlowRules {
+    /// The flow rules and, if there are stream rules, a scanner over their whole-buffer patterns.
+    fn new(rules: &[Rule]) -> (FlowRules, Option<Scanner>) {
+        let flow: Vec<usize> = (0..rules.len())
+            .filter(|&i| rules[i].mode.is_flow())
+            .collect();
+        let stream_pos: Vec<usize> = (0..flow.len())
+            .filter(|&p| rules[flow[p]].mode == Mode::Stream)
+            .collect();
+        let whole: Vec<StringMatch> = stream_pos
+            .iter()
+            .map(|&p| StringMatch {
+                from: 0,
+                to: u16::MAX,
+                invert: false,
+                ..rules[flow[p]].matcher.clone()
+            })
+            .collect();
+        let carry = whole
+            .iter()
+            .map(|m| m.pattern.len().saturating_sub(1))
+            .max()
+            .unwrap_or(0);
+        let smtp = (0..flow.len())
+            .filter(|&p| rules[flow[p]].mode == Mode::Smtp)
+            .map(|p| {
+                let r = &rules[flow[p]];
+                let mut folded = Vec::new();
+                scan::fold(&r.matcher.pattern, &mut folded);
+                (p, Finder::new(&folded).into_owned(), r.rcpt_domain.clone())
+            })
+            .collect();
+        let refs: Vec<&StringMatch> = whole.iter().collect();
+        let scanner = (!refs.is_empty()).then(|| Scanner::new(&refs));
+        (
+            FlowRules {
+                rules: flow,
+                stream: stream_pos,
+                carry,
+                smtp,
+            },
+            scanner,
+        )
+    }
+}
+
 /// Decides packets. See the module documentation.
 #[derive(Debug)]
 pub struct Engine {
@@ -175,6 +304,14 @@ pub struct Engine {
     rules: Arc<[Rule]>,
     blacklist: Arc<Blacklist>,
     scanner: Scanner,
+    /// Any packet-mode rule?
+    packet_rules: bool,
+    flow_rules: Arc<FlowRules>,
+    stream_scanner: Option<Scanner>,
+    flows: Flows,
+    /// Scratch: a flow's carry plus its new in-order bytes; a folded SMTP path.
+    scratch: Vec<u8>,
+    folded: Vec<u8>,
     stats: Stats,
 }
 
@@ -192,11 +329,19 @@ impl Engine {
         let matchers: Vec<_> = rules.iter().map(|r| &r.matcher).collect();
         let scanner = Scanner::new(&matchers);
         let stats = Stats::new(rules.len(), blacklist.lists().len());
+        let (flow_rules, stream_scanner) = FlowRules::new(&rules);
+        let flow_rules = Arc::new(flow_rules);
         Engine {
             config: config.engine.clone(),
+            packet_rules: rules.iter().any(|r| r.mode == Mode::Packet),
             rules,
             blacklist,
             scanner,
+            flows: Flows::new(config.engine.max_flows),
+            flow_rules,
+            stream_scanner,
+            scratch: Vec::new(),
+            folded: Vec::new(),
             stats,
         }
     }
@@ -208,7 +353,37 @@ impl Engine {
             rules: Arc::clone(&self.rules),
             blacklist: Arc::clone(&self.blacklist),
             scanner: self.scanner.clone(),
+            packet_rules: self.packet_rules,
+            flow_rules: Arc::clone(&self.flow_rules),
+            stream_scanner: self.stream_scanner.clone(),
+            flows: Flows::new(self.config.max_flows),
+            scratch: Vec::new(),
+            folded: Vec::new(),
             stats: Stats::new(self.rules.len(), self.blacklist.lists().len()),
+        }
+    }
+
+    /// Flows tracked now.
+    pub fn flows(&self) -> &Flows {
+        &self.flows
+    }
+
+    /// Do the rules follow flows (stream or smtp mode)?
+    pub fn follows_flows(&self) -> bool {
+        !self.flow_rules.rules.is_empty()
+    }
+
+    /// Do the rules read the server's replies (smtp mode)?
+    pub fn reads_replies(&self) -> bool {
+        !self.flow_rules.smtp.is_empty()
+    }
+
+    /// Ends every tracked flow (counting its session): at the end of a replay.
+    pub fn finish(&mut self) {
+        while let Some(f) = self.flows.pop_oldest() {
+            if f.state == FlowState::Open {
+                self.stats.end_session(f.packets);
+            }
         }
     }
 
@@ -252,7 +427,16 @@ impl Engine {
             }
         };
         let guarded = match packet.transport {
-            Transport::Tcp(t) => self.config.ports.contains(t.dport),
+            Transport::Tcp(t) => {
+                let to_guarded = self.config.ports.contains(t.dport);
+                if !to_guarded
+                    && !self.flow_rules.smtp.is_empty()
+                    && self.config.ports.contains(t.sport)
+                {
+                    return self.flow_server(&packet, t, now);
+                }
+                to_guarded
+            }
             Transport::Udp { .. } | Transport::Fragment | Transport::Other => {
                 self.stats.other_protocol +=
                     u64::from(!matches!(packet.transport, Transport::Udp { .. }));
@@ -278,33 +462,347 @@ impl Engine {
             }
         }
         let rules = &self.rules;
-        let Some(index) = self
-            .scanner
-            .first_match(bytes, |i| rules[i].admits(&packet))
-        else {
-            return Decision {
-                verdict: Verdict::Accept,
-                reason: Reason::Clean,
-            };
+        let hit = if self.packet_rules {
+            self.scanner.first_match(bytes, |i| {
+                rules[i].mode == Mode::Packet && rules[i].admits(&packet)
+            })
+        } else {
+            None
         };
-        let rule = &self.rules[index];
-        self.stats.matches[index] += 1;
-        // Rules are indexed by RuleId (u16) when the config is built.
-        let rule_id = index as RuleId;
-        if let Some(list) = rule.ban {
-            match self.blacklist.list(list).ban(packet.src, now, rule_id) {
-                Banned::New => self.stats.bans_new += 1,
-                Banned::Renewed => self.stats.bans_renewed += 1,
+        if let Some(index) = hit {
+            return convict(
+                &self.rules[index],
+                index,
+                &packet,
+                now,
+                &self.blacklist,
+                &mut self.stats,
+            );
+        }
+        if let Transport::Tcp(t) = packet.transport
+            && self.follows_flows()
+        {
+            return self.flow_client(&packet, t, now);
+        }
+        Decision {
+            verdict: Verdict::Accept,
+            reason: Reason::Clean,
+        }
+    }
+
+    /// Forgets flows idle longer than the configured time (from the least recently seen).
+    fn expire(&mut self, now: Instant) {
+        while let Some(seen) = self.flows.oldest_seen() {
+            if seen.saturating_add(self.config.flow_idle) >= now {
+                break;
+            }
+            if let Some(f) = self.flows.pop_oldest() {
+                self.stats.flows_expired += 1;
+                if f.state == FlowState::Open {
+                    self.stats.end_session(f.packets);
+                }
             }
         }
-        let verdict = match rule.action {
-            Action::Drop => Verdict::Drop,
-            Action::Log => Verdict::Accept,
-            Action::Reject => Verdict::Reset,
-        };
-        Decision {
-            verdict,
-            reason: Reason::Matched { rule: rule_id },
+    }
+
+    /// Removes a flow, counting its session if it was still open.
+    fn end_flow(&mut self, key: &FlowKey) {
+        if let Some(f) = self.flows.remove(key)
+            && f.state == FlowState::Open
+        {
+            self.stats.end_session(f.packets);
         }
+    }
+
+    /// A client segment of a flow-mode flow.
+    fn flow_client(&mut self, packet: &Packet<'_>, t: Tcp, now: Instant) -> Decision {
+        let clean = Decision {
+            verdict: Verdict::Accept,
+            reason: Reason::Clean,
+        };
+        self.expire(now);
+        let key = FlowKey::new(packet.src, t.sport, packet.dst, t.dport);
+        let payload = packet.payload();
+        let syn = t.flags & tcp_flags::SYN != 0 && t.flags & tcp_flags::ACK == 0;
+        let rst = t.flags & tcp_flags::RST != 0;
+        let fin = t.flags & tcp_flags::FIN != 0;
+        let fr = Arc::clone(&self.flow_rules);
+        if self.flows.get(&key).is_none() {
+            // Only a SYN or data opens a flow: stray ACKs, FINs and RSTs do not fill the table.
+            if rst || (!syn && payload.is_empty()) {
+                return clean;
+            }
+            let smtp = (!fr.smtp.is_empty()).then(|| Smtp::new(syn));
+            if let Some(old) = self.flows.insert(key, Flow::new(now, smtp)) {
+                self.stats.flows_evicted += 1;
+                if old.state == FlowState::Open {
+                    self.stats.end_session(old.packets);
+                }
+            }
+            self.stats.flows_new += 1;
+        }
+        let Engine {
+            flows,
+            scratch,
+            folded,
+            stats,
+            stream_scanner,
+            ..
+        } = self;
+        let Some(flow) = flows.get(&key) else {
+            return clean;
+        };
+        flow.last_seen = now;
+        if flow.state == FlowState::Bypassed {
+            // Kept (small, shed) until a reset or until idle: packets still in flight when the
+            // connmark took over, and a capture's last ACKs, are bypassed like the rest.
+            if rst {
+                flows.remove(&key);
+            }
+            return Decision {
+                verdict: Verdict::Bypass,
+                reason: Reason::Bypassed,
+            };
+        }
+        flow.packets = flow.packets.saturating_add(1);
+        if syn {
+            flow.client.syn(t.seq);
+        }
+        let mut hit = None;
+        if !payload.is_empty() {
+            let seq = if syn { t.seq.wrapping_add(1) } else { t.seq };
+            scratch.clear();
+            scratch.extend_from_slice(&flow.carry);
+            let carry_len = scratch.len();
+            match flow.client.push(seq, payload, scratch) {
+                Push::Refused => {
+                    stats.flow_refused += 1;
+                    return Decision {
+                        verdict: Verdict::Drop,
+                        reason: Reason::FlowLimit,
+                    };
+                }
+                Push::Old | Push::Held => {}
+                Push::Data => {
+                    let fresh = scratch.len() - carry_len;
+                    flow.client_bytes = flow
+                        .client_bytes
+                        .saturating_add(u32::try_from(fresh).unwrap_or(u32::MAX));
+                    if let Some(scanner) = stream_scanner.as_mut() {
+                        let (matched, positions) = (flow.matched, &fr.stream);
+                        hit = scan_stream(scanner, scratch, |k| matched & (1 << positions[k]) == 0)
+                            .map(|k| positions[k]);
+                        let keep = fr.carry.min(scratch.len());
+                        flow.carry.clear();
+                        flow.carry
+                            .extend_from_slice(&scratch[scratch.len() - keep..]);
+                    }
+                    if hit.is_none()
+                        && let Some(smtp) = flow.smtp.as_mut()
+                    {
+                        let matched = flow.matched;
+                        smtp.client(&scratch[carry_len..], |env, path| {
+                            hit = smtp_match(&fr, matched, env, path, folded);
+                            hit.is_some()
+                        });
+                    }
+                }
+            }
+        }
+        if let Some(pos) = hit {
+            flow.matched |= 1 << pos;
+            let index = fr.rules[pos];
+            let decision = convict(
+                &self.rules[index],
+                index,
+                packet,
+                now,
+                &self.blacklist,
+                &mut self.stats,
+            );
+            if decision.verdict != Verdict::Accept {
+                self.end_flow(&key);
+            }
+            return decision;
+        }
+        let Some(flow) = self.flows.get(&key) else {
+            return clean;
+        };
+        // Without smtp rules the server's side is not followed: the client's FIN ends the flow.
+        if rst || (fin && (flow.server_fin || fr.smtp.is_empty())) {
+            self.end_flow(&key);
+            return clean;
+        }
+        flow.client_fin |= fin;
+        if bypass_due(&self.config, &fr, flow) {
+            return self.bypass(&key);
+        }
+        clean
+    }
+
+    /// A server segment of a flow followed in smtp mode: its replies.
+    fn flow_server(&mut self, packet: &Packet<'_>, t: Tcp, now: Instant) -> Decision {
+        let reply = Decision {
+            verdict: Verdict::Accept,
+            reason: Reason::Reply,
+        };
+        self.expire(now);
+        let key = FlowKey::new(packet.dst, t.dport, packet.src, t.sport);
+        let rst = t.flags & tcp_flags::RST != 0;
+        let fin = t.flags & tcp_flags::FIN != 0;
+        let fr = Arc::clone(&self.flow_rules);
+        let Engine { flows, scratch, .. } = self;
+        let Some(flow) = flows.get(&key) else {
+            return reply;
+        };
+        flow.last_seen = now;
+        if flow.state == FlowState::Bypassed {
+            if rst {
+                flows.remove(&key);
+            }
+            return Decision {
+                verdict: Verdict::Bypass,
+                reason: Reason::Bypassed,
+            };
+        }
+        flow.packets = flow.packets.saturating_add(1);
+        if t.flags & tcp_flags::SYN != 0 {
+            flow.server.syn(t.seq);
+        }
+        let payload = packet.payload();
+        if !payload.is_empty()
+            && let Some(smtp) = flow.smtp.as_mut()
+        {
+            let seq = if t.flags & tcp_flags::SYN != 0 {
+                t.seq.wrapping_add(1)
+            } else {
+                t.seq
+            };
+            scratch.clear();
+            match flow.server.push(seq, payload, scratch) {
+                Push::Data => {
+                    smtp.server(scratch);
+                }
+                // The server's stream has a gap we will not fill: stop pairing replies.
+                Push::Refused => smtp.desync(),
+                Push::Old | Push::Held => {}
+            }
+        }
+        if rst || (fin && flow.client_fin) {
+            self.end_flow(&key);
+            return reply;
+        }
+        flow.server_fin |= fin;
+        if bypass_due(&self.config, &fr, flow) {
+            return self.bypass(&key);
+        }
+        reply
+    }
+
+    /// Marks a flow bypassed: its session ends here as far as the queue is concerned.
+    fn bypass(&mut self, key: &FlowKey) -> Decision {
+        if let Some(flow) = self.flows.get(key) {
+            flow.state = FlowState::Bypassed;
+            flow.shed();
+            let packets = flow.packets;
+            self.stats.flows_bypassed += 1;
+            self.stats.end_session(packets);
+        }
+        Decision {
+            verdict: Verdict::Bypass,
+            reason: Reason::Bypassed,
+        }
+    }
+}
+
+/// Is an open flow due to bypass: past its envelope (smtp rules only), or past its budget?
+fn bypass_due(config: &EngineConfig, fr: &FlowRules, flow: &Flow) -> bool {
+    if !config.bypass || flow.state != FlowState::Open {
+        return false;
+    }
+    let budget = config.bypass_after > 0 && u64::from(flow.client_bytes) >= config.bypass_after;
+    let envelope = fr.stream.is_empty() && flow.smtp.as_ref().is_some_and(Smtp::passed);
+    budget || envelope
+}
+
+/// Scans a stream buffer (carry + new bytes) with the stream scanner, in windows the scanner's
+/// 16-bit offsets can address, overlapping by the longest pattern.
+fn scan_stream(
+    scanner: &mut Scanner,
+    buf: &[u8],
+    mut candidate: impl FnMut(usize) -> bool,
+) -> Option<usize> {
+    const WINDOW: usize = u16::MAX as usize;
+    let mut start = 0;
+    loop {
+        let end = (start + WINDOW).min(buf.len());
+        if let Some(k) = scanner.first_match(&buf[start..end], &mut candidate) {
+            return Some(k);
+        }
+        if end == buf.len() {
+            return None;
+        }
+        // Patterns are at most 128 bytes: overlap the windows by that much.
+        start = end - 128;
+    }
+}
+
+/// The first smtp rule (not yet matched in this flow) that a MAIL FROM / RCPT TO path matches.
+fn smtp_match(
+    fr: &FlowRules,
+    matched: u64,
+    env: Envelope,
+    path: &[u8],
+    folded: &mut Vec<u8>,
+) -> Option<usize> {
+    let mut folded_ready = false;
+    for (pos, finder, domain) in &fr.smtp {
+        if matched & (1 << pos) != 0 {
+            continue;
+        }
+        let hit = match domain {
+            Some(d) => env == Envelope::RcptTo && flow::domain(path).is_some_and(|x| d.matches(x)),
+            None => {
+                if !folded_ready {
+                    scan::fold(path, folded);
+                    folded_ready = true;
+                }
+                finder.find(folded).is_some()
+            }
+        };
+        if hit {
+            return Some(*pos);
+        }
+    }
+    None
+}
+
+/// A rule matched `packet`: ban its source (if the rule bans) and turn the action into a
+/// verdict.
+fn convict(
+    rule: &Rule,
+    index: usize,
+    packet: &Packet<'_>,
+    now: Instant,
+    blacklist: &Blacklist,
+    stats: &mut Stats,
+) -> Decision {
+    stats.matches[index] += 1;
+    // Rules are indexed by RuleId (u16) when the config is built.
+    let rule_id = index as RuleId;
+    if let Some(list) = rule.ban {
+        match blacklist.list(list).ban(packet.src, now, rule_id) {
+            Banned::New => stats.bans_new += 1,
+            Banned::Renewed => stats.bans_renewed += 1,
+        }
+    }
+    let verdict = match rule.action {
+        Action::Drop => Verdict::Drop,
+        Action::Log => Verdict::Accept,
+        Action::Reject => Verdict::Reset,
+    };
+    Decision {
+        verdict,
+        reason: Reason::Matched { rule: rule_id },
     }
 }

@@ -4,7 +4,7 @@
 //!              ┌──────────── pure core (no sockets, no files, no clock) ────────────┐
 //! bytes, now ─►│ parse::packet → Engine (blacklist check → scan::Scanner → ban)     │─► Decision
 //!              └─────────────────────────────────────────────────────────────────────┘
-//!   shells:  io::pcap + replay (bench, tests)     live NFQUEUE daemon (next)
+//!   shells:  io::pcap + replay (bench, tests)     live NFQUEUE daemon
 //! ```
 //!
 //! What the core promises:
@@ -13,15 +13,17 @@
 //! - exact xt_string semantics in `packet` mode (offsets from the IP header, the whole pattern in
 //!   `[from, min(to, len))`, the kernel's Latin-1 case table).
 //!
-//! What it does not do (yet): reassemble TCP streams (a pattern split across two segments is not
-//! seen, as with the kernel), understand SMTP, or talk to the kernel. `gen` writes captures of the
-//! flood for the replay harness.
+//! Per rule, `packet` mode is the kernel's xt_string; `stream` mode scans each flow's in-order
+//! byte stream ([`flow::Reasm`]), so a string split across segments is seen; `smtp` mode matches
+//! only inside `MAIL FROM`/`RCPT TO` commands ([`flow::Smtp`]) and lets a flow bypass the queue
+//! once its envelope is over. `gen` writes captures of the flood for the replay harness.
 
 pub mod attack;
 pub mod blacklist;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod flow;
 pub mod io;
 pub mod parse;
 pub mod replay;

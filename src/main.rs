@@ -157,12 +157,31 @@ struct RuleArgs {
     /// reject (drop + reset), drop, or log (accept this packet, ban the source).
     #[arg(long, value_name = "ACTION")]
     action: Option<String>,
-    /// Matching mode: packet (exact xt_string).
+    /// Matching mode: packet (exact xt_string), stream (the TCP byte stream, across segments) or
+    /// smtp (only in MAIL FROM / RCPT TO commands, any case; bodies never match).
     #[arg(long, value_name = "MODE")]
     mode: Option<String>,
     /// Most bans the first list holds before evicting the least recently seen.
     #[arg(long, value_name = "N")]
     capacity: Option<u64>,
+    /// Ban senders of mail to this recipient domain (an smtp-mode rule; repeatable).
+    #[arg(long, value_name = "DOMAIN")]
+    rcpt_domain: Vec<String>,
+    /// --rcpt-domain also matches its subdomains.
+    #[arg(long)]
+    subdomains: bool,
+    /// Never let a flow bypass inspection (follow every session to its end).
+    #[arg(long)]
+    no_bypass: bool,
+    /// Let a flow bypass inspection after this many client bytes (0: no budget).
+    #[arg(long, value_name = "BYTES")]
+    bypass_after: Option<u64>,
+    /// Most flows tracked per worker, least recently seen evicted [default: 65536].
+    #[arg(long, value_name = "N")]
+    max_flows: Option<u64>,
+    /// Forget a flow unseen this long [default: 300s].
+    #[arg(long, value_name = "DURATION")]
+    flow_idle: Option<String>,
 }
 
 #[derive(Args)]
@@ -278,6 +297,12 @@ fn load_config(args: &RuleArgs) -> anyhow::Result<Config> {
         action: args.action.clone(),
         mode: args.mode.clone(),
         capacity: args.capacity,
+        rcpt_domain: args.rcpt_domain.clone(),
+        subdomains: args.subdomains,
+        no_bypass: args.no_bypass,
+        bypass_after: args.bypass_after,
+        max_flows: args.max_flows,
+        flow_idle: args.flow_idle.clone(),
     };
     let name = args.config.as_ref().map(|p| p.display().to_string());
     let file = name.as_deref().zip(text.as_deref());

@@ -133,6 +133,19 @@ impl Report {
             "banned_at_end": self.banned.iter().filter(|c| c.live_at_end).count(),
             "banned": banned_sources(self),
             "top_banned": top,
+            "flows": {
+                "new": s.flows_new,
+                "bypassed": s.flows_bypassed,
+                "evicted": s.flows_evicted,
+                "expired": s.flows_expired,
+                "refused_segments": s.flow_refused,
+            },
+            "sessions": {
+                "count": s.sessions,
+                "packets": s.session_packets,
+                "packets_max": s.session_packets_max,
+                "packets_median": s.session_packets_median(),
+            },
             "engine_seconds": self.engine_secs,
             "engine_pps": self.engine_pps(),
             "engine_gbps": self.engine_gbps(),
@@ -215,6 +228,25 @@ impl fmt::Display for Report {
                 c.key.to_string(),
                 n(c.dropped),
                 c.list
+            )?;
+        }
+        if s.flows_new > 0 {
+            writeln!(
+                f,
+                "flows:    {} followed, {} bypassed, {} evicted, {} expired, {} out-of-order segments refused",
+                n(s.flows_new),
+                n(s.flows_bypassed),
+                n(s.flows_evicted),
+                n(s.flows_expired),
+                n(s.flow_refused)
+            )?;
+            writeln!(
+                f,
+                "sessions: {} ended; packets the engine looked at per session: mean {:.1}, median {}, max {}",
+                n(s.sessions),
+                s.session_packets as f64 / s.sessions.max(1) as f64,
+                s.session_packets_median(),
+                s.session_packets_max
             )?;
         }
         write!(
@@ -333,6 +365,8 @@ pub fn replay(
         let file_report = replay_file(engine, path, &mut options, &mut batch, &mut report)?;
         report.files.push(file_report);
     }
+    // Flows still open at the end of the capture end their sessions here.
+    engine.finish();
     report.stats = engine.stats().clone();
     let end = report.last_ts.unwrap_or(Instant::ZERO);
     let mut banned: Vec<Convicted> = batch
@@ -519,6 +553,9 @@ pub fn reason_text(reason: Reason, engine: &Engine) -> String {
         Reason::Clean => "clean".into(),
         Reason::Matched { rule } => format!("matched:{}", engine.rules()[usize::from(rule)].name),
         Reason::Unguarded => "unguarded".into(),
+        Reason::Reply => "reply".into(),
+        Reason::Bypassed => "bypassed".into(),
+        Reason::FlowLimit => "flow-limit".into(),
         Reason::Unparsed(e) => format!(
             "unparsed:{}",
             match e {

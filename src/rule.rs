@@ -412,18 +412,25 @@ impl Action {
     }
 }
 
-/// How a rule looks at the traffic. `stream` and `smtp` are planned (see the README).
+/// How a rule looks at the traffic (DESIGN §6).
 #[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
 pub enum Mode {
     /// Each packet on its own, exactly as xt_string.
     #[default]
     Packet,
+    /// The client's in-order TCP byte stream, across segments (`from`/`to` and invert do not
+    /// apply).
+    Stream,
+    /// Only inside `MAIL FROM` / `RCPT TO` commands, case-insensitively; bodies never match.
+    Smtp,
 }
 
 impl Mode {
     pub fn parse(text: &str) -> Option<Mode> {
         match text {
             "packet" => Some(Mode::Packet),
+            "stream" => Some(Mode::Stream),
+            "smtp" => Some(Mode::Smtp),
             _ => None,
         }
     }
@@ -431,7 +438,55 @@ impl Mode {
     pub fn name(self) -> &'static str {
         match self {
             Mode::Packet => "packet",
+            Mode::Stream => "stream",
+            Mode::Smtp => "smtp",
         }
+    }
+
+    /// Does the mode follow flows (as opposed to single packets)?
+    pub fn is_flow(self) -> bool {
+        self != Mode::Packet
+    }
+}
+
+/// An smtp-mode rule that names a recipient domain instead of a string.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct Domain {
+    /// Lower case, no leading `@` or dot.
+    pub name: Vec<u8>,
+    /// Also match `*.name`.
+    pub subdomains: bool,
+}
+
+impl Domain {
+    /// Parses a domain name: letters, digits, `-`, `_` and dots, 1 to 253 bytes.
+    pub fn parse(text: &str, subdomains: bool) -> Result<Domain, &'static str> {
+        let t = text.trim_start_matches('@').trim_end_matches('.');
+        if t.is_empty()
+            || t.len() > 253
+            || t.starts_with('.')
+            || !t
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err("expected a domain name such as example.com");
+        }
+        Ok(Domain {
+            name: t.to_ascii_lowercase().into_bytes(),
+            subdomains,
+        })
+    }
+
+    /// Does a path's domain (any case) name this domain (or, if asked, a subdomain of it)?
+    pub fn matches(&self, domain: &[u8]) -> bool {
+        let d = domain.strip_suffix(b".").unwrap_or(domain);
+        if d.eq_ignore_ascii_case(&self.name) {
+            return true;
+        }
+        self.subdomains
+            && d.len() > self.name.len()
+            && d[d.len() - self.name.len() - 1] == b'.'
+            && d[d.len() - self.name.len()..].eq_ignore_ascii_case(&self.name)
     }
 }
 
@@ -447,6 +502,8 @@ pub struct Rule {
     /// The list a match bans the source into; `None` for a rule that only acts on the packet.
     pub ban: Option<crate::blacklist::ListId>,
     pub mode: Mode,
+    /// Smtp mode: match `RCPT TO` paths at this domain instead of the string.
+    pub rcpt_domain: Option<Domain>,
 }
 
 impl Rule {
@@ -463,5 +520,25 @@ impl Rule {
             }
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod domain_tests {
+    use super::*;
+
+    #[test]
+    fn domains_match_exactly_or_by_subdomain() {
+        let d = Domain::parse("@Example.COM", false).unwrap();
+        assert_eq!(d.name, b"example.com");
+        assert!(d.matches(b"EXAMPLE.com"));
+        assert!(d.matches(b"example.com."));
+        assert!(!d.matches(b"mail.example.com"));
+        assert!(!d.matches(b"notexample.com"));
+        let s = Domain::parse("example.com", true).unwrap();
+        assert!(s.matches(b"mail.EXAMPLE.com"));
+        assert!(!s.matches(b"notexample.com"));
+        assert!(Domain::parse("", false).is_err());
+        assert!(Domain::parse("a b", false).is_err());
     }
 }

@@ -1,0 +1,1046 @@
+//! Per-flow state for the `stream` and `smtp` matching modes (DESIGN §6), all pure.
+//!
+//! - [`Reasm`] turns a side's TCP segments into its in-order byte stream: retransmitted bytes
+//!   are never handed out twice, segments ahead of a gap are held (at most [`MAX_HELD`] segments
+//!   and [`MAX_HELD_BYTES`] bytes per flow, at most [`MAX_AHEAD`] bytes ahead) until the gap is
+//!   filled; a segment beyond those bounds is refused, and the engine drops it — TCP retransmits
+//!   it later, so no byte is ever skipped unseen.
+//! - [`Smtp`] follows an SMTP session from both sides: it hands out the path of every `MAIL
+//!   FROM` and `RCPT TO` command line, skips message bodies (`DATA` … `CRLF.CRLF`) and `BDAT`
+//!   chunks, and matches the server's replies to the commands in order (pipelining), so it knows
+//!   when the envelope is over: `DATA` answered 354, `BDAT` answered 2xx, `STARTTLS` answered 220.
+//!   A refused `DATA` or `BDAT` leaves it reading commands.
+//! - [`Flows`] is the bounded table: one slot per flow, least-recently-seen eviction through an
+//!   intrusive list, idle flows expired from the cold end.
+
+use std::net::IpAddr;
+
+use memchr::memchr;
+
+use crate::time::Instant;
+
+/// Most out-of-order segments held per flow side.
+pub const MAX_HELD: usize = 8;
+/// Most bytes held out of order per flow side.
+pub const MAX_HELD_BYTES: usize = 16 * 1024;
+/// Farthest ahead of the next expected byte that a segment is held.
+pub const MAX_AHEAD: u32 = 1 << 20;
+/// Longest SMTP command line kept; a longer line is judged on its first `MAX_LINE` bytes
+/// (RFC 5321 allows 512, and a path at most 256).
+pub const MAX_LINE: usize = 4096;
+/// Most commands awaiting a reply; beyond, replies are no longer matched to commands (a 354
+/// still ends the envelope: it answers nothing but DATA).
+pub const MAX_PENDING: usize = 21;
+
+/// `a` before `b` in sequence space.
+#[inline]
+fn before(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+/// What [`Reasm::push`] did with a segment.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Push {
+    /// New in-order bytes were appended to the output (this segment's and any held ones').
+    Data,
+    /// Nothing new: a retransmission or an empty segment.
+    Old,
+    /// Ahead of a gap: held until the gap is filled.
+    Held,
+    /// Ahead of a gap and beyond what a flow holds: refused (drop it; TCP sends it again).
+    Refused,
+}
+
+/// Segments held ahead of a gap, in sequence order.
+#[derive(Clone, Debug, Default)]
+struct Held {
+    segs: Vec<(u32, Box<[u8]>)>,
+    bytes: usize,
+}
+
+/// One side's reassembly: the next expected sequence number and the segments held ahead of it
+/// (allocated only while some are).
+#[derive(Clone, Debug, Default)]
+pub struct Reasm {
+    next: u32,
+    known: bool,
+    held: Option<Box<Held>>,
+}
+
+impl Reasm {
+    /// The stream starts with the byte after the SYN's sequence number.
+    pub fn syn(&mut self, seq: u32) {
+        self.next = seq.wrapping_add(1);
+        self.known = true;
+        self.held = None;
+    }
+
+    /// Bytes held out of order.
+    pub fn held_bytes(&self) -> usize {
+        self.held.as_ref().map_or(0, |h| h.bytes)
+    }
+
+    /// Takes segment `seq`/`payload`, appending every byte that is now in order and new to
+    /// `out`. A flow picked up mid-stream starts at its first segment.
+    pub fn push(&mut self, seq: u32, payload: &[u8], out: &mut Vec<u8>) -> Push {
+        if payload.is_empty() {
+            return Push::Old;
+        }
+        if !self.known {
+            self.known = true;
+            self.next = seq;
+        }
+        if before(self.next, seq) {
+            return self.hold(seq, payload);
+        }
+        let skip = self.next.wrapping_sub(seq) as usize;
+        if skip >= payload.len() {
+            return Push::Old;
+        }
+        out.extend_from_slice(&payload[skip..]);
+        self.next = seq.wrapping_add(payload.len() as u32);
+        self.drain(out);
+        Push::Data
+    }
+
+    fn hold(&mut self, seq: u32, payload: &[u8]) -> Push {
+        if seq.wrapping_sub(self.next) > MAX_AHEAD {
+            return Push::Refused;
+        }
+        let held = self.held.get_or_insert_with(Box::default);
+        if held
+            .segs
+            .iter()
+            .any(|(s, p)| *s == seq && p.len() >= payload.len())
+        {
+            return Push::Held;
+        }
+        if held.segs.len() >= MAX_HELD || held.bytes + payload.len() > MAX_HELD_BYTES {
+            return Push::Refused;
+        }
+        let at = held
+            .segs
+            .iter()
+            .position(|(s, _)| before(seq, *s))
+            .unwrap_or(held.segs.len());
+        held.segs.insert(at, (seq, payload.into()));
+        held.bytes += payload.len();
+        Push::Held
+    }
+
+    /// Appends held segments that the stream has reached.
+    fn drain(&mut self, out: &mut Vec<u8>) {
+        let Some(held) = self.held.as_mut() else {
+            return;
+        };
+        while let Some((seq, _)) = held.segs.first() {
+            if before(self.next, *seq) {
+                break;
+            }
+            let (seq, p) = held.segs.remove(0);
+            held.bytes -= p.len();
+            let skip = self.next.wrapping_sub(seq) as usize;
+            if skip < p.len() {
+                out.extend_from_slice(&p[skip..]);
+                self.next = seq.wrapping_add(p.len() as u32);
+            }
+        }
+        if held.segs.is_empty() {
+            self.held = None;
+        }
+    }
+}
+
+/// The envelope command a path came from.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Envelope {
+    MailFrom,
+    RcptTo,
+}
+
+/// A command awaiting the server's reply.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+enum Cmd {
+    Greeting = 0,
+    Other = 1,
+    Data = 2,
+    Bdat = 3,
+    StartTls = 4,
+}
+
+/// What the client side is reading.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+enum Phase {
+    Command,
+    /// A message body; the state counts how much of `LF . [CR] LF` was just seen.
+    Body(u8),
+    /// The rest of a BDAT chunk.
+    Chunk(u64),
+    /// After STARTTLS: encrypted, nothing to read.
+    Opaque,
+}
+
+/// Commands awaiting a reply, oldest first, packed 3 bits each into a `u64` (up to
+/// [`MAX_PENDING`]).
+#[derive(Clone, Copy, Debug, Default)]
+struct Pending {
+    bits: u64,
+    len: u8,
+}
+
+impl Pending {
+    fn push(&mut self, c: Cmd) -> bool {
+        if usize::from(self.len) >= MAX_PENDING {
+            return false;
+        }
+        self.bits |= (c as u64) << (3 * u32::from(self.len));
+        self.len += 1;
+        true
+    }
+
+    fn pop(&mut self) -> Option<Cmd> {
+        if self.len == 0 {
+            return None;
+        }
+        let c = match self.bits & 7 {
+            0 => Cmd::Greeting,
+            2 => Cmd::Data,
+            3 => Cmd::Bdat,
+            4 => Cmd::StartTls,
+            _ => Cmd::Other,
+        };
+        self.bits >>= 3;
+        self.len -= 1;
+        Some(c)
+    }
+}
+
+/// An SMTP session followed from both sides. See the module documentation.
+#[derive(Clone, Debug)]
+pub struct Smtp {
+    phase: Phase,
+    /// A partial command line (only while a line spans segments).
+    line: Vec<u8>,
+    pending: Pending,
+    /// Replies can no longer be matched to commands (too many pending, or a gap).
+    desync: bool,
+    /// Server reply line: bytes seen in the current line (saturating at 4) and its code.
+    rpos: u8,
+    code: u16,
+    code_ok: bool,
+    more: bool,
+    /// The envelope is over (DATA or BDAT accepted, STARTTLS accepted).
+    passed: bool,
+}
+
+impl Smtp {
+    /// A session; `from_start` when its SYN was seen (the server's greeting comes first).
+    pub fn new(from_start: bool) -> Smtp {
+        let mut pending = Pending::default();
+        if from_start {
+            pending.push(Cmd::Greeting);
+        }
+        Smtp {
+            phase: Phase::Command,
+            line: Vec::new(),
+            pending,
+            desync: false,
+            rpos: 0,
+            code: 0,
+            code_ok: true,
+            more: false,
+            passed: false,
+        }
+    }
+
+    /// Is the envelope over?
+    pub fn passed(&self) -> bool {
+        self.passed
+    }
+
+    /// Bytes allocated for a partial command line.
+    pub fn line_capacity(&self) -> usize {
+        self.line.capacity()
+    }
+
+    /// The server's stream had a gap: its replies can no longer be matched to commands (a 354,
+    /// which only ever answers DATA, still ends the envelope).
+    pub fn desync(&mut self) {
+        self.desync = true;
+        self.pending = Pending::default();
+    }
+
+    /// Reads client bytes. For each complete `MAIL FROM` / `RCPT TO` line calls `check` with its
+    /// path; returns true as soon as `check` does (the rest of `bytes` is then left unread).
+    pub fn client(
+        &mut self,
+        mut bytes: &[u8],
+        mut check: impl FnMut(Envelope, &[u8]) -> bool,
+    ) -> bool {
+        while !bytes.is_empty() {
+            match self.phase {
+                Phase::Opaque => return false,
+                Phase::Chunk(left) => {
+                    let n = (left.min(bytes.len() as u64)) as usize;
+                    bytes = &bytes[n..];
+                    let left = left - n as u64;
+                    self.phase = if left == 0 {
+                        Phase::Command
+                    } else {
+                        Phase::Chunk(left)
+                    };
+                }
+                Phase::Body(state) => {
+                    let (used, done, state) = body_end(bytes, state);
+                    bytes = &bytes[used..];
+                    self.phase = if done {
+                        Phase::Command
+                    } else {
+                        Phase::Body(state)
+                    };
+                }
+                Phase::Command => {
+                    let Some(i) = memchr(b'\n', bytes) else {
+                        let room = MAX_LINE.saturating_sub(self.line.len());
+                        self.line.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                        return false;
+                    };
+                    let hit = if self.line.is_empty() {
+                        self.command(&bytes[..i], &mut check)
+                    } else {
+                        let room = MAX_LINE.saturating_sub(self.line.len());
+                        let part = &bytes[..i];
+                        self.line.extend_from_slice(&part[..part.len().min(room)]);
+                        let line = std::mem::take(&mut self.line);
+                        self.command(&line, &mut check)
+                    };
+                    bytes = &bytes[i + 1..];
+                    if hit {
+                        return true;
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    fn command(&mut self, line: &[u8], check: &mut impl FnMut(Envelope, &[u8]) -> bool) -> bool {
+        let line = trim(&line[..line.len().min(MAX_LINE)]);
+        let mut cmd = Cmd::Other;
+        let mut hit = false;
+        if let Some(arg) = verb2(line, b"MAIL", b"FROM") {
+            hit = check(Envelope::MailFrom, path(arg));
+        } else if let Some(arg) = verb2(line, b"RCPT", b"TO") {
+            hit = check(Envelope::RcptTo, path(arg));
+        } else if line.eq_ignore_ascii_case(b"DATA") {
+            cmd = Cmd::Data;
+        } else if line.eq_ignore_ascii_case(b"STARTTLS") {
+            cmd = Cmd::StartTls;
+        } else if let Some(size) = bdat_size(line) {
+            // The chunk follows the command at once, whatever the server answers.
+            cmd = Cmd::Bdat;
+            if size > 0 {
+                self.phase = Phase::Chunk(size);
+            }
+        }
+        if !self.desync && !self.pending.push(cmd) {
+            self.desync();
+        }
+        hit
+    }
+
+    /// Reads server bytes; returns whether the envelope is over.
+    pub fn server(&mut self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            if self.rpos >= 4 {
+                // Past the code: skip to the end of the line.
+                match memchr(b'\n', bytes) {
+                    Some(i) => {
+                        bytes = &bytes[i + 1..];
+                        self.end_reply_line();
+                    }
+                    None => return self.passed,
+                }
+                continue;
+            }
+            let b = bytes[0];
+            bytes = &bytes[1..];
+            if b == b'\n' {
+                self.end_reply_line();
+                continue;
+            }
+            match self.rpos {
+                0..=2 if b.is_ascii_digit() => self.code = self.code * 10 + u16::from(b - b'0'),
+                0..=2 => self.code_ok = false,
+                _ => self.more = b == b'-',
+            }
+            self.rpos += 1;
+        }
+        self.passed
+    }
+
+    fn end_reply_line(&mut self) {
+        let (rpos, code, ok, more) = (self.rpos, self.code, self.code_ok, self.more);
+        self.rpos = 0;
+        self.code = 0;
+        self.code_ok = true;
+        self.more = false;
+        if rpos < 3 || !ok || more {
+            return;
+        }
+        let cmd = if self.desync {
+            // 354 answers nothing but DATA.
+            (code == 354).then_some(Cmd::Data)
+        } else {
+            self.pending.pop()
+        };
+        match cmd {
+            Some(Cmd::Data) if code == 354 => {
+                self.passed = true;
+                if self.phase == Phase::Command && self.line.is_empty() {
+                    // The DATA line's own CRLF counts as the one before a lone ".".
+                    self.phase = Phase::Body(1);
+                }
+            }
+            Some(Cmd::Bdat) if (200..300).contains(&code) => self.passed = true,
+            Some(Cmd::StartTls) if code == 220 => {
+                self.passed = true;
+                self.phase = Phase::Opaque;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Scans body bytes for the end of data (`LF . LF`, with optional CRs). Returns bytes used,
+/// whether the end was reached, and the state to carry.
+fn body_end(bytes: &[u8], mut state: u8) -> (usize, bool, u8) {
+    let mut i = 0;
+    while i < bytes.len() {
+        if state == 0 {
+            match memchr(b'\n', &bytes[i..]) {
+                Some(j) => {
+                    i += j + 1;
+                    state = 1;
+                }
+                None => return (bytes.len(), false, 0),
+            }
+            continue;
+        }
+        let b = bytes[i];
+        i += 1;
+        state = match (state, b) {
+            (1, b'.') => 2,
+            (2, b'\r') => 3,
+            (2 | 3, b'\n') => return (i, true, 0),
+            (_, b'\n') => 1,
+            _ => 0,
+        };
+    }
+    (i, false, state)
+}
+
+/// Trims ASCII whitespace (and the CR) from both ends.
+fn trim(mut s: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = s {
+        if first.is_ascii_whitespace() {
+            s = rest;
+        } else {
+            break;
+        }
+    }
+    while let [rest @ .., last] = s {
+        if last.is_ascii_whitespace() {
+            s = rest;
+        } else {
+            break;
+        }
+    }
+    s
+}
+
+fn skip_blanks(s: &[u8]) -> &[u8] {
+    let n = s.iter().take_while(|b| **b == b' ' || **b == b'\t').count();
+    &s[n..]
+}
+
+/// `VERB1 [blanks] VERB2 [blanks] :` case-insensitively at the start of `line`: the rest.
+fn verb2<'a>(line: &'a [u8], v1: &[u8], v2: &[u8]) -> Option<&'a [u8]> {
+    let head = line.get(..v1.len())?;
+    if !head.eq_ignore_ascii_case(v1) {
+        return None;
+    }
+    let rest = skip_blanks(&line[v1.len()..]);
+    if rest.len() == line.len() - v1.len() {
+        return None; // no blank between the words
+    }
+    let head = rest.get(..v2.len())?;
+    if !head.eq_ignore_ascii_case(v2) {
+        return None;
+    }
+    let rest = skip_blanks(&rest[v2.len()..]);
+    rest.strip_prefix(b":")
+}
+
+/// The path of a MAIL/RCPT argument: `<...>` (brackets included), or up to the first blank;
+/// parameters such as `SIZE=` after it are left out.
+pub fn path(arg: &[u8]) -> &[u8] {
+    let arg = skip_blanks(arg);
+    if arg.first() == Some(&b'<') {
+        match memchr(b'>', arg) {
+            Some(i) => &arg[..=i],
+            None => arg,
+        }
+    } else {
+        let end = arg
+            .iter()
+            .position(|b| *b == b' ' || *b == b'\t')
+            .unwrap_or(arg.len());
+        &arg[..end]
+    }
+}
+
+/// The domain of a path (after its last `@`, brackets and blanks removed), if any.
+pub fn domain(path: &[u8]) -> Option<&[u8]> {
+    let p = path.strip_prefix(b"<").unwrap_or(path);
+    let p = p.strip_suffix(b">").unwrap_or(p);
+    let at = p.iter().rposition(|b| *b == b'@')?;
+    let d = trim(&p[at + 1..]);
+    (!d.is_empty()).then_some(d)
+}
+
+/// `BDAT <size> [LAST]`: the chunk size.
+fn bdat_size(line: &[u8]) -> Option<u64> {
+    let head = line.get(..4)?;
+    if !head.eq_ignore_ascii_case(b"BDAT") {
+        return None;
+    }
+    let rest = skip_blanks(&line[4..]);
+    if rest.len() == line.len() - 4 {
+        return None;
+    }
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 18 {
+        return None;
+    }
+    let after = &rest[digits..];
+    if !(after.is_empty() || after[0] == b' ' || after[0] == b'\t') {
+        return None;
+    }
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+}
+
+/// A flow, named from the client's side: client address and port, server address and port.
+#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
+pub struct FlowKey {
+    client: [u8; 16],
+    server: [u8; 16],
+    cport: u16,
+    sport: u16,
+}
+
+fn octets(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+impl FlowKey {
+    pub fn new(client: IpAddr, cport: u16, server: IpAddr, sport: u16) -> FlowKey {
+        FlowKey {
+            client: octets(client),
+            server: octets(server),
+            cport,
+            sport,
+        }
+    }
+}
+
+/// Where a flow stands.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum FlowState {
+    /// Being inspected.
+    Open,
+    /// Past its envelope (or budget): the rest is let through uninspected.
+    Bypassed,
+    /// A rule matched.
+    Convicted,
+}
+
+/// One tracked flow.
+#[derive(Clone, Debug)]
+pub struct Flow {
+    pub last_seen: Instant,
+    /// Flow rules (by index among the flow rules, up to 64) that already matched.
+    pub matched: u64,
+    /// Packets of this flow the engine looked at while it was open (queued packets per session).
+    pub packets: u32,
+    /// Client bytes inspected (saturating).
+    pub client_bytes: u32,
+    pub state: FlowState,
+    pub client_fin: bool,
+    pub server_fin: bool,
+    pub client: Reasm,
+    pub server: Reasm,
+    /// Stream mode: the last bytes of the client stream, carried into the next scan.
+    pub carry: Vec<u8>,
+    /// Smtp mode.
+    pub smtp: Option<Smtp>,
+}
+
+impl Flow {
+    pub fn new(now: Instant, smtp: Option<Smtp>) -> Flow {
+        Flow {
+            last_seen: now,
+            matched: 0,
+            packets: 0,
+            client_bytes: 0,
+            state: FlowState::Open,
+            client_fin: false,
+            server_fin: false,
+            client: Reasm::default(),
+            server: Reasm::default(),
+            carry: Vec::new(),
+            smtp,
+        }
+    }
+
+    /// Heap bytes this flow holds beyond its slot: carry, held segments, a partial line.
+    pub fn heap_bytes(&self) -> usize {
+        self.carry.capacity()
+            + self.client.held_bytes()
+            + self.server.held_bytes()
+            + self.smtp.as_ref().map_or(0, Smtp::line_capacity)
+    }
+
+    /// Drops what a bypassed flow no longer needs.
+    pub fn shed(&mut self) {
+        self.carry = Vec::new();
+        self.client = Reasm::default();
+        self.server = Reasm::default();
+        self.smtp = None;
+    }
+}
+
+const NIL: u32 = u32::MAX;
+/// Slots per page: the slab grows a page at a time, so it never holds more than one page
+/// unused (a doubling `Vec` could hold as many unused slots as used ones).
+const PAGE: usize = 1024;
+
+struct Slot {
+    key: FlowKey,
+    prev: u32,
+    next: u32,
+    flow: Flow,
+}
+
+/// The bounded flow table: see the module documentation. The index is a `hashbrown`
+/// `HashTable` of slot numbers (4 bytes and a control byte per flow), hashed with SipHash
+/// under a random key (flow keys are chosen by remote hosts); the key lives once, in the slot.
+pub struct Flows {
+    index: hashbrown::HashTable<u32>,
+    hasher: std::collections::hash_map::RandomState,
+    pages: Vec<Box<[Option<Slot>]>>,
+    used: usize,
+    free: Vec<u32>,
+    /// Most recently seen.
+    head: u32,
+    /// Least recently seen.
+    tail: u32,
+    max: usize,
+}
+
+impl std::fmt::Debug for Flows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flows")
+            .field("len", &self.index.len())
+            .field("max", &self.max)
+            .finish()
+    }
+}
+
+impl Flows {
+    pub fn new(max: usize) -> Flows {
+        Flows {
+            index: hashbrown::HashTable::new(),
+            hasher: std::collections::hash_map::RandomState::new(),
+            pages: Vec::new(),
+            used: 0,
+            free: Vec::new(),
+            head: NIL,
+            tail: NIL,
+            max: max.clamp(1, NIL as usize - 1),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    fn hash(&self, key: &FlowKey) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(key)
+    }
+
+    fn at(&self, i: u32) -> &Slot {
+        self.pages[i as usize / PAGE][i as usize % PAGE]
+            .as_ref()
+            .expect("indexed slots are occupied")
+    }
+
+    fn slot(&mut self, i: u32) -> &mut Slot {
+        self.pages[i as usize / PAGE][i as usize % PAGE]
+            .as_mut()
+            .expect("indexed slots are occupied")
+    }
+
+    fn find(&self, key: &FlowKey) -> Option<u32> {
+        let h = self.hash(key);
+        self.index.find(h, |&i| self.at(i).key == *key).copied()
+    }
+
+    fn unlink(&mut self, i: u32) {
+        let (prev, next) = {
+            let s = self.slot(i);
+            (s.prev, s.next)
+        };
+        if prev == NIL {
+            self.head = next;
+        } else {
+            self.slot(prev).next = next;
+        }
+        if next == NIL {
+            self.tail = prev;
+        } else {
+            self.slot(next).prev = prev;
+        }
+    }
+
+    fn link_front(&mut self, i: u32) {
+        let head = self.head;
+        {
+            let s = self.slot(i);
+            s.prev = NIL;
+            s.next = head;
+        }
+        if head != NIL {
+            self.slot(head).prev = i;
+        } else {
+            self.tail = i;
+        }
+        self.head = i;
+    }
+
+    /// The flow of `key`, marked most recently seen.
+    pub fn get(&mut self, key: &FlowKey) -> Option<&mut Flow> {
+        let i = self.find(key)?;
+        if self.head != i {
+            self.unlink(i);
+            self.link_front(i);
+        }
+        Some(&mut self.slot(i).flow)
+    }
+
+    /// Adds a flow for a key not in the table; when the table is full, first evicts and
+    /// returns the least recently seen.
+    pub fn insert(&mut self, key: FlowKey, flow: Flow) -> Option<Flow> {
+        let evicted = if self.index.len() >= self.max {
+            self.pop_oldest()
+        } else {
+            None
+        };
+        let i = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                if self.used == self.pages.len() * PAGE {
+                    self.pages.push(
+                        (0..PAGE)
+                            .map(|_| None)
+                            .collect::<Vec<_>>()
+                            .into_boxed_slice(),
+                    );
+                }
+                self.used += 1;
+                (self.used - 1) as u32
+            }
+        };
+        self.pages[i as usize / PAGE][i as usize % PAGE] = Some(Slot {
+            key,
+            prev: NIL,
+            next: NIL,
+            flow,
+        });
+        self.link_front(i);
+        let h = self.hash(&key);
+        let Flows {
+            index,
+            pages,
+            hasher,
+            ..
+        } = self;
+        index.insert_unique(h, i, |&j| {
+            use std::hash::BuildHasher;
+            let k = &pages[j as usize / PAGE][j as usize % PAGE]
+                .as_ref()
+                .expect("indexed slots are occupied")
+                .key;
+            hasher.hash_one(k)
+        });
+        evicted
+    }
+
+    /// Removes the flow of `key`.
+    pub fn remove(&mut self, key: &FlowKey) -> Option<Flow> {
+        let h = self.hash(key);
+        let Flows { index, pages, .. } = self;
+        let entry = index
+            .find_entry(h, |&i| {
+                pages[i as usize / PAGE][i as usize % PAGE]
+                    .as_ref()
+                    .is_some_and(|s| s.key == *key)
+            })
+            .ok()?;
+        let (i, _) = entry.remove();
+        self.unlink(i);
+        self.free.push(i);
+        self.pages[i as usize / PAGE][i as usize % PAGE]
+            .take()
+            .map(|s| s.flow)
+    }
+
+    /// Removes the least recently seen flow.
+    pub fn pop_oldest(&mut self) -> Option<Flow> {
+        if self.tail == NIL {
+            return None;
+        }
+        let key = self.at(self.tail).key;
+        self.remove(&key)
+    }
+
+    /// When the least recently seen flow was last seen.
+    pub fn oldest_seen(&self) -> Option<Instant> {
+        (self.tail != NIL).then(|| self.at(self.tail).flow.last_seen)
+    }
+
+    /// Bytes the table itself holds: slot pages, the index, the free list.
+    pub fn table_bytes(&self) -> usize {
+        self.pages.len() * PAGE * std::mem::size_of::<Option<Slot>>()
+            + self.index.capacity() * (std::mem::size_of::<u32>() + 1)
+            + self.free.capacity() * std::mem::size_of::<u32>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push_all(r: &mut Reasm, segs: &[(u32, &str)]) -> (String, Vec<Push>) {
+        let mut out = Vec::new();
+        let pushes = segs
+            .iter()
+            .map(|(s, p)| r.push(*s, p.as_bytes(), &mut out))
+            .collect();
+        (String::from_utf8(out).unwrap(), pushes)
+    }
+
+    #[test]
+    fn reassembly_in_order_retransmitted_and_out_of_order() {
+        let mut r = Reasm::default();
+        r.syn(99);
+        let (s, p) = push_all(
+            &mut r,
+            &[
+                (100, "abc"),
+                (100, "abc"),
+                (101, "bcd"),
+                (107, "hij"),
+                (104, "efg"),
+            ],
+        );
+        assert_eq!(s, "abcdefghij");
+        assert_eq!(
+            p,
+            [Push::Data, Push::Old, Push::Data, Push::Held, Push::Data]
+        );
+        // Wrapping sequence numbers.
+        let mut r = Reasm::default();
+        r.syn(u32::MAX - 1);
+        let (s, _) = push_all(&mut r, &[(u32::MAX, "xy"), (1, "z")]);
+        assert_eq!(s, "xyz");
+    }
+
+    #[test]
+    fn reassembly_bounds_refuse_rather_than_skip() {
+        let mut r = Reasm::default();
+        r.syn(0);
+        let mut out = Vec::new();
+        for i in 0..MAX_HELD as u32 {
+            assert_eq!(r.push(100 + i * 10, b"0123456789", &mut out), Push::Held);
+        }
+        assert_eq!(r.push(500, b"x", &mut out), Push::Refused, "too many held");
+        assert_eq!(
+            r.push(2 << 20, b"x", &mut out),
+            Push::Refused,
+            "too far ahead"
+        );
+        // The gap filled: everything comes out in order.
+        assert_eq!(r.push(1, &[b'.'; 99], &mut out), Push::Data);
+        assert_eq!(out.len(), 99 + 80);
+        assert_eq!(r.held_bytes(), 0);
+    }
+
+    fn envelope(s: &mut Smtp, client: &str) -> Vec<(Envelope, String)> {
+        let mut seen = Vec::new();
+        s.client(client.as_bytes(), |e, p| {
+            seen.push((e, String::from_utf8_lossy(p).into_owned()));
+            false
+        });
+        seen
+    }
+
+    #[test]
+    fn envelope_paths_with_any_case_brackets_and_parameters() {
+        let mut s = Smtp::new(true);
+        let seen = envelope(
+            &mut s,
+            "EHLO x\r\nmail from:<a@b.test> SIZE=100\r\nRcpt To: <C@EXAMPLE.COM>\r\nRCPT TO:d@example.com NOTIFY=NEVER\nRCPT  TO :<e@f>\r\nRCPTTO:<no@x>\r\n",
+        );
+        assert_eq!(
+            seen,
+            [
+                (Envelope::MailFrom, "<a@b.test>".to_string()),
+                (Envelope::RcptTo, "<C@EXAMPLE.COM>".to_string()),
+                (Envelope::RcptTo, "d@example.com".to_string()),
+                (Envelope::RcptTo, "<e@f>".to_string()),
+            ]
+        );
+        assert_eq!(domain(b"<C@EXAMPLE.COM>"), Some(&b"EXAMPLE.COM"[..]));
+        assert_eq!(domain(b"<>"), None);
+        assert_eq!(domain(b"<@relay:u@d.test>"), Some(&b"d.test"[..]));
+    }
+
+    #[test]
+    fn lines_split_anywhere_are_joined() {
+        let mut s = Smtp::new(false);
+        let text = "RCPT TO:<victim@example.com>\r\n";
+        for cut in 0..text.len() {
+            let mut seen = envelope(&mut s, &text[..cut]);
+            seen.extend(envelope(&mut s, &text[cut..]));
+            assert_eq!(seen.len(), 1, "cut at {cut}");
+            assert_eq!(seen[0].1, "<victim@example.com>");
+        }
+    }
+
+    #[test]
+    fn body_after_accepted_data_is_skipped_and_commands_follow() {
+        let mut s = Smtp::new(true);
+        assert!(!s.server(b"220 hi\r\n"));
+        envelope(&mut s, "MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n");
+        assert!(!s.server(b"250 ok\r\n250 ok\r\n"));
+        assert!(
+            s.server(b"354 go\r\n"),
+            "DATA accepted: the envelope is over"
+        );
+        let body =
+            "To: <x@example.com>\r\nRCPT TO:<y@example.com>\r\n..dot\r\n.\r\nRCPT TO:<after@z>\r\n";
+        assert_eq!(
+            envelope(&mut s, body),
+            [(Envelope::RcptTo, "<after@z>".to_string())]
+        );
+        // An empty body: ".\r\n" right after 354.
+        let mut s = Smtp::new(false);
+        envelope(&mut s, "DATA\r\n");
+        s.server(b"354 go\r\n");
+        assert_eq!(envelope(&mut s, ".\r\nRCPT TO:<n@x>\r\n").len(), 1);
+    }
+
+    #[test]
+    fn refused_data_does_not_hide_later_commands() {
+        let mut s = Smtp::new(true);
+        s.server(b"220 hi\r\n");
+        envelope(&mut s, "MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n");
+        assert!(!s.server(b"250 ok\r\n550 no such user\r\n554 no valid recipients\r\n"));
+        assert_eq!(envelope(&mut s, "RCPT TO:<e@example.com>\r\n").len(), 1);
+    }
+
+    #[test]
+    fn multiline_replies_and_pipelining() {
+        let mut s = Smtp::new(true);
+        envelope(
+            &mut s,
+            "EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n",
+        );
+        assert!(!s.server(b"220 hi\r\n250-x\r\n250-PIPELINING\r\n250 SIZE\r\n250 ok\r\n25"));
+        assert!(!s.server(b"0 ok\r\n"));
+        assert!(s.server(b"354 go\r\n"));
+    }
+
+    #[test]
+    fn bdat_chunks_are_skipped_whatever_the_reply() {
+        let mut s = Smtp::new(false);
+        let seen = envelope(
+            &mut s,
+            "MAIL FROM:<a@b>\r\nBDAT 25\r\nRCPT TO:<x@example.com>\r\nRCPT TO:<y@z>\r\nBDAT 0 LAST\r\n",
+        );
+        assert_eq!(seen.len(), 2, "the chunk's 25 bytes are data: {seen:?}");
+        assert_eq!(seen[1].1, "<y@z>");
+        assert!(!s.server(b"250 ok\r\n"));
+        assert!(s.server(b"250 chunk ok\r\n"), "BDAT accepted");
+        // A bad BDAT size is no chunk.
+        let mut s = Smtp::new(false);
+        assert_eq!(envelope(&mut s, "BDAT x\r\nRCPT TO:<a@b>\r\n").len(), 1);
+    }
+
+    #[test]
+    fn starttls_accepted_makes_the_rest_opaque() {
+        let mut s = Smtp::new(false);
+        envelope(&mut s, "STARTTLS\r\n");
+        assert!(s.server(b"220 go ahead\r\n"));
+        assert!(envelope(&mut s, "RCPT TO:<a@example.com>\r\n").is_empty());
+        let mut s = Smtp::new(false);
+        envelope(&mut s, "STARTTLS\r\n");
+        assert!(!s.server(b"454 TLS not available\r\n"));
+        assert_eq!(envelope(&mut s, "RCPT TO:<a@example.com>\r\n").len(), 1);
+    }
+
+    #[test]
+    fn overlong_lines_are_cut_not_grown() {
+        let mut s = Smtp::new(false);
+        let long = format!("RCPT TO:<a@example.com>{}\r\n", " ".repeat(3 * MAX_LINE));
+        assert_eq!(envelope(&mut s, &long).len(), 1);
+        assert!(s.line_capacity() <= 256);
+    }
+
+    #[test]
+    fn lru_table_evicts_the_least_recently_seen() {
+        let now = Instant::from_secs(1);
+        let key = |p: u16| {
+            FlowKey::new(
+                "10.0.0.1".parse().unwrap(),
+                p,
+                "10.0.0.2".parse().unwrap(),
+                25,
+            )
+        };
+        let mut t = Flows::new(3);
+        for p in 1..=3 {
+            assert!(t.insert(key(p), Flow::new(now, None)).is_none());
+        }
+        t.get(&key(1)).unwrap().packets = 7; // 1 is now the most recent
+        let evicted = t.insert(key(4), Flow::new(now, None));
+        assert!(evicted.is_some());
+        assert!(t.get(&key(2)).is_none(), "2 was the least recently seen");
+        assert_eq!(t.get(&key(1)).unwrap().packets, 7);
+        assert!(t.remove(&key(3)).is_some());
+        assert_eq!(t.len(), 2);
+        assert!(t.pop_oldest().is_some());
+        assert!(t.pop_oldest().is_some());
+        assert!(t.pop_oldest().is_none());
+        assert!(t.is_empty());
+    }
+}
