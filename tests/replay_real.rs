@@ -1,4 +1,5 @@
-//! Golden replays over the real captures in ../shared/pcaps/real (packet mode).
+//! Golden replays over the real captures in ../shared/pcaps/real: packet mode, and smtp mode
+//! against the envelope domains of expected.tsv.
 
 mod common;
 
@@ -10,11 +11,18 @@ use stringban::replay::{self, Options, Report};
 use stringban::{Engine, Verdict};
 
 fn run(dir: &Path, files: &[&str], string: &str, port: u16) -> Report {
-    let flags = Flags {
-        string: vec![string.to_string()],
-        ports: vec![port],
-        ..Flags::default()
-    };
+    run_with(
+        dir,
+        files,
+        Flags {
+            string: vec![string.to_string()],
+            ports: vec![port],
+            ..Flags::default()
+        },
+    )
+}
+
+fn run_with(dir: &Path, files: &[&str], flags: Flags) -> Report {
     let config = Config::build(None, &flags).unwrap();
     let mut engine = Engine::new(&config);
     let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
@@ -25,7 +33,26 @@ struct Row {
     file: String,
     client: IpAddr,
     port: u16,
+    mail_from_domains: Vec<String>,
     rcpt_domains: Vec<String>,
+}
+
+impl Row {
+    /// Every envelope domain of the connection, lower case.
+    fn domains(&self) -> impl Iterator<Item = String> + '_ {
+        self.mail_from_domains
+            .iter()
+            .chain(&self.rcpt_domains)
+            .map(|d| d.to_ascii_lowercase())
+    }
+}
+
+fn list(field: &str) -> Vec<String> {
+    if field == "-" {
+        Vec::new()
+    } else {
+        field.split(',').map(String::from).collect()
+    }
 }
 
 fn expected(dir: &Path) -> Vec<Row> {
@@ -38,11 +65,8 @@ fn expected(dir: &Path) -> Vec<Row> {
                 file: f[0].to_string(),
                 client: f[1].parse().unwrap(),
                 port: f[3].parse().unwrap(),
-                rcpt_domains: if f[5] == "-" {
-                    Vec::new()
-                } else {
-                    f[5].split(',').map(String::from).collect()
-                },
+                mail_from_domains: list(f[4]),
+                rcpt_domains: list(f[5]),
             }
         })
         .collect()
@@ -157,4 +181,120 @@ fn ipv6_client_banned_by_prefix() {
     let report = run(&dir, &["zeek_smtp-attachment-msg.pcap"], "@example.com", 25);
     assert_eq!(replay::banned_sources(&report), vec!["::/64".to_string()]);
     assert!(replay::is_convicted(&report, "::1".parse().unwrap()));
+}
+
+fn smtp_flags(string: &str, port: u16, bypass: bool) -> Flags {
+    Flags {
+        string: vec![string.to_string()],
+        ports: vec![port],
+        mode: Some("smtp".into()),
+        no_bypass: !bypass,
+        ..Flags::default()
+    }
+}
+
+/// Smtp mode, every session followed to its end: for each capture, port and envelope domain D
+/// in expected.tsv, `--string @D --mode smtp` convicts exactly the clients with a MAIL FROM or
+/// RCPT TO domain that `@D` matches (a domain starting with D), and no other. This covers the
+/// captures with a domain split across segments, out-of-order segments, pipelining, BDAT, and
+/// commands after a refused DATA.
+#[test]
+fn smtp_mode_convicts_exactly_the_envelope_domains() {
+    let Some(dir) = common::real_pcaps() else {
+        return;
+    };
+    let rows = expected(&dir);
+    let mut cases = 0;
+    let mut seen = std::collections::BTreeSet::new();
+    for row in &rows {
+        if !seen.insert((row.file.clone(), row.port)) {
+            continue;
+        }
+        let here: Vec<&Row> = rows
+            .iter()
+            .filter(|r| r.file == row.file && r.port == row.port)
+            .collect();
+        let domains: std::collections::BTreeSet<String> =
+            here.iter().flat_map(|r| r.domains()).collect();
+        for d in &domains {
+            let report = run_with(&dir, &[&row.file], smtp_flags(&format!("@{d}"), row.port, false));
+            let want: std::collections::HashSet<IpAddr> = here
+                .iter()
+                .filter(|r| r.domains().any(|x| x.starts_with(d.as_str())))
+                .map(|r| r.client)
+                .collect();
+            for r in &here {
+                assert_eq!(
+                    replay::is_convicted(&report, r.client),
+                    want.contains(&r.client),
+                    "{} port {}: @{d} and client {}",
+                    r.file,
+                    r.port,
+                    r.client
+                );
+            }
+            cases += 1;
+        }
+    }
+    assert!(cases > 600, "{cases} (capture, domain) cases");
+}
+
+/// With bypass (the daemon's default) a session leaves the queue once its first DATA or BDAT
+/// is accepted, so only the first transaction's envelope counts: every conviction is one the
+/// full reading also makes, and each capture's first recipient domain still convicts.
+#[test]
+fn smtp_mode_with_bypass_convicts_on_the_first_envelope() {
+    let Some(dir) = common::real_pcaps() else {
+        return;
+    };
+    for row in expected(&dir).iter().filter(|r| !r.rcpt_domains.is_empty()) {
+        let d = format!("@{}", row.rcpt_domains[0]);
+        let with = run_with(&dir, &[&row.file], smtp_flags(&d, row.port, true));
+        let without = run_with(&dir, &[&row.file], smtp_flags(&d, row.port, false));
+        assert!(
+            replay::is_convicted(&with, row.client),
+            "{} {} {d}",
+            row.file,
+            row.client
+        );
+        for c in replay::banned_sources(&with) {
+            assert!(replay::banned_sources(&without).contains(&c), "{} {c}", row.file);
+        }
+    }
+}
+
+/// A domain found only in a capture's headers or body (packet mode sees it there, as the kernel
+/// would) convicts nobody in smtp mode — including text inside BDAT chunks.
+#[test]
+fn smtp_mode_ignores_domains_in_headers_and_bodies() {
+    let Some(dir) = common::real_pcaps() else {
+        return;
+    };
+    let cases = [
+        ("zeek_rfc3030-bdat-multipart-chunked.pcap", 25, "corelight.com"),
+        ("zeek_smtp-bdat-pipeline-8bitmime.pcap", 25, "gmail.com"),
+        ("zeek_smtp-multi-addr.pcap", 25, "gmail.com"),
+        ("zeek_smtp-multi-addr.pcap", 25, "example.com"),
+        ("suricata-verify_smtpsuricataflowbitsFN.pcap", 25, "sd-26634.dedibox.fr"),
+        ("suricata-verify_mime-stream-depth.pcap", 2525, "carrefourdentaire.com"),
+    ];
+    for (file, port, domain) in cases {
+        let needle = format!("@{domain}");
+        let packet = run_with(
+            &dir,
+            &[file],
+            Flags {
+                string: vec![needle.clone()],
+                icase: true,
+                ports: vec![port],
+                ..Flags::default()
+            },
+        );
+        assert!(!packet.banned.is_empty(), "{file}: packet mode sees {needle}");
+        for bypass in [false, true] {
+            let smtp = run_with(&dir, &[file], smtp_flags(&needle, port, bypass));
+            assert!(smtp.banned.is_empty(), "{file}: smtp mode convicts nobody for {needle}");
+            assert_eq!(smtp.stats.verdict(Verdict::Reset), 0);
+        }
+    }
 }
