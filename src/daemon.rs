@@ -170,6 +170,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
         marks: daemon.marks,
         ..RulesConfig::new(ports_of(&config), daemon.queues)
     };
+    (rules_cfg.bypass, rules_cfg.replies) = rule_needs(&config);
     if daemon.install_rules {
         rules_cfg.backend = firewall::choose(daemon.firewall)
             .map_err(|e| DaemonError::Start(format!("installing rules: {e}")))?;
@@ -214,6 +215,14 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
         thread::sleep(StdDuration::from_millis(100));
         if hup.swap(false, Relaxed) {
             match reload() {
+                Ok(new)
+                    if rule_needs(&new) != (rules_cfg.bypass, rules_cfg.replies)
+                        || ports_of(&new) != rules_cfg.ports =>
+                {
+                    warn!(
+                        "reload refused: the new rules need other kernel rules (ports, or stream/smtp mode's bypass and replies); restart to change them"
+                    )
+                }
                 Ok(new)
                     if new
                         .lists
@@ -271,6 +280,15 @@ fn ports_of(config: &Config) -> Vec<u16> {
     config.engine.ports.singles()
 }
 
+/// What the rules need of the kernel rules: the BYPASS connmark rules (a flow mode that may
+/// bypass), and the server's replies queued too (smtp mode).
+pub fn rule_needs(config: &Config) -> (bool, bool) {
+    use crate::rule::Mode;
+    let flow = config.rules.iter().any(|r| r.mode.is_flow());
+    let smtp = config.rules.iter().any(|r| r.mode == Mode::Smtp);
+    (flow && config.engine.bypass, smtp)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -294,7 +312,7 @@ fn summary(shared: &Shared, blacklist: &Blacklist) -> String {
     }
     let banned: usize = blacklist.lists().iter().map(|l| l.len()).sum();
     format!(
-        "packets {} accept {} drop {} reset {} (sockets destroyed {}, by REJECT {} with {} crafted local RSTs) bypass {} bans {} banned-now {} unparsed {} malformed {} kernel queue_dropped {} user_dropped {} avg-batch {:.1}",
+        "packets {} accept {} drop {} reset {} (sockets destroyed {}, by REJECT {} with {} crafted local RSTs) bypass {} bans {} banned-now {} unparsed {} malformed {} kernel queue_dropped {} user_dropped {} avg-batch {:.1} flows {} bypassed {} sessions {} packets/session mean {:.1} max {}",
         e.packets,
         e.verdict(Verdict::Accept),
         e.verdict(Verdict::Drop),
@@ -309,7 +327,12 @@ fn summary(shared: &Shared, blacklist: &Blacklist) -> String {
         total.malformed,
         qd,
         ud,
-        e.packets as f64 / total.wakeups.max(1) as f64
+        e.packets as f64 / total.wakeups.max(1) as f64,
+        e.flows_new,
+        e.flows_bypassed,
+        e.sessions,
+        e.session_packets as f64 / e.sessions.max(1) as f64,
+        e.session_packets_max
     )
 }
 

@@ -17,6 +17,7 @@ use stringban::daemon::{self, DaemonConfig, DaemonError};
 use stringban::io::firewall::{self, Marks, RulesConfig};
 use stringban::io::nfqueue::QueueConfig;
 use stringban::replay::{self, Options, ReplayError};
+use stringban::rule::Mode;
 
 #[derive(Parser)]
 #[command(
@@ -117,6 +118,10 @@ struct RulesArgs {
     /// Protected TCP destination port(s) (default 25).
     #[arg(long, value_name = "PORT", value_delimiter = ',')]
     port: Vec<u16>,
+    /// The rules' matching mode (without --config): stream and smtp add the bypass rules, smtp
+    /// also queues the server's replies.
+    #[arg(long, value_name = "MODE", default_value = "packet")]
+    mode: String,
     #[command(flatten)]
     queue: QueueArgs,
 }
@@ -575,20 +580,42 @@ fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
 }
 
 fn run_rules(args: RulesArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => {
+            let text =
+                fs::read_to_string(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+            Some(
+                Config::from_toml(&path.display().to_string(), &text)
+                    .map_err(|e| bad(e.to_string()))?,
+            )
+        }
+        None => None,
+    };
     let ports = if !args.port.is_empty() {
         args.port.clone()
-    } else if let Some(path) = &args.config {
-        let text = fs::read_to_string(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
-        let config = Config::from_toml(&path.display().to_string(), &text)
-            .map_err(|e| bad(e.to_string()))?;
+    } else if let Some(config) = &file {
         config.engine.ports.singles()
     } else {
         vec![25]
+    };
+    let (bypass, replies) = match &file {
+        Some(config) => daemon::rule_needs(config),
+        None => match Mode::parse(&args.mode) {
+            Some(m) => (m.is_flow(), m == Mode::Smtp),
+            None => {
+                return Err(bad(format!(
+                    "command line: --mode = {}: expected packet, stream or smtp",
+                    args.mode
+                )));
+            }
+        },
     };
     let requested = backend(&args.queue)?;
     let mut cfg = RulesConfig {
         fail_open: !args.queue.fail_closed,
         marks: marks(&args.queue)?,
+        bypass,
+        replies,
         ..RulesConfig::new(ports, parse_queues(&args.queue.queues)?)
     };
     match args.action.as_str() {

@@ -217,7 +217,11 @@ fn smtp_mode_convicts_exactly_the_envelope_domains() {
         let domains: std::collections::BTreeSet<String> =
             here.iter().flat_map(|r| r.domains()).collect();
         for d in &domains {
-            let report = run_with(&dir, &[&row.file], smtp_flags(&format!("@{d}"), row.port, false));
+            let report = run_with(
+                &dir,
+                &[&row.file],
+                smtp_flags(&format!("@{d}"), row.port, false),
+            );
             let want: std::collections::HashSet<IpAddr> = here
                 .iter()
                 .filter(|r| r.domains().any(|x| x.starts_with(d.as_str())))
@@ -258,7 +262,11 @@ fn smtp_mode_with_bypass_convicts_on_the_first_envelope() {
             row.client
         );
         for c in replay::banned_sources(&with) {
-            assert!(replay::banned_sources(&without).contains(&c), "{} {c}", row.file);
+            assert!(
+                replay::banned_sources(&without).contains(&c),
+                "{} {c}",
+                row.file
+            );
         }
     }
 }
@@ -271,12 +279,24 @@ fn smtp_mode_ignores_domains_in_headers_and_bodies() {
         return;
     };
     let cases = [
-        ("zeek_rfc3030-bdat-multipart-chunked.pcap", 25, "corelight.com"),
+        (
+            "zeek_rfc3030-bdat-multipart-chunked.pcap",
+            25,
+            "corelight.com",
+        ),
         ("zeek_smtp-bdat-pipeline-8bitmime.pcap", 25, "gmail.com"),
         ("zeek_smtp-multi-addr.pcap", 25, "gmail.com"),
         ("zeek_smtp-multi-addr.pcap", 25, "example.com"),
-        ("suricata-verify_smtpsuricataflowbitsFN.pcap", 25, "sd-26634.dedibox.fr"),
-        ("suricata-verify_mime-stream-depth.pcap", 2525, "carrefourdentaire.com"),
+        (
+            "suricata-verify_smtpsuricataflowbitsFN.pcap",
+            25,
+            "sd-26634.dedibox.fr",
+        ),
+        (
+            "suricata-verify_mime-stream-depth.pcap",
+            2525,
+            "carrefourdentaire.com",
+        ),
     ];
     for (file, port, domain) in cases {
         let needle = format!("@{domain}");
@@ -290,10 +310,16 @@ fn smtp_mode_ignores_domains_in_headers_and_bodies() {
                 ..Flags::default()
             },
         );
-        assert!(!packet.banned.is_empty(), "{file}: packet mode sees {needle}");
+        assert!(
+            !packet.banned.is_empty(),
+            "{file}: packet mode sees {needle}"
+        );
         for bypass in [false, true] {
             let smtp = run_with(&dir, &[file], smtp_flags(&needle, port, bypass));
-            assert!(smtp.banned.is_empty(), "{file}: smtp mode convicts nobody for {needle}");
+            assert!(
+                smtp.banned.is_empty(),
+                "{file}: smtp mode convicts nobody for {needle}"
+            );
             assert_eq!(smtp.stats.verdict(Verdict::Reset), 0);
         }
     }

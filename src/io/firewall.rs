@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! -I INPUT -p tcp -m multiport --dports 25 -j STRINGBAN
+//! -I OUTPUT -p tcp -m multiport --sports 25 -j STRINGBAN        smtp mode: the server's replies
 //! -A STRINGBAN -m mark --mark INJECT/MASK -j RETURN             the daemon's own crafted RSTs
 //! (the next three only when a matching mode can bypass a flow; not in packet mode)
 //! -A STRINGBAN -m connmark --mark BYPASS/MASK -j RETURN        flow already judged clean
@@ -61,6 +62,8 @@ pub struct RulesConfig {
     /// Install the BYPASS connmark rules. Needed only by matching modes that end a flow's
     /// inspection early; without them conntrack stays out of the packet path (packet mode).
     pub bypass: bool,
+    /// Also queue the server's replies (`OUTPUT` from the protected ports): smtp mode reads them.
+    pub replies: bool,
     pub backend: Backend,
 }
 
@@ -121,6 +124,7 @@ impl RulesConfig {
             marks: Marks::default(),
             fail_open: true,
             bypass: false,
+            replies: false,
             backend: Backend::Iptables,
         }
     }
@@ -129,7 +133,7 @@ impl RulesConfig {
 /// The rules, as `iptables` arguments, in order: the jump(s) from INPUT first, then the chain.
 pub fn rules(cfg: &RulesConfig) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
     let words = |s: String| s.split_whitespace().map(String::from).collect::<Vec<_>>();
-    let jumps = if cfg.ports.is_empty() {
+    let mut jumps = if cfg.ports.is_empty() {
         vec![words(format!("INPUT -p tcp -j {}", cfg.chain))]
     } else {
         cfg.ports
@@ -144,6 +148,16 @@ pub fn rules(cfg: &RulesConfig) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
             })
             .collect()
     };
+    if cfg.replies {
+        for chunk in cfg.ports.chunks(15) {
+            let list: Vec<String> = chunk.iter().map(u16::to_string).collect();
+            jumps.push(words(format!(
+                "OUTPUT -p tcp -m multiport --sports {} -j {}",
+                list.join(","),
+                cfg.chain
+            )));
+        }
+    }
     let Marks {
         bypass,
         reset,
@@ -232,7 +246,17 @@ pub fn nft_ruleset(cfg: &RulesConfig) -> String {
     guard.push(queue);
     let mut out = format!("table inet {t}\ndelete table inet {t}\ntable inet {t} {{\n");
     out.push_str("\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n");
-    out.push_str(&format!("\t\t{ports} jump guard\n\t}}\n\tchain guard {{\n"));
+    out.push_str(&format!("\t\t{ports} jump guard\n\t}}\n"));
+    if cfg.replies && !cfg.ports.is_empty() {
+        out.push_str(
+            "\tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n",
+        );
+        out.push_str(&format!(
+            "\t\t{} jump guard\n\t}}\n",
+            ports.replace("dport", "sport")
+        ));
+    }
+    out.push_str("\tchain guard {\n");
     for g in guard {
         out.push_str(&format!("\t\t{g}\n"));
     }
@@ -510,6 +534,25 @@ table inet stringban {
         );
         cfg.ports.clear();
         assert!(nft_ruleset(&cfg).contains("\t\tmeta l4proto tcp jump guard\n"));
+    }
+
+    #[test]
+    fn smtp_mode_also_queues_the_replies() {
+        let mut cfg = RulesConfig::new(vec![25], (0, 0));
+        cfg.bypass = true;
+        cfg.replies = true;
+        let (jumps, _) = rules(&cfg);
+        assert_eq!(
+            jumps.iter().map(|j| j.join(" ")).collect::<Vec<_>>(),
+            [
+                "INPUT -p tcp -m multiport --dports 25 -j STRINGBAN",
+                "OUTPUT -p tcp -m multiport --sports 25 -j STRINGBAN"
+            ]
+        );
+        cfg.backend = Backend::Nft;
+        assert!(nft_ruleset(&cfg).contains(
+            "\tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n\t\ttcp sport { 25 } jump guard\n\t}\n"
+        ));
     }
 
     #[test]
