@@ -170,7 +170,11 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
         marks: daemon.marks,
         ..RulesConfig::new(ports_of(&config), daemon.queues)
     };
-    (rules_cfg.bypass, rules_cfg.replies) = rule_needs(&config);
+    (
+        rules_cfg.bypass,
+        rules_cfg.replies,
+        rules_cfg.skip_pure_acks,
+    ) = rule_needs(&config);
     if daemon.install_rules {
         rules_cfg.backend = firewall::choose(daemon.firewall)
             .map_err(|e| DaemonError::Start(format!("installing rules: {e}")))?;
@@ -216,7 +220,12 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
         if hup.swap(false, Relaxed) {
             match reload() {
                 Ok(new)
-                    if rule_needs(&new) != (rules_cfg.bypass, rules_cfg.replies)
+                    if rule_needs(&new)
+                        != (
+                            rules_cfg.bypass,
+                            rules_cfg.replies,
+                            rules_cfg.skip_pure_acks,
+                        )
                         || ports_of(&new) != rules_cfg.ports =>
                 {
                     warn!(
@@ -281,12 +290,14 @@ fn ports_of(config: &Config) -> Vec<u16> {
 }
 
 /// What the rules need of the kernel rules: the BYPASS connmark rules (a flow mode that may
-/// bypass), and the server's replies queued too (smtp mode).
-pub fn rule_needs(config: &Config) -> (bool, bool) {
+/// bypass), the server's replies queued too (smtp mode), and whether pure ACKs may skip the
+/// queue (every rule follows flows).
+pub fn rule_needs(config: &Config) -> (bool, bool, bool) {
     use crate::rule::Mode;
     let flow = config.rules.iter().any(|r| r.mode.is_flow());
     let smtp = config.rules.iter().any(|r| r.mode == Mode::Smtp);
-    (flow && config.engine.bypass, smtp)
+    let all_flow = config.rules.iter().all(|r| r.mode.is_flow());
+    (flow && config.engine.bypass, smtp, all_flow)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -598,10 +598,10 @@ fn run_rules(args: RulesArgs) -> anyhow::Result<()> {
     } else {
         vec![25]
     };
-    let (bypass, replies) = match &file {
+    let (bypass, replies, skip_pure_acks) = match &file {
         Some(config) => daemon::rule_needs(config),
         None => match Mode::parse(&args.mode) {
-            Some(m) => (m.is_flow(), m == Mode::Smtp),
+            Some(m) => (m.is_flow(), m == Mode::Smtp, m.is_flow()),
             None => {
                 return Err(bad(format!(
                     "command line: --mode = {}: expected packet, stream or smtp",
@@ -616,6 +616,7 @@ fn run_rules(args: RulesArgs) -> anyhow::Result<()> {
         marks: marks(&args.queue)?,
         bypass,
         replies,
+        skip_pure_acks,
         ..RulesConfig::new(ports, parse_queues(&args.queue.queues)?)
     };
     match args.action.as_str() {

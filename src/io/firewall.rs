@@ -64,6 +64,11 @@ pub struct RulesConfig {
     pub bypass: bool,
     /// Also queue the server's replies (`OUTPUT` from the protected ports): smtp mode reads them.
     pub replies: bool,
+    /// Let pure ACKs (no payload, no SYN/FIN/RST) through without queueing them: only when every
+    /// rule follows flows, which pure ACKs tell nothing (packet mode sees every packet, as the
+    /// kernel does). Matched exactly with `-m u32`: IP and TCP header lengths add up to the
+    /// packet's, for the usual TCP headers of 20 and 32 bytes (no options, timestamps).
+    pub skip_pure_acks: bool,
     pub backend: Backend,
 }
 
@@ -125,13 +130,29 @@ impl RulesConfig {
             fail_open: true,
             bypass: false,
             replies: false,
+            skip_pure_acks: false,
             backend: Backend::Iptables,
         }
     }
 }
 
-/// The rules, as `iptables` arguments, in order: the jump(s) from INPUT first, then the chain.
+/// `-m u32` tests for a pure ACK whose TCP header is `doff` words, IPv4 (IHL 5) or IPv6 (TCP
+/// right after the fixed header): the packet is exactly its headers.
+fn pure_ack_u32(v6: bool, doff: u32) -> String {
+    if v6 {
+        format!("4>>8&0xFF=6&&4>>16={}&&52>>28={doff}", doff * 4)
+    } else {
+        format!("0>>22&0x3C=20&&0&0xFFFF={}&&32>>28={doff}", 20 + doff * 4)
+    }
+}
+
+/// The rules for IPv4, as `iptables` arguments, in order: the jump(s) first, then the chain.
 pub fn rules(cfg: &RulesConfig) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
+    rules_for(cfg, false)
+}
+
+/// The rules for one family (`ip6tables` when `v6`).
+pub fn rules_for(cfg: &RulesConfig, v6: bool) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
     let words = |s: String| s.split_whitespace().map(String::from).collect::<Vec<_>>();
     let mut jumps = if cfg.ports.is_empty() {
         vec![words(format!("INPUT -p tcp -j {}", cfg.chain))]
@@ -174,6 +195,15 @@ pub fn rules(cfg: &RulesConfig) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
     let mut chain = vec![words(format!(
         "{c} -m mark --mark {inject:#x}/{mask:#x} -j RETURN"
     ))];
+    if cfg.skip_pure_acks {
+        for doff in [5, 8] {
+            // One argument with no blanks inside, so `words` keeps it whole.
+            chain.push(words(format!(
+                "{c} -p tcp --tcp-flags SYN,FIN,RST,ACK ACK -m u32 --u32 {} -j RETURN",
+                pure_ack_u32(v6, doff)
+            )));
+        }
+    }
     if cfg.bypass {
         chain.push(words(format!(
             "{c} -m connmark --mark {bypass:#x}/{mask:#x} -j RETURN"
@@ -194,7 +224,7 @@ pub fn rules(cfg: &RulesConfig) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
 
 /// The commands `install` runs, for one family's tool (`iptables` or `ip6tables`), as text.
 pub fn script(cfg: &RulesConfig, tool: &str) -> String {
-    let (jumps, chain) = rules(cfg);
+    let (jumps, chain) = rules_for(cfg, tool == "ip6tables");
     let mut out = format!("{tool} -w -N {}\n", cfg.chain);
     for r in &chain {
         out.push_str(&format!("{tool} -w -A {}\n", r.join(" ")));
@@ -232,6 +262,18 @@ pub fn nft_ruleset(cfg: &RulesConfig) -> String {
         queue
     };
     let mut guard = vec![format!("meta mark & {mask:#x} == {inject:#x} return")];
+    if cfg.skip_pure_acks {
+        for doff in [5u32, 8] {
+            guard.push(format!(
+                "tcp flags & (fin | syn | rst | ack) == ack ip hdrlength 5 ip length {} tcp doff {doff} return",
+                20 + doff * 4
+            ));
+            guard.push(format!(
+                "tcp flags & (fin | syn | rst | ack) == ack ip6 nexthdr tcp ip6 length {} tcp doff {doff} return",
+                doff * 4
+            ));
+        }
+    }
     if cfg.bypass {
         guard.push(format!("ct mark & {mask:#x} == {bypass:#x} return"));
         guard.push(format!(
@@ -392,8 +434,8 @@ pub fn install(cfg: &RulesConfig) -> Result<Vec<&'static str>, FirewallError> {
     if !tools.contains(&"iptables") {
         return Err(FirewallError::NoTool);
     }
-    let (jumps, chain) = rules(cfg);
     for tool in &tools {
+        let (jumps, chain) = rules_for(cfg, *tool == "ip6tables");
         let name = cfg.chain.clone();
         if !run(tool, &["-N".into(), name.clone()])?.0 {
             must(tool, &["-F".into(), name.clone()])?;
@@ -553,6 +595,23 @@ table inet stringban {
         assert!(nft_ruleset(&cfg).contains(
             "\tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n\t\ttcp sport { 25 } jump guard\n\t}\n"
         ));
+    }
+
+    #[test]
+    fn flow_modes_let_pure_acks_through_unqueued() {
+        let mut cfg = RulesConfig::new(vec![25], (0, 0));
+        cfg.skip_pure_acks = true;
+        let v4 = script(&cfg, "iptables");
+        assert!(v4.contains("iptables -w -A STRINGBAN -p tcp --tcp-flags SYN,FIN,RST,ACK ACK -m u32 --u32 0>>22&0x3C=20&&0&0xFFFF=52&&32>>28=8 -j RETURN\n"), "{v4}");
+        let v6 = script(&cfg, "ip6tables");
+        assert!(
+            v6.contains("-m u32 --u32 4>>8&0xFF=6&&4>>16=20&&52>>28=5 -j RETURN\n"),
+            "{v6}"
+        );
+        cfg.backend = Backend::Nft;
+        assert!(nft_ruleset(&cfg).contains("ip6 nexthdr tcp ip6 length 32 tcp doff 8 return"));
+        cfg.skip_pure_acks = false;
+        assert!(!script(&cfg, "iptables").contains("u32"));
     }
 
     #[test]

@@ -118,6 +118,17 @@ check "a spam session gets a RST (from the kernel's REJECT)" test "$(client 198.
 session_ended 198.19.9.20 ConnectionResetError "reset by the crafted RST (ECONNRESET)"
 check "... and the ban holds" test "$(client 198.19.9.20 198.18.0.1 'EHLO x' 1.5)" = timeout
 
+echo "== stream mode (--icase): the byte stream across segments"
+kill "$DPID"; wait "$DPID"; DPID=
+start_daemon --string @example.com --mode stream --icase
+check "stream: a RCPT split across two segments is reset" \
+    test "$(client 198.19.9.12 198.18.0.1 'EHLO bot\nRCPT TO:<victim@exam<SPLIT>ple.com>')" = reset
+check "stream: @EXAMPLE.COM is reset" test "$(client 198.19.9.13 198.18.0.1 'EHLO bot\nRCPT TO:<VICTIM@EXAMPLE.COM>')" = reset
+check "stream: a split sent out of order (raw client) is reset" \
+    test "$(raw 198.19.250.6 'EHLO bot\nRCPT TO:<victim@exam<SPLIT>ple.com>' 3 --reorder)" = reset
+check "stream: legit mail passes" test "$(client 198.18.0.2 198.18.0.1 "$LEGIT")" = ok
+check "stream: pure ACKs are not queued (u32 rule installed)" bash -c "ip netns exec '$S' iptables -S STRINGBAN | grep -q -- '-m u32'"
+
 echo "== SIGHUP reload keeps bans"
 kill "$DPID"; wait "$DPID"; DPID=
 printf '[[rule]]\nstring = "@example.com"\n' > "$T/sb.toml"

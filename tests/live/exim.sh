@@ -58,6 +58,55 @@ wait "$FLOOD"
 check "legit mail during a flood of 60 spam sessions is accepted (swaks: $code; flood resets: $(cat "$T/flood.out"))" delivered A3
 kill "$DPID"; wait "$DPID" 2>/dev/null; DPID=
 
+echo "== A2: smtp mode in front of Exim (envelope commands only, any case, across segments; bypass)"
+start_smtp() {
+    rm -f "$T/pid"
+    ip netns exec "$S" "$BIN" run --string @example.com --mode smtp --install-rules --pidfile "$T/pid" \
+        --summary-interval 1s 2> "$T/daemon.log" & DPID=$!
+    for _ in $(seq 100); do [ -s "$T/pid" ] && return 0; sleep 0.05; done
+    echo "daemon did not start:"; cat "$T/daemon.log"; return 1
+}
+swaks_from() {   # swaks_from SRC TO BODY: prints swaks' whole output
+    inc swaks --to "$2" --from a@partner.test --server 198.18.0.1 --local-interface "$1" --timeout 5 \
+        --header "Subject: $3" --body "$4" 2>&1
+}
+raw() { local src=$1; shift; inc python3 "$HERE/raw_client.py" vC "$src" 198.18.0.1 25 "$@"; }
+start_smtp || exit 1
+check "smtp mode: the OUTPUT rule queues the server's replies" bash -c "ip netns exec '$S' iptables -S OUTPUT | grep -q -- '--sports 25 -j STRINGBAN'"
+out=$(swaks_from 198.19.2.10 VICTIM@EXAMPLE.COM U1 "hello")
+check "smtp mode: RCPT TO:<VICTIM@EXAMPLE.COM> from swaks is reset" bash -c "grep -qiE 'reset|lost|closed|EOF' <<< '$out'"
+check "... and banned: its next SYN is dropped" test "$(inc python3 "$HERE/smtp_client.py" 198.19.2.10 198.18.0.1 'EHLO x' 1.5)" = timeout
+check "smtp mode: a RCPT split inside the domain across two segments (raw client) is reset" \
+    test "$(raw 198.19.250.1 'EHLO bot\nMAIL FROM:<x@bot.test>\nRCPT TO:<victim@exam<SPLIT>ple.com>')" = reset
+check "... and banned" test "$(raw 198.19.250.1 'EHLO x' 1.5)" = timeout
+check "smtp mode: ... also when its segments arrive out of order" \
+    test "$(raw 198.19.250.2 'EHLO bot\nMAIL FROM:<x@bot.test>\nRCPT TO:<victim@exam<SPLIT>ple.com>' 3 --reorder)" = reset
+check "smtp mode: ... and when retransmitted" \
+    test "$(raw 198.19.250.3 'EHLO bot\nMAIL FROM:<x@bot.test>\nRCPT TO:<victim@ex<SPLIT>ample.com>' 3 --retransmit)" = reset
+swaks_from 198.19.2.11 b@hosted.test M1 "The invoice from billing@example.com arrived twice; write to BILLING@EXAMPLE.COM." > /dev/null
+check "smtp mode: legit mail whose body mentions @example.com is delivered" delivered M1
+swaks_from 198.19.2.11 b@hosted.test M2 "Second mail from the same sender." > /dev/null
+check "... and its sender is not banned (a second mail is delivered)" delivered M2
+kill "$DPID"; wait "$DPID" 2>/dev/null; DPID=
+check "smtp mode: the legit sessions bypassed the queue (summary: $(grep -o 'bypassed [0-9]*' "$T/daemon.log" | tail -1))" \
+    bash -c "grep -o 'bypassed [0-9]*' '$T/daemon.log' | tail -1 | awk '{ exit !(\$2 >= 2) }'"
+
+echo "== A3: packets queued for one legit session with a 10 KB body (smtp mode with bypass)"
+python3 -c 'print("\r\n".join("Line %d of the quarterly report: figures and notes as discussed." % i for i in range(160)))' > "$T/body10k"
+# Count every packet of the session both ways, as the kernel's string match would see them.
+ins iptables -t raw -A PREROUTING -p tcp --dport 25 -s 198.19.2.12
+ins iptables -t raw -A OUTPUT -p tcp --sport 25 -d 198.19.2.12
+start_smtp || exit 1
+swaks_from 198.19.2.12 b@hosted.test Q1 "$T/body10k" > "$T/swaks.out"
+sleep 0.5
+kill "$DPID"; wait "$DPID" 2>/dev/null; DPID=
+check "the 10 KB mail is delivered" delivered Q1
+total=$(( $(ins iptables -t raw -L PREROUTING -v -x -n | awk '/198.19.2.12/ { print $1 }') + $(ins iptables -t raw -L OUTPUT -v -x -n | awk '/198.19.2.12/ { print $1 }') ))
+queued=$(grep -o 'packets/session mean [0-9.]* max [0-9]*' "$T/daemon.log" | tail -1 | awk '{ print $5 }')
+echo "  the session had $total packets in all; stringban queued ${queued:-?} of them"
+check "at most 12 packets queued for the session (${queued:-?} of $total)" test "${queued:-99}" -le 12
+ins iptables -t raw -F PREROUTING; ins iptables -t raw -F OUTPUT
+
 echo "== B: the kernel recipe in front of the same Exim"
 ins iptables -A INPUT -p tcp --dport 25 -m recent --name sbexim --update --seconds 86400 -j DROP
 ins iptables -A INPUT -p tcp --dport 25 -m string --string @example.com --algo bm -m recent --name sbexim --set -j REJECT --reject-with tcp-reset
