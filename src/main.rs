@@ -418,6 +418,23 @@ fn run_gen(args: GenArgs) -> anyhow::Result<()> {
         missed(Kind::SpamSplit),
         expected.hurt_legit.values().sum::<u64>()
     )?;
+    for (name, oracle) in [
+        ("stream mode --icase", attack::Oracle::StreamIcase),
+        ("smtp mode", attack::Oracle::Smtp { bypass: true }),
+    ] {
+        let e = truth.expected_for(oracle, 32, 64);
+        writeln!(
+            out,
+            "{name} expects: accept {} bypass {} drop {} reset {} ({} sources banned; spam sessions missed {}, legit sessions hurt {})",
+            e.accept,
+            e.bypass,
+            e.drop,
+            e.reset,
+            e.convicted.len(),
+            e.missed_spam.values().sum::<u64>(),
+            e.hurt_legit.values().sum::<u64>()
+        )?;
+    }
     Ok(())
 }
 
@@ -456,11 +473,22 @@ fn run_check(args: CheckArgs) -> anyhow::Result<()> {
         if !r.sports.is_any() {
             filters.push_str(&format!(" --sports {}", r.sports));
         }
+        let what = match &r.rcpt_domain {
+            Some(d) => format!(
+                "RCPT TO domain {}{}",
+                String::from_utf8_lossy(&d.name),
+                if d.subdomains {
+                    " and its subdomains"
+                } else {
+                    ""
+                }
+            ),
+            None => r.matcher.to_string(),
+        };
         writeln!(
             out,
-            "rule {i} {:?}: {filters} {} -> {} {list}, mode {}",
+            "rule {i} {:?}: {filters} {what} -> {} {list}, mode {}",
             r.name,
-            r.matcher,
             r.action.name(),
             r.mode.name()
         )?;

@@ -4,11 +4,10 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::{IpAddr, Ipv4Addr};
 
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use stringban::attack::tcp_segment;
 use stringban::config::{Config, Flags};
 use stringban::{Engine, Instant, Verdict};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-
 
 struct Counting;
 
@@ -62,11 +61,23 @@ fn flows_cost(n: u32) -> (usize, usize) {
     let packets: Vec<Vec<u8>> = (0..n)
         .map(|i| {
             let src = IpAddr::V4(Ipv4Addr::from(0xC613_0000u32 + i));
-            tcp_segment((src, 40_000 + (i % 20_000) as u16), (dst, 25), i, 1, payload)
+            tcp_segment(
+                (src, 40_000 + (i % 20_000) as u16),
+                (dst, 25),
+                i,
+                1,
+                payload,
+            )
         })
         .collect();
     // Warm the scratch buffers on a flow of its own, then measure.
-    let warm = tcp_segment((IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 1), (dst, 25), 0, 1, payload);
+    let warm = tcp_segment(
+        (IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 1),
+        (dst, 25),
+        0,
+        1,
+        payload,
+    );
     let _ = engine.decide(&warm, now);
     let before = LIVE.load(Relaxed);
     for p in &packets {

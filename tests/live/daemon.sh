@@ -72,7 +72,7 @@ check "a spam session gets a RST" test "$(client 198.19.1.0 198.18.0.1 "$SPAM")"
 session_ended 198.19.1.0 ConnectionAbortedError "aborted (ECONNABORTED), not left open"
 check "a new connection from the banned IP is dropped at the SYN" test "$(client 198.19.1.0 198.18.0.1 'EHLO x' 1.5)" = timeout
 
-echo "== packet mode is the kernel's xt_string (stream and smtp modes will close these)"
+echo "== packet mode is the kernel's xt_string (stream and smtp modes close these: below, and exim.sh)"
 check "a RCPT split across two TCP segments is not caught, as with the kernel" \
     test "$(client 198.19.9.10 198.18.0.1 'EHLO bot\nRCPT TO:<victim@exam<SPLIT>ple.com>')" = ok
 check "@EXAMPLE.COM is not caught by a case-sensitive rule, as with the kernel" \
