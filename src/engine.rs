@@ -549,28 +549,16 @@ impl Engine {
             stream_scanner,
             ..
         } = self;
-        let Some(flow) = flows.get(&key) else {
-            return clean;
+        let flow = match open_flow(flows, &key, now, clean) {
+            Ok(flow) => flow,
+            Err(decided) => return decided,
         };
-        flow.last_seen = now;
-        if flow.state == FlowState::Bypassed {
-            // Kept (small, shed) until a reset or until idle: packets still in flight when the
-            // connmark took over, and a capture's last ACKs, are bypassed like the rest.
-            if rst {
-                flows.remove(&key);
-            }
-            return Decision {
-                verdict: Verdict::Bypass,
-                reason: Reason::Bypassed,
-            };
-        }
-        flow.packets = flow.packets.saturating_add(1);
         if syn {
             flow.client.syn(t.seq);
         }
         let mut hit = None;
         if !payload.is_empty() {
-            let seq = if syn { t.seq.wrapping_add(1) } else { t.seq };
+            let seq = data_seq(&t);
             scratch.clear();
             scratch.extend_from_slice(&flow.carry);
             let carry_len = scratch.len();
@@ -652,20 +640,10 @@ impl Engine {
         let fin = t.flags & tcp_flags::FIN != 0;
         let fr = Arc::clone(&self.flow_rules);
         let Engine { flows, scratch, .. } = self;
-        let Some(flow) = flows.get(&key) else {
-            return reply;
+        let flow = match open_flow(flows, &key, now, reply) {
+            Ok(flow) => flow,
+            Err(decided) => return decided,
         };
-        flow.last_seen = now;
-        if flow.state == FlowState::Bypassed {
-            if rst {
-                flows.remove(&key);
-            }
-            return Decision {
-                verdict: Verdict::Bypass,
-                reason: Reason::Bypassed,
-            };
-        }
-        flow.packets = flow.packets.saturating_add(1);
         if t.flags & tcp_flags::SYN != 0 {
             flow.server.syn(t.seq);
         }
@@ -673,13 +651,8 @@ impl Engine {
         if !payload.is_empty()
             && let Some(smtp) = flow.smtp.as_mut()
         {
-            let seq = if t.flags & tcp_flags::SYN != 0 {
-                t.seq.wrapping_add(1)
-            } else {
-                t.seq
-            };
             scratch.clear();
-            match flow.server.push(seq, payload, scratch) {
+            match flow.server.push(data_seq(&t), payload, scratch) {
                 Push::Data => {
                     smtp.server(scratch);
                 }
@@ -712,6 +685,37 @@ impl Engine {
             verdict: Verdict::Bypass,
             reason: Reason::Bypassed,
         }
+    }
+}
+
+/// The flow of a packet seen at `now`, counted, when it is open; otherwise the packet's
+/// decision: `none` for a packet of no tracked flow, `bypass` for one of a bypassed flow (kept,
+/// small, until idle: packets in flight when the connmark took over, and a capture's last ACKs,
+/// are bypassed like the rest).
+fn open_flow<'f>(
+    flows: &'f mut Flows,
+    key: &FlowKey,
+    now: Instant,
+    none: Decision,
+) -> Result<&'f mut Flow, Decision> {
+    let flow = flows.get(key).ok_or(none)?;
+    flow.last_seen = now;
+    if flow.state == FlowState::Bypassed {
+        return Err(Decision {
+            verdict: Verdict::Bypass,
+            reason: Reason::Bypassed,
+        });
+    }
+    flow.packets = flow.packets.saturating_add(1);
+    Ok(flow)
+}
+
+/// The sequence number of a segment's first data byte (a SYN takes one).
+fn data_seq(t: &Tcp) -> u32 {
+    if t.flags & tcp_flags::SYN != 0 {
+        t.seq.wrapping_add(1)
+    } else {
+        t.seq
     }
 }
 

@@ -1,47 +1,20 @@
 //! Memory per ban at 10 M IPv4 entries, measured with a counting allocator (this test binary's
 //! global allocator counts every live byte). The bar: at most 48 bytes per entry.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-
 use stringban::Instant;
 use stringban::blacklist::{List, ListConfig};
 
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: defers to the system allocator and only counts.
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size, Relaxed);
-        LIVE.fetch_sub(layout.size(), Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+#[path = "common/counting.rs"]
+mod counting;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting::Counting = counting::Counting;
 
 #[test]
 fn ten_million_ipv4_bans_fit_in_48_bytes_each() {
     const N: u32 = 10_000_000;
-    let before = LIVE.load(Relaxed);
+    let before = counting::live();
     let list = List::new(ListConfig::new("mem"));
     let now = Instant::from_secs(1_767_225_600);
     for i in 0..N {
@@ -50,7 +23,7 @@ fn ten_million_ipv4_bans_fit_in_48_bytes_each() {
         list.ban(IpAddr::V4(addr), now, 0);
     }
     assert_eq!(list.len(), N as usize);
-    let bytes = LIVE.load(Relaxed) - before;
+    let bytes = counting::live() - before;
     let per_entry = bytes as f64 / f64::from(N);
     println!("blacklist: {N} IPv4 entries use {bytes} bytes = {per_entry:.1} bytes/entry");
     assert!(per_entry <= 48.0, "{per_entry:.1} bytes per entry");

@@ -1,43 +1,16 @@
 //! Memory per tracked flow, measured with a counting allocator (this test binary's global
 //! allocator counts every live byte). The bar: at most 256 bytes per flow plus its carry bytes.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::{IpAddr, Ipv4Addr};
-
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use stringban::attack::tcp_segment;
 use stringban::config::{Config, Flags};
 use stringban::{Engine, Instant, Verdict};
 
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: defers to the system allocator and only counts.
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size, Relaxed);
-        LIVE.fetch_sub(layout.size(), Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+#[path = "common/counting.rs"]
+mod counting;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting::Counting = counting::Counting;
 
 /// Opens `n` flows (one data segment each, complete SMTP lines, from distinct sources) in an
 /// engine with one smtp-mode and one stream-mode rule, so every flow holds both states.
@@ -79,12 +52,12 @@ fn flows_cost(n: u32) -> (usize, usize) {
         payload,
     );
     let _ = engine.decide(&warm, now);
-    let before = LIVE.load(Relaxed);
+    let before = counting::live();
     for p in &packets {
         assert_eq!(engine.decide(p, now).verdict, Verdict::Accept);
     }
     assert_eq!(engine.flows().len(), n as usize + 1);
-    let bytes = LIVE.load(Relaxed) - before;
+    let bytes = counting::live() - before;
     // Each flow carries the stream rule's last 11 bytes (the pattern's length less one).
     let carry = n as usize * 11;
     drop(packets);
