@@ -11,11 +11,18 @@
 //! Capacity: when a list is full, the least recently seen entries are evicted in a batch of
 //! `max(1, capacity / 64)`, after every expired entry. One sweep costs a pass over the list, so
 //! the amortised cost per insert stays constant and no per-entry LRU links are needed.
+//!
+//! Durability: a list given a journal ([`Blacklist::set_journal`]) sends a [`Change`] for each
+//! new ban, renewal by a rule or by hand, removal and flush down a channel; the daemon's store
+//! thread writes them (see `store`). A hit that refreshes a ban sends nothing: the periodic
+//! snapshot carries refreshed expiries.
 
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::mpsc::Sender;
 
 use dashmap::DashMap;
 
@@ -141,6 +148,17 @@ fn expiry(now: Instant, ttl: Duration) -> u32 {
     u32::try_from(micros.div_ceil(1_000_000)).unwrap_or(u32::MAX)
 }
 
+/// A change to a list, for the journal.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Change {
+    /// A ban was made or renewed: the entry as it now is.
+    Ban(ListId, Ban),
+    /// An entry was removed by hand.
+    Remove(ListId, Key),
+    /// A list was flushed.
+    Flush(ListId),
+}
+
 /// What [`List::ban`] did.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 pub enum Banned {
@@ -169,6 +187,8 @@ pub struct List {
     v6: DashMap<u128, Entry, RandomState>,
     len: AtomicUsize,
     stats: ListStats,
+    /// Where changes go (the daemon's store), and this list's id there.
+    journal: OnceLock<(ListId, Sender<Change>)>,
 }
 
 impl List {
@@ -179,7 +199,51 @@ impl List {
             v6: DashMap::with_hasher(RandomState::new()),
             len: AtomicUsize::new(0),
             stats: ListStats::default(),
+            journal: OnceLock::new(),
         }
+    }
+
+    fn record(&self, change: impl FnOnce(ListId) -> Change) {
+        if let Some((id, tx)) = self.journal.get() {
+            // The store gone (shutting down): nothing to keep.
+            let _ = tx.send(change(*id));
+        }
+    }
+
+    /// Puts a persisted entry back (its key re-masked by this list's prefixes), unless it has
+    /// expired at `now`. Records nothing. Returns whether it was added.
+    pub fn restore(&self, ban: &Ban, now: Instant) -> bool {
+        if now.micros() >= ban.expires_at.micros() {
+            return false;
+        }
+        if self.len() >= self.config.capacity {
+            self.make_room(now);
+        }
+        let entry = Entry {
+            first_seen: ban.first_seen.secs_u32(),
+            last_seen: AtomicU32::new(ban.last_seen.secs_u32()),
+            expires_at: AtomicU32::new(ban.expires_at.secs_u32()),
+            hits: AtomicU32::new(ban.hits),
+            rule: ban.rule,
+        };
+        let fresh = match self.key(ban.key.addr()) {
+            Key::V4 { addr, .. } => self.v4.insert(addr, entry).is_none(),
+            Key::V6 { addr, .. } => self.v6.insert(addr, entry).is_none(),
+        };
+        if fresh {
+            self.len.fetch_add(1, Relaxed);
+        }
+        true
+    }
+
+    /// The live entry of `addr`'s key, if any.
+    pub fn get(&self, addr: IpAddr, now: Instant) -> Option<Ban> {
+        let key = self.key(addr);
+        let entry = match key {
+            Key::V4 { addr, .. } => self.v4.get(&addr).map(|e| e.snapshot(key)),
+            Key::V6 { addr, .. } => self.v6.get(&addr).map(|e| e.snapshot(key)),
+        };
+        entry.filter(|b| now.micros() < b.expires_at.micros())
     }
 
     pub fn config(&self) -> &ListConfig {
@@ -269,7 +333,7 @@ impl List {
         }
     }
 
-    fn ban_in<K: Eq + std::hash::Hash + Copy>(
+    fn ban_in<K: Eq + std::hash::Hash + StoredKey>(
         &self,
         map: &DashMap<K, Entry, RandomState>,
         key: K,
@@ -283,27 +347,35 @@ impl List {
             entry.expires_at.fetch_max(expiry(now, ttl), Relaxed);
             entry.last_seen.fetch_max(now.secs_u32(), Relaxed);
             self.stats.renewed.fetch_add(1, Relaxed);
+            let ban = entry.snapshot(self.key_of(key));
+            drop(entry);
+            self.record(|id| Change::Ban(id, ban));
             return Banned::Renewed;
         }
         if self.len() >= self.config.capacity {
             self.make_room(now);
         }
-        if map.insert(key, Entry::new(now, ttl, rule)).is_none() {
+        let entry = Entry::new(now, ttl, rule);
+        let ban = entry.snapshot(self.key_of(key));
+        if map.insert(key, entry).is_none() {
             self.len.fetch_add(1, Relaxed);
         }
         self.stats.added.fetch_add(1, Relaxed);
+        self.record(|id| Change::Ban(id, ban));
         Banned::New
     }
 
     /// Removes `addr`'s entry; true if there was one.
     pub fn remove(&self, addr: IpAddr) -> bool {
-        let removed = match self.key(addr) {
+        let key = self.key(addr);
+        let removed = match key {
             Key::V4 { addr, .. } => self.v4.remove(&addr).is_some(),
             Key::V6 { addr, .. } => self.v6.remove(&addr).is_some(),
         };
         if removed {
             self.len.fetch_sub(1, Relaxed);
             self.stats.removed.fetch_add(1, Relaxed);
+            self.record(|id| Change::Remove(id, key));
         }
         removed
     }
@@ -315,6 +387,7 @@ impl List {
         self.v6.clear();
         self.len.store(0, Relaxed);
         self.stats.removed.fetch_add(n as u64, Relaxed);
+        self.record(Change::Flush);
         n
     }
 
@@ -378,6 +451,11 @@ impl List {
         self.stats.evicted.fetch_add(gone as u64, Relaxed);
     }
 
+    /// A map key as a [`Key`] with this list's prefix.
+    fn key_of<K: StoredKey>(&self, k: K) -> Key {
+        k.key(self.config.prefix_v4, self.config.prefix_v6)
+    }
+
     /// The live entries at `now`, unordered.
     pub fn bans(&self, now: Instant) -> Vec<Ban> {
         let (p4, p6) = (self.config.prefix_v4, self.config.prefix_v6);
@@ -395,6 +473,29 @@ impl List {
             }));
         }
         out
+    }
+}
+
+/// The two map key types, turned back into [`Key`]s.
+trait StoredKey: Copy {
+    fn key(self, prefix_v4: u8, prefix_v6: u8) -> Key;
+}
+
+impl StoredKey for u32 {
+    fn key(self, prefix_v4: u8, _: u8) -> Key {
+        Key::V4 {
+            addr: self,
+            prefix: prefix_v4,
+        }
+    }
+}
+
+impl StoredKey for u128 {
+    fn key(self, _: u8, prefix_v6: u8) -> Key {
+        Key::V6 {
+            addr: self,
+            prefix: prefix_v6,
+        }
     }
 }
 
@@ -441,6 +542,14 @@ impl Blacklist {
     /// Removes expired entries of every list; returns how many.
     pub fn expire(&self, now: Instant) -> usize {
         self.lists.iter().map(|l| l.expire(now)).sum()
+    }
+
+    /// From now on, every list sends its [`Change`]s to `tx` (once; later calls do nothing).
+    pub fn set_journal(&self, tx: &Sender<Change>) {
+        for (i, l) in self.lists.iter().enumerate() {
+            let id = ListId::try_from(i).unwrap_or(ListId::MAX);
+            let _ = l.journal.set((id, tx.clone()));
+        }
     }
 }
 

@@ -31,6 +31,7 @@ use crate::io::nfqueue::{Queue, QueueConfig, QueueError, kernel_counters};
 use crate::io::rst::RstInjector;
 use crate::io::sockdiag::{Destroyed, SockDiag};
 use crate::parse::{self, Transport};
+use crate::store::Store;
 use crate::time::Instant;
 
 /// Everything `run` needs besides the rule configuration.
@@ -48,6 +49,12 @@ pub struct DaemonConfig {
     /// Abort local sockets with SOCK_DESTROY when a flow is reset; false forces the fallback
     /// (REJECT for the remote, a crafted RST for the local side).
     pub sock_destroy: bool,
+    /// Where bans are kept across restarts (snapshot + journal); None: nowhere.
+    pub state_dir: Option<PathBuf>,
+    /// How often the journal is fsync'd (a crash loses at most the bans of this last interval).
+    pub fsync_every: StdDuration,
+    /// How often the journal is folded into a new snapshot.
+    pub snapshot_every: StdDuration,
 }
 
 /// Reads the configuration again (SIGHUP).
@@ -77,6 +84,8 @@ pub struct WorkerStats {
 
 struct Shared {
     stop: AtomicBool,
+    /// Set once every worker has stopped: the store saves what is left and exits.
+    store_stop: AtomicBool,
     generation: AtomicU64,
     config: Mutex<Config>,
     stats: Vec<Mutex<WorkerStats>>,
@@ -156,6 +165,13 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
         .map_err(|e| DaemonError::Start(format!("signal handler: {e}")))?;
 
+    // Bans first: restored before the queues are bound, so none is missing once they are.
+    let blacklist = Arc::new(Blacklist::new(config.lists.clone()));
+    let store = match &daemon.state_dir {
+        Some(dir) => Some(open_store(dir, &blacklist)?),
+        None => None,
+    };
+
     let mut queues = Vec::new();
     for num in daemon.queues.0..=daemon.queues.1 {
         let q = Queue::open(QueueConfig {
@@ -189,9 +205,9 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
     notify_systemd("READY=1");
     info!(queues = ?daemon.queues, rules = config.rules.len(), "stringban running");
 
-    let blacklist = Arc::new(Blacklist::new(config.lists.clone()));
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
+        store_stop: AtomicBool::new(false),
         generation: AtomicU64::new(0),
         config: Mutex::new(config),
         stats: queues
@@ -199,6 +215,26 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
             .map(|_| Mutex::new(WorkerStats::default()))
             .collect(),
     });
+    let store_thread = match store {
+        Some((store, lock)) => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            blacklist.set_journal(&tx);
+            drop(tx);
+            let shared = Arc::clone(&shared);
+            let blacklist = Arc::clone(&blacklist);
+            let (fsync_every, snapshot_every) = (daemon.fsync_every, daemon.snapshot_every);
+            Some(
+                thread::Builder::new()
+                    .name("store".into())
+                    .spawn(move || {
+                        let _lock = lock;
+                        store_loop(store, rx, &shared, &blacklist, fsync_every, snapshot_every)
+                    })
+                    .map_err(|e| DaemonError::Start(format!("spawning the store: {e}")))?,
+            )
+        }
+        None => None,
+    };
     let mut handles = Vec::new();
     for (i, queue) in queues.into_iter().enumerate() {
         let shared = Arc::clone(&shared);
@@ -272,6 +308,19 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
         }
     }
     info!("{}", summary(&shared, &blacklist));
+    shared.store_stop.store(true, Relaxed);
+    if let Some(t) = store_thread {
+        match t.join() {
+            Ok(Ok(n)) => info!(bans = n, "state saved"),
+            Ok(Err(e)) => {
+                error!("saving the state: {e}");
+                failure.get_or_insert(format!("saving the state: {e}"));
+            }
+            Err(_) => {
+                failure.get_or_insert("the store thread panicked".into());
+            }
+        }
+    }
     if daemon.install_rules {
         match firewall::remove(&rules_cfg) {
             Ok(()) => info!("rules removed"),
@@ -282,6 +331,90 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
     match failure {
         Some(f) => Err(DaemonError::Failed(f)),
         None => Ok(()),
+    }
+}
+
+/// Locks the state directory (one daemon per directory) and loads its bans.
+fn open_store(
+    dir: &std::path::Path,
+    blacklist: &Blacklist,
+) -> Result<(Store, std::fs::File), DaemonError> {
+    let start = std::time::Instant::now();
+    std::fs::create_dir_all(dir)
+        .map_err(|e| DaemonError::Start(format!("state directory {}: {e}", dir.display())))?;
+    let lock_path = dir.join("lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| DaemonError::Start(format!("{}: {e}", lock_path.display())))?;
+    if let Err(e) = lock.try_lock() {
+        return Err(DaemonError::Start(match e {
+            std::fs::TryLockError::WouldBlock => format!(
+                "state directory {} is in use by another stringban",
+                dir.display()
+            ),
+            std::fs::TryLockError::Error(e) => format!("{}: {e}", lock_path.display()),
+        }));
+    }
+    let (store, loaded) = Store::open(dir, blacklist, now())
+        .map_err(|e| DaemonError::Start(format!("state directory {}: {e}", dir.display())))?;
+    for p in &loaded.problems {
+        warn!("state: {p}");
+    }
+    info!(
+        restored = loaded.restored,
+        expired = loaded.expired,
+        journal_records = loaded.journal_records,
+        seconds = format!("{:.3}", start.elapsed().as_secs_f64()),
+        dir = %dir.display(),
+        "bans restored"
+    );
+    Ok((store, lock))
+}
+
+/// The store thread: appends every change to the journal, fsyncs it every `fsync_every`,
+/// folds it into a new snapshot every `snapshot_every`, and once more at exit. Returns the
+/// number of bans in the last snapshot.
+fn store_loop(
+    mut store: Store,
+    rx: std::sync::mpsc::Receiver<crate::blacklist::Change>,
+    shared: &Shared,
+    blacklist: &Blacklist,
+    fsync_every: StdDuration,
+    snapshot_every: StdDuration,
+) -> io::Result<u64> {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut last_sync = std::time::Instant::now();
+    let mut last_snapshot = std::time::Instant::now();
+    loop {
+        let wait = fsync_every.saturating_sub(last_sync.elapsed());
+        match rx.recv_timeout(wait.max(StdDuration::from_millis(1))) {
+            Ok(c) => {
+                store.journal.append(&c)?;
+                for c in rx.try_iter() {
+                    store.journal.append(&c)?;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {}
+        }
+        if last_sync.elapsed() >= fsync_every {
+            store.journal.sync()?;
+            last_sync = std::time::Instant::now();
+        }
+        if shared.store_stop.load(Relaxed) {
+            for c in rx.try_iter() {
+                store.journal.append(&c)?;
+            }
+            return store.compact(blacklist, now());
+        }
+        if last_snapshot.elapsed() >= snapshot_every {
+            let n = store.compact(blacklist, now())?;
+            info!(bans = n, "snapshot written");
+            last_snapshot = std::time::Instant::now();
+        }
     }
 }
 

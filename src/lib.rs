@@ -29,6 +29,7 @@ pub mod parse;
 pub mod replay;
 pub mod rule;
 pub mod scan;
+pub mod store;
 pub mod time;
 
 pub use config::Config;

@@ -39,7 +39,7 @@ enum Command {
     /// Check a configuration file and print its rules in iptables save form.
     Check(CheckArgs),
     /// Run the daemon: decide packets from NFQUEUE, ban, reset (root).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print, install or remove the kernel rules that queue traffic to the daemon.
     Rules(RulesArgs),
 }
@@ -102,6 +102,18 @@ struct RunArgs {
     /// How often to log the one-line summary.
     #[arg(long, default_value = "60s", value_name = "DURATION")]
     summary_interval: String,
+    /// Where bans are kept across restarts and crashes (snapshot + journal).
+    #[arg(long, default_value = "/var/lib/stringban", value_name = "DIR")]
+    state_dir: PathBuf,
+    /// Keep bans in memory only (a restart starts empty).
+    #[arg(long)]
+    no_state: bool,
+    /// How often the journal of new bans is fsync'd: a crash loses at most this last interval.
+    #[arg(long, default_value = "100ms", value_name = "DURATION")]
+    fsync_interval: String,
+    /// How often the journal is folded into a fresh snapshot.
+    #[arg(long, default_value = "10m", value_name = "DURATION")]
+    snapshot_interval: String,
     /// error, warn, info or debug.
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     log_level: String,
@@ -246,7 +258,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => run_replay(args),
         Command::Gen(args) => run_gen(args),
         Command::Check(args) => run_check(args),
-        Command::Run(args) => run_daemon(args),
+        Command::Run(args) => run_daemon(*args),
         Command::Rules(args) => run_rules(args),
     };
     match result {
@@ -547,6 +559,19 @@ fn marks(q: &QueueArgs) -> anyhow::Result<Marks> {
     Ok(m)
 }
 
+/// A duration flag as a std duration, at least `min_micros`.
+fn std_duration(flag: &str, text: &str, min_micros: u64) -> anyhow::Result<std::time::Duration> {
+    let d = stringban::time::parse_duration(text)
+        .map_err(|e| bad(format!("command line: {flag} = {text}: {e}")))?;
+    if d.micros() < min_micros {
+        return Err(bad(format!(
+            "command line: {flag} = {text}: at least {} ms",
+            min_micros / 1000
+        )));
+    }
+    Ok(std::time::Duration::from_micros(d.micros()))
+}
+
 /// `--firewall`: None for auto.
 fn backend(q: &QueueArgs) -> anyhow::Result<Option<firewall::Backend>> {
     firewall::Backend::parse(&q.firewall)
@@ -597,6 +622,9 @@ fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
         pidfile: args.pidfile.clone(),
         summary_every: std::time::Duration::from_micros(summary_every.micros().max(1_000_000)),
         sock_destroy: !args.no_sock_destroy,
+        state_dir: (!args.no_state).then(|| args.state_dir.clone()),
+        fsync_every: std_duration("--fsync-interval", &args.fsync_interval, 1_000)?,
+        snapshot_every: std_duration("--snapshot-interval", &args.snapshot_interval, 1_000_000)?,
     };
     let rule_args = args.rules.clone();
     let reload: daemon::Reload =
