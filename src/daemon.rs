@@ -55,6 +55,8 @@ pub struct DaemonConfig {
     pub fsync_every: StdDuration,
     /// How often the journal is folded into a new snapshot.
     pub snapshot_every: StdDuration,
+    /// The control socket; None: none.
+    pub control_socket: Option<PathBuf>,
 }
 
 /// Reads the configuration again (SIGHUP).
@@ -235,6 +237,22 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
         }
         None => None,
     };
+    let control = match &daemon.control_socket {
+        Some(path) => {
+            let listener = crate::control::bind(path).map_err(|e| {
+                DaemonError::Start(format!("control socket {}: {e}", path.display()))
+            })?;
+            let shared = Arc::clone(&shared);
+            let blacklist = Arc::clone(&blacklist);
+            let hup = Arc::clone(&hup);
+            thread::Builder::new()
+                .name("control".into())
+                .spawn(move || control_loop(listener, shared, blacklist, hup))
+                .map_err(|e| DaemonError::Start(format!("spawning the control thread: {e}")))?;
+            Some(path.clone())
+        }
+        None => None,
+    };
     let mut handles = Vec::new();
     for (i, queue) in queues.into_iter().enumerate() {
         let shared = Arc::clone(&shared);
@@ -321,6 +339,9 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
             }
         }
     }
+    if let Some(path) = control {
+        let _ = std::fs::remove_file(path);
+    }
     if daemon.install_rules {
         match firewall::remove(&rules_cfg) {
             Ok(()) => info!("rules removed"),
@@ -388,6 +409,11 @@ fn store_loop(
     use std::sync::mpsc::RecvTimeoutError;
     let mut last_sync = std::time::Instant::now();
     let mut last_snapshot = std::time::Instant::now();
+    if store.needs_compaction() {
+        // Fold what the start replayed into a fresh snapshot, now that the queues run.
+        let n = store.compact(blacklist, now())?;
+        info!(bans = n, "snapshot written");
+    }
     loop {
         let wait = fsync_every.saturating_sub(last_sync.elapsed());
         match rx.recv_timeout(wait.max(StdDuration::from_millis(1))) {
@@ -418,6 +444,87 @@ fn store_loop(
     }
 }
 
+/// Accepts control connections, one thread each (clients are few: an admin's shell, a script).
+fn control_loop(
+    listener: std::os::unix::net::UnixListener,
+    shared: Arc<Shared>,
+    blacklist: Arc<Blacklist>,
+    hup: Arc<AtomicBool>,
+) {
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let (shared, blacklist, hup) = (
+            Arc::clone(&shared),
+            Arc::clone(&blacklist),
+            Arc::clone(&hup),
+        );
+        let _ = thread::Builder::new()
+            .name("control-conn".into())
+            .spawn(move || {
+                let stats = || stats_json(&shared, &blacklist);
+                let on_effect = |e: crate::control::Effect| {
+                    if e == crate::control::Effect::Reload {
+                        hup.store(true, Relaxed);
+                    }
+                };
+                if let Err(e) = crate::control::serve(stream, &blacklist, &now, &stats, &on_effect)
+                {
+                    warn!("control connection: {e}");
+                }
+            });
+    }
+}
+
+/// Every worker's counters summed, with the lists and the kernel's queue counters, as JSON.
+fn stats_json(shared: &Shared, blacklist: &Blacklist) -> serde_json::Value {
+    use serde_json::json;
+    let total = total_stats(shared);
+    let e = &total.engine;
+    let lists: Vec<_> = blacklist
+        .lists()
+        .iter()
+        .map(|l| {
+            let s = l.stats();
+            json!({
+                "name": l.config().name,
+                "size": l.len(),
+                "added": s.added.load(Relaxed),
+                "renewed": s.renewed.load(Relaxed),
+                "hits": s.hits.load(Relaxed),
+                "expired": s.expired.load(Relaxed),
+                "evicted": s.evicted.load(Relaxed),
+                "removed": s.removed.load(Relaxed),
+            })
+        })
+        .collect();
+    let queues: Vec<_> = kernel_counters()
+        .iter()
+        .map(|c| json!({"queue": c.queue, "queue_dropped": c.queue_dropped, "user_dropped": c.user_dropped}))
+        .collect();
+    json!({
+        "packets": e.packets,
+        "bytes": e.bytes,
+        "verdicts": {
+            "accept": e.verdict(Verdict::Accept),
+            "bypass": e.verdict(Verdict::Bypass),
+            "drop": e.verdict(Verdict::Drop),
+            "reset": e.verdict(Verdict::Reset),
+        },
+        "matches": e.matches,
+        "banned_packets": e.banned,
+        "unparsed": e.unparsed_total(),
+        "malformed": total.malformed,
+        "sockets_destroyed": total.destroyed,
+        "reset_by_mark": total.reset_by_mark,
+        "flows_new": e.flows_new,
+        "flows_bypassed": e.flows_bypassed,
+        "sessions": e.sessions,
+        "session_packets": e.session_packets,
+        "lists": lists,
+        "kernel_queues": queues,
+    })
+}
+
 fn ports_of(config: &Config) -> Vec<u16> {
     config.engine.ports.singles()
 }
@@ -437,7 +544,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn summary(shared: &Shared, blacklist: &Blacklist) -> String {
+/// Every worker's counters, summed.
+fn total_stats(shared: &Shared) -> WorkerStats {
     let mut total = WorkerStats::default();
     for s in &shared.stats {
         let s = lock(s);
@@ -448,6 +556,11 @@ fn summary(shared: &Shared, blacklist: &Blacklist) -> String {
         total.crafted += s.crafted;
         total.wakeups += s.wakeups;
     }
+    total
+}
+
+fn summary(shared: &Shared, blacklist: &Blacklist) -> String {
+    let total = total_stats(shared);
     let e = &total.engine;
     let (mut qd, mut ud) = (0, 0);
     for c in kernel_counters() {

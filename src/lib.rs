@@ -21,6 +21,7 @@
 pub mod attack;
 pub mod blacklist;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod engine;
 pub mod flow;

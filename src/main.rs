@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use serde_json::json;
 
 use stringban::Engine;
 use stringban::attack::{self, GenConfig, GenError, Kind};
@@ -42,6 +43,82 @@ enum Command {
     Run(Box<RunArgs>),
     /// Print, install or remove the kernel rules that queue traffic to the daemon.
     Rules(RulesArgs),
+    /// List the running daemon's bans (control socket).
+    List(ListArgs),
+    /// Count the running daemon's bans.
+    Count(ListPick),
+    /// Ban an address by hand (ADDR or ADDR/PREFIX, the list's prefix).
+    Add(AddArgs),
+    /// Lift a ban.
+    Del(DelArgs),
+    /// Lift every ban of a list (or of all lists).
+    Flush(ListPick),
+    /// The running daemon's counters, as JSON.
+    Stats(Ctl),
+    /// Make the running daemon re-read its configuration (as SIGHUP).
+    Reload(Ctl),
+    /// Ban every address of an xt_recent dump (/proc/net/xt_recent/NAME) in the running daemon.
+    ImportRecent(ImportArgs),
+}
+
+/// Where the running daemon's control socket is.
+#[derive(Args, Clone, Debug)]
+struct Ctl {
+    /// The daemon's control socket.
+    #[arg(long, default_value = "/run/stringban.sock", value_name = "PATH")]
+    control_socket: PathBuf,
+}
+
+#[derive(Args)]
+struct ListPick {
+    /// One list only (default: all).
+    #[arg(long, value_name = "NAME")]
+    list: Option<String>,
+    #[command(flatten)]
+    ctl: Ctl,
+}
+
+#[derive(Args)]
+struct ListArgs {
+    /// One JSON object per ban.
+    #[arg(long)]
+    json: bool,
+    /// text (default) or xt-recent (the /proc/net/xt_recent line layout, times in Unix seconds).
+    #[arg(long, value_name = "FORMAT")]
+    format: Option<String>,
+    #[command(flatten)]
+    pick: ListPick,
+}
+
+#[derive(Args)]
+struct AddArgs {
+    #[arg(value_name = "ADDR[/PREFIX]")]
+    addr: String,
+    /// Ban length (default: the list's TTL).
+    #[arg(long, value_name = "DURATION")]
+    ttl: Option<String>,
+    #[command(flatten)]
+    pick: ListPick,
+}
+
+#[derive(Args)]
+struct DelArgs {
+    #[arg(value_name = "ADDR")]
+    addr: String,
+    #[command(flatten)]
+    pick: ListPick,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// A copy of /proc/net/xt_recent/NAME.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// Ban length for the imported addresses (default: the list's TTL).
+    #[arg(long, value_name = "DURATION")]
+    ttl: Option<String>,
+    #[command(flatten)]
+    pick: ListPick,
 }
 
 /// Queue and mark settings shared by `run` and `rules`.
@@ -114,6 +191,12 @@ struct RunArgs {
     /// How often the journal is folded into a fresh snapshot.
     #[arg(long, default_value = "10m", value_name = "DURATION")]
     snapshot_interval: String,
+    /// The control socket (mode 0600) that `stringban list|count|add|del|flush|stats|reload` use.
+    #[arg(long, default_value = "/run/stringban.sock", value_name = "PATH")]
+    control_socket: PathBuf,
+    /// No control socket.
+    #[arg(long)]
+    no_control: bool,
     /// error, warn, info or debug.
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     log_level: String,
@@ -260,6 +343,37 @@ fn main() -> ExitCode {
         Command::Check(args) => run_check(args),
         Command::Run(args) => run_daemon(*args),
         Command::Rules(args) => run_rules(args),
+        Command::List(args) => run_list(args),
+        Command::Count(p) => ctl_simple(&p.ctl, json!({"cmd": "count", "list": p.list}), |a| {
+            a["count"].to_string()
+        }),
+        Command::Add(a) => ctl_simple(
+            &a.pick.ctl,
+            json!({"cmd": "add", "addr": a.addr, "ttl": a.ttl, "list": a.pick.list}),
+            |r| {
+                format!(
+                    "banned {} in list {} ({})",
+                    r["key"].as_str().unwrap_or(""),
+                    r["list"].as_str().unwrap_or(""),
+                    if r["new"] == true { "new" } else { "renewed" }
+                )
+            },
+        ),
+        Command::Del(a) => ctl_simple(
+            &a.pick.ctl,
+            json!({"cmd": "del", "addr": a.addr, "list": a.pick.list}),
+            |r| format!("removed {}", r["removed"]),
+        ),
+        Command::Flush(p) => ctl_simple(&p.ctl, json!({"cmd": "flush", "list": p.list}), |r| {
+            format!("removed {}", r["removed"])
+        }),
+        Command::Stats(c) => ctl_simple(&c, json!({"cmd": "stats"}), |r| {
+            serde_json::to_string_pretty(&r["stats"]).unwrap_or_default()
+        }),
+        Command::Reload(c) => ctl_simple(&c, json!({"cmd": "reload"}), |_| {
+            "reload requested".to_string()
+        }),
+        Command::ImportRecent(a) => run_import_recent(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -572,6 +686,86 @@ fn std_duration(flag: &str, text: &str, min_micros: u64) -> anyhow::Result<std::
     Ok(std::time::Duration::from_micros(d.micros()))
 }
 
+/// Sends one request and returns the answer lines; an `ok: false` answer is bad input (exit 2).
+fn ctl_request(ctl: &Ctl, req: &serde_json::Value) -> anyhow::Result<Vec<serde_json::Value>> {
+    let answer = stringban::control::request(&ctl.control_socket, req)
+        .map_err(|e| anyhow::anyhow!("control socket: {e}"))?;
+    match answer.last() {
+        Some(last) if last["ok"] == true => Ok(answer),
+        Some(last) => Err(bad(last["error"].as_str().unwrap_or("error").to_string())),
+        None => Err(anyhow::anyhow!("control socket: no answer")),
+    }
+}
+
+/// One request, its last answer line printed through `show`.
+fn ctl_simple(
+    ctl: &Ctl,
+    req: serde_json::Value,
+    show: impl Fn(&serde_json::Value) -> String,
+) -> anyhow::Result<()> {
+    let answer = ctl_request(ctl, &req)?;
+    if let Some(last) = answer.last() {
+        println!("{}", show(last));
+    }
+    Ok(())
+}
+
+fn run_list(args: ListArgs) -> anyhow::Result<()> {
+    let format = match (args.json, args.format.as_deref()) {
+        (true, _) => "json",
+        (false, None | Some("text")) => "text",
+        (false, Some("xt-recent")) => "xt-recent",
+        (false, Some("json")) => "json",
+        (false, Some(other)) => {
+            return Err(bad(format!(
+                "command line: --format = {other}: expected text, json or xt-recent"
+            )));
+        }
+    };
+    let answer = ctl_request(
+        &args.pick.ctl,
+        &json!({"cmd": "list", "list": args.pick.list}),
+    )?;
+    let mut out = io::stdout().lock();
+    for ban in &answer[..answer.len() - 1] {
+        match format {
+            "json" => writeln!(out, "{ban}")?,
+            "xt-recent" => writeln!(out, "{}", stringban::control::xt_recent_line(ban))?,
+            _ => writeln!(
+                out,
+                "{:<42} list {:<12} ttl {:>8}s  hits {:>8}  first seen {}",
+                ban["key"].as_str().unwrap_or(""),
+                ban["list"].as_str().unwrap_or(""),
+                ban["ttl_left"],
+                ban["hits"],
+                ban["first_seen"]
+            )?,
+        }
+    }
+    Ok(())
+}
+
+fn run_import_recent(args: ImportArgs) -> anyhow::Result<()> {
+    let text =
+        fs::read_to_string(&args.file).map_err(|e| bad(format!("{}: {e}", args.file.display())))?;
+    let addrs = stringban::control::parse_xt_recent(&text)
+        .map_err(|e| bad(format!("{}: {e}", args.file.display())))?;
+    let mut new = 0;
+    for a in &addrs {
+        let answer = ctl_request(
+            &args.pick.ctl,
+            &json!({"cmd": "add", "addr": a.to_string(), "ttl": args.ttl, "list": args.pick.list}),
+        )?;
+        new += usize::from(answer.last().is_some_and(|r| r["new"] == true));
+    }
+    println!(
+        "imported {} addresses from {} ({new} new bans)",
+        addrs.len(),
+        args.file.display()
+    );
+    Ok(())
+}
+
 /// `--firewall`: None for auto.
 fn backend(q: &QueueArgs) -> anyhow::Result<Option<firewall::Backend>> {
     firewall::Backend::parse(&q.firewall)
@@ -625,6 +819,7 @@ fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
         state_dir: (!args.no_state).then(|| args.state_dir.clone()),
         fsync_every: std_duration("--fsync-interval", &args.fsync_interval, 1_000)?,
         snapshot_every: std_duration("--snapshot-interval", &args.snapshot_interval, 1_000_000)?,
+        control_socket: (!args.no_control).then(|| args.control_socket.clone()),
     };
     let rule_args = args.rules.clone();
     let reload: daemon::Reload =

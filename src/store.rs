@@ -10,8 +10,9 @@
 //! Written: the snapshot to a temporary file, fsync'd, renamed over the old one, the directory
 //! fsync'd; the journal appended as changes come and fsync'd in small batches by the daemon.
 //! Loaded: the snapshot, then the journal of the same generation (one of another generation
-//! predates the snapshot, whose state already includes it), dropping what has expired; then
-//! compacted into a new snapshot and an empty journal of the next generation.
+//! predates the snapshot, whose state already includes it), dropping what has expired. The
+//! journal is then appended to (its torn tail cut off), and folded into a new snapshot and an
+//! empty journal of the next generation in the background.
 //!
 //! A damaged file never stops a start and never silently empties the list: each snapshot block
 //! and each journal record carries its own crc32, so what is valid is restored and the rest is
@@ -578,6 +579,24 @@ impl Journal {
         })
     }
 
+    /// Opens an existing journal for appending, cutting off a torn last record.
+    fn reopen(path: &Path) -> io::Result<Journal> {
+        let bytes = fs::read(path)?;
+        let header = decode_header(&bytes, JOURNAL_MAGIC, false)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let whole = (bytes.len() - header.len) / JOURNAL_RECORD;
+        let f = OpenOptions::new().write(true).open(path)?;
+        f.set_len((header.len + whole * JOURNAL_RECORD) as u64)?;
+        f.sync_all()?;
+        drop(f);
+        let f = OpenOptions::new().append(true).open(path)?;
+        Ok(Journal {
+            w: BufWriter::with_capacity(64 * 1024, f),
+            unsynced: 0,
+            records: whole as u64,
+        })
+    }
+
     pub fn append(&mut self, change: &Change) -> io::Result<()> {
         self.w.write_all(&encode_change(change))?;
         self.unsynced += 1;
@@ -603,51 +622,53 @@ pub struct Store {
     generation: u64,
     names: Vec<String>,
     pub journal: Journal,
+    needs_compaction: bool,
 }
 
 impl Store {
-    /// Opens (creating it, mode 0700) the state directory: loads the snapshot and the journal
-    /// into `blacklist`, then compacts them into a new snapshot and an empty journal.
+    /// Opens (creating it, mode 0700) the state directory and loads the snapshot and the
+    /// journal into `blacklist`. Writing stays cheap at start: the journal is kept (its torn
+    /// tail cut off) and appended to; [`Store::needs_compaction`] tells the caller to fold it
+    /// into a new snapshot when convenient (the daemon does it on its store thread).
     pub fn open(dir: &Path, blacklist: &Blacklist, now: Instant) -> io::Result<(Store, Loaded)> {
         create_dir(dir)?;
         let mut loaded = Loaded::default();
-        let generation = load_snapshot(&dir.join(SNAPSHOT), blacklist, now, &mut loaded);
-        match generation {
-            Some(g) => {
-                loaded.generation = g;
-                load_journal(&dir.join(JOURNAL), blacklist, g, now, &mut loaded);
-            }
-            None => {
-                // No snapshot: a journal may still hold everything since the first start.
-                if let Ok(bytes) = fs::read(dir.join(JOURNAL))
-                    && let Ok(h) = decode_header(&bytes, JOURNAL_MAGIC, false)
-                {
-                    loaded.generation = h.generation;
-                    load_journal(
-                        &dir.join(JOURNAL),
-                        blacklist,
-                        h.generation,
-                        now,
-                        &mut loaded,
-                    );
-                }
-            }
+        let journal_path = dir.join(JOURNAL);
+        let snapshot = load_snapshot(&dir.join(SNAPSHOT), blacklist, now, &mut loaded);
+        let journal_gen = fs::read(&journal_path)
+            .ok()
+            .and_then(|b| decode_header(&b, JOURNAL_MAGIC, false).ok())
+            .map(|h| h.generation);
+        let generation = snapshot.or(journal_gen).unwrap_or(0);
+        loaded.generation = generation;
+        let names = names_of(blacklist);
+        // A journal of another generation predates the snapshot, which already holds it.
+        let keep = journal_gen == Some(generation);
+        if keep {
+            load_journal(&journal_path, blacklist, generation, now, &mut loaded);
         }
         // Count what is live now (restores of one key overwrite each other).
         loaded.restored = blacklist.lists().iter().map(|l| l.len()).sum();
-        let names = names_of(blacklist);
-        let generation = loaded.generation + 1;
-        write_snapshot(dir, blacklist, generation, now)?;
-        let journal = Journal::create(dir, generation, &names)?;
+        let journal = if keep {
+            Journal::reopen(&journal_path)?
+        } else {
+            Journal::create(dir, generation, &names)?
+        };
         Ok((
             Store {
                 dir: dir.to_path_buf(),
                 generation,
                 names,
                 journal,
+                needs_compaction: loaded.journal_records > 0 || !loaded.problems.is_empty(),
             },
             loaded,
         ))
+    }
+
+    /// Did loading replay a journal or find damage, so that a fresh snapshot is due?
+    pub fn needs_compaction(&self) -> bool {
+        self.needs_compaction
     }
 
     /// Writes a fresh snapshot and starts an empty journal (the next generation). Changes made
@@ -658,6 +679,7 @@ impl Store {
         let n = write_snapshot(&self.dir, blacklist, generation, now)?;
         self.journal = Journal::create(&self.dir, generation, &self.names)?;
         self.generation = generation;
+        self.needs_compaction = false;
         Ok(n)
     }
 }
@@ -752,12 +774,15 @@ mod tests {
         // And again, now from the compacted snapshot; an hour later they have expired.
         let b3 = lists();
         let (_, loaded) = Store::open(&d.0, &b3, T0).unwrap();
-        assert_eq!(loaded.restored, 3000);
+        assert_eq!(loaded.restored, 3000, "2,999 + 1");
         let b4 = lists();
         let (_, loaded) =
             Store::open(&d.0, &b4, T0.saturating_add(Duration::from_secs(3601))).unwrap();
         assert_eq!(b4.list(0).len(), 0);
-        assert_eq!(loaded.expired, 3000, "both lists' bans have expired");
+        assert_eq!(
+            loaded.expired, 3001,
+            "every ban record of the journal has expired"
+        );
     }
 
     fn filled(d: &Path, n: u32) -> Blacklist {

@@ -39,3 +39,11 @@ fn exim_in_namespaces() {
 fn memory_with_a_million_bans() {
     live("memory.sh");
 }
+
+/// Durable bans and the control socket: clean restart, kill -9 mid-flood, damaged snapshot,
+/// every control command (tests/live/state.sh).
+#[test]
+#[ignore = "needs root, iptables, iproute2 and python3; run by scripts/test as root"]
+fn state_and_control_in_a_namespace() {
+    live("state.sh");
+}

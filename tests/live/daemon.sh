@@ -34,7 +34,7 @@ start_daemon() {   # start_daemon EXTRA_ARGS... ; waits for the pidfile
     rm -f "$T/pid"
     # Started directly, not through a shell function, so that $! is the daemon itself
     # (`ip netns exec` execs the command in place).
-    ip netns exec "$S" "$BIN" run --install-rules --pidfile "$T/pid" --summary-interval 1s "$@" 2>> "$T/daemon.log" & DPID=$!
+    ip netns exec "$S" "$BIN" run --install-rules --pidfile "$T/pid" --state-dir "$T/state" --control-socket "$T/ctl.sock" --summary-interval 1s "$@" 2>> "$T/daemon.log" & DPID=$!
     for _ in $(seq 100); do [ -s "$T/pid" ] && return 0; sleep 0.05; done
     echo "daemon did not start:"; cat "$T/daemon.log"; return 1
 }
@@ -99,7 +99,7 @@ check "all 2,000 spam IPs still banned (blocked: $blocked)" test "$blocked" = 20
 check "legit mail after the flood" test "$(client 198.18.0.2 198.18.0.1 "$LEGIT")" = ok
 
 echo "== life cycle"
-ins "$BIN" run --string @example.com --install-rules --pidfile "$T/pid" > "$T/second.out" 2>&1; code=$?
+ins "$BIN" run --string @example.com --install-rules --pidfile "$T/pid" --state-dir "$T/state" --no-control > "$T/second.out" 2>&1; code=$?
 check "a second daemon exits 2 ($(tail -1 "$T/second.out"))" test "$code" = 2
 check "... saying the first is running" grep -q "already running (pid $DPID" "$T/second.out"
 check "... and the first keeps working" test "$(client 198.19.9.1 198.18.0.1 "$SPAM")" = reset
@@ -166,7 +166,7 @@ elif ins "$BIN" rules install --firewall nft > "$T/nft.out" 2>&1; then
 else
     echo "  (this kernel lacks the nft queue statement: $(tr -d '\n' < "$T/nft.out" | cut -c1-120))"
     check "nft: --firewall nft is refused with a clear error" grep -q "kernel lacks the nft queue statement" "$T/nft.out"
-    ins "$BIN" run --firewall nft --install-rules --string @example.com > "$T/nft.out" 2>&1; code=$?
+    ins "$BIN" run --firewall nft --no-state --no-control --install-rules --string @example.com > "$T/nft.out" 2>&1; code=$?
     check "nft: so is run --firewall nft (status $code)" test "$code" -ne 0
     check "nft: the kernel accepts the table without its queue statement (nft -c)" \
         bash -c "'$BIN' rules print --firewall nft | grep -v 'queue num' | ip netns exec '$S' nft -c -f -"

@@ -37,7 +37,7 @@ children() { pgrep -P "$EPID" | wc -l; }
 
 echo "== A: stringban in front of Exim"
 rm -f "$T/pid"
-ip netns exec "$S" "$BIN" run --string @example.com --install-rules --pidfile "$T/pid" 2> "$T/daemon.log" & DPID=$!
+ip netns exec "$S" "$BIN" run --string @example.com --install-rules --pidfile "$T/pid" --state-dir "$T/state" --no-control 2> "$T/daemon.log" & DPID=$!
 for _ in $(seq 100); do [ -s "$T/pid" ] && break; sleep 0.05; done
 check "legit mail (swaks) is accepted: $(legit A1)" delivered A1
 read -r outcome secs < <(inc python3 "$HERE/exim_session.py" 198.19.1.1 198.18.0.1 "$S" 3)
@@ -61,7 +61,7 @@ kill "$DPID"; wait "$DPID" 2>/dev/null; DPID=
 echo "== A2: smtp mode in front of Exim (envelope commands only, any case, across segments; bypass)"
 start_smtp() {
     rm -f "$T/pid"
-    ip netns exec "$S" "$BIN" run --string @example.com --mode smtp --install-rules --pidfile "$T/pid" \
+    ip netns exec "$S" "$BIN" run --string @example.com --mode smtp --install-rules --pidfile "$T/pid" --state-dir "$T/state" --no-control \
         --summary-interval 1s 2> "$T/daemon.log" & DPID=$!
     for _ in $(seq 100); do [ -s "$T/pid" ] && return 0; sleep 0.05; done
     echo "daemon did not start:"; cat "$T/daemon.log"; return 1

@@ -23,7 +23,7 @@ trap cleanup EXIT
 ip netns add "$S" && ip -n "$S" link set lo up || exit 1
 
 echo "== memory: $N bans"
-ip netns exec "$S" "$BIN" run --string @example.com --action drop --ttl 24h --install-rules \
+ip netns exec "$S" "$BIN" run --string @example.com --action drop --ttl 24h --state-dir "$T/state" --control-socket "$T/ctl.sock" --install-rules \
     --pidfile "$T/pid" --summary-interval 1s 2> "$T/daemon.log" & DPID=$!
 for _ in $(seq 100); do [ -s "$T/pid" ] && break; sleep 0.05; done
 [ -s "$T/pid" ] || { echo "daemon did not start:"; cat "$T/daemon.log"; exit 1; }

@@ -1,0 +1,453 @@
+//! The control protocol (DESIGN §8): JSON lines over a unix socket (root only, mode 0600).
+//!
+//! One request per line, answered by one line — except `list`, answered by one line per ban and
+//! then the closing `{"ok":true,"count":N}` line. Every answer's last line has `ok`; a bad
+//! request gets `{"ok":false,"error":"…"}` and the connection stays usable.
+//!
+//! ```text
+//! {"cmd":"list","list":"spam"}                       {"list":"spam","key":"198.18.0.7",…}… {"ok":true,"count":N}
+//! {"cmd":"count"}                                    {"ok":true,"count":N,"lists":{"spam":N}}
+//! {"cmd":"add","addr":"198.18.0.7","ttl":"1h"}       {"ok":true,"key":"198.18.0.7","new":true}
+//! {"cmd":"del","addr":"198.18.0.7"}                  {"ok":true,"removed":1}
+//! {"cmd":"flush","list":"spam"}                      {"ok":true,"removed":N}
+//! {"cmd":"stats"}                                    {"ok":true,"stats":{…}}
+//! {"cmd":"reload"}                                   {"ok":true}
+//! ```
+//!
+//! [`handle`] is pure (the blacklist is in memory; `now` is passed in): tested with strings.
+//! The daemon's listener thread ([`serve`]) and the CLI's [`request`] are the thin shells.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::IpAddr;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use crate::blacklist::{Ban, Blacklist, Key, List, NO_RULE};
+use crate::time::{self, Instant};
+
+/// Longest request line read; a longer one is refused.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// What a request asks of the daemon beyond its answer.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Effect {
+    None,
+    /// Re-read the configuration (as SIGHUP).
+    Reload,
+}
+
+fn err(msg: impl Into<String>) -> String {
+    json!({"ok": false, "error": msg.into()}).to_string()
+}
+
+/// The lists a request names (`list`), or all of them.
+fn lists<'a>(bl: &'a Blacklist, req: &Value) -> Result<Vec<&'a List>, String> {
+    match req.get("list") {
+        None | Some(Value::Null) => Ok(bl.lists().iter().collect()),
+        Some(Value::String(name)) => bl
+            .by_name(name)
+            .map(|(_, l)| vec![l])
+            .ok_or_else(|| format!("list {name:?}: no such list")),
+        Some(other) => Err(format!("list = {other}: expected a list name")),
+    }
+}
+
+/// One ban as a JSON object.
+pub fn ban_json(list: &str, ban: &Ban, now: Instant) -> Value {
+    json!({
+        "list": list,
+        "key": ban.key.to_string(),
+        "first_seen": ban.first_seen.micros() / 1_000_000,
+        "last_seen": ban.last_seen.micros() / 1_000_000,
+        "expires_at": ban.expires_at.micros() / 1_000_000,
+        "ttl_left": ban.expires_at.saturating_sub(now).secs(),
+        "hits": ban.hits,
+        "rule": if ban.rule == NO_RULE { Value::Null } else { json!(ban.rule) },
+    })
+}
+
+/// Parses `ADDR` or `ADDR/PREFIX` for `list`: the prefix, if given, must be the list's own for
+/// that family (keys are the source masked by it).
+pub fn parse_addr(text: &str, list: &List) -> Result<IpAddr, String> {
+    let (addr, prefix) = match text.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (text, None),
+    };
+    let ip: IpAddr = addr
+        .trim()
+        .parse()
+        .map_err(|_| format!("addr = {text}: not an IP address"))?;
+    if let Some(p) = prefix {
+        let p: u8 = p
+            .parse()
+            .map_err(|_| format!("addr = {text}: bad prefix length"))?;
+        let own = match list.key(ip) {
+            Key::V4 { prefix, .. } => prefix,
+            Key::V6 { prefix, .. } => prefix,
+        };
+        if p != own {
+            return Err(format!(
+                "addr = {text}: list {:?} bans /{own} keys for this family (set its prefix_v4 / prefix_v6 to ban /{p})",
+                list.config().name
+            ));
+        }
+    }
+    Ok(ip)
+}
+
+/// Answers one request line. `stats` gives the daemon's counters when asked. Each answer line
+/// goes to `out`.
+pub fn handle(
+    line: &str,
+    bl: &Blacklist,
+    now: Instant,
+    stats: &dyn Fn() -> Value,
+    out: &mut dyn FnMut(String),
+) -> Effect {
+    let req: Value = match serde_json::from_str(line) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => {
+            out(err("expected a JSON object such as {\"cmd\":\"count\"}"));
+            return Effect::None;
+        }
+        Err(e) => {
+            out(err(format!("not JSON: {e}")));
+            return Effect::None;
+        }
+    };
+    let cmd = req.get("cmd").and_then(Value::as_str).unwrap_or("");
+    let targets = match lists(bl, &req) {
+        Ok(l) => l,
+        Err(e) => {
+            out(err(e));
+            return Effect::None;
+        }
+    };
+    match cmd {
+        "list" => {
+            let mut n = 0u64;
+            for l in &targets {
+                for ban in l.bans(now) {
+                    out(ban_json(&l.config().name, &ban, now).to_string());
+                    n += 1;
+                }
+            }
+            out(json!({"ok": true, "count": n}).to_string());
+        }
+        "count" => {
+            let mut per = serde_json::Map::new();
+            let mut total = 0u64;
+            for l in &targets {
+                let n = l.bans(now).len() as u64;
+                per.insert(l.config().name.clone(), json!(n));
+                total += n;
+            }
+            out(json!({"ok": true, "count": total, "lists": per}).to_string());
+        }
+        "add" => {
+            let list = targets[0];
+            let Some(text) = req.get("addr").and_then(Value::as_str) else {
+                out(err("add needs \"addr\""));
+                return Effect::None;
+            };
+            let ip = match parse_addr(text, list) {
+                Ok(ip) => ip,
+                Err(e) => {
+                    out(err(e));
+                    return Effect::None;
+                }
+            };
+            let ttl = match req.get("ttl") {
+                None | Some(Value::Null) => list.config().ttl,
+                Some(Value::String(t)) => match time::parse_duration(t) {
+                    Ok(d) if d.micros() > 0 => d,
+                    Ok(_) => {
+                        out(err("ttl must be more than 0"));
+                        return Effect::None;
+                    }
+                    Err(e) => {
+                        out(err(format!("ttl = {t}: {e}")));
+                        return Effect::None;
+                    }
+                },
+                Some(Value::Number(n)) if n.as_u64().is_some_and(|s| s > 0) => {
+                    time::Duration::from_secs(n.as_u64().unwrap_or(1))
+                }
+                Some(other) => {
+                    out(err(format!(
+                        "ttl = {other}: expected seconds or a duration"
+                    )));
+                    return Effect::None;
+                }
+            };
+            let new = list.ban_for(ip, now, ttl, NO_RULE) == crate::blacklist::Banned::New;
+            out(json!({"ok": true, "key": list.key(ip).to_string(), "list": list.config().name, "new": new}).to_string());
+        }
+        "del" => {
+            let Some(text) = req.get("addr").and_then(Value::as_str) else {
+                out(err("del needs \"addr\""));
+                return Effect::None;
+            };
+            let mut removed = 0;
+            for l in &targets {
+                match parse_addr(text, l) {
+                    Ok(ip) => removed += usize::from(l.remove(ip)),
+                    Err(e) => {
+                        out(err(e));
+                        return Effect::None;
+                    }
+                }
+            }
+            out(json!({"ok": true, "removed": removed}).to_string());
+        }
+        "flush" => {
+            let removed: usize = targets.iter().map(|l| l.clear()).sum();
+            out(json!({"ok": true, "removed": removed}).to_string());
+        }
+        "stats" => out(json!({"ok": true, "stats": stats()}).to_string()),
+        "reload" => {
+            out(json!({"ok": true}).to_string());
+            return Effect::Reload;
+        }
+        "" => out(err("missing \"cmd\"")),
+        other => out(err(format!(
+            "cmd = {other}: expected list, count, add, del, flush, stats or reload"
+        ))),
+    }
+    Effect::None
+}
+
+/// The xt_recent `/proc` line of a ban (KERNEL-SPEC §3.4), with times in seconds since the
+/// epoch where the kernel prints jiffies: `src=ADDR ttl: 0 last_seen: T oldest_pkt: 1 T`.
+pub fn xt_recent_line(ban: &Value) -> String {
+    let key = ban["key"].as_str().unwrap_or("");
+    let addr = key.split('/').next().unwrap_or(key);
+    let addr = match addr.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => v6
+            .segments()
+            .iter()
+            .map(|s| format!("{s:04x}"))
+            .collect::<Vec<_>>()
+            .join(":"),
+        _ => addr.to_string(),
+    };
+    let seen = ban["last_seen"].as_u64().unwrap_or(0);
+    format!("src={addr} ttl: 0 last_seen: {seen} oldest_pkt: 1 {seen}")
+}
+
+/// Addresses of an xt_recent `/proc/net/xt_recent/NAME` dump, in order (lines that do not
+/// start with `src=` are reported by line number).
+pub fn parse_xt_recent(text: &str) -> Result<Vec<IpAddr>, String> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let addr = line
+            .strip_prefix("src=")
+            .and_then(|r| r.split_whitespace().next())
+            .ok_or_else(|| format!("line {}: expected src=ADDR …: {line:?}", n + 1))?;
+        let ip = addr
+            .parse()
+            .map_err(|_| format!("line {}: src={addr}: not an IP address", n + 1))?;
+        out.push(ip);
+    }
+    Ok(out)
+}
+
+/// Binds the control socket at `path` (mode 0600), replacing a stale one. Refuses when a live
+/// daemon answers there.
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{}: another daemon answers there", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves one connection until it closes: each line is [`handle`]d; `on_effect` runs for
+/// requests that ask for more than an answer.
+pub fn serve(
+    stream: UnixStream,
+    bl: &Blacklist,
+    now: &dyn Fn() -> Instant,
+    stats: &dyn Fn() -> Value,
+    on_effect: &dyn Fn(Effect),
+) -> io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut w = io::BufWriter::new(stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = Read::by_ref(&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_line(&mut line)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if n > MAX_LINE {
+            writeln!(w, "{}", err("request line too long"))?;
+            w.flush()?;
+            return Ok(());
+        }
+        let mut failed = None;
+        let effect = handle(line.trim_end(), bl, now(), stats, &mut |answer| {
+            if failed.is_none()
+                && let Err(e) = writeln!(w, "{answer}")
+            {
+                failed = Some(e);
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        w.flush()?;
+        on_effect(effect);
+    }
+}
+
+/// Sends one request to the daemon at `path` and returns its answer lines (the last has `ok`).
+pub fn request(path: &Path, req: &Value) -> io::Result<Vec<Value>> {
+    let stream = UnixStream::connect(path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "{}: {e} (is the daemon running with --control-socket {}?)",
+                path.display(),
+                path.display()
+            ),
+        )
+    })?;
+    let mut w = stream.try_clone()?;
+    writeln!(w, "{req}")?;
+    let mut out = Vec::new();
+    for line in BufReader::new(stream).lines() {
+        let v: Value = serde_json::from_str(&line?)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let last = v.get("ok").is_some();
+        out.push(v);
+        if last {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blacklist::ListConfig;
+
+    const T0: Instant = Instant::from_secs(1_767_225_600);
+
+    fn bl() -> Blacklist {
+        Blacklist::new(vec![
+            ListConfig::new("spam"),
+            ListConfig {
+                prefix_v4: 24,
+                ..ListConfig::new("nets")
+            },
+        ])
+    }
+
+    fn ask(bl: &Blacklist, line: &str) -> (Vec<Value>, Effect) {
+        let mut out = Vec::new();
+        let effect = handle(line, bl, T0, &|| json!({"packets": 7}), &mut |l| {
+            out.push(serde_json::from_str(&l).unwrap())
+        });
+        (out, effect)
+    }
+
+    #[test]
+    fn add_count_list_del_flush() {
+        let b = bl();
+        let (a, _) = ask(&b, r#"{"cmd":"add","addr":"198.18.0.7","ttl":"1h"}"#);
+        assert_eq!(
+            a[0],
+            json!({"ok": true, "key": "198.18.0.7", "list": "spam", "new": true})
+        );
+        let (a, _) = ask(
+            &b,
+            r#"{"cmd":"add","addr":"198.18.5.9/24","list":"nets","ttl":60}"#,
+        );
+        assert_eq!(a[0]["key"], "198.18.5.0/24");
+        let (a, _) = ask(&b, r#"{"cmd":"count"}"#);
+        assert_eq!(
+            a[0],
+            json!({"ok": true, "count": 2, "lists": {"spam": 1, "nets": 1}})
+        );
+        let (a, _) = ask(&b, r#"{"cmd":"list","list":"spam"}"#);
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[0]["ttl_left"], 3600);
+        assert_eq!(a[0]["rule"], Value::Null);
+        assert_eq!(a[1], json!({"ok": true, "count": 1}));
+        assert_eq!(
+            xt_recent_line(&a[0]),
+            "src=198.18.0.7 ttl: 0 last_seen: 1767225600 oldest_pkt: 1 1767225600"
+        );
+        let (a, _) = ask(&b, r#"{"cmd":"del","addr":"198.18.0.7"}"#);
+        assert_eq!(a[0], json!({"ok": true, "removed": 1}));
+        let (a, _) = ask(&b, r#"{"cmd":"flush"}"#);
+        assert_eq!(a[0], json!({"ok": true, "removed": 1}));
+        let (a, e) = ask(&b, r#"{"cmd":"reload"}"#);
+        assert_eq!((a[0]["ok"].as_bool(), e), (Some(true), Effect::Reload));
+        let (a, _) = ask(&b, r#"{"cmd":"stats"}"#);
+        assert_eq!(a[0]["stats"]["packets"], 7);
+    }
+
+    #[test]
+    fn bad_requests_get_an_error_reply() {
+        let b = bl();
+        for (line, want) in [
+            ("nonsense", "not JSON"),
+            ("[1]", "expected a JSON object"),
+            (r#"{"cmd":"fly"}"#, "cmd = fly"),
+            (r#"{}"#, "missing \"cmd\""),
+            (r#"{"cmd":"add"}"#, "add needs \"addr\""),
+            (r#"{"cmd":"add","addr":"300.1.1.1"}"#, "not an IP address"),
+            (r#"{"cmd":"add","addr":"198.18.0.1/24"}"#, "bans /32 keys"),
+            (
+                r#"{"cmd":"add","addr":"198.18.0.1","ttl":"soon"}"#,
+                "ttl = soon",
+            ),
+            (r#"{"cmd":"add","addr":"198.18.0.1","ttl":0}"#, "ttl = 0"),
+            (r#"{"cmd":"count","list":"nope"}"#, "no such list"),
+            (r#"{"cmd":"del","addr":"x"}"#, "not an IP address"),
+        ] {
+            let (a, _) = ask(&b, line);
+            assert_eq!(a[0]["ok"], false, "{line}");
+            let msg = a[0]["error"].as_str().unwrap();
+            assert!(msg.contains(want), "{line}: {msg}");
+        }
+        assert_eq!(b.lists()[0].len(), 0);
+    }
+
+    #[test]
+    fn xt_recent_dumps_parse_and_ipv6_prints_in_full() {
+        let dump = "src=192.0.2.7 ttl: 52 last_seen: 4295312345 oldest_pkt: 2 4295300000, 4295312345\nsrc=2001:0db8:0000:0000:0000:0000:0000:0001 ttl: 0 last_seen: 1 oldest_pkt: 1 1\n\n";
+        let ips = parse_xt_recent(dump).unwrap();
+        assert_eq!(
+            ips,
+            [
+                "192.0.2.7".parse::<IpAddr>().unwrap(),
+                "2001:db8::1".parse().unwrap()
+            ]
+        );
+        assert!(parse_xt_recent("garbage\n").unwrap_err().contains("line 1"));
+        let v = json!({"key": "2001:db8::/64", "last_seen": 5});
+        assert_eq!(
+            xt_recent_line(&v),
+            "src=2001:0db8:0000:0000:0000:0000:0000:0000 ttl: 0 last_seen: 5 oldest_pkt: 1 5"
+        );
+    }
+}
