@@ -388,7 +388,7 @@ fn open_store(
         restored = loaded.restored,
         expired = loaded.expired,
         journal_records = loaded.journal_records,
-        seconds = format!("{:.3}", start.elapsed().as_secs_f64()),
+        seconds = (start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
         dir = %dir.display(),
         "bans restored"
     );

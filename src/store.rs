@@ -167,12 +167,14 @@ fn decode_names(b: &[u8]) -> Option<(Vec<String>, usize)> {
     Some((names, at))
 }
 
-/// A file header: magic, version, generation, [count,] names, crc32 of all that.
+/// A file header: magic, version, generation, [count,] names, [per-list IPv4/IPv6 counts,]
+/// crc32 of all that.
 fn encode_header(
     magic: &[u8; 8],
     generation: u64,
     count: Option<u64>,
     names: &[String],
+    sizes: &[(u64, u64)],
 ) -> Vec<u8> {
     let mut h = Vec::with_capacity(64);
     h.extend_from_slice(magic);
@@ -182,6 +184,10 @@ fn encode_header(
         h.extend_from_slice(&c.to_le_bytes());
     }
     encode_names(&mut h, names);
+    for (v4, v6) in sizes {
+        h.extend_from_slice(&v4.to_le_bytes());
+        h.extend_from_slice(&v6.to_le_bytes());
+    }
     let crc = crc32fast::hash(&h);
     h.extend_from_slice(&crc.to_le_bytes());
     h
@@ -219,6 +225,13 @@ fn decode_header(b: &[u8], magic: &[u8; 8], with_count: bool) -> Result<Header, 
     };
     let (names, used) = decode_names(&b[at..]).ok_or("header cut short")?;
     at += used;
+    if with_count {
+        // Per-list IPv4 and IPv6 counts (informative: `stringban` does not need them to load).
+        at += 16 * names.len();
+        if b.len() < at {
+            return Err("header cut short".into());
+        }
+    }
     if b.len() < at + 4 {
         return Err("header cut short".into());
     }
@@ -255,11 +268,19 @@ pub fn write_snapshot(
     let count: u64 = bans.iter().map(|b| b.len() as u64).sum();
     let file = File::create(&tmp)?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
+    let sizes: Vec<(u64, u64)> = bans
+        .iter()
+        .map(|b| {
+            let v4 = b.iter().filter(|b| matches!(b.key, Key::V4 { .. })).count() as u64;
+            (v4, b.len() as u64 - v4)
+        })
+        .collect();
     w.write_all(&encode_header(
         SNAP_MAGIC,
         generation,
         Some(count),
         &names_of(blacklist),
+        &sizes,
     ))?;
     let mut block = Vec::with_capacity(BLOCK * RECORD);
     let mut n = 0u32;
@@ -333,56 +354,87 @@ fn load_snapshot(
     };
     let lists = map_lists(&header.names, blacklist);
     let mut pending: Vec<u8> = head[header.len..got].to_vec();
+    let mut pos = 0;
     let mut seen = 0u64;
     let mut bad_blocks = 0u64;
-    let mut unknown = 0u64;
     let mut buf = vec![0u8; 1 << 20];
-    loop {
-        // Refill so that a whole block is available when it exists.
-        while pending.len() < 8 + BLOCK * RECORD {
-            let n = read_up_to(&mut r, &mut buf);
-            if n == 0 {
-                break;
-            }
-            pending.extend_from_slice(&buf[..n]);
-        }
-        if pending.len() < 8 {
-            break;
-        }
-        let n = u32_at(&pending, 0) as usize;
-        let crc = u32_at(&pending, 4);
-        if n == 0 || n > BLOCK || pending.len() < 8 + n * RECORD {
-            loaded.problems.push(format!(
-                "{}: cut short or damaged after {seen} of {} records",
-                path.display(),
-                header.count
-            ));
-            pending.clear();
-            break;
-        }
-        let body = &pending[8..8 + n * RECORD];
-        if crc32fast::hash(body) != crc {
-            bad_blocks += 1;
-        } else {
-            for rec in body.chunks_exact(RECORD) {
-                let Some(rec) = decode_record(rec) else {
-                    continue;
-                };
-                match lists.get(usize::from(rec.list)).copied().flatten() {
-                    Some(id) => {
-                        if blacklist.list(id).restore(&rec.ban, now) {
-                            loaded.restored += 1;
-                        } else {
-                            loaded.expired += 1;
+    // Blocks are checked and restored by worker threads (the maps take concurrent inserts)
+    // while this one reads the file.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(64);
+    let rx = std::sync::Mutex::new(rx);
+    let (restored, expired, unknown) = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let (rx, lists) = (&rx, &lists);
+                scope.spawn(move || {
+                    let (mut restored, mut expired, mut unknown) = (0usize, 0usize, 0usize);
+                    loop {
+                        let block = match rx.lock().map(|r| r.recv()) {
+                            Ok(Ok(b)) => b,
+                            _ => break,
+                        };
+                        for rec in block.chunks_exact(RECORD) {
+                            let Some(rec) = decode_record(rec) else {
+                                continue;
+                            };
+                            match lists.get(usize::from(rec.list)).copied().flatten() {
+                                Some(id) if blacklist.list(id).restore(&rec.ban, now) => {
+                                    restored += 1
+                                }
+                                Some(_) => expired += 1,
+                                None => unknown += 1,
+                            }
                         }
                     }
-                    None => unknown += 1,
+                    (restored, expired, unknown)
+                })
+            })
+            .collect();
+        loop {
+            // Refill so that a whole block is available when it exists.
+            if pending.len() - pos < 8 + BLOCK * RECORD {
+                pending.drain(..pos);
+                pos = 0;
+                while pending.len() < 8 + BLOCK * RECORD {
+                    let n = read_up_to(&mut r, &mut buf);
+                    if n == 0 {
+                        break;
+                    }
+                    pending.extend_from_slice(&buf[..n]);
                 }
             }
+            let rest = &pending[pos..];
+            if rest.len() < 8 {
+                break;
+            }
+            let n = u32_at(rest, 0) as usize;
+            let crc = u32_at(rest, 4);
+            if n == 0 || n > BLOCK || rest.len() < 8 + n * RECORD {
+                loaded.problems.push(format!(
+                    "{}: cut short or damaged after {seen} of {} records",
+                    path.display(),
+                    header.count
+                ));
+                break;
+            }
+            let body = &rest[8..8 + n * RECORD];
+            if crc32fast::hash(body) != crc {
+                bad_blocks += 1;
+            } else if tx.send(body.to_vec()).is_err() {
+                break;
+            }
+            seen += n as u64;
+            pos += 8 + n * RECORD;
         }
-        seen += n as u64;
-        pending.drain(..8 + n * RECORD);
-    }
+        drop(tx);
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or((0, 0, 0)))
+            .fold((0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))
+    });
+    loaded.restored += restored;
+    loaded.expired += expired;
     if bad_blocks > 0 {
         loaded.problems.push(format!(
             "{}: {bad_blocks} block(s) of up to {BLOCK} records failed their checksum and were skipped",
@@ -567,7 +619,7 @@ impl Journal {
         let path = dir.join(JOURNAL);
         let tmp = dir.join(format!("{JOURNAL}.tmp"));
         let mut f = File::create(&tmp)?;
-        f.write_all(&encode_header(JOURNAL_MAGIC, generation, None, names))?;
+        f.write_all(&encode_header(JOURNAL_MAGIC, generation, None, names, &[]))?;
         f.sync_all()?;
         fs::rename(&tmp, &path)?;
         sync_dir(dir)?;
