@@ -57,6 +57,8 @@ pub struct DaemonConfig {
     pub snapshot_every: StdDuration,
     /// The control socket; None: none.
     pub control_socket: Option<PathBuf>,
+    /// Where Prometheus metrics are served (host:port); None: nowhere.
+    pub metrics: Option<String>,
 }
 
 /// Reads the configuration again (SIGHUP).
@@ -82,6 +84,8 @@ pub struct WorkerStats {
     pub crafted: u64,
     pub gso: u64,
     pub csum_not_ready: u64,
+    /// Time in `decide`, every 16th packet.
+    pub latency: crate::metrics::Latency,
 }
 
 struct Shared {
@@ -253,6 +257,24 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
         }
         None => None,
     };
+    if let Some(addr) = &daemon.metrics {
+        let listener = crate::metrics::bind(addr)
+            .map_err(|e| DaemonError::Start(format!("metrics listener {addr}: {e}")))?;
+        let (shared, blacklist) = (Arc::clone(&shared), Arc::clone(&blacklist));
+        thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(stream) = stream else { continue };
+                    let body = metrics_text(&shared, &blacklist);
+                    if let Err(e) = crate::metrics::respond(stream, &body) {
+                        warn!("metrics connection: {e}");
+                    }
+                }
+            })
+            .map_err(|e| DaemonError::Start(format!("spawning the metrics thread: {e}")))?;
+        info!(addr = %addr, "metrics served");
+    }
     let mut handles = Vec::new();
     for (i, queue) in queues.into_iter().enumerate() {
         let shared = Arc::clone(&shared);
@@ -475,6 +497,27 @@ fn control_loop(
     }
 }
 
+/// The Prometheus exposition of every counter.
+fn metrics_text(shared: &Shared, blacklist: &Blacklist) -> String {
+    let total = total_stats(shared);
+    let names: Vec<String> = lock(&shared.config)
+        .rules
+        .iter()
+        .map(|r| r.name.clone())
+        .collect();
+    let queues = kernel_counters();
+    crate::metrics::render(&crate::metrics::Snapshot {
+        engine: &total.engine,
+        rule_names: &names,
+        blacklist,
+        queues: &queues,
+        latency: &total.latency,
+        malformed: total.malformed,
+        sockets_destroyed: total.destroyed,
+        reset_by_mark: total.reset_by_mark,
+    })
+}
+
 /// Every worker's counters summed, with the lists and the kernel's queue counters, as JSON.
 fn stats_json(shared: &Shared, blacklist: &Blacklist) -> serde_json::Value {
     use serde_json::json;
@@ -555,6 +598,7 @@ fn total_stats(shared: &Shared) -> WorkerStats {
         total.reset_by_mark += s.reset_by_mark;
         total.crafted += s.crafted;
         total.wakeups += s.wakeups;
+        total.latency.merge(&s.latency);
     }
     total
 }
@@ -619,6 +663,7 @@ fn worker(
     };
     let num = queue.num();
     let mut published = std::time::Instant::now();
+    let mut sampled = 0u32;
     while !shared.stop.load(Relaxed) {
         let g = shared.generation.load(Relaxed);
         if g != generation {
@@ -662,7 +707,17 @@ fn worker(
                 };
                 carried.gso += u64::from(q.skb_info & codec::SKB_GSO != 0);
                 carried.csum_not_ready += u64::from(q.skb_info & codec::SKB_CSUMNOTREADY != 0);
-                let decision = engine.decide(q.payload, now);
+                sampled = sampled.wrapping_add(1);
+                let decision = if sampled % 16 == 0 {
+                    let t = std::time::Instant::now();
+                    let d = engine.decide(q.payload, now);
+                    carried
+                        .latency
+                        .observe(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                    d
+                } else {
+                    engine.decide(q.payload, now)
+                };
                 match decision.verdict {
                     Verdict::Accept => runs.push(&mut out, codec::NF_ACCEPT, q.id),
                     Verdict::Drop => runs.push(&mut out, codec::NF_DROP, q.id),

@@ -197,6 +197,9 @@ struct RunArgs {
     /// No control socket.
     #[arg(long)]
     no_control: bool,
+    /// Serve Prometheus metrics at this address (HOST:PORT; --metrics alone: 127.0.0.1:9325).
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9325")]
+    metrics: Option<String>,
     /// error, warn, info or debug.
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     log_level: String,
@@ -820,6 +823,7 @@ fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
         fsync_every: std_duration("--fsync-interval", &args.fsync_interval, 1_000)?,
         snapshot_every: std_duration("--snapshot-interval", &args.snapshot_interval, 1_000_000)?,
         control_socket: (!args.no_control).then(|| args.control_socket.clone()),
+        metrics: args.metrics.clone(),
     };
     let rule_args = args.rules.clone();
     let reload: daemon::Reload =

@@ -24,7 +24,7 @@ sb() { "$BIN" "$@" "${CTL[@]}"; }
 start() {
     rm -f "$T/pid"
     ip netns exec "$S" "$BIN" run --string @example.com --action drop --ttl 24h --install-rules \
-        --pidfile "$T/pid" --state-dir "$T/state" "${CTL[@]}" --summary-interval 1s "$@" 2>> "$T/daemon.log" & DPID=$!
+        --pidfile "$T/pid" --state-dir "$T/state" "${CTL[@]}" --metrics 127.0.0.1:9325 --summary-interval 1s "$@" 2>> "$T/daemon.log" & DPID=$!
     for _ in $(seq 200); do [ -s "$T/pid" ] && [ -S "$T/ctl.sock" ] && return 0; sleep 0.05; done
     echo "daemon did not start:"; tail -20 "$T/daemon.log"; return 1
 }
@@ -65,6 +65,18 @@ for l in sys.stdin:
     if b.get("key")=="198.18.9.10": print(b["ttl_left"])')
 check "... the hand-made ban with its remaining TTL (${ttl:-none} s of 3600)" python3 -c "import sys; sys.exit(0 if 3500 < int('${ttl:-0}') <= 3600 else 1)"
 check "the restart logged what it restored" grep -q "bans restored.*restored=3001\|restored=3001.*bans restored" "$T/daemon.log"
+
+echo "== Prometheus metrics, scraped over HTTP"
+blast 2000 50000   # the first 2,000 sources again: banned, so dropped (and timed)
+sleep 1.2
+ip netns exec "$S" python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:9325/metrics", timeout=5).read().decode())' > "$T/metrics" 2>&1
+metric() { awk -v m="$1" '$1 == m { print $2 }' "$T/metrics"; }
+check "the exposition answers (text format: $(head -c 60 "$T/metrics" | head -1))" grep -q '^# TYPE stringban_packets_total counter' "$T/metrics"
+check "stringban_bans{list=\"default\"} = the count ($(metric 'stringban_bans{list="default"}') = $(count))" test "$(metric 'stringban_bans{list="default"}')" = "$(count)"
+check "packets and drops counted ($(metric stringban_packets_total) packets, $(metric 'stringban_verdicts_total{verdict="drop"}') dropped)" test "$(metric 'stringban_verdicts_total{verdict="drop"}')" -ge 2000
+check "... as banned ($(metric 'stringban_decisions_total{reason="banned"}'))" test "$(metric 'stringban_decisions_total{reason="banned"}')" -ge 2000
+check "decide latency histogram has observations ($(metric stringban_decide_seconds_count))" test "$(metric stringban_decide_seconds_count)" -gt 0
+check "no kernel queue drops ($(metric 'stringban_queue_dropped_total{queue="0"}'))" test "$(metric 'stringban_queue_dropped_total{queue="0"}')" = 0
 
 echo "== kill -9 during a flood loses no ban older than the fsync interval (100 ms)"
 sb flush > /dev/null

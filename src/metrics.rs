@@ -1,0 +1,383 @@
+//! Prometheus metrics (text exposition format 0.0.4) on an opt-in TCP listener (DESIGN §8).
+//!
+//! [`render`] is pure: counters in, text out (tested with strings). [`serve`] answers
+//! `GET /metrics` (any path, in fact) over plain HTTP/1.x, one response per connection.
+
+use std::fmt::Write as _;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+
+use crate::blacklist::Blacklist;
+use crate::engine::{Stats, Verdict};
+use crate::io::nfqueue::codec::QueueCounters;
+
+/// Upper bounds (seconds) of the decide-latency histogram's buckets; +Inf follows.
+pub const LATENCY_BUCKETS: [f64; 10] = [
+    100e-9, 250e-9, 500e-9, 1e-6, 2.5e-6, 5e-6, 10e-6, 25e-6, 100e-6, 1e-3,
+];
+
+/// A histogram of decide latencies: counts per bucket (the last is +Inf) and the sum.
+#[derive(Clone, Debug, Default, Eq, PartialEq)]
+pub struct Latency {
+    pub buckets: [u64; LATENCY_BUCKETS.len() + 1],
+    pub sum_ns: u64,
+}
+
+impl Latency {
+    pub fn observe(&mut self, ns: u64) {
+        let s = ns as f64 / 1e9;
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[i] += 1;
+        self.sum_ns += ns;
+    }
+
+    pub fn merge(&mut self, other: &Latency) {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a += b;
+        }
+        self.sum_ns += other.sum_ns;
+    }
+}
+
+/// Everything the exposition shows.
+pub struct Snapshot<'a> {
+    pub engine: &'a Stats,
+    pub rule_names: &'a [String],
+    pub blacklist: &'a Blacklist,
+    pub queues: &'a [QueueCounters],
+    pub latency: &'a Latency,
+    pub malformed: u64,
+    pub sockets_destroyed: u64,
+    pub reset_by_mark: u64,
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The text exposition of `s`.
+pub fn render(s: &Snapshot<'_>) -> String {
+    let mut o = String::with_capacity(4096);
+    let head = |o: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    let e = s.engine;
+    head(
+        &mut o,
+        "stringban_packets_total",
+        "counter",
+        "Packets decided.",
+    );
+    let _ = writeln!(o, "stringban_packets_total {}", e.packets);
+    head(
+        &mut o,
+        "stringban_bytes_total",
+        "counter",
+        "Bytes of the packets decided.",
+    );
+    let _ = writeln!(o, "stringban_bytes_total {}", e.bytes);
+    head(
+        &mut o,
+        "stringban_verdicts_total",
+        "counter",
+        "Verdicts, by verdict.",
+    );
+    for v in Verdict::ALL {
+        let _ = writeln!(
+            o,
+            "stringban_verdicts_total{{verdict=\"{}\"}} {}",
+            v.name(),
+            e.verdict(v)
+        );
+    }
+    head(
+        &mut o,
+        "stringban_decisions_total",
+        "counter",
+        "Packets by the reason of their verdict.",
+    );
+    let banned: u64 = e.banned.iter().sum();
+    let matched: u64 = e.matches.iter().sum();
+    for (reason, n) in [
+        ("banned", banned),
+        ("matched", matched),
+        ("unguarded", e.unguarded),
+        ("unparsed", e.unparsed_total()),
+        ("bypassed", e.verdict(Verdict::Bypass)),
+        ("flow_limit", e.flow_refused),
+    ] {
+        let _ = writeln!(o, "stringban_decisions_total{{reason=\"{reason}\"}} {n}");
+    }
+    head(
+        &mut o,
+        "stringban_matches_total",
+        "counter",
+        "Matches, by rule.",
+    );
+    for (name, n) in s.rule_names.iter().zip(&e.matches) {
+        let _ = writeln!(
+            o,
+            "stringban_matches_total{{rule=\"{}\"}} {n}",
+            escape(name)
+        );
+    }
+    head(
+        &mut o,
+        "stringban_banned_packets_total",
+        "counter",
+        "Packets dropped because their source was banned, by list.",
+    );
+    for (l, n) in s.blacklist.lists().iter().zip(&e.banned) {
+        let _ = writeln!(
+            o,
+            "stringban_banned_packets_total{{list=\"{}\"}} {n}",
+            escape(&l.config().name)
+        );
+    }
+    let per_list = |o: &mut String,
+                    name: &str,
+                    kind: &str,
+                    help: &str,
+                    f: &dyn Fn(&crate::blacklist::List) -> u64| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for l in s.blacklist.lists() {
+            let _ = writeln!(
+                o,
+                "{name}{{list=\"{}\"}} {}",
+                escape(&l.config().name),
+                f(l)
+            );
+        }
+    };
+    use std::sync::atomic::Ordering::Relaxed;
+    per_list(
+        &mut o,
+        "stringban_bans",
+        "gauge",
+        "Entries in the list.",
+        &|l| l.len() as u64,
+    );
+    per_list(
+        &mut o,
+        "stringban_bans_added_total",
+        "counter",
+        "Bans made.",
+        &|l| l.stats().added.load(Relaxed),
+    );
+    per_list(
+        &mut o,
+        "stringban_bans_renewed_total",
+        "counter",
+        "Bans renewed.",
+        &|l| l.stats().renewed.load(Relaxed),
+    );
+    per_list(
+        &mut o,
+        "stringban_bans_expired_total",
+        "counter",
+        "Bans expired.",
+        &|l| l.stats().expired.load(Relaxed),
+    );
+    per_list(
+        &mut o,
+        "stringban_bans_evicted_total",
+        "counter",
+        "Bans evicted (list full).",
+        &|l| l.stats().evicted.load(Relaxed),
+    );
+    per_list(
+        &mut o,
+        "stringban_bans_removed_total",
+        "counter",
+        "Bans removed by hand.",
+        &|l| l.stats().removed.load(Relaxed),
+    );
+    head(
+        &mut o,
+        "stringban_flows_total",
+        "counter",
+        "Flows followed (stream and smtp modes).",
+    );
+    let _ = writeln!(o, "stringban_flows_total {}", e.flows_new);
+    head(
+        &mut o,
+        "stringban_flows_bypassed_total",
+        "counter",
+        "Flows let past the queue.",
+    );
+    let _ = writeln!(o, "stringban_flows_bypassed_total {}", e.flows_bypassed);
+    head(
+        &mut o,
+        "stringban_session_packets_total",
+        "counter",
+        "Packets of ended sessions the engine looked at.",
+    );
+    let _ = writeln!(o, "stringban_session_packets_total {}", e.session_packets);
+    head(
+        &mut o,
+        "stringban_sessions_total",
+        "counter",
+        "Sessions ended.",
+    );
+    let _ = writeln!(o, "stringban_sessions_total {}", e.sessions);
+    head(
+        &mut o,
+        "stringban_resets_total",
+        "counter",
+        "Resets, by how the local side was reset.",
+    );
+    let _ = writeln!(
+        o,
+        "stringban_resets_total{{how=\"sock_destroy\"}} {}",
+        s.sockets_destroyed
+    );
+    let _ = writeln!(
+        o,
+        "stringban_resets_total{{how=\"reject_mark\"}} {}",
+        s.reset_by_mark
+    );
+    head(
+        &mut o,
+        "stringban_malformed_total",
+        "counter",
+        "Malformed netlink messages from the kernel.",
+    );
+    let _ = writeln!(o, "stringban_malformed_total {}", s.malformed);
+    head(
+        &mut o,
+        "stringban_queue_dropped_total",
+        "counter",
+        "Packets the kernel dropped: queue full (nfnetlink_queue queue_dropped).",
+    );
+    for q in s.queues {
+        let _ = writeln!(
+            o,
+            "stringban_queue_dropped_total{{queue=\"{}\"}} {}",
+            q.queue, q.queue_dropped
+        );
+    }
+    head(
+        &mut o,
+        "stringban_queue_user_dropped_total",
+        "counter",
+        "Packets the kernel dropped: socket buffer full (nfnetlink_queue user_dropped).",
+    );
+    for q in s.queues {
+        let _ = writeln!(
+            o,
+            "stringban_queue_user_dropped_total{{queue=\"{}\"}} {}",
+            q.queue, q.user_dropped
+        );
+    }
+    head(
+        &mut o,
+        "stringban_decide_seconds",
+        "histogram",
+        "Time in Engine::decide per packet (every 16th packet timed).",
+    );
+    let mut cumulative = 0;
+    for (i, n) in s.latency.buckets.iter().enumerate() {
+        cumulative += n;
+        let le = LATENCY_BUCKETS
+            .get(i)
+            .map_or("+Inf".to_string(), |b| format!("{b:e}"));
+        let _ = writeln!(
+            o,
+            "stringban_decide_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+        );
+    }
+    let _ = writeln!(
+        o,
+        "stringban_decide_seconds_sum {}",
+        s.latency.sum_ns as f64 / 1e9
+    );
+    let _ = writeln!(o, "stringban_decide_seconds_count {cumulative}");
+    o
+}
+
+/// Answers one HTTP connection with `body` (reads the request head first).
+pub fn respond(stream: TcpStream, body: &str) -> io::Result<()> {
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    let mut total = 0;
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line)?;
+        total += n;
+        if n == 0 || line == "\r\n" || line == "\n" || total > 16 * 1024 {
+            break;
+        }
+    }
+    let mut w = stream;
+    write!(
+        w,
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    w.flush()
+}
+
+/// Binds the metrics listener.
+pub fn bind(addr: &str) -> io::Result<TcpListener> {
+    TcpListener::bind(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blacklist::ListConfig;
+    use crate::time::Instant;
+
+    #[test]
+    fn exposition_has_every_family_with_values() {
+        let bl = Blacklist::new(vec![ListConfig::new("spam")]);
+        bl.list(0)
+            .ban("198.18.0.1".parse().unwrap(), Instant::from_secs(1), 0);
+        let mut e = Stats::default();
+        e.packets = 10;
+        e.verdicts = [6, 1, 2, 1];
+        e.matches = vec![1];
+        e.banned = vec![2];
+        let mut lat = Latency::default();
+        lat.observe(300);
+        lat.observe(2_000_000);
+        let q = [QueueCounters {
+            queue: 0,
+            queue_dropped: 3,
+            user_dropped: 4,
+            ..QueueCounters::default()
+        }];
+        let text = render(&Snapshot {
+            engine: &e,
+            rule_names: &["@example.com".to_string()],
+            blacklist: &bl,
+            queues: &q,
+            latency: &lat,
+            malformed: 0,
+            sockets_destroyed: 1,
+            reset_by_mark: 0,
+        });
+        for want in [
+            "stringban_packets_total 10\n",
+            "stringban_verdicts_total{verdict=\"reset\"} 1\n",
+            "stringban_decisions_total{reason=\"banned\"} 2\n",
+            "stringban_matches_total{rule=\"@example.com\"} 1\n",
+            "stringban_bans{list=\"spam\"} 1\n",
+            "stringban_bans_added_total{list=\"spam\"} 1\n",
+            "stringban_queue_dropped_total{queue=\"0\"} 3\n",
+            "stringban_queue_user_dropped_total{queue=\"0\"} 4\n",
+            "stringban_decide_seconds_bucket{le=\"5e-7\"} 1\n",
+            "stringban_decide_seconds_bucket{le=\"+Inf\"} 2\n",
+            "stringban_decide_seconds_count 2\n",
+            "# TYPE stringban_decide_seconds histogram\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+    }
+}
