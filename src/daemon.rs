@@ -708,7 +708,7 @@ fn worker(
                 carried.gso += u64::from(q.skb_info & codec::SKB_GSO != 0);
                 carried.csum_not_ready += u64::from(q.skb_info & codec::SKB_CSUMNOTREADY != 0);
                 sampled = sampled.wrapping_add(1);
-                let decision = if sampled % 16 == 0 {
+                let decision = if sampled.is_multiple_of(16) {
                     let t = std::time::Instant::now();
                     let d = engine.decide(q.payload, now);
                     carried

@@ -339,11 +339,13 @@ mod tests {
         let bl = Blacklist::new(vec![ListConfig::new("spam")]);
         bl.list(0)
             .ban("198.18.0.1".parse().unwrap(), Instant::from_secs(1), 0);
-        let mut e = Stats::default();
-        e.packets = 10;
-        e.verdicts = [6, 1, 2, 1];
-        e.matches = vec![1];
-        e.banned = vec![2];
+        let e = Stats {
+            packets: 10,
+            verdicts: [6, 1, 2, 1],
+            matches: vec![1],
+            banned: vec![2],
+            ..Stats::default()
+        };
         let mut lat = Latency::default();
         lat.observe(300);
         lat.observe(2_000_000);
