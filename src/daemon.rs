@@ -28,6 +28,7 @@ use crate::engine::{Engine, Stats, Verdict};
 use crate::io::firewall::{self, Marks, RulesConfig};
 use crate::io::nfqueue::codec::{self, Builder};
 use crate::io::nfqueue::{Queue, QueueConfig, QueueError, kernel_counters};
+use crate::io::offload::Offload;
 use crate::io::rst::RstInjector;
 use crate::io::sockdiag::{Destroyed, SockDiag};
 use crate::parse::{self, Transport};
@@ -59,6 +60,8 @@ pub struct DaemonConfig {
     pub control_socket: Option<PathBuf>,
     /// Where Prometheus metrics are served (host:port); None: nowhere.
     pub metrics: Option<String>,
+    /// Mirror bans into ipsets dropped before the queue.
+    pub offload: bool,
 }
 
 /// Reads the configuration again (SIGHUP).
@@ -187,9 +190,36 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
         .map_err(|e| DaemonError::Start(e.to_string()))?;
         queues.push(q);
     }
+    let offload = if daemon.offload {
+        let capacity: usize = config
+            .lists
+            .iter()
+            .map(|l| l.capacity)
+            .fold(0usize, usize::saturating_add);
+        let o = Offload::new(capacity);
+        o.setup()
+            .map_err(|e| DaemonError::Start(format!("offload: {e}")))?;
+        let t = std::time::Instant::now();
+        let n = o
+            .resync(&blacklist, now())
+            .map_err(|e| DaemonError::Start(format!("offload: {e}")))?;
+        let secs = t.elapsed().as_secs_f64();
+        info!(
+            bans = n,
+            seconds = (secs * 1000.0).round() / 1000.0,
+            adds_per_second = (n as f64 / secs.max(1e-6)).round(),
+            v4 = %o.v4,
+            v6 = %o.v6,
+            "offload sets loaded"
+        );
+        Some(o)
+    } else {
+        None
+    };
     let mut rules_cfg = RulesConfig {
         fail_open: daemon.fail_open,
         marks: daemon.marks,
+        offload_sets: offload.as_ref().map(|o| (o.v4.clone(), o.v6.clone())),
         ..RulesConfig::new(ports_of(&config), daemon.queues)
     };
     (
@@ -200,6 +230,11 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
     if daemon.install_rules {
         rules_cfg.backend = firewall::choose(daemon.firewall)
             .map_err(|e| DaemonError::Start(format!("installing rules: {e}")))?;
+        if offload.is_some() && rules_cfg.backend == firewall::Backend::Nft {
+            return Err(DaemonError::Start(
+                "--offload mirrors bans into ipsets, which the iptables backend matches; use --firewall iptables".into(),
+            ));
+        }
         let tools = firewall::install(&rules_cfg)
             .map_err(|e| DaemonError::Start(format!("installing rules: {e}")))?;
         info!(tools = %tools.join(","), chain = %rules_cfg.chain, "rules installed");
@@ -221,25 +256,36 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
             .map(|_| Mutex::new(WorkerStats::default()))
             .collect(),
     });
-    let store_thread = match store {
-        Some((store, lock)) => {
-            let (tx, rx) = std::sync::mpsc::channel();
-            blacklist.set_journal(&tx);
-            drop(tx);
-            let shared = Arc::clone(&shared);
-            let blacklist = Arc::clone(&blacklist);
-            let (fsync_every, snapshot_every) = (daemon.fsync_every, daemon.snapshot_every);
-            Some(
-                thread::Builder::new()
-                    .name("store".into())
-                    .spawn(move || {
-                        let _lock = lock;
-                        store_loop(store, rx, &shared, &blacklist, fsync_every, snapshot_every)
-                    })
-                    .map_err(|e| DaemonError::Start(format!("spawning the store: {e}")))?,
-            )
-        }
-        None => None,
+    let store_thread = if store.is_some() || offload.is_some() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        blacklist.set_journal(&tx);
+        drop(tx);
+        let shared = Arc::clone(&shared);
+        let blacklist = Arc::clone(&blacklist);
+        let (fsync_every, snapshot_every) = (daemon.fsync_every, daemon.snapshot_every);
+        let offload = offload.clone();
+        Some(
+            thread::Builder::new()
+                .name("store".into())
+                .spawn(move || {
+                    let (store, _lock) = match store {
+                        Some((s, l)) => (Some(s), Some(l)),
+                        None => (None, None),
+                    };
+                    changes_loop(
+                        store,
+                        offload,
+                        rx,
+                        &shared,
+                        &blacklist,
+                        fsync_every,
+                        snapshot_every,
+                    )
+                })
+                .map_err(|e| DaemonError::Start(format!("spawning the store: {e}")))?,
+        )
+    } else {
+        None
     };
     let control = match &daemon.control_socket {
         Some(path) => {
@@ -370,6 +416,11 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
             Err(e) => error!("removing rules: {e}"),
         }
     }
+    if let Some(o) = &offload {
+        if daemon.install_rules {
+            o.destroy();
+        }
+    }
     drop(pidfile);
     match failure {
         Some(f) => Err(DaemonError::Failed(f)),
@@ -417,11 +468,13 @@ fn open_store(
     Ok((store, lock))
 }
 
-/// The store thread: appends every change to the journal, fsyncs it every `fsync_every`,
-/// folds it into a new snapshot every `snapshot_every`, and once more at exit. Returns the
-/// number of bans in the last snapshot.
-fn store_loop(
-    mut store: Store,
+/// The changes thread: appends every change to the journal (if there is a state directory),
+/// fsyncs it every `fsync_every`, folds it into a new snapshot every `snapshot_every` and once
+/// more at exit; mirrors the changes into the offload sets in one `ipset restore` per interval
+/// and reconciles the sets every 10 s. Returns the number of bans in the last snapshot.
+fn changes_loop(
+    mut store: Option<Store>,
+    offload: Option<Offload>,
     rx: std::sync::mpsc::Receiver<crate::blacklist::Change>,
     shared: &Shared,
     blacklist: &Blacklist,
@@ -431,39 +484,114 @@ fn store_loop(
     use std::sync::mpsc::RecvTimeoutError;
     let mut last_sync = std::time::Instant::now();
     let mut last_snapshot = std::time::Instant::now();
-    if store.needs_compaction() {
+    let mut last_check = std::time::Instant::now();
+    let mut script = String::new();
+    let mut resync = false;
+    if let Some(store) = store.as_mut().filter(|s| s.needs_compaction()) {
         // Fold what the start replayed into a fresh snapshot, now that the queues run.
         let n = store.compact(blacklist, now())?;
         info!(bans = n, "snapshot written");
     }
+    let take = |c: crate::blacklist::Change,
+                store: &mut Option<Store>,
+                script: &mut String,
+                resync: &mut bool|
+     -> io::Result<()> {
+        if let Some(store) = store.as_mut() {
+            store.journal.append(&c)?;
+        }
+        if let Some(o) = &offload {
+            *resync |= matches!(c, crate::blacklist::Change::Flush(_));
+            script.push_str(&o.change_lines(&c, now()));
+        }
+        Ok(())
+    };
     loop {
         let wait = fsync_every.saturating_sub(last_sync.elapsed());
         match rx.recv_timeout(wait.max(StdDuration::from_millis(1))) {
             Ok(c) => {
-                store.journal.append(&c)?;
+                take(c, &mut store, &mut script, &mut resync)?;
                 for c in rx.try_iter() {
-                    store.journal.append(&c)?;
+                    take(c, &mut store, &mut script, &mut resync)?;
                 }
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {}
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
         }
-        if last_sync.elapsed() >= fsync_every {
-            store.journal.sync()?;
+        let stopping = shared.store_stop.load(Relaxed);
+        if stopping {
+            for c in rx.try_iter() {
+                take(c, &mut store, &mut script, &mut resync)?;
+            }
+        }
+        if last_sync.elapsed() >= fsync_every || stopping {
+            if let Some(store) = store.as_mut() {
+                store.journal.sync()?;
+            }
+            if let Some(o) = &offload {
+                if last_check.elapsed() >= StdDuration::from_secs(10) {
+                    last_check = std::time::Instant::now();
+                    resync |= offload_lost(o, blacklist);
+                }
+                let done = if resync {
+                    o.resync(blacklist, now())
+                        .map(|n| info!(bans = n, "offload sets resynced"))
+                } else {
+                    crate::io::offload::restore(&script)
+                };
+                match done {
+                    Ok(()) => {}
+                    Err(e) => {
+                        warn!("offload: {e}; resyncing");
+                        resync = true;
+                        script.clear();
+                        continue;
+                    }
+                }
+                script.clear();
+                resync = false;
+            }
             last_sync = std::time::Instant::now();
         }
-        if shared.store_stop.load(Relaxed) {
-            for c in rx.try_iter() {
-                store.journal.append(&c)?;
-            }
-            return store.compact(blacklist, now());
+        if stopping {
+            return match store.as_mut() {
+                Some(store) => store.compact(blacklist, now()),
+                None => Ok(0),
+            };
         }
-        if last_snapshot.elapsed() >= snapshot_every {
+        if last_snapshot.elapsed() >= snapshot_every
+            && let Some(store) = store.as_mut()
+        {
             let n = store.compact(blacklist, now())?;
             info!(bans = n, "snapshot written");
             last_snapshot = std::time::Instant::now();
         }
     }
+}
+
+/// Has an offload set disappeared, or lost most of its entries (flushed by hand)?
+fn offload_lost(o: &Offload, blacklist: &Blacklist) -> bool {
+    let (mut v4, mut v6) = (0u64, 0u64);
+    let t = now();
+    for l in blacklist.lists() {
+        for b in l.bans(t) {
+            match b.key {
+                crate::blacklist::Key::V4 { .. } => v4 += 1,
+                crate::blacklist::Key::V6 { .. } => v6 += 1,
+            }
+        }
+    }
+    let lost = |set: &str, want: u64| match o.entries(set) {
+        None => {
+            warn!(set, "offload set missing: re-creating it");
+            true
+        }
+        Some(have) if have < want / 2 => {
+            warn!(set, have, want, "offload set lost its entries: resyncing");
+            true
+        }
+        Some(_) => false,
+    };
+    lost(&o.v4, v4) | lost(&o.v6, v6)
 }
 
 /// Accepts control connections, one thread each (clients are few: an admin's shell, a script).

@@ -197,6 +197,9 @@ struct RunArgs {
     /// No control socket.
     #[arg(long)]
     no_control: bool,
+    /// Mirror bans into the ipsets stringban-v4/-v6 and drop their sources before the queue.
+    #[arg(long)]
+    offload: bool,
     /// Serve Prometheus metrics at this address (HOST:PORT; --metrics alone: 127.0.0.1:9325).
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9325")]
     metrics: Option<String>,
@@ -824,6 +827,7 @@ fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
         snapshot_every: std_duration("--snapshot-interval", &args.snapshot_interval, 1_000_000)?,
         control_socket: (!args.no_control).then(|| args.control_socket.clone()),
         metrics: args.metrics.clone(),
+        offload: args.offload,
     };
     let rule_args = args.rules.clone();
     let reload: daemon::Reload =

@@ -69,6 +69,8 @@ pub struct RulesConfig {
     /// kernel does). Matched exactly with `-m u32`: IP and TCP header lengths add up to the
     /// packet's, for the usual TCP headers of 20 and 32 bytes (no options, timestamps).
     pub skip_pure_acks: bool,
+    /// Kernel offload: the IPv4 and IPv6 ipsets whose sources are dropped before the queue.
+    pub offload_sets: Option<(String, String)>,
     pub backend: Backend,
 }
 
@@ -131,6 +133,7 @@ impl RulesConfig {
             bypass: false,
             replies: false,
             skip_pure_acks: false,
+            offload_sets: None,
             backend: Backend::Iptables,
         }
     }
@@ -195,6 +198,10 @@ pub fn rules_for(cfg: &RulesConfig, v6: bool) -> (Vec<Vec<String>>, Vec<Vec<Stri
     let mut chain = vec![words(format!(
         "{c} -m mark --mark {inject:#x}/{mask:#x} -j RETURN"
     ))];
+    if let Some((set4, set6)) = &cfg.offload_sets {
+        let set = if v6 { set6 } else { set4 };
+        chain.push(words(format!("{c} -m set --match-set {set} src -j DROP")));
+    }
     if cfg.skip_pure_acks {
         for doff in [5, 8] {
             // One argument with no blanks inside, so `words` keeps it whole.

@@ -2,6 +2,7 @@
 
 pub mod firewall;
 pub mod nfqueue;
+pub mod offload;
 pub mod pcap;
 pub mod rst;
 pub mod sockdiag;

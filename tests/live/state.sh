@@ -78,6 +78,30 @@ check "... as banned ($(metric 'stringban_decisions_total{reason="banned"}'))" t
 check "decide latency histogram has observations ($(metric stringban_decide_seconds_count))" test "$(metric stringban_decide_seconds_count)" -gt 0
 check "no kernel queue drops ($(metric 'stringban_queue_dropped_total{queue="0"}'))" test "$(metric 'stringban_queue_dropped_total{queue="0"}')" = 0
 
+echo "== kernel offload (--offload): banned sources are dropped before the queue"
+kill "$DPID"; wait "$DPID"; DPID=
+start --offload || exit 1
+check "the sets exist and hold every ban ($(ip netns exec "$S" ipset list stringban-v4 -terse | grep -o 'entries: [0-9]*'), $(count) bans)" \
+    test "$(ip netns exec "$S" ipset list stringban-v4 -terse | awk '/entries/ { print $4 }')" -ge "$(count)"
+check "the chain drops set members first" bash -c "ip netns exec '$S' iptables -S STRINGBAN | grep -q -- '-m set --match-set stringban-v4 src -j DROP'"
+blast 2000 50000 > /dev/null   # banned sources: with offload none of it is queued
+sleep 1.2
+ip netns exec "$S" python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:9325/metrics", timeout=5).read().decode())' > "$T/metrics" 2>&1
+check "0 packets from banned sources reached the queue (decided: $(metric stringban_packets_total); without offload, above: 2000)" \
+    test "$(metric stringban_packets_total)" = 0
+before=$(count)
+ip netns exec "$S" "$BLAST" 127.0.0.1 500 30 --sources 500 --share 1000 --size 64 --pps 50000 > /dev/null
+ip netns exec "$S" ipset flush stringban-v4
+for _ in $(seq 30); do
+    sleep 0.5
+    have=$(ip netns exec "$S" ipset list stringban-v4 -terse | awk '/entries/ { print $4 }')
+    [ "${have:-0}" -ge "$(count)" ] && break
+done
+check "a set flushed by hand is resynced (${have:-0} entries, $(count) bans)" test "${have:-0}" -ge "$(count)"
+kill "$DPID"; wait "$DPID"; DPID=
+check "the sets are destroyed at exit" bash -c "! ip netns exec '$S' ipset list stringban-v4 > /dev/null 2>&1"
+start || exit 1
+
 echo "== kill -9 during a flood loses no ban older than the fsync interval (100 ms)"
 sb flush > /dev/null
 blast 100000 40000 & BL=$!
