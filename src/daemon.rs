@@ -416,10 +416,8 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
             Err(e) => error!("removing rules: {e}"),
         }
     }
-    if let Some(o) = &offload {
-        if daemon.install_rules {
-            o.destroy();
-        }
+    if let Some(o) = offload.as_ref().filter(|_| daemon.install_rules) {
+        o.destroy();
     }
     drop(pidfile);
     match failure {
