@@ -248,31 +248,24 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "Malformed netlink messages from the kernel.",
     );
     let _ = writeln!(o, "stringban_malformed_total {}", s.malformed);
-    head(
-        &mut o,
-        "stringban_queue_dropped_total",
-        "counter",
-        "Packets the kernel dropped: queue full (nfnetlink_queue queue_dropped).",
-    );
-    for q in s.queues {
-        let _ = writeln!(
-            o,
-            "stringban_queue_dropped_total{{queue=\"{}\"}} {}",
-            q.queue, q.queue_dropped
-        );
-    }
-    head(
-        &mut o,
-        "stringban_queue_user_dropped_total",
-        "counter",
-        "Packets the kernel dropped: socket buffer full (nfnetlink_queue user_dropped).",
-    );
-    for q in s.queues {
-        let _ = writeln!(
-            o,
-            "stringban_queue_user_dropped_total{{queue=\"{}\"}} {}",
-            q.queue, q.user_dropped
-        );
+    type Pick = fn(&QueueCounters) -> u64;
+    let per_queue: [(&str, &str, Pick); 2] = [
+        (
+            "stringban_queue_dropped_total",
+            "Packets the kernel dropped: queue full (nfnetlink_queue queue_dropped).",
+            |q| q.queue_dropped,
+        ),
+        (
+            "stringban_queue_user_dropped_total",
+            "Packets the kernel dropped: socket buffer full (nfnetlink_queue user_dropped).",
+            |q| q.user_dropped,
+        ),
+    ];
+    for (name, help, pick) in per_queue {
+        head(&mut o, name, "counter", help);
+        for q in s.queues {
+            let _ = writeln!(o, "{name}{{queue=\"{}\"}} {}", q.queue, pick(q));
+        }
     }
     head(
         &mut o,

@@ -48,3 +48,16 @@ exim_stop() {
     for p in $(pgrep -P "$EPID"); do kill "$p" 2>/dev/null; done
     kill "$EPID" 2>/dev/null; wait "$EPID" 2>/dev/null; EPID=
 }
+
+# loopback_ns PREFIX — a throwaway namespace with only lo up, a temporary directory and a trap
+# that stops the daemon started as $DPID (ours) and removes both. Sets S and T.
+loopback_ns() {
+    S=$1$$; T=$(mktemp -d); DPID=
+    trap 'loopback_ns_cleanup' EXIT
+    ip netns add "$S" && ip -n "$S" link set lo up
+}
+loopback_ns_cleanup() {
+    [ -n "${DPID:-}" ] && { kill "$DPID" 2>/dev/null; sleep 0.3; kill -9 "$DPID" 2>/dev/null; }
+    ip netns del "$S" 2>/dev/null
+    rm -rf "$T"
+}

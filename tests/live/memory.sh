@@ -13,14 +13,7 @@ for t in ip iptables; do command -v "$t" >/dev/null || { echo "FAIL: $t not inst
 [ -x "$BLAST" ] || { echo "FAIL: $BLAST not built (cargo build --bin stringban-blast)" >&2; exit 1; }
 
 N=${BANS:-1000000}
-S=sbM$$; T=$(mktemp -d); DPID=
-cleanup() {
-    [ -n "$DPID" ] && { kill "$DPID" 2>/dev/null; sleep 0.3; kill -9 "$DPID" 2>/dev/null; }
-    ip netns del "$S" 2>/dev/null
-    rm -rf "$T"
-}
-trap cleanup EXIT
-ip netns add "$S" && ip -n "$S" link set lo up || exit 1
+loopback_ns sbM || exit 1
 
 echo "== memory: $N bans"
 ip netns exec "$S" "$BIN" run --string @example.com --action drop --ttl 24h --state-dir "$T/state" --control-socket "$T/ctl.sock" --install-rules \
@@ -28,8 +21,9 @@ ip netns exec "$S" "$BIN" run --string @example.com --action drop --ttl 24h --st
 for _ in $(seq 100); do [ -s "$T/pid" ] && break; sleep 0.05; done
 [ -s "$T/pid" ] || { echo "daemon did not start:"; cat "$T/daemon.log"; exit 1; }
 idle=$(awk '/^VmRSS/ { print $2 }' "/proc/$DPID/status")
-# 250,000 segments/s: within what one queue drains on a small machine, so none is lost.
-sent=$(ip netns exec "$S" "$BLAST" 127.0.0.1 "$N" 60 --sources "$N" --share 1000 --size 64 --pps 250000 | awk '{ print $2 }')
+# 150,000 segments/s: well within what one queue drains on a small machine (with the journal
+# written beside it), so none is lost.
+sent=$(ip netns exec "$S" "$BLAST" 127.0.0.1 "$N" 60 --sources "$N" --share 1000 --size 64 --pps 150000 | awk '{ print $2 }')
 check "the generator sent $N segments (sent ${sent:-0})" test "${sent:-0}" = "$N"
 banned=0
 for _ in $(seq 40); do

@@ -11,14 +11,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 [ "$(id -u)" -eq 0 ] || { echo "FAIL: live tests need root" >&2; exit 1; }
 for t in ip iptables python3; do command -v "$t" >/dev/null || { echo "FAIL: $t not installed" >&2; exit 1; }; done
 
-S=sbD$$; T=$(mktemp -d); DPID=
-cleanup() {
-    [ -n "$DPID" ] && { kill "$DPID" 2>/dev/null; sleep 0.3; kill -9 "$DPID" 2>/dev/null; }
-    ip netns del "$S" 2>/dev/null
-    rm -rf "$T"
-}
-trap cleanup EXIT
-ip netns add "$S" && ip -n "$S" link set lo up || exit 1
+loopback_ns sbD || exit 1
 CTL=(--control-socket "$T/ctl.sock")
 sb() { "$BIN" "$@" "${CTL[@]}"; }
 start() {
