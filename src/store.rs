@@ -967,4 +967,21 @@ mod tests {
             loaded.problems
         );
     }
+
+    #[test]
+    fn a_restart_hashes_with_the_snapshots_keys() {
+        let d = tmp("keys");
+        fs::create_dir_all(&d.0).unwrap();
+        let b = filled(&d.0, 10);
+        let keys = peek_keys(&d.0);
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0], ("spam".to_string(), b.list(0).hash_keys()));
+        let again = Blacklist::with_hash_keys(
+            vec![ListConfig::new("other"), ListConfig::new("spam")],
+            &keys,
+        );
+        assert_eq!(again.list(1).hash_keys(), b.list(0).hash_keys());
+        assert_eq!(again.list(0).hash_keys(), b.list(1).hash_keys());
+        assert!(peek_keys(Path::new("/nonexistent-stringban")).is_empty());
+    }
 }
