@@ -147,7 +147,10 @@ pub fn handle(
             out(json!({"ok": true, "count": total, "lists": per}).to_string());
         }
         "add" => {
-            let list = targets[0];
+            let Some(&list) = targets.first() else {
+                out(err("no list to add to"));
+                return Effect::None;
+            };
             let Some(text) = req.get("addr").and_then(Value::as_str) else {
                 out(err("add needs \"addr\""));
                 return Effect::None;

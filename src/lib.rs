@@ -26,6 +26,7 @@ pub mod daemon;
 pub mod engine;
 pub mod flow;
 pub mod io;
+pub mod iptables;
 pub mod metrics;
 pub mod parse;
 pub mod replay;

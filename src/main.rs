@@ -59,6 +59,19 @@ enum Command {
     Reload(Ctl),
     /// Ban every address of an xt_recent dump (/proc/net/xt_recent/NAME) in the running daemon.
     ImportRecent(ImportArgs),
+    /// Read an iptables-save file or a shell script of iptables commands; --print shows each
+    /// rule in `iptables -S` save form (or the line's error).
+    Import(IptImportArgs),
+}
+
+#[derive(Args)]
+struct IptImportArgs {
+    /// The iptables-save file or shell script.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// Print each parsed rule in save form, one per line.
+    #[arg(long)]
+    print: bool,
 }
 
 /// Where the running daemon's control socket is.
@@ -380,6 +393,7 @@ fn main() -> ExitCode {
             "reload requested".to_string()
         }),
         Command::ImportRecent(a) => run_import_recent(a),
+        Command::Import(a) => run_import(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -746,6 +760,35 @@ fn run_list(args: ListArgs) -> anyhow::Result<()> {
                 ban["hits"],
                 ban["first_seen"]
             )?,
+        }
+    }
+    Ok(())
+}
+
+fn run_import(args: IptImportArgs) -> anyhow::Result<()> {
+    let text =
+        fs::read_to_string(&args.file).map_err(|e| bad(format!("{}: {e}", args.file.display())))?;
+    let set = stringban::iptables::parse(&text)
+        .map_err(|e| bad(format!("{}:{e}", args.file.display())))?;
+    if !args.print {
+        return Err(bad(
+            "command line: import writes a configuration once iptables rules can run in stringban; for now give --print",
+        ));
+    }
+    let mut out = io::stdout().lock();
+    let tables = set.tables();
+    for (family, table) in &tables {
+        let (family, table) = (*family, table.as_str());
+        // One table: exactly `iptables -S`; several: each after a header line.
+        if tables.len() > 1 {
+            let tool = match family {
+                stringban::iptables::Family::V4 => "iptables",
+                stringban::iptables::Family::V6 => "ip6tables",
+            };
+            writeln!(out, "# {tool} -t {table} -S")?;
+        }
+        for line in set.save(family, table) {
+            writeln!(out, "{line}")?;
         }
     }
     Ok(())

@@ -47,3 +47,11 @@ fn memory_with_a_million_bans() {
 fn state_and_control_in_a_namespace() {
     live("state.sh");
 }
+
+/// `stringban import --print` equals the kernel's `iptables -S` / `ip6tables -S` for scripts of
+/// every supported option, and refuses what iptables refuses (tests/live/import.sh).
+#[test]
+#[ignore = "needs root, iptables, ip6tables and iproute2; run by scripts/test as root"]
+fn import_prints_what_the_kernel_saves() {
+    live("import.sh");
+}

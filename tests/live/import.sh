@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Live tests of `stringban import --print` against the kernel's own iptables (root, throwaway
+# network namespaces only). Usage: import.sh STRINGBAN_BINARY
+# Each script in tests/live/import/ runs in a fresh namespace with the real iptables; its
+# `iptables -S` (or ip6tables) must equal `stringban import --print` byte for byte. Then option
+# combinations iptables refuses must be refused by stringban too.
+set -uo pipefail
+BIN=$(realpath "$1")
+HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/lib.sh"
+[ "$(id -u)" -eq 0 ] || { echo "FAIL: live tests need root" >&2; exit 1; }
+for t in ip iptables ip6tables; do command -v "$t" >/dev/null || { echo "FAIL: $t not installed" >&2; exit 1; }; done
+T=$(mktemp -d); N=sbI$$
+trap 'ip netns del "$N" 2>/dev/null; rm -rf "$T"' EXIT
+
+fresh() { ip netns del "$N" 2>/dev/null; ip netns add "$N"; }
+
+echo "== save form equals the kernel's iptables -S"
+for f in "$HERE"/import/*.sh; do
+    fresh
+    ip netns exec "$N" sh "$f" > "$T/run.out" 2>&1 || { no "$(basename "$f"): the kernel refused it: $(cat "$T/run.out")"; continue; }
+    tool=iptables; grep -q '^ip6tables' "$f" && tool=ip6tables
+    ip netns exec "$N" "$tool" -S > "$T/kernel.txt"
+    "$BIN" import --print "$f" > "$T/ours.txt" 2>&1
+    if diff -u "$T/kernel.txt" "$T/ours.txt" > "$T/diff.txt"; then
+        ok "$(basename "$f"): $(wc -l < "$T/ours.txt") lines identical to $tool -S"
+    else
+        no "$(basename "$f") differs from $tool -S:"; cat "$T/diff.txt"
+    fi
+done
+
+echo "== what iptables refuses, stringban refuses (exit 2, naming the line)"
+while IFS= read -r rule; do
+    [ -z "$rule" ] && continue
+    fresh
+    printf '#!/bin/sh\n%s\n' "$rule" > "$T/bad.sh"
+    ip netns exec "$N" sh "$T/bad.sh" > /dev/null 2>&1; k=$?
+    "$BIN" import --print "$T/bad.sh" > "$T/ours.out" 2>&1; s=$?
+    check "refused by both (iptables $k, stringban $s: $(tail -c 90 "$T/ours.out" | tr -d '\n')): $rule" test "$k" -ne 0 -a "$s" = 2
+done <<'RULES'
+iptables -A INPUT -m string --algo bm -j DROP
+iptables -A INPUT -m string --string x -j DROP
+iptables -A INPUT -m string --string x --algo bm --from 9 --to 5 -j DROP
+iptables -A INPUT -m recent --name x -j DROP
+iptables -A INPUT -m recent --set --seconds 5 -j DROP
+iptables -A INPUT -m recent --rcheck --reap -j DROP
+iptables -A INPUT -m recent --rcheck --seconds 0 -j DROP
+iptables -A INPUT -m recent --set --update -j DROP
+iptables -A INPUT --dport 25 -j DROP
+iptables -A INPUT -m multiport --dports 25 -j DROP
+iptables -A INPUT -p tcp -m multiport --dports 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16 -j DROP
+iptables -A INPUT -j REJECT --reject-with tcp-reset
+iptables -A INPUT -p tcp -j NOSUCHCHAIN
+RULES
+
+echo
+echo "import: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
