@@ -29,6 +29,7 @@ pub mod io;
 pub mod iptables;
 pub mod metrics;
 pub mod parse;
+pub mod recent;
 pub mod replay;
 pub mod rule;
 pub mod scan;

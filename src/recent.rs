@@ -1,0 +1,417 @@
+//! xt_recent, reproduced (KERNEL-SPEC §3.2): tables by name holding, per address, a TTL and a
+//! ring of timestamps; least-recently-*set-or-updated* order; `--seconds` counting stamps at or
+//! after the cutoff; `--hitcount`; `--reap` looking at the LRU head only; `--rttl`; the
+//! table's mask fixed by the rule that created it; invert exactly as the kernel (including
+//! `! --update` recording a stamp when the rule matches). No entry ever expires on its own.
+//!
+//! Divergences kept on purpose: capacity is unbounded by default (the kernel's `ip_list_tot`
+//! is 100; `with_list_tot` reproduces it); times are microseconds, not jiffies.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use crate::iptables::{Recent, RecentCmd};
+use crate::time::{Duration, Instant};
+
+/// A table key: family and masked address.
+type Addr = (bool, u128);
+
+#[derive(Clone, Debug)]
+struct Entry {
+    ttl: u8,
+    index: usize,
+    nstamps: usize,
+    stamps: Vec<Instant>,
+    /// Position in the LRU order.
+    seq: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Table {
+    /// The mask of the rule that created the table (None: all ones).
+    mask: Option<IpAddr>,
+    /// Stamps per entry, less one (a power of two less one).
+    nstamps_mask: usize,
+    entries: HashMap<Addr, Entry>,
+    /// LRU order: sequence number → key; the smallest is the head (least recently set/updated).
+    lru: BTreeMap<u64, Addr>,
+    next_seq: u64,
+}
+
+/// Every table, by name.
+#[derive(Clone, Debug)]
+pub struct Tables {
+    tables: HashMap<String, Table>,
+    /// Most entries per table (`ip_list_tot`); `usize::MAX` by default.
+    list_tot: usize,
+}
+
+impl Default for Tables {
+    fn default() -> Tables {
+        Tables::with_list_tot(usize::MAX)
+    }
+}
+
+fn bits(a: IpAddr) -> Addr {
+    match a {
+        IpAddr::V4(v4) => (false, u128::from(v4.to_bits())),
+        IpAddr::V6(v6) => (true, v6.to_bits()),
+    }
+}
+
+fn apply_mask(addr: IpAddr, mask: Option<IpAddr>) -> Addr {
+    let (v6, a) = bits(addr);
+    match mask {
+        None => (v6, a),
+        Some(m) => {
+            let (mv6, m) = bits(m);
+            // A mask of the other family (a table shared by iptables and ip6tables rules):
+            // the kernel ANDs the union's bytes; an IPv4 mask keeps an IPv6 address's first
+            // 32 bits, an IPv6 mask's first 32 bits mask an IPv4 address.
+            let m = match (v6, mv6) {
+                (false, false) | (true, true) => m,
+                (true, false) => m << 96,
+                (false, true) => m >> 96,
+            };
+            (v6, a & m)
+        }
+    }
+}
+
+impl Tables {
+    /// Tables holding at most `list_tot` entries each (the kernel's `ip_list_tot`).
+    pub fn with_list_tot(list_tot: usize) -> Tables {
+        Tables {
+            tables: HashMap::new(),
+            list_tot: list_tot.max(1),
+        }
+    }
+
+    /// Registers a rule's match, in rule order, as the kernel's `recent_mt_check` does: the
+    /// first rule naming a table creates it with its mask; a rule needing more stamps than the
+    /// table keeps flushes and enlarges it.
+    pub fn add_rule(&mut self, r: &Recent) {
+        let want = match r.hitcount {
+            Some(h) if h > 0 => (h as usize).next_power_of_two() - 1,
+            _ => 31,
+        };
+        match self.tables.get_mut(&r.name) {
+            None => {
+                self.tables.insert(
+                    r.name.clone(),
+                    Table {
+                        mask: r.mask,
+                        nstamps_mask: want,
+                        entries: HashMap::new(),
+                        lru: BTreeMap::new(),
+                        next_seq: 0,
+                    },
+                );
+            }
+            Some(t) if want > t.nstamps_mask => {
+                t.entries.clear();
+                t.lru.clear();
+                t.nstamps_mask = want;
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Entries in table `name`.
+    pub fn len(&self, name: &str) -> usize {
+        self.tables.get(name).map_or(0, |t| t.entries.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tables.values().all(|t| t.entries.is_empty())
+    }
+
+    /// Does the table hold `addr` (masked by the table's mask)?
+    pub fn contains(&self, name: &str, addr: IpAddr) -> bool {
+        self.tables
+            .get(name)
+            .is_some_and(|t| t.entries.contains_key(&apply_mask(addr, t.mask)))
+    }
+
+    /// Evaluates a `-m recent` match for a packet whose chosen address (source or
+    /// destination, per the rule) is `addr` and TTL / hop limit `ttl`, at `now`. Returns
+    /// whether the match holds; updates the table as the kernel does.
+    pub fn eval(&mut self, r: &Recent, addr: IpAddr, ttl: u8, now: Instant) -> bool {
+        let list_tot = self.list_tot;
+        if !self.tables.contains_key(&r.name) {
+            self.add_rule(r);
+        }
+        let Some(t) = self.tables.get_mut(&r.name) else {
+            return r.invert;
+        };
+        let mut ret = r.invert;
+        let key = apply_mask(addr, t.mask);
+        let lookup_ttl = if r.rttl { ttl } else { 0 };
+        let found = t
+            .entries
+            .get(&key)
+            .is_some_and(|e| lookup_ttl == 0 || e.ttl == 0 || e.ttl == lookup_ttl);
+        if !found {
+            if r.cmd != RecentCmd::Set {
+                return ret;
+            }
+            // A stale entry of another TTL under the same key: the kernel would hold both;
+            // one key per address here (documented).
+            if let Some(old) = t.entries.remove(&key) {
+                t.lru.remove(&old.seq);
+            }
+            if t.entries.len() >= list_tot
+                && let Some((&seq, &head)) = t.lru.iter().next()
+            {
+                t.lru.remove(&seq);
+                t.entries.remove(&head);
+            }
+            let mut stamps = vec![Instant::ZERO; t.nstamps_mask + 1];
+            stamps[0] = now;
+            let seq = t.next_seq;
+            t.next_seq += 1;
+            t.entries.insert(
+                key,
+                Entry {
+                    ttl,
+                    index: 1,
+                    nstamps: 1,
+                    stamps,
+                    seq,
+                },
+            );
+            t.lru.insert(seq, key);
+            return !ret;
+        }
+        let cutoff = Instant::from_micros(
+            now.micros()
+                .saturating_sub(Duration::from_secs(u64::from(r.seconds.unwrap_or(0))).micros()),
+        );
+        match r.cmd {
+            RecentCmd::Set => ret = !ret,
+            RecentCmd::Remove => {
+                if let Some(e) = t.entries.remove(&key) {
+                    t.lru.remove(&e.seq);
+                }
+                return !ret;
+            }
+            RecentCmd::Rcheck | RecentCmd::Update => {
+                let e = &t.entries[&key];
+                let mut hits = 0u32;
+                for s in &e.stamps[..e.nstamps] {
+                    if r.seconds.is_some() && *s < cutoff {
+                        continue;
+                    }
+                    hits += 1;
+                    if r.hitcount.is_none_or(|h| h == 0 || hits >= h) {
+                        ret = !ret;
+                        break;
+                    }
+                }
+                if r.reap {
+                    let updating = r.cmd == RecentCmd::Update && ret;
+                    if let Some((&seq, &head)) = t.lru.iter().next() {
+                        let h = &t.entries[&head];
+                        let newest = h.stamps[(h.index + h.stamps.len() - 1) % h.stamps.len()];
+                        if !(head == key && updating) && newest < cutoff {
+                            t.lru.remove(&seq);
+                            t.entries.remove(&head);
+                        }
+                    }
+                }
+            }
+        }
+        if (r.cmd == RecentCmd::Set || (r.cmd == RecentCmd::Update && ret))
+            && let Some(e) = t.entries.get_mut(&key)
+        {
+            e.index &= t.nstamps_mask;
+            e.stamps[e.index] = now;
+            e.index += 1;
+            e.nstamps = e.nstamps.max(e.index);
+            t.lru.remove(&e.seq);
+            e.seq = t.next_seq;
+            t.next_seq += 1;
+            t.lru.insert(e.seq, key);
+            e.ttl = ttl;
+        }
+        ret
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(cmd: RecentCmd) -> Recent {
+        Recent {
+            cmd,
+            invert: false,
+            seconds: None,
+            reap: false,
+            hitcount: None,
+            rttl: false,
+            name: "t".into(),
+            mask: None,
+            dest: false,
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn at(s: u64) -> Instant {
+        Instant::from_secs(1_000 + s)
+    }
+
+    #[test]
+    fn set_then_update_with_seconds_is_inclusive_and_refreshes() {
+        let mut t = Tables::default();
+        let update = Recent {
+            seconds: Some(10),
+            ..rule(RecentCmd::Update)
+        };
+        assert!(
+            !t.eval(&update, ip("10.0.0.1"), 64, at(0)),
+            "unknown address"
+        );
+        assert!(
+            t.eval(&rule(RecentCmd::Set), ip("10.0.0.1"), 64, at(0)),
+            "set always matches"
+        );
+        assert!(
+            t.eval(&update, ip("10.0.0.1"), 64, at(10)),
+            "stamp at the cutoff counts"
+        );
+        // The update recorded a stamp at 10: at 20 it is still inside.
+        assert!(t.eval(&update, ip("10.0.0.1"), 64, at(20)));
+        assert!(
+            !t.eval(&update, ip("10.0.0.1"), 64, at(31)),
+            "all stamps older than 10 s"
+        );
+        let rcheck = rule(RecentCmd::Rcheck);
+        assert!(
+            t.eval(&rcheck, ip("10.0.0.1"), 64, at(1_000_000)),
+            "entries never expire"
+        );
+    }
+
+    #[test]
+    fn hitcount_counts_stamps_in_the_window() {
+        let mut t = Tables::default();
+        let check = Recent {
+            seconds: Some(60),
+            hitcount: Some(3),
+            ..rule(RecentCmd::Rcheck)
+        };
+        t.add_rule(&rule(RecentCmd::Set));
+        t.add_rule(&check);
+        for s in 0..2 {
+            t.eval(&rule(RecentCmd::Set), ip("10.0.0.2"), 64, at(s));
+        }
+        assert!(!t.eval(&check, ip("10.0.0.2"), 64, at(5)));
+        t.eval(&rule(RecentCmd::Set), ip("10.0.0.2"), 64, at(6));
+        assert!(t.eval(&check, ip("10.0.0.2"), 64, at(7)));
+        assert!(
+            !t.eval(&check, ip("10.0.0.2"), 64, at(61)),
+            "the first stamp left the window"
+        );
+    }
+
+    #[test]
+    fn invert_quirks_and_remove() {
+        let mut t = Tables::default();
+        let not_update = Recent {
+            invert: true,
+            seconds: Some(5),
+            ..rule(RecentCmd::Update)
+        };
+        t.eval(&rule(RecentCmd::Set), ip("10.0.0.3"), 64, at(0));
+        // Fails the check (stamp too old) → `! --update` matches, and records a stamp.
+        assert!(t.eval(&not_update, ip("10.0.0.3"), 64, at(100)));
+        let check = Recent {
+            seconds: Some(5),
+            ..rule(RecentCmd::Rcheck)
+        };
+        assert!(
+            t.eval(&check, ip("10.0.0.3"), 64, at(101)),
+            "the quirk's stamp is there"
+        );
+        let not_set = Recent {
+            invert: true,
+            ..rule(RecentCmd::Set)
+        };
+        assert!(
+            !t.eval(&not_set, ip("10.0.0.4"), 64, at(0)),
+            "! --set never matches"
+        );
+        assert!(t.contains("t", ip("10.0.0.4")), "... but adds");
+        assert!(t.eval(&rule(RecentCmd::Remove), ip("10.0.0.4"), 64, at(1)));
+        assert!(
+            !t.eval(&rule(RecentCmd::Remove), ip("10.0.0.4"), 64, at(2)),
+            "gone"
+        );
+    }
+
+    #[test]
+    fn list_tot_evicts_the_least_recently_set_or_updated() {
+        let mut t = Tables::with_list_tot(2);
+        let set = rule(RecentCmd::Set);
+        t.eval(&set, ip("10.0.0.1"), 64, at(0));
+        t.eval(&set, ip("10.0.0.2"), 64, at(1));
+        // An rcheck hit does not refresh 10.0.0.1 ...
+        t.eval(&rule(RecentCmd::Rcheck), ip("10.0.0.1"), 64, at(2));
+        t.eval(&set, ip("10.0.0.3"), 64, at(3));
+        assert!(!t.contains("t", ip("10.0.0.1")), "the LRU head went");
+        // ... an update does.
+        t.eval(&rule(RecentCmd::Update), ip("10.0.0.2"), 64, at(4));
+        t.eval(&set, ip("10.0.0.4"), 64, at(5));
+        assert!(t.contains("t", ip("10.0.0.2")));
+        assert!(!t.contains("t", ip("10.0.0.3")));
+    }
+
+    #[test]
+    fn reap_looks_at_the_lru_head_only() {
+        let mut t = Tables::default();
+        let set = rule(RecentCmd::Set);
+        t.eval(&set, ip("10.0.0.1"), 64, at(0));
+        t.eval(&set, ip("10.0.0.2"), 64, at(50));
+        let reap = Recent {
+            seconds: Some(10),
+            reap: true,
+            ..rule(RecentCmd::Rcheck)
+        };
+        t.eval(&reap, ip("10.0.0.9"), 64, at(100));
+        assert_eq!(t.len("t"), 2, "an unknown address reaps nothing");
+        t.eval(&reap, ip("10.0.0.2"), 64, at(100));
+        assert!(
+            !t.contains("t", ip("10.0.0.1")),
+            "the head, older than the cutoff, went"
+        );
+        assert!(t.contains("t", ip("10.0.0.2")), "one per packet");
+    }
+
+    #[test]
+    fn rttl_mask_and_dest() {
+        let mut t = Tables::default();
+        let set = Recent {
+            mask: Some(ip("255.255.255.0")),
+            ..rule(RecentCmd::Set)
+        };
+        t.add_rule(&set);
+        t.eval(&set, ip("10.0.0.7"), 64, at(0));
+        let check = Recent {
+            rttl: true,
+            ..rule(RecentCmd::Rcheck)
+        };
+        assert!(
+            t.eval(&check, ip("10.0.0.200"), 64, at(1)),
+            "same /24 under the table's mask"
+        );
+        assert!(!t.eval(&check, ip("10.0.0.200"), 63, at(1)), "another TTL");
+        assert!(
+            t.eval(&check, ip("10.0.0.200"), 0, at(1)),
+            "TTL 0 matches any"
+        );
+    }
+}
