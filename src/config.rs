@@ -21,6 +21,15 @@ pub struct Config {
     pub engine: EngineConfig,
     pub lists: Vec<ListConfig>,
     pub rules: Vec<Rule>,
+    /// Imported iptables rules to run instead of stringban's own (`--iptables FILE`).
+    pub iptables: Option<IptablesConfig>,
+}
+
+/// An imported iptables rule set, and the recent tables' bound (`--compat-list-tot`).
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct IptablesConfig {
+    pub ruleset: crate::iptables::Ruleset,
+    pub list_tot: Option<usize>,
 }
 
 /// A configuration value that was refused.
@@ -80,6 +89,10 @@ pub struct Flags {
     pub bypass_after: Option<u64>,
     pub max_flows: Option<u64>,
     pub flow_idle: Option<String>,
+    /// `--iptables FILE`: its name and text.
+    pub iptables: Option<(String, String)>,
+    /// `--compat-list-tot N`: bound each recent table as the kernel's ip_list_tot.
+    pub compat_list_tot: Option<u64>,
 }
 
 impl Flags {
@@ -334,6 +347,42 @@ impl Config {
             if config.engine.flow_idle == Duration::ZERO {
                 return Err(cli("--flow-idle", idle, &"must be more than 0"));
             }
+        }
+        if let Some((name, text)) = &flags.iptables {
+            let ruleset = crate::iptables::parse(text).map_err(|e| ConfigError {
+                origin: name.clone(),
+                line: Some(e.line),
+                key: String::new(),
+                value: e.text.trim().to_string(),
+                problem: e.problem.clone(),
+            })?;
+            if let Err(problem) = crate::chains::Chains::new(&ruleset, None) {
+                return Err(ConfigError {
+                    origin: name.clone(),
+                    line: None,
+                    key: String::new(),
+                    value: String::new(),
+                    problem,
+                });
+            }
+            if !config.rules.is_empty() {
+                return Err(cli(
+                    "--iptables",
+                    name,
+                    &"runs the file's rules alone: give no --string/--hex-string/--rcpt-domain or [[rule]] with it",
+                ));
+            }
+            config.engine.ports = Ports::any();
+            config.iptables = Some(IptablesConfig {
+                ruleset,
+                list_tot: flags
+                    .compat_list_tot
+                    .map(|n| usize::try_from(n.max(1)).unwrap_or(usize::MAX)),
+            });
+            return Ok(config);
+        }
+        if flags.compat_list_tot.is_some() {
+            return Err(cli("--compat-list-tot", "", &"applies to --iptables"));
         }
         if config.rules.is_empty() {
             let problem = if file.is_some() {

@@ -78,6 +78,8 @@ pub enum Reason {
     Bypassed,
     /// Out of order beyond what a flow holds: dropped so that TCP sends it again later.
     FlowLimit,
+    /// Imported iptables rules decided: the file line of the rule, or None for the policy.
+    Iptables { line: Option<u32> },
     /// The bytes are not a packet we can read.
     Unparsed(parse::Error),
 }
@@ -309,6 +311,8 @@ pub struct Engine {
     flow_rules: Arc<FlowRules>,
     stream_scanner: Option<Scanner>,
     flows: Flows,
+    /// Imported iptables rules (`--iptables`), run instead of the rules above.
+    chains: Option<crate::chains::Chains>,
     /// Scratch: a flow's carry plus its new in-order bytes; a folded SMTP path.
     scratch: Vec<u8>,
     folded: Vec<u8>,
@@ -340,6 +344,10 @@ impl Engine {
             flows: Flows::new(config.engine.max_flows),
             flow_rules,
             stream_scanner,
+            chains: config
+                .iptables
+                .as_ref()
+                .and_then(|i| crate::chains::Chains::new(&i.ruleset, i.list_tot).ok()),
             scratch: Vec::new(),
             folded: Vec::new(),
             stats,
@@ -356,6 +364,7 @@ impl Engine {
             packet_rules: self.packet_rules,
             flow_rules: Arc::clone(&self.flow_rules),
             stream_scanner: self.stream_scanner.clone(),
+            chains: self.chains.clone(),
             flows: Flows::new(self.config.max_flows),
             scratch: Vec::new(),
             folded: Vec::new(),
@@ -426,6 +435,15 @@ impl Engine {
                 };
             }
         };
+        if let Some(chains) = &self.chains {
+            let v = chains.decide(&packet, now);
+            return Decision {
+                verdict: v.verdict,
+                reason: Reason::Iptables {
+                    line: v.line.map(|l| u32::try_from(l).unwrap_or(u32::MAX)),
+                },
+            };
+        }
         let guarded = match packet.transport {
             Transport::Tcp(t) => {
                 let to_guarded = self.config.ports.contains(t.dport);

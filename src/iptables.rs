@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use crate::rule::{self, Algo, StringMatch};
 
 /// IPv4 (`iptables`) or IPv6 (`ip6tables`).
-#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
 pub enum Family {
     V4,
     V6,

@@ -20,6 +20,7 @@
 
 pub mod attack;
 pub mod blacklist;
+pub mod chains;
 pub mod config;
 pub mod control;
 pub mod daemon;

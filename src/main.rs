@@ -301,6 +301,14 @@ struct RuleArgs {
     /// Forget a flow unseen this long [default: 300s].
     #[arg(long, value_name = "DURATION")]
     flow_idle: Option<String>,
+    /// Run the rules of an iptables-save file or iptables shell script instead (-m string,
+    /// -m recent, multiport, comment; the filter table's INPUT chain).
+    #[arg(long, value_name = "FILE")]
+    iptables: Option<PathBuf>,
+    /// With --iptables: bound each recent table to N entries, evicting as the kernel's
+    /// ip_list_tot (default: unbounded).
+    #[arg(long, value_name = "N")]
+    compat_list_tot: Option<u64>,
 }
 
 #[derive(Args)]
@@ -454,6 +462,14 @@ fn load_config(args: &RuleArgs) -> anyhow::Result<Config> {
         bypass_after: args.bypass_after,
         max_flows: args.max_flows,
         flow_idle: args.flow_idle.clone(),
+        iptables: match &args.iptables {
+            Some(path) => Some((
+                path.display().to_string(),
+                fs::read_to_string(path).map_err(|e| bad(format!("{}: {e}", path.display())))?,
+            )),
+            None => None,
+        },
+        compat_list_tot: args.compat_list_tot,
     };
     let name = args.config.as_ref().map(|p| p.display().to_string());
     let file = name.as_deref().zip(text.as_deref());
@@ -847,6 +863,11 @@ fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
         ))
     })?;
     let queues = parse_queues(&args.queue.queues)?;
+    if config.iptables.is_some() && queues.0 != queues.1 {
+        return Err(bad(
+            "command line: --iptables runs on one queue (its recent tables live in one worker): give --queues N",
+        ));
+    }
     let daemon = DaemonConfig {
         queues,
         queue: QueueConfig {

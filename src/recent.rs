@@ -52,29 +52,22 @@ impl Default for Tables {
     }
 }
 
-fn bits(a: IpAddr) -> Addr {
-    match a {
-        IpAddr::V4(v4) => (false, u128::from(v4.to_bits())),
-        IpAddr::V6(v6) => (true, v6.to_bits()),
+/// The 16 bytes of a table's mask, as the kernel's `union nf_inet_addr` holds it: the rule's
+/// parser starts from all ones and writes an IPv4 mask over the first 4 bytes only.
+fn mask_bytes(mask: Option<IpAddr>) -> u128 {
+    match mask {
+        None => u128::MAX,
+        Some(IpAddr::V6(m)) => m.to_bits(),
+        Some(IpAddr::V4(m)) => (u128::from(m.to_bits()) << 96) | (u128::MAX >> 32),
     }
 }
 
 fn apply_mask(addr: IpAddr, mask: Option<IpAddr>) -> Addr {
-    let (v6, a) = bits(addr);
-    match mask {
-        None => (v6, a),
-        Some(m) => {
-            let (mv6, m) = bits(m);
-            // A mask of the other family (a table shared by iptables and ip6tables rules):
-            // the kernel ANDs the union's bytes; an IPv4 mask keeps an IPv6 address's first
-            // 32 bits, an IPv6 mask's first 32 bits mask an IPv4 address.
-            let m = match (v6, mv6) {
-                (false, false) | (true, true) => m,
-                (true, false) => m << 96,
-                (false, true) => m >> 96,
-            };
-            (v6, a & m)
-        }
+    let m = mask_bytes(mask);
+    match addr {
+        // An IPv4 address is ANDed with the mask's first 4 bytes.
+        IpAddr::V4(a) => (false, u128::from(a.to_bits() & (m >> 96) as u32)),
+        IpAddr::V6(a) => (true, a.to_bits() & m),
     }
 }
 

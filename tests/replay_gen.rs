@@ -207,6 +207,35 @@ fn smtp_mode_verdicts_match_the_ground_truth_exactly() {
     );
 }
 
+/// The seed report's kernel recipe, imported unchanged (`--iptables`): `-m string` + `-m
+/// recent --set` + REJECT, and `-m recent --update --seconds 86400 -j DROP`. It decides as
+/// packet mode does with addresses banned one by one (recent keys are whole addresses, so the
+/// IPv6 bots that rotate inside their /64 are caught address by address): exactly the ground
+/// truth's packet-mode prediction with /128 keys.
+#[test]
+fn the_imported_kernel_recipe_decides_as_the_kernel_would() {
+    let dir = TempDir::new("iptables");
+    let (path, truth) = write_capture(&dir, &gen_config());
+    // Written once for iptables and once for ip6tables (the bots include IPv6 ones); one
+    // recent table serves both families, as in the kernel.
+    let recipe = ["iptables", "ip6tables"]
+        .map(|ipt| format!("{ipt} -N blackchain\n{ipt} -A INPUT -p tcp --dport 25 -m recent --name blacklist --update --seconds 86400 -j DROP\n{ipt} -A INPUT -p tcp --dport ${{PORT}} -m string --string \"@example.com\" --algo bm -j blackchain\n{ipt} -A blackchain -m recent --set --name blacklist -p tcp -j REJECT --reject-with tcp-reset\n"))
+        .concat();
+    let recipe = format!("#!/bin/sh\nPORT=25\n{recipe}");
+    let flags = Flags {
+        iptables: Some(("recipe.sh".into(), recipe)),
+        ..Flags::default()
+    };
+    let mut engine = Engine::new(&Config::build(None, &flags).unwrap());
+    let report = replay::replay(&mut engine, &[path], Options::default()).unwrap();
+    let want = truth.expected(32, 128);
+    let s = &report.stats;
+    assert_eq!(s.packets, want.packets);
+    assert_eq!(s.verdict(Verdict::Accept), want.accept, "accept");
+    assert_eq!(s.verdict(Verdict::Drop), want.drop, "drop");
+    assert_eq!(s.verdict(Verdict::Reset), want.reset, "reset");
+}
+
 #[test]
 fn icase_catches_upper_case_but_not_splits() {
     let dir = TempDir::new("icase");
