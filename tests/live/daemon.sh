@@ -129,6 +129,21 @@ check "stream: a split sent out of order (raw client) is reset" \
 check "stream: legit mail passes" test "$(client 198.18.0.2 198.18.0.1 "$LEGIT")" = ok
 check "stream: pure ACKs are not queued (u32 rule installed)" bash -c "ip netns exec '$S' iptables -S STRINGBAN | grep -q -- '-m u32'"
 
+echo "== --iptables: the kernel recipe's own script, run by stringban"
+kill "$DPID"; wait "$DPID"; DPID=
+cat > "$T/recipe.sh" <<'RECIPE'
+#!/bin/sh
+IPTABLES=iptables
+$IPTABLES -N blackchain
+$IPTABLES -A INPUT -p tcp --dport 25 -m recent --name blacklist --update --seconds 86400 -j DROP
+$IPTABLES -A INPUT -p tcp --dport 25 -m string --string "example.com" --algo bm -j blackchain
+$IPTABLES -A blackchain -m recent --set --name blacklist -p tcp -j REJECT --reject-with tcp-reset
+RECIPE
+start_daemon --iptables "$T/recipe.sh"
+check "iptables recipe: legit mail passes" test "$(client 198.18.0.2 198.18.0.1 "$LEGIT")" = ok
+check "iptables recipe: a spam session gets a RST" test "$(client 198.19.9.50 198.18.0.1 "$SPAM")" = reset
+check "iptables recipe: ... and -m recent --update drops its next SYN" test "$(client 198.19.9.50 198.18.0.1 'EHLO x' 1.5)" = timeout
+
 echo "== SIGHUP reload keeps bans"
 kill "$DPID"; wait "$DPID"; DPID=
 printf '[[rule]]\nstring = "@example.com"\n' > "$T/sb.toml"
