@@ -710,7 +710,10 @@ pub fn rule_needs(config: &Config) -> (bool, bool, bool) {
     use crate::rule::Mode;
     let flow = config.rules.iter().any(|r| r.mode.is_flow());
     let smtp = config.rules.iter().any(|r| r.mode == Mode::Smtp);
-    let all_flow = config.rules.iter().all(|r| r.mode.is_flow());
+    // Imported iptables rules see every packet, as the kernel's do.
+    let all_flow = config.iptables.is_none()
+        && !config.rules.is_empty()
+        && config.rules.iter().all(|r| r.mode.is_flow());
     (flow && config.engine.bypass, smtp, all_flow)
 }
 
@@ -930,6 +933,10 @@ fn reset_local(injector: Option<&RstInjector>, packet: &[u8]) -> bool {
     let Transport::Tcp(t) = p.transport else {
         return false;
     };
+    // A RST is never answered with a RST (as the kernel's REJECT: `nf_send_reset`).
+    if t.flags & crate::parse::tcp_flags::RST != 0 {
+        return false;
+    }
     injector.send(p.src, t.sport, p.dst, t.dport, t.seq).is_ok()
 }
 
