@@ -12,14 +12,7 @@ from its id, so that a RST (whose seq is the offending segment's ack) names it. 
 in order, 300 us apart; the verdicts are read after the last one."""
 import json, os, select, socket, struct, sys, time
 
-
-def checksum(data):
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack("!%dH" % (len(data) // 2), data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
+from inet import checksum
 
 
 def tcp(src, dst, sport, dport, seq, ack, payload, v6):

@@ -13,16 +13,9 @@ In a line, <SPLIT> cuts it into separate TCP segments, sent back to back. Option
 Usage: raw_client.py IFACE SRC DST PORT 'EHLO x\\nRCPT TO:<a@example.com>' [TIMEOUT] [OPTIONS]"""
 import os, random, select, socket, struct, sys, time
 
+from inet import checksum
+
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
-
-
-def checksum(data):
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack("!%dH" % (len(data) // 2), data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 class Conn:
