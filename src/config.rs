@@ -110,6 +110,15 @@ struct RawFile {
     list: Vec<Spanned<RawList>>,
     #[serde(default)]
     rule: Vec<Spanned<RawRule>>,
+    iptables: Option<RawIptables>,
+}
+
+/// `[iptables]`: imported rules (`stringban import` writes this).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIptables {
+    rules: Spanned<String>,
+    compat_list_tot: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -348,6 +357,25 @@ impl Config {
                 return Err(cli("--flow-idle", idle, &"must be more than 0"));
             }
         }
+        let from_file = config.iptables.is_some();
+        if from_file && flags.iptables.is_some() {
+            return Err(cli(
+                "--iptables",
+                "",
+                &"the configuration already has [iptables] rules",
+            ));
+        }
+        if from_file {
+            if !config.rules.is_empty() {
+                return Err(cli(
+                    "[iptables]",
+                    "",
+                    &"runs alone: give no [[rule]], --string, --hex-string or --rcpt-domain with it",
+                ));
+            }
+            config.engine.ports = Ports::any();
+            return Ok(config);
+        }
         if let Some((name, text)) = &flags.iptables {
             let ruleset = crate::iptables::parse(text).map_err(|e| ConfigError {
                 origin: name.clone(),
@@ -518,6 +546,28 @@ fn parse_file(origin: &Origin<'_>) -> Result<Config, ConfigError> {
         )
     })?;
     let mut config = Config::default();
+    if let Some(ipt) = &raw.iptables {
+        let start = origin.text[..ipt.rules.span().start.min(origin.text.len())]
+            .matches('\n')
+            .count();
+        // The rules start on the line after `rules = """`.
+        let ruleset = crate::iptables::parse(ipt.rules.as_ref()).map_err(|e| ConfigError {
+            origin: origin.name.to_string(),
+            line: Some(start + 1 + e.line),
+            key: "iptables.rules".into(),
+            value: e.text.trim().to_string(),
+            problem: e.problem.clone(),
+        })?;
+        if let Err(problem) = crate::chains::Chains::new(&ruleset, None) {
+            return Err(origin.at(&ipt.rules, "iptables.rules", "", problem));
+        }
+        config.iptables = Some(IptablesConfig {
+            ruleset,
+            list_tot: ipt
+                .compat_list_tot
+                .map(|n| usize::try_from(n.max(1)).unwrap_or(usize::MAX)),
+        });
+    }
     if let Some(ports) = raw.engine.ports {
         config.engine.ports = Ports::list(&ports);
     }
@@ -934,6 +984,25 @@ ban = false
         );
         let e = err("[[list]]\nname = \"a\"\n");
         assert_eq!(e.problem, "the configuration has no [[rule]]");
+    }
+
+    #[test]
+    fn iptables_rules_in_the_file() {
+        let c = Config::from_toml(
+            "t.toml",
+            "[iptables]\nrules = '''\niptables -A INPUT -p tcp --dport 25 -m recent --rcheck -j DROP\n'''\ncompat_list_tot = 100\n",
+        )
+        .unwrap();
+        let ipt = c.iptables.unwrap();
+        assert_eq!(ipt.list_tot, Some(100));
+        assert_eq!(ipt.ruleset.rules.len(), 1);
+        assert!(c.engine.ports.is_any());
+        let e = err(
+            "# x\n[iptables]\nrules = '''\niptables -A INPUT -j DROP\niptables -A INPUT -s 1.2.3.4 -j DROP\n'''\n",
+        );
+        assert_eq!((e.line, e.key.as_str()), (Some(5), "iptables.rules"), "{e}");
+        let e = err("[iptables]\nrules = 'iptables -A INPUT -j DROP'\n[[rule]]\nstring = \"x\"\n");
+        assert!(e.problem.contains("runs alone"), "{e}");
     }
 
     #[test]

@@ -166,6 +166,27 @@ impl Ruleset {
         out
     }
 
+    /// The file as a script of `iptables` / `ip6tables` commands that [`parse`] reads back to
+    /// the same rule set (what `stringban import` puts in a configuration).
+    pub fn script(&self) -> String {
+        let mut out = String::new();
+        for (family, table) in self.tables() {
+            let tool = match family {
+                Family::V4 => "iptables",
+                Family::V6 => "ip6tables",
+            };
+            let t = if table == "filter" {
+                String::new()
+            } else {
+                format!(" -t {table}")
+            };
+            for line in self.save(family, &table) {
+                out.push_str(&format!("{tool}{t} {line}\n"));
+            }
+        }
+        out
+    }
+
     /// What `iptables -S` (`ip6tables -t TABLE -S`) prints for `family`/`table` once the file
     /// has run on an empty table: policies, new chains (sorted), then every chain's rules —
     /// built-in chains first, user chains sorted — with `-I` positions applied.

@@ -72,6 +72,9 @@ struct IptImportArgs {
     /// Print each parsed rule in save form, one per line.
     #[arg(long)]
     print: bool,
+    /// Write the configuration here (default: standard output).
+    #[arg(long, value_name = "CONFIG")]
+    out: Option<PathBuf>,
 }
 
 /// Where the running daemon's control socket is.
@@ -624,6 +627,19 @@ fn run_check(args: CheckArgs) -> anyhow::Result<()> {
             l.name, l.ttl, l.refresh_on_hit, l.capacity, l.prefix_v4, l.prefix_v6
         )?;
     }
+    if let Some(ipt) = &config.iptables {
+        for (family, table) in ipt.ruleset.tables() {
+            for line in ipt.ruleset.save(family, &table) {
+                writeln!(out, "iptables ({family:?}, {table}): {line}")?;
+            }
+        }
+        if let Some(n) = ipt.list_tot {
+            writeln!(
+                out,
+                "recent tables bounded to {n} entries (--compat-list-tot)"
+            )?;
+        }
+    }
     for (i, r) in config.rules.iter().enumerate() {
         let list = r.ban.map_or("(no ban)".to_string(), |id| {
             format!("list {:?}", config.lists[usize::from(id)].name)
@@ -787,9 +803,30 @@ fn run_import(args: IptImportArgs) -> anyhow::Result<()> {
     let set = stringban::iptables::parse(&text)
         .map_err(|e| bad(format!("{}:{e}", args.file.display())))?;
     if !args.print {
-        return Err(bad(
-            "command line: import writes a configuration once iptables rules can run in stringban; for now give --print",
-        ));
+        let toml = format!(
+            "# stringban configuration imported by `stringban import {}`.\n# The rules run as the kernel runs them (README: Running iptables rules):\n# stringban run --config THIS_FILE --install-rules\n[iptables]\nrules = '''\n{}'''\n",
+            args.file.display(),
+            set.script()
+        );
+        // Check what was written reads back to the same rules.
+        let back = Config::from_toml("imported", &toml).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let same = back.iptables.as_ref().is_some_and(|i| {
+            set.tables()
+                .iter()
+                .all(|(f, t)| i.ruleset.save(*f, t) == set.save(*f, t))
+        });
+        if !same {
+            return Err(anyhow::anyhow!(
+                "the written configuration does not read back to the same rules"
+            ));
+        }
+        match &args.out {
+            Some(path) => {
+                fs::write(path, &toml).with_context(|| format!("writing {}", path.display()))?
+            }
+            None => print!("{toml}"),
+        }
+        return Ok(());
     }
     let mut out = io::stdout().lock();
     let tables = set.tables();

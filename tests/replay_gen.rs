@@ -223,7 +223,7 @@ fn the_imported_kernel_recipe_decides_as_the_kernel_would() {
         .concat();
     let recipe = format!("#!/bin/sh\nPORT=25\n{recipe}");
     let flags = Flags {
-        iptables: Some(("recipe.sh".into(), recipe)),
+        iptables: Some(("recipe.sh".into(), recipe.clone())),
         ..Flags::default()
     };
     let mut engine = Engine::new(&Config::build(None, &flags).unwrap());
@@ -234,6 +234,23 @@ fn the_imported_kernel_recipe_decides_as_the_kernel_would() {
     assert_eq!(s.verdict(Verdict::Accept), want.accept, "accept");
     assert_eq!(s.verdict(Verdict::Drop), want.drop, "drop");
     assert_eq!(s.verdict(Verdict::Reset), want.reset, "reset");
+
+    // `stringban import` turns the script into a configuration that decides alike.
+    let script = dir.path().join("recipe.sh");
+    std::fs::write(&script, &recipe).unwrap();
+    let conf = dir.path().join("imported.toml");
+    ok(stringban()
+        .arg("import")
+        .arg(&script)
+        .arg("--out")
+        .arg(&conf));
+    let out = ok(stringban()
+        .args(["replay", "--json", "--quiet", "--config"])
+        .arg(&conf)
+        .arg(dir.path().join("attack.pcap")));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["verdicts"]["reset"], want.reset);
+    assert_eq!(j["verdicts"]["drop"], want.drop);
 }
 
 #[test]

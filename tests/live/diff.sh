@@ -2,18 +2,18 @@
 # Differential tests (root, throwaway network namespaces, loopback only): the same segments go
 # through (a) the kernel's own iptables rules and (b) `stringban run --iptables` with the same
 # script; the per-segment verdicts (accept / drop / reset) must be equal.
-# Usage: diff.sh STRINGBAN_BINARY [SEED]
+# Usage: [DIFF_SEED=N] diff.sh STRINGBAN_BINARY   (a new random seed each run unless DIFF_SEED)
 set -uo pipefail
 BIN=$(realpath "$1")
-SEED=${2:-$(date +%s)}
+SEED=${DIFF_SEED:-$(date +%s)}
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
 [ "$(id -u)" -eq 0 ] || { echo "FAIL: live tests need root" >&2; exit 1; }
 for t in ip iptables ip6tables python3; do command -v "$t" >/dev/null || { echo "FAIL: $t not installed" >&2; exit 1; }; done
 list_tot=$(cat /sys/module/xt_recent/parameters/ip_list_tot 2>/dev/null || echo 100)
 loopback_ns sbQ || exit 1
-total=$(python3 "$HERE/diffgen.py" "$T" "$SEED")
-echo "== $total segments in 4 cases, seed $SEED (rerun: diff.sh BIN $SEED); the kernel's ip_list_tot: $list_tot"
+total=$(python3 "$HERE/diffgen.py" "$T" "$SEED") || { echo "FAIL: diffgen.py"; exit 1; }
+echo "== $total segments in 4 cases, seed $SEED (rerun: DIFF_SEED=$SEED diff.sh BIN); the kernel's ip_list_tot: $list_tot"
 
 fresh() { ip netns del "$S" 2>/dev/null; ip netns add "$S"; ip -n "$S" link set lo up; }
 for case in recipe strings recent selftest; do
