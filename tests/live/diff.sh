@@ -13,10 +13,10 @@ for t in ip iptables ip6tables python3; do command -v "$t" >/dev/null || { echo 
 list_tot=$(cat /sys/module/xt_recent/parameters/ip_list_tot 2>/dev/null || echo 100)
 loopback_ns sbQ || exit 1
 total=$(python3 "$HERE/diffgen.py" "$T" "$SEED") || { echo "FAIL: diffgen.py"; exit 1; }
-echo "== $total segments in 4 cases, seed $SEED (rerun: DIFF_SEED=$SEED diff.sh BIN); the kernel's ip_list_tot: $list_tot"
+echo "== $total segments in 6 cases, seed $SEED (rerun: DIFF_SEED=$SEED diff.sh BIN); the kernel's ip_list_tot: $list_tot"
 
 fresh() { ip netns del "$S" 2>/dev/null; ip netns add "$S"; ip -n "$S" link set lo up; }
-for case in recipe strings recent selftest; do
+for case in recipe strings recent selftest random timed; do
     fresh
     if ! ip netns exec "$S" sh "$T/$case.rules.sh" > "$T/k.out" 2>&1; then
         no "$case: the kernel refused the rules: $(cat "$T/k.out")"; continue

@@ -6,7 +6,8 @@ Usage: diffgen.py DIR SEED
 Cases: recipe (the seed report's rules), strings (hex strings, icase with bytes >= 0x80, from/to
 around the pattern's edges, invert), recent (set/rcheck/update/remove, hitcount, rttl, mask,
 rdest, inverts, more sources than ip_list_tot), selftest (the kernel selftest's "foo bar baz"
-at offsets 0-1600 against windows). IPv4 from 127.1.0.0/24 sources, IPv6 from ::1."""
+at offsets 0-1600 against windows), random (random string rules, new each seed), timed
+(recent with 1-second windows, hitcount, reap, ! --update, paced sequences). IPv4 from 127.1.0.0/24 sources, IPv6 from ::1."""
 import json, os, random, sys
 
 out_dir, seed = sys.argv[1], int(sys.argv[2])
@@ -124,4 +125,55 @@ for off in range(0, 1601, 50):
             payload = b"x" * o + b"foo bar baz" + b"y" * 40
             packets.append(packet(payload, v6=False, dport=dport))
 write("selftest", rules, packets)
-print(sum(1 for _ in open(os.path.join(out_dir, "recipe.packets.jsonl"))) + 4000 + 3500 + len(packets))
+selftest_n = len(packets)
+
+# 5. Random string rules (patterns, hex, icase with bytes >= 0x80, from/to near the patterns,
+#    invert, algos, targets), new each seed, and packets carrying their patterns.
+PAT_BYTES = b"abez@.XE\xe9\xc9\xdf\xff"
+pats, rules = [], []
+for _ in range(8):
+    pat = bytes(rng.choice(PAT_BYTES) for _ in range(rng.randint(1, 5)))
+    pats.append(pat)
+    if all(c in b"abez@." for c in pat) and rng.random() < 0.5:
+        m = '--string "%s"' % pat.decode()
+    else:
+        m = '--hex-string "|%s|"' % pat.hex()
+    icase = rng.random() < 0.5
+    # The documented divergence: the kernel's bm with --icase misses matches involving bytes
+    # that fold specially (0xDF, 0xFF, 0xBF); stringban finds them, as kernel kmp does. Such
+    # rules use kmp here, so that every other verdict must be equal.
+    bm_ok = not (icase and any(c in pat for c in b"\xdf\xff\xbf"))
+    opts = " --algo " + rng.choice(["bm", "kmp"] if bm_ok else ["kmp"])
+    if rng.random() < 0.4:
+        f = rng.randint(30, 90)
+        opts += " --from %d" % f
+        if rng.random() < 0.7:
+            opts += " --to %d" % rng.randint(f, 130)
+    elif rng.random() < 0.3:
+        opts += " --to %d" % rng.randint(40, 130)
+    if icase:
+        opts += " --icase"
+    neg = "! " if rng.random() < 0.15 else ""
+    port = " --dport %d" % rng.choice([25, 26]) if rng.random() < 0.3 else ""
+    target = rng.choice(["DROP", "ACCEPT", "REJECT --reject-with tcp-reset"])
+    rules.append("-A INPUT -p tcp%s -m string %s%s%s -j %s" % (port, neg, m, opts, target))
+rules = both(rules)
+packets = [packet(with_pattern(rng.choice(pats), rng.randint(0, 90)), dport=rng.choice([25, 26]))
+           for _ in range(2500)]
+write("random", rules, packets)
+# 6. Timed recent sequences: 1-second windows, hitcount and reap, with pauses of 0 or 0.3 s, so
+#    that no check falls within 0.1 s of a window's edge (stamps are 0.9 or 1.2 s apart).
+rules = both([
+    "-A INPUT -p tcp --dport 25 -m recent --name t --set -j ACCEPT",
+    "-A INPUT -p tcp --dport 26 -m recent --name t --rcheck --seconds 1 -j DROP",
+    "-A INPUT -p tcp --dport 27 -m recent --name t --update --seconds 1 --hitcount 2 -j REJECT --reject-with tcp-reset",
+    "-A INPUT -p tcp --dport 28 -m recent --name t --rcheck --seconds 1 --reap -j DROP",
+    "-A INPUT -p tcp --dport 29 -m recent --name t ! --update --seconds 1 -j DROP",
+])
+packets = []
+for _ in range(60):
+    p = packet(b"", src="127.1.0.%d" % rng.randint(1, 5), v6=False, dport=rng.choice([25, 25, 26, 27, 28, 29]))
+    p["pause"] = rng.choice([0, 0, 0.3])
+    packets.append(p)
+write("timed", rules, packets)
+print(sum(1 for _ in open(os.path.join(out_dir, "recipe.packets.jsonl"))) + 4000 + 3500 + selftest_n + 2500 + 60)

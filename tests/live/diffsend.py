@@ -7,7 +7,7 @@ stringban's crafted RST toward the local side (seq = the segment's seq), which i
 
 Usage: diffsend.py PACKETS.jsonl OUT.txt
 Each input line: {"id": N, "v6": bool, "src": "127.1.0.7", "sport": P, "dport": 25, "ttl": 64,
-"payload": "<hex>"}. Destination: 127.0.0.1 or ::1. A segment carries seq = ack = a number made
+"payload": "<hex>", optional "pause": seconds to wait before sending it}. Destination: 127.0.0.1 or ::1. A segment carries seq = ack = a number made
 from its id, so that a RST (whose seq is the offending segment's ack) names it. Packets are sent
 in order, 300 us apart; the verdicts are read after the last one."""
 import json, os, select, socket, struct, sys, time
@@ -69,6 +69,9 @@ def main():
                         delivered.add(by_ident[seq])
 
     for p in packets:
+        if p.get("pause"):
+            # A timed sequence: wait, reading what arrives meanwhile.
+            drain(time.monotonic() + p["pause"])
         v6 = p["v6"]
         dst = "::1" if v6 else "127.0.0.1"
         payload = bytes.fromhex(p["payload"])
