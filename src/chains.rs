@@ -236,6 +236,11 @@ impl Chains {
     pub fn recent(&self) -> &Arc<Mutex<Tables>> {
         &self.recent
     }
+
+    /// Uses `tables` from now on (the daemon gives every worker, and every reload, the same).
+    pub fn share_recent(&mut self, tables: Arc<Mutex<Tables>>) {
+        self.recent = tables;
+    }
 }
 
 /// xt_string on one packet (`bytes` from the IP header): the whole pattern inside

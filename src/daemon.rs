@@ -92,6 +92,8 @@ pub struct WorkerStats {
 }
 
 struct Shared {
+    /// The recent tables of imported iptables rules: one set for every worker and reload.
+    recent: Mutex<Option<Arc<Mutex<crate::recent::Tables>>>>,
     stop: AtomicBool,
     /// Set once every worker has stopped: the store saves what is left and exits.
     store_stop: AtomicBool,
@@ -252,6 +254,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
     info!(queues = ?daemon.queues, rules = config.rules.len(), "stringban running");
 
     let shared = Arc::new(Shared {
+        recent: Mutex::new(None),
         stop: AtomicBool::new(false),
         store_stop: AtomicBool::new(false),
         generation: AtomicU64::new(0),
@@ -781,6 +784,7 @@ fn worker(
 ) -> Result<(), QueueError> {
     let mut generation = shared.generation.load(Relaxed);
     let mut engine = Engine::with_blacklist(&lock(&shared.config), Arc::clone(&blacklist));
+    share_recent(shared, &mut engine);
     let mut carried = WorkerStats::default();
     let mut out = Builder::new();
     let mut diag = if sock_destroy {
@@ -804,6 +808,7 @@ fn worker(
             generation = g;
             carried.engine.merge(engine.stats());
             engine = Engine::with_blacklist(&lock(&shared.config), Arc::clone(&blacklist));
+            share_recent(shared, &mut engine);
         }
         let n = queue.recv()?;
         if n == 0 {
@@ -884,6 +889,15 @@ fn worker(
     }
     publish(shared, index, &carried, &engine);
     Ok(())
+}
+
+/// Gives the engine the daemon's recent tables (the first engine's become them).
+fn share_recent(shared: &Shared, engine: &mut Engine) {
+    let mut slot = lock(&shared.recent);
+    match slot.as_ref() {
+        Some(tables) => engine.share_recent_tables(Arc::clone(tables)),
+        None => *slot = engine.recent_tables(),
+    }
 }
 
 /// Verdicts as runs: consecutive packets (in id order) with the same plain verdict become one

@@ -372,6 +372,19 @@ impl Engine {
         }
     }
 
+    /// The recent tables of imported iptables rules, if any.
+    pub fn recent_tables(&self) -> Option<Arc<std::sync::Mutex<crate::recent::Tables>>> {
+        self.chains.as_ref().map(|c| Arc::clone(c.recent()))
+    }
+
+    /// Makes imported iptables rules use `tables` (shared by every worker and kept across
+    /// reloads, as one network namespace's tables are).
+    pub fn share_recent_tables(&mut self, tables: Arc<std::sync::Mutex<crate::recent::Tables>>) {
+        if let Some(c) = self.chains.as_mut() {
+            c.share_recent(tables);
+        }
+    }
+
     /// Flows tracked now.
     pub fn flows(&self) -> &Flows {
         &self.flows

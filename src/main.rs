@@ -900,11 +900,6 @@ fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
         ))
     })?;
     let queues = parse_queues(&args.queue.queues)?;
-    if config.iptables.is_some() && queues.0 != queues.1 {
-        return Err(bad(
-            "command line: --iptables runs on one queue (its recent tables live in one worker): give --queues N",
-        ));
-    }
     let daemon = DaemonConfig {
         queues,
         queue: QueueConfig {

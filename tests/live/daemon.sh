@@ -139,10 +139,13 @@ $IPTABLES -A INPUT -p tcp --dport 25 -m recent --name blacklist --update --secon
 $IPTABLES -A INPUT -p tcp --dport 25 -m string --string "example.com" --algo bm -j blackchain
 $IPTABLES -A blackchain -m recent --set --name blacklist -p tcp -j REJECT --reject-with tcp-reset
 RECIPE
-start_daemon --iptables "$T/recipe.sh"
-check "iptables recipe: legit mail passes" test "$(client 198.18.0.2 198.18.0.1 "$LEGIT")" = ok
+start_daemon --iptables "$T/recipe.sh" --queues 0:1
+check "iptables recipe (2 queues): legit mail passes" test "$(client 198.18.0.2 198.18.0.1 "$LEGIT")" = ok
 check "iptables recipe: a spam session gets a RST" test "$(client 198.19.9.50 198.18.0.1 "$SPAM")" = reset
 check "iptables recipe: ... and -m recent --update drops its next SYN" test "$(client 198.19.9.50 198.18.0.1 'EHLO x' 1.5)" = timeout
+kill -HUP "$DPID"; sleep 0.5
+check "iptables recipe: the reload happened" test "$(grep -c 'reloaded the rules' "$T/daemon.log")" = 1
+check "iptables recipe: ... and kept the recent tables (still dropped)" test "$(client 198.19.9.50 198.18.0.1 'EHLO x' 1.5)" = timeout
 
 echo "== SIGHUP reload keeps bans"
 kill "$DPID"; wait "$DPID"; DPID=
@@ -154,7 +157,7 @@ kill -HUP "$DPID"; sleep 0.5
 check "after reload the new rule convicts" test "$(client 198.19.9.4 198.18.0.1 'EHLO x\nRCPT TO:<v@example.org>')" = reset
 check "... the old one no longer does" test "$(client 198.19.9.5 198.18.0.1 "$SPAM")" = ok
 check "... and bans made before the reload hold" test "$(client 198.19.9.3 198.18.0.1 'EHLO x' 1.5)" = timeout
-check "the reload was logged" grep -q "reloaded the rules; bans kept" "$T/daemon.log"
+check "the reload was logged (the second in this log)" test "$(grep -c "reloaded the rules; bans kept" "$T/daemon.log")" = 2
 
 echo "== SIGTERM"
 kill "$DPID"; wait "$DPID"; code=$?; DPID=
