@@ -31,9 +31,16 @@ pub struct ChainVerdict {
 /// Rules by family and chain, ready to run.
 #[derive(Clone, Debug)]
 pub struct Chains {
-    chains: HashMap<(Family, String), Vec<Rule>>,
+    /// Rules of each chain, by chain number.
+    chains: Vec<Vec<Rule>>,
+    /// For each chain's rules, the chain number a `-j CHAIN` target jumps to.
+    jumps: Vec<Vec<Option<usize>>>,
+    /// The chain number of `INPUT` for IPv4 and for IPv6, if it has rules.
+    input: [Option<usize>; 2],
     policies: HashMap<Family, bool>,
     recent: Arc<Mutex<Tables>>,
+    /// Scratch for case folding (haystack, needle): nothing is allocated per packet.
+    fold: (Vec<u8>, Vec<u8>),
 }
 
 /// Longest chain of jumps followed (the kernel refuses loops; this only bounds the walk).
@@ -44,9 +51,9 @@ impl Chains {
     /// applied; recent tables are created in rule order, as the kernel's rule checks do.
     /// `list_tot` bounds each recent table (the kernel's `ip_list_tot`); None: unbounded.
     pub fn new(set: &Ruleset, list_tot: Option<usize>) -> Result<Chains, String> {
-        let mut chains: HashMap<(Family, String), Vec<Rule>> = HashMap::new();
+        let mut by_name: HashMap<(Family, String), Vec<Rule>> = HashMap::new();
         for r in set.rules.iter().filter(|r| r.table == "filter") {
-            let list = chains.entry((r.family, r.chain.clone())).or_default();
+            let list = by_name.entry((r.family, r.chain.clone())).or_default();
             match r.insert {
                 Some(pos) => {
                     let at = (pos as usize).saturating_sub(1).min(list.len());
@@ -72,43 +79,61 @@ impl Chains {
                 policies.insert(*family, policy == "ACCEPT");
             }
         }
+        // Number the chains and resolve every jump once.
+        let names: Vec<(Family, String)> = by_name.keys().cloned().collect();
+        let number = |f: Family, c: &str| names.iter().position(|(nf, nc)| *nf == f && nc == c);
+        let jumps = names
+            .iter()
+            .map(|k| {
+                by_name[k]
+                    .iter()
+                    .map(|r| match &r.target {
+                        Some(Target::Chain(next)) => number(k.0, next),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect();
+        let input = [number(Family::V4, "INPUT"), number(Family::V6, "INPUT")];
+        let chains = names.iter().map(|k| by_name[k].clone()).collect();
         let c = Chains {
             chains,
+            jumps,
+            input,
             policies,
             recent: Arc::new(Mutex::new(tables)),
+            fold: (Vec::new(), Vec::new()),
         };
-        for family in [Family::V4, Family::V6] {
-            c.check_loops(family, "INPUT", &mut Vec::new())?;
+        for start in c.input.into_iter().flatten() {
+            c.check_loops(start, &mut Vec::new(), &names)?;
         }
         Ok(c)
     }
 
     fn check_loops(
         &self,
-        family: Family,
-        chain: &str,
-        path: &mut Vec<String>,
+        chain: usize,
+        path: &mut Vec<usize>,
+        names: &[(Family, String)],
     ) -> Result<(), String> {
-        if path.iter().any(|c| c == chain) {
-            return Err(format!("chain loop: {} -> {chain}", path.join(" -> ")));
+        if path.contains(&chain) {
+            let walk: Vec<&str> = path.iter().map(|&i| names[i].1.as_str()).collect();
+            return Err(format!(
+                "chain loop: {} -> {}",
+                walk.join(" -> "),
+                names[chain].1
+            ));
         }
-        path.push(chain.to_string());
-        for r in self
-            .chains
-            .get(&(family, chain.to_string()))
-            .into_iter()
-            .flatten()
-        {
-            if let Some(Target::Chain(next)) = &r.target {
-                self.check_loops(family, next.as_str(), path)?;
-            }
+        path.push(chain);
+        for next in self.jumps[chain].iter().flatten() {
+            self.check_loops(*next, path, names)?;
         }
         path.pop();
         Ok(())
     }
 
     /// Decides a packet arriving at `INPUT`.
-    pub fn decide(&self, p: &Packet<'_>, now: Instant) -> ChainVerdict {
+    pub fn decide(&mut self, p: &Packet<'_>, now: Instant) -> ChainVerdict {
         use crate::engine::Verdict;
         let family = if p.src.is_ipv4() {
             Family::V4
@@ -119,54 +144,11 @@ impl Chains {
             Some(4) => p.bytes.get(8).copied().unwrap_or(0),
             _ => p.bytes.get(7).copied().unwrap_or(0),
         };
-        // (chain, next rule index) frames.
-        let mut stack: Vec<(String, usize)> = vec![("INPUT".into(), 0)];
-        while let Some((chain, start)) = stack.pop() {
-            let rules = self
-                .chains
-                .get(&(family, chain.clone()))
-                .map_or(&[][..], Vec::as_slice);
-            let mut jumped = false;
-            for (i, r) in rules.iter().enumerate().skip(start) {
-                if !self.matches(r, p, ttl, now) {
-                    continue;
-                }
-                let line = Some(r.line);
-                match &r.target {
-                    Some(Target::Accept) => {
-                        return ChainVerdict {
-                            verdict: Verdict::Accept,
-                            line,
-                        };
-                    }
-                    Some(Target::Drop) => {
-                        return ChainVerdict {
-                            verdict: Verdict::Drop,
-                            line,
-                        };
-                    }
-                    Some(Target::Reject(with)) => {
-                        let verdict = if with == "tcp-reset" {
-                            Verdict::Reset
-                        } else {
-                            Verdict::Drop
-                        };
-                        return ChainVerdict { verdict, line };
-                    }
-                    Some(Target::Return) => break,
-                    Some(Target::Chain(next)) => {
-                        if stack.len() >= MAX_DEPTH {
-                            break;
-                        }
-                        stack.push((chain.clone(), i + 1));
-                        stack.push((next.clone(), 0));
-                        jumped = true;
-                        break;
-                    }
-                    None => {}
-                }
-            }
-            let _ = jumped;
+        let mut fold = std::mem::take(&mut self.fold);
+        let decided = self.walk(family, p, ttl, now, &mut fold);
+        self.fold = fold;
+        if let Some(v) = decided {
+            return v;
         }
         let accept = self.policies.get(&family).copied().unwrap_or(true);
         ChainVerdict {
@@ -179,7 +161,64 @@ impl Chains {
         }
     }
 
-    fn matches(&self, r: &Rule, p: &Packet<'_>, ttl: u8, now: Instant) -> bool {
+    /// Walks `INPUT` and the chains it jumps to: the verdict of the rule that decides, or None
+    /// for the policy. Frames live in a fixed array: no allocation per packet.
+    fn walk(
+        &self,
+        family: Family,
+        p: &Packet<'_>,
+        ttl: u8,
+        now: Instant,
+        fold: &mut (Vec<u8>, Vec<u8>),
+    ) -> Option<ChainVerdict> {
+        use crate::engine::Verdict;
+        let start = self.input[usize::from(family == Family::V6)]?;
+        // (chain, next rule) frames.
+        let mut stack = [(0usize, 0usize); MAX_DEPTH];
+        stack[0] = (start, 0);
+        let mut depth = 1;
+        while depth > 0 {
+            depth -= 1;
+            let (chain, from) = stack[depth];
+            for (i, r) in self.chains[chain].iter().enumerate().skip(from) {
+                if !self.matches(r, p, ttl, now, fold) {
+                    continue;
+                }
+                let line = Some(r.line);
+                let verdict = match &r.target {
+                    Some(Target::Accept) => Verdict::Accept,
+                    Some(Target::Drop) => Verdict::Drop,
+                    Some(Target::Reject(with)) if with == "tcp-reset" => Verdict::Reset,
+                    Some(Target::Reject(_)) => Verdict::Drop,
+                    Some(Target::Return) => break,
+                    Some(Target::Chain(_)) => {
+                        let Some(next) = self.jumps[chain][i] else {
+                            continue; // a chain with no rules: nothing happens there
+                        };
+                        if depth + 2 > MAX_DEPTH {
+                            break;
+                        }
+                        stack[depth] = (chain, i + 1);
+                        stack[depth + 1] = (next, 0);
+                        depth += 2;
+                        break;
+                    }
+                    None => continue,
+                };
+                return Some(ChainVerdict { verdict, line });
+            }
+        }
+        None
+    }
+
+    fn matches(
+        &self,
+        r: &Rule,
+        p: &Packet<'_>,
+        ttl: u8,
+        now: Instant,
+        fold: &mut (Vec<u8>, Vec<u8>),
+    ) -> bool {
         if let Some((neg, proto)) = &r.proto {
             let is = match proto.as_str() {
                 "tcp" => matches!(p.transport, Transport::Tcp(_)),
@@ -214,7 +253,7 @@ impl Chains {
                     };
                     hit != *invert
                 }
-                Match::String(sm, _) => string_matches(sm, p.bytes),
+                Match::String(sm, _) => string_matches_with(sm, p.bytes, fold),
                 Match::Recent(rc) => {
                     let addr: IpAddr = if rc.dest { p.dst } else { p.src };
                     let mut tables = self
@@ -246,17 +285,21 @@ impl Chains {
 /// xt_string on one packet (`bytes` from the IP header): the whole pattern inside
 /// `[from, min(to, len))`, the kernel's Latin-1 case folding, invert.
 pub fn string_matches(sm: &StringMatch, bytes: &[u8]) -> bool {
+    string_matches_with(sm, bytes, &mut (Vec::new(), Vec::new()))
+}
+
+/// [`string_matches`] with scratch buffers for case folding.
+fn string_matches_with(sm: &StringMatch, bytes: &[u8], fold: &mut (Vec<u8>, Vec<u8>)) -> bool {
     let end = usize::from(sm.to).min(bytes.len());
     let from = usize::from(sm.from);
     let n = sm.pattern.len();
     let found = from < end && end - from >= n && {
         let hay = &bytes[from..end];
         if sm.icase {
-            let mut h = Vec::new();
-            let mut needle = Vec::new();
-            scan::fold(hay, &mut h);
-            scan::fold(&sm.pattern, &mut needle);
-            memchr::memmem::find(&h, &needle).is_some()
+            let (h, needle) = fold;
+            scan::fold(hay, h);
+            scan::fold(&sm.pattern, needle);
+            memchr::memmem::find(h, needle).is_some()
         } else {
             memchr::memmem::find(hay, &sm.pattern).is_some()
         }
@@ -283,37 +326,41 @@ mod tests {
         )
     }
 
-    fn run(c: &Chains, bytes: &[u8], s: u64) -> ChainVerdict {
+    fn run(c: &mut Chains, bytes: &[u8], s: u64) -> ChainVerdict {
         let p = crate::parse::packet(bytes).unwrap();
         c.decide(&p, Instant::from_secs(1_000 + s))
     }
 
     #[test]
     fn the_seed_recipe_runs_as_in_the_kernel() {
-        let c = Chains::new(&parse(RECIPE).unwrap(), None).unwrap();
+        let mut c = Chains::new(&parse(RECIPE).unwrap(), None).unwrap();
         let clean = seg("198.19.1.1", 25, "MAIL FROM:<a@b.test>\r\n");
         let spam = seg("198.19.1.1", 25, "RCPT TO:<v@example.com>\r\n");
-        assert_eq!(run(&c, &clean, 0).verdict, Verdict::Accept, "INPUT policy");
-        let v = run(&c, &spam, 1);
+        assert_eq!(
+            run(&mut c, &clean, 0).verdict,
+            Verdict::Accept,
+            "INPUT policy"
+        );
+        let v = run(&mut c, &spam, 1);
         assert_eq!((v.verdict, v.line), (Verdict::Reset, Some(4)));
         assert_eq!(
-            run(&c, &clean, 2).verdict,
+            run(&mut c, &clean, 2).verdict,
             Verdict::Drop,
             "--update within 86400 s"
         );
-        assert_eq!(run(&c, &clean, 50_000).verdict, Verdict::Drop);
+        assert_eq!(run(&mut c, &clean, 50_000).verdict, Verdict::Drop);
         assert_eq!(
-            run(&c, &clean, 2 + 86_400 + 1).verdict,
+            run(&mut c, &clean, 2 + 86_400 + 1).verdict,
             Verdict::Drop,
             "the drop at 50,000 s refreshed it"
         );
         assert_eq!(
-            run(&c, &clean, 2 + 86_400 + 1 + 86_400 + 1).verdict,
+            run(&mut c, &clean, 2 + 86_400 + 1 + 86_400 + 1).verdict,
             Verdict::Accept,
             "a day of silence lifts it"
         );
         assert_eq!(
-            run(&c, &seg("198.19.1.2", 80, "example.com"), 3).verdict,
+            run(&mut c, &seg("198.19.1.2", 80, "example.com"), 3).verdict,
             Verdict::Accept,
             "other port"
         );
@@ -322,12 +369,12 @@ mod tests {
     #[test]
     fn return_policy_inverted_protocol_and_loops() {
         let text = "iptables -N a\niptables -P INPUT DROP\niptables -A INPUT ! -p udp -j a\niptables -A a -p tcp -m tcp --dport 22 -j RETURN\niptables -A a -j ACCEPT\n";
-        let c = Chains::new(&parse(text).unwrap(), None).unwrap();
+        let mut c = Chains::new(&parse(text).unwrap(), None).unwrap();
         assert_eq!(
-            run(&c, &seg("10.0.0.1", 25, "x"), 0).verdict,
+            run(&mut c, &seg("10.0.0.1", 25, "x"), 0).verdict,
             Verdict::Accept
         );
-        let v = run(&c, &seg("10.0.0.1", 22, "x"), 0);
+        let v = run(&mut c, &seg("10.0.0.1", 22, "x"), 0);
         assert_eq!(
             (v.verdict, v.line),
             (Verdict::Drop, None),

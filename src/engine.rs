@@ -448,7 +448,7 @@ impl Engine {
                 };
             }
         };
-        if let Some(chains) = &self.chains {
+        if let Some(chains) = self.chains.as_mut() {
             let v = chains.decide(&packet, now);
             return Decision {
                 verdict: v.verdict,
