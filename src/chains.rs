@@ -16,8 +16,7 @@ use std::sync::{Arc, Mutex};
 use crate::iptables::{Family, Match, Rule, Ruleset, Target};
 use crate::parse::{Packet, Transport};
 use crate::recent::Tables;
-use crate::rule::StringMatch;
-use crate::scan;
+use crate::scan::Scanner;
 use crate::time::Instant;
 
 /// The verdict of an imported rule set, and the file line of the rule that gave it (None: the
@@ -39,8 +38,9 @@ pub struct Chains {
     input: [Option<usize>; 2],
     policies: HashMap<Family, bool>,
     recent: Arc<Mutex<Tables>>,
-    /// Scratch for case folding (haystack, needle): nothing is allocated per packet.
-    fold: (Vec<u8>, Vec<u8>),
+    /// For each chain's rules, a prebuilt scanner per `-m string` match, in order (the engine's
+    /// xt_string: windows, Latin-1 case folding, invert; no allocation per packet).
+    scanners: Vec<Vec<Vec<Scanner>>>,
 }
 
 /// Longest chain of jumps followed (the kernel refuses loops; this only bounds the walk).
@@ -95,14 +95,31 @@ impl Chains {
             })
             .collect();
         let input = [number(Family::V4, "INPUT"), number(Family::V6, "INPUT")];
-        let chains = names.iter().map(|k| by_name[k].clone()).collect();
+        let chains: Vec<Vec<Rule>> = names.iter().map(|k| by_name[k].clone()).collect();
+        let scanners = chains
+            .iter()
+            .map(|rules| {
+                rules
+                    .iter()
+                    .map(|r| {
+                        r.matches
+                            .iter()
+                            .filter_map(|m| match m {
+                                Match::String(sm, _) => Some(Scanner::new(&[sm])),
+                                _ => None,
+                            })
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect();
         let c = Chains {
             chains,
             jumps,
             input,
             policies,
             recent: Arc::new(Mutex::new(tables)),
-            fold: (Vec::new(), Vec::new()),
+            scanners,
         };
         for start in c.input.into_iter().flatten() {
             c.check_loops(start, &mut Vec::new(), &names)?;
@@ -144,10 +161,7 @@ impl Chains {
             Some(4) => p.bytes.get(8).copied().unwrap_or(0),
             _ => p.bytes.get(7).copied().unwrap_or(0),
         };
-        let mut fold = std::mem::take(&mut self.fold);
-        let decided = self.walk(family, p, ttl, now, &mut fold);
-        self.fold = fold;
-        if let Some(v) = decided {
+        if let Some(v) = self.walk(family, p, ttl, now) {
             return v;
         }
         let accept = self.policies.get(&family).copied().unwrap_or(true);
@@ -164,15 +178,22 @@ impl Chains {
     /// Walks `INPUT` and the chains it jumps to: the verdict of the rule that decides, or None
     /// for the policy. Frames live in a fixed array: no allocation per packet.
     fn walk(
-        &self,
+        &mut self,
         family: Family,
         p: &Packet<'_>,
         ttl: u8,
         now: Instant,
-        fold: &mut (Vec<u8>, Vec<u8>),
     ) -> Option<ChainVerdict> {
         use crate::engine::Verdict;
-        let start = self.input[usize::from(family == Family::V6)]?;
+        let Chains {
+            chains,
+            jumps,
+            input,
+            recent,
+            scanners,
+            ..
+        } = self;
+        let start = input[usize::from(family == Family::V6)]?;
         // (chain, next rule) frames.
         let mut stack = [(0usize, 0usize); MAX_DEPTH];
         stack[0] = (start, 0);
@@ -180,8 +201,8 @@ impl Chains {
         while depth > 0 {
             depth -= 1;
             let (chain, from) = stack[depth];
-            for (i, r) in self.chains[chain].iter().enumerate().skip(from) {
-                if !self.matches(r, p, ttl, now, fold) {
+            for (i, r) in chains[chain].iter().enumerate().skip(from) {
+                if !matches(r, &mut scanners[chain][i], recent, p, ttl, now) {
                     continue;
                 }
                 let line = Some(r.line);
@@ -192,7 +213,7 @@ impl Chains {
                     Some(Target::Reject(_)) => Verdict::Drop,
                     Some(Target::Return) => break,
                     Some(Target::Chain(_)) => {
-                        let Some(next) = self.jumps[chain][i] else {
+                        let Some(next) = jumps[chain][i] else {
                             continue; // a chain with no rules: nothing happens there
                         };
                         if depth + 2 > MAX_DEPTH {
@@ -211,66 +232,6 @@ impl Chains {
         None
     }
 
-    fn matches(
-        &self,
-        r: &Rule,
-        p: &Packet<'_>,
-        ttl: u8,
-        now: Instant,
-        fold: &mut (Vec<u8>, Vec<u8>),
-    ) -> bool {
-        if let Some((neg, proto)) = &r.proto {
-            let is = match proto.as_str() {
-                "tcp" => matches!(p.transport, Transport::Tcp(_)),
-                "udp" => matches!(p.transport, Transport::Udp { .. }),
-                _ => true,
-            };
-            if is == *neg {
-                return false;
-            }
-        }
-        let ports = p.ports();
-        for m in &r.matches {
-            let ok = match m {
-                Match::Ports { sport, dport, .. } => {
-                    let Some((sp, dp)) = ports else { return false };
-                    let hit = |want: &Option<(bool, crate::iptables::PortRange)>, v: u16| {
-                        want.is_none_or(|(neg, r)| (r.0 <= v && v <= r.1) != neg)
-                    };
-                    hit(sport, sp) && hit(dport, dp)
-                }
-                Match::Multiport {
-                    which,
-                    invert,
-                    ports: list,
-                } => {
-                    let Some((sp, dp)) = ports else { return false };
-                    let any = |v: u16| list.iter().any(|r| r.0 <= v && v <= r.1);
-                    let hit = match *which {
-                        "--sports" => any(sp),
-                        "--dports" => any(dp),
-                        _ => any(sp) || any(dp),
-                    };
-                    hit != *invert
-                }
-                Match::String(sm, _) => string_matches_with(sm, p.bytes, fold),
-                Match::Recent(rc) => {
-                    let addr: IpAddr = if rc.dest { p.dst } else { p.src };
-                    let mut tables = self
-                        .recent
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
-                    tables.eval(rc, addr, ttl, now)
-                }
-                Match::Comment(_) => true,
-            };
-            if !ok {
-                return false;
-            }
-        }
-        true
-    }
-
     /// The recent tables (shared by every clone of these chains).
     pub fn recent(&self) -> &Arc<Mutex<Tables>> {
         &self.recent
@@ -282,29 +243,70 @@ impl Chains {
     }
 }
 
-/// xt_string on one packet (`bytes` from the IP header): the whole pattern inside
-/// `[from, min(to, len))`, the kernel's Latin-1 case folding, invert.
-pub fn string_matches(sm: &StringMatch, bytes: &[u8]) -> bool {
-    string_matches_with(sm, bytes, &mut (Vec::new(), Vec::new()))
-}
-
-/// [`string_matches`] with scratch buffers for case folding.
-fn string_matches_with(sm: &StringMatch, bytes: &[u8], fold: &mut (Vec<u8>, Vec<u8>)) -> bool {
-    let end = usize::from(sm.to).min(bytes.len());
-    let from = usize::from(sm.from);
-    let n = sm.pattern.len();
-    let found = from < end && end - from >= n && {
-        let hay = &bytes[from..end];
-        if sm.icase {
-            let (h, needle) = fold;
-            scan::fold(hay, h);
-            scan::fold(&sm.pattern, needle);
-            memchr::memmem::find(h, needle).is_some()
-        } else {
-            memchr::memmem::find(hay, &sm.pattern).is_some()
+/// Does rule `r` hold for the packet? Its protocol, then each match in order (the first that
+/// fails ends it, so a later `-m recent` acts only if the earlier matches held).
+fn matches(
+    r: &Rule,
+    scanners: &mut [Scanner],
+    recent: &Mutex<Tables>,
+    p: &Packet<'_>,
+    ttl: u8,
+    now: Instant,
+) -> bool {
+    if let Some((neg, proto)) = &r.proto {
+        let is = match proto.as_str() {
+            "tcp" => matches!(p.transport, Transport::Tcp(_)),
+            "udp" => matches!(p.transport, Transport::Udp { .. }),
+            _ => true,
+        };
+        if is == *neg {
+            return false;
         }
-    };
-    found != sm.invert
+    }
+    let ports = p.ports();
+    let mut strings = 0;
+    for m in &r.matches {
+        let ok = match m {
+            Match::Ports { sport, dport, .. } => {
+                let Some((sp, dp)) = ports else { return false };
+                let hit = |want: &Option<(bool, crate::iptables::PortRange)>, v: u16| {
+                    want.is_none_or(|(neg, r)| (r.0 <= v && v <= r.1) != neg)
+                };
+                hit(sport, sp) && hit(dport, dp)
+            }
+            Match::Multiport {
+                which,
+                invert,
+                ports: list,
+            } => {
+                let Some((sp, dp)) = ports else { return false };
+                let any = |v: u16| list.iter().any(|r| r.0 <= v && v <= r.1);
+                let hit = match *which {
+                    "--sports" => any(sp),
+                    "--dports" => any(dp),
+                    _ => any(sp) || any(dp),
+                };
+                hit != *invert
+            }
+            Match::String(..) => {
+                let scanner = &mut scanners[strings];
+                strings += 1;
+                scanner.first_match(p.bytes, |_| true).is_some()
+            }
+            Match::Recent(rc) => {
+                let addr: IpAddr = if rc.dest { p.dst } else { p.src };
+                let mut tables = recent
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                tables.eval(rc, addr, ttl, now)
+            }
+            Match::Comment(_) => true,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
 }
 
 #[cfg(test)]
@@ -390,17 +392,13 @@ mod tests {
 
     #[test]
     fn string_windows_and_case() {
-        let sm = StringMatch {
-            pattern: b"ABC".to_vec(),
-            algo: crate::rule::Algo::Bm,
-            from: 2,
-            to: 6,
-            icase: true,
-            invert: false,
-        };
-        assert!(string_matches(&sm, b"xxabcx"));
-        assert!(string_matches(&sm, b"xxxabc"), "ends exactly at `to`");
-        assert!(!string_matches(&sm, b"xxxxabc"), "must end by `to`");
-        assert!(!string_matches(&sm, b"abcxxx"), "starts before `from`");
+        // Offsets count from the IP header: the TCP payload starts at 40.
+        let text = "iptables -A INPUT -p tcp -m string --string ABC --algo bm --icase --from 42 --to 46 -j DROP\n";
+        let mut c = Chains::new(&parse(text).unwrap(), None).unwrap();
+        let v = |c: &mut Chains, payload: &str| run(c, &seg("10.0.0.1", 25, payload), 0).verdict;
+        assert_eq!(v(&mut c, "xxabcx"), Verdict::Drop);
+        assert_eq!(v(&mut c, "xxxabc"), Verdict::Drop, "ends exactly at `to`");
+        assert_eq!(v(&mut c, "xxxxabc"), Verdict::Accept, "must end by `to`");
+        assert_eq!(v(&mut c, "abcxxx"), Verdict::Accept, "starts before `from`");
     }
 }

@@ -7,8 +7,7 @@ set -uo pipefail
 BIN=$(realpath "$1")
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
-[ "$(id -u)" -eq 0 ] || { echo "FAIL: live tests need root" >&2; exit 1; }
-for t in ip iptables python3; do command -v "$t" >/dev/null || { echo "FAIL: $t not installed" >&2; exit 1; }; done
+need ip iptables python3
 
 S=sbS$$; C=sbC$$; T=$(mktemp -d); PIDS=(); DPID=
 cleanup() {

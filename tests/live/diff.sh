@@ -8,8 +8,7 @@ BIN=$(realpath "$1")
 SEED=${DIFF_SEED:-$(date +%s)}
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
-[ "$(id -u)" -eq 0 ] || { echo "FAIL: live tests need root" >&2; exit 1; }
-for t in ip iptables ip6tables python3; do command -v "$t" >/dev/null || { echo "FAIL: $t not installed" >&2; exit 1; }; done
+need ip iptables ip6tables python3
 list_tot=$(cat /sys/module/xt_recent/parameters/ip_list_tot 2>/dev/null || echo 100)
 loopback_ns sbQ || exit 1
 total=$(python3 "$HERE/diffgen.py" "$T" "$SEED") || { echo "FAIL: diffgen.py"; exit 1; }

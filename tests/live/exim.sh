@@ -8,8 +8,7 @@ set -uo pipefail
 BIN=$(realpath "$1")
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
-[ "$(id -u)" -eq 0 ] || { echo "FAIL: live tests need root" >&2; exit 1; }
-for t in ip iptables python3 exim4 swaks ss; do command -v "$t" >/dev/null || { echo "FAIL: $t not installed" >&2; exit 1; }; done
+need ip iptables python3 exim4 swaks ss
 
 S=sbX$$; C=sbY$$; T=$(mktemp -d); DPID=; EPID=
 cleanup() {

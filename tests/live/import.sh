@@ -8,8 +8,7 @@ set -uo pipefail
 BIN=$(realpath "$1")
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
-[ "$(id -u)" -eq 0 ] || { echo "FAIL: live tests need root" >&2; exit 1; }
-for t in ip iptables ip6tables; do command -v "$t" >/dev/null || { echo "FAIL: $t not installed" >&2; exit 1; }; done
+need ip iptables ip6tables
 T=$(mktemp -d); N=sbI$$
 trap 'ip netns del "$N" 2>/dev/null; rm -rf "$T"' EXIT
 

@@ -1,5 +1,12 @@
 # Shared by tests/live/*.sh, scripts/demo and scripts/bench-live. Source it; needs root.
 
+# need TOOL... — exits the script, loudly, unless it runs as root with every TOOL installed.
+need() {
+    [ "$(id -u)" -eq 0 ] || { echo "FAIL: live tests need root" >&2; exit 1; }
+    local t
+    for t in "$@"; do command -v "$t" >/dev/null || { echo "FAIL: $t not installed" >&2; exit 1; }; done
+}
+
 # Test checks: `check WHAT COMMAND...` counts COMMAND's success as a pass, printing WHAT.
 passed=0; failed=0
 ok() { echo "  ok: $*"; passed=$((passed + 1)); }

@@ -8,8 +8,7 @@ BIN=$(realpath "$1")
 BLAST=$(realpath "${2:-$(dirname "$BIN")/stringban-blast}")
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
-[ "$(id -u)" -eq 0 ] || { echo "FAIL: live tests need root" >&2; exit 1; }
-for t in ip iptables; do command -v "$t" >/dev/null || { echo "FAIL: $t not installed" >&2; exit 1; }; done
+need ip iptables
 [ -x "$BLAST" ] || { echo "FAIL: $BLAST not built (cargo build --bin stringban-blast)" >&2; exit 1; }
 
 N=${BANS:-1000000}

@@ -8,8 +8,7 @@ BIN=$(realpath "$1")
 BLAST=$(realpath "${2:-$(dirname "$BIN")/stringban-blast}")
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
-[ "$(id -u)" -eq 0 ] || { echo "FAIL: live tests need root" >&2; exit 1; }
-for t in ip iptables python3; do command -v "$t" >/dev/null || { echo "FAIL: $t not installed" >&2; exit 1; }; done
+need ip iptables ipset python3
 
 loopback_ns sbD || exit 1
 CTL=(--control-socket "$T/ctl.sock")
