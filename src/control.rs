@@ -97,13 +97,21 @@ pub fn parse_addr(text: &str, list: &List) -> Result<IpAddr, String> {
     Ok(ip)
 }
 
-/// Answers one request line. `stats` gives the daemon's counters when asked. Each answer line
-/// goes to `out`.
+/// What a request may ask of the daemon beyond its blacklist.
+pub struct Host<'a> {
+    /// The daemon's counters.
+    pub stats: &'a dyn Fn() -> Value,
+    /// Resets every live session from an address, both ways (`add … "reset":true`): the
+    /// answer's `reset` object, `{"sessions":N}` or `{"sessions":0,"error":"…"}`.
+    pub reset: &'a dyn Fn(IpAddr) -> Value,
+}
+
+/// Answers one request line. Each answer line goes to `out`.
 pub fn handle(
     line: &str,
     bl: &Blacklist,
     now: Instant,
-    stats: &dyn Fn() -> Value,
+    host: &Host<'_>,
     out: &mut dyn FnMut(String),
 ) -> Effect {
     let req: Value = match serde_json::from_str(line) {
@@ -185,8 +193,21 @@ pub fn handle(
                     return Effect::None;
                 }
             };
+            let reset = match req.get("reset") {
+                None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+                Some(Value::Bool(true)) => true,
+                Some(other) => {
+                    out(err(format!("reset = {other}: expected true or false")));
+                    return Effect::None;
+                }
+            };
             let new = list.ban_for(ip, now, ttl, NO_RULE) == crate::blacklist::Banned::New;
-            out(json!({"ok": true, "key": list.key(ip).to_string(), "list": list.config().name, "new": new}).to_string());
+            let mut answer = json!({"ok": true, "key": list.key(ip).to_string(), "list": list.config().name, "new": new});
+            if reset {
+                // Banned first, so that nothing from the address is let in meanwhile.
+                answer["reset"] = (host.reset)(ip);
+            }
+            out(answer.to_string());
         }
         "del" => {
             let Some(text) = req.get("addr").and_then(Value::as_str) else {
@@ -209,7 +230,7 @@ pub fn handle(
             let removed: usize = targets.iter().map(|l| l.clear()).sum();
             out(json!({"ok": true, "removed": removed}).to_string());
         }
-        "stats" => out(json!({"ok": true, "stats": stats()}).to_string()),
+        "stats" => out(json!({"ok": true, "stats": (host.stats)()}).to_string()),
         "reload" => {
             out(json!({"ok": true}).to_string());
             return Effect::Reload;
@@ -260,9 +281,9 @@ pub fn parse_xt_recent(text: &str) -> Result<Vec<IpAddr>, String> {
     Ok(out)
 }
 
-/// Binds the control socket at `path` (mode 0600), replacing a stale one. Refuses when a live
-/// daemon answers there.
-pub fn bind(path: &Path) -> io::Result<UnixListener> {
+/// Binds the control socket at `path` (mode 0600; 0660 owned by `group` when given), replacing a
+/// stale one. Refuses when a live daemon answers there.
+pub fn bind(path: &Path, group: Option<u32>) -> io::Result<UnixListener> {
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
             return Err(io::Error::new(
@@ -275,7 +296,25 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     let listener = UnixListener::bind(path)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    }
     Ok(listener)
+}
+
+/// The id of group `name` (a name in `group_file`, the text of /etc/group, or a number).
+pub fn group_id(name: &str, group_file: &str) -> Result<u32, String> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    group_file
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split(':');
+            (f.next() == Some(name)).then(|| f.nth(1).and_then(|g| g.parse().ok()))?
+        })
+        .ok_or_else(|| format!("no group {name} in /etc/group"))
 }
 
 /// Serves one connection until it closes: each line is [`handle`]d; `on_effect` runs for
@@ -284,7 +323,7 @@ pub fn serve(
     stream: UnixStream,
     bl: &Blacklist,
     now: &dyn Fn() -> Instant,
-    stats: &dyn Fn() -> Value,
+    host: &Host<'_>,
     on_effect: &dyn Fn(Effect),
 ) -> io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
@@ -304,7 +343,7 @@ pub fn serve(
             return Ok(());
         }
         let mut failed = None;
-        let effect = handle(line.trim_end(), bl, now(), stats, &mut |answer| {
+        let effect = handle(line.trim_end(), bl, now(), host, &mut |answer| {
             if failed.is_none()
                 && let Err(e) = writeln!(w, "{answer}")
             {
@@ -365,10 +404,27 @@ mod tests {
 
     fn ask(bl: &Blacklist, line: &str) -> (Vec<Value>, Effect) {
         let mut out = Vec::new();
-        let effect = handle(line, bl, T0, &|| json!({"packets": 7}), &mut |l| {
+        let host = Host {
+            stats: &|| json!({"packets": 7}),
+            reset: &|ip| json!({"sessions": 1, "addr": ip.to_string()}),
+        };
+        let effect = handle(line, bl, T0, &host, &mut |l| {
             out.push(serde_json::from_str(&l).unwrap())
         });
         (out, effect)
+    }
+
+    #[test]
+    fn group_ids_by_name_or_number() {
+        let file = "root:x:0:\nDebian-exim:x:107:\nmail:x:8:\n";
+        assert_eq!(group_id("Debian-exim", file), Ok(107));
+        assert_eq!(group_id("mail", file), Ok(8));
+        assert_eq!(group_id("42", file), Ok(42));
+        assert!(
+            group_id("nobody-here", file)
+                .unwrap_err()
+                .contains("nobody-here")
+        );
     }
 
     #[test]
@@ -384,6 +440,15 @@ mod tests {
             r#"{"cmd":"add","addr":"198.18.5.9/24","list":"nets","ttl":60}"#,
         );
         assert_eq!(a[0]["key"], "198.18.5.0/24");
+        // add with reset: banned, then the host resets the address's sessions.
+        let (a, _) = ask(&b, r#"{"cmd":"add","addr":"198.18.0.8","reset":true}"#);
+        assert_eq!(a[0]["new"], true);
+        assert_eq!(a[0]["reset"], json!({"sessions": 1, "addr": "198.18.0.8"}));
+        let (a, _) = ask(&b, r#"{"cmd":"add","addr":"198.18.0.9","reset":"yes"}"#);
+        assert_eq!(a[0]["ok"], false);
+        assert_eq!(b.lists()[0].len(), 2, "a bad request bans nothing");
+        let (a, _) = ask(&b, r#"{"cmd":"del","addr":"198.18.0.8"}"#);
+        assert_eq!(a[0]["removed"], 1);
         let (a, _) = ask(&b, r#"{"cmd":"count"}"#);
         assert_eq!(
             a[0],

@@ -58,6 +58,9 @@ pub struct DaemonConfig {
     pub snapshot_every: StdDuration,
     /// The control socket; None: none.
     pub control_socket: Option<PathBuf>,
+    /// A group given read-write access to the control socket (mode 0660), e.g. the MTA's, so
+    /// that its ACL can call `stringban add --reset`; None: root only (mode 0600).
+    pub control_group: Option<u32>,
     /// Where Prometheus metrics are served (host:port); None: nowhere.
     pub metrics: Option<String>,
     /// Mirror bans into ipsets dropped before the queue.
@@ -100,6 +103,9 @@ struct Shared {
     generation: AtomicU64,
     config: Mutex<Config>,
     stats: Vec<Mutex<WorkerStats>>,
+    /// `add --reset`: sessions destroyed, and requests whose sessions could not be reset.
+    reset_on_request: AtomicU64,
+    reset_failures: AtomicU64,
 }
 
 /// A pidfile held locked for the daemon's life.
@@ -263,6 +269,8 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
             .iter()
             .map(|_| Mutex::new(WorkerStats::default()))
             .collect(),
+        reset_on_request: AtomicU64::new(0),
+        reset_failures: AtomicU64::new(0),
     });
     let store_thread = if store.is_some() || offload.is_some() {
         let (tx, rx) = std::sync::mpsc::channel();
@@ -297,7 +305,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
     };
     let control = match &daemon.control_socket {
         Some(path) => {
-            let listener = crate::control::bind(path).map_err(|e| {
+            let listener = crate::control::bind(path, daemon.control_group).map_err(|e| {
                 DaemonError::Start(format!("control socket {}: {e}", path.display()))
             })?;
             let shared = Arc::clone(&shared);
@@ -617,18 +625,43 @@ fn control_loop(
         let _ = thread::Builder::new()
             .name("control-conn".into())
             .spawn(move || {
-                let stats = || stats_json(&shared, &blacklist);
+                let host = crate::control::Host {
+                    stats: &|| stats_json(&shared, &blacklist),
+                    reset: &|ip| reset_sessions(&shared, ip),
+                };
                 let on_effect = |e: crate::control::Effect| {
                     if e == crate::control::Effect::Reload {
                         hup.store(true, Relaxed);
                     }
                 };
-                if let Err(e) = crate::control::serve(stream, &blacklist, &now, &stats, &on_effect)
-                {
+                if let Err(e) = crate::control::serve(stream, &blacklist, &now, &host, &on_effect) {
                     warn!("control connection: {e}");
                 }
             });
     }
+}
+
+/// `add ADDR --reset`: destroys every local session with `ip` on a protected port (the MTA sees
+/// `ECONNABORTED`, the client a RST), for sessions that no longer reach the queue (bypassed
+/// after STARTTLS) or are idle. Logged, counted, and answered.
+fn reset_sessions(shared: &Shared, ip: std::net::IpAddr) -> serde_json::Value {
+    use serde_json::json;
+    let ports = lock(&shared.config).engine.ports.clone();
+    let outcome = SockDiag::open().and_then(|mut diag| {
+        diag.destroy_sessions_with(ip, |p| ports.is_any() || ports.contains(p))
+    });
+    let error = match outcome {
+        Ok(Ok(n)) => {
+            shared.reset_on_request.fetch_add(u64::from(n), Relaxed);
+            info!(addr = %ip, sessions = n, "banned on request; its sessions reset");
+            return json!({"sessions": n});
+        }
+        Ok(Err(_)) => "the kernel cannot destroy sockets (CONFIG_INET_DIAG_DESTROY off, or no CAP_NET_ADMIN): banned, but its open sessions were not reset".to_string(),
+        Err(e) => format!("sock_diag: {e}: banned, but its open sessions were not reset"),
+    };
+    shared.reset_failures.fetch_add(1, Relaxed);
+    warn!(addr = %ip, "reset on request failed: {error}");
+    json!({"sessions": 0, "error": error})
 }
 
 /// The Prometheus exposition of every counter.
@@ -649,6 +682,8 @@ fn metrics_text(shared: &Shared, blacklist: &Blacklist) -> String {
         malformed: total.malformed,
         sockets_destroyed: total.destroyed,
         reset_by_mark: total.reset_by_mark,
+        reset_on_request: shared.reset_on_request.load(Relaxed),
+        reset_failures: shared.reset_failures.load(Relaxed),
     })
 }
 
@@ -697,6 +732,9 @@ fn stats_json(shared: &Shared, blacklist: &Blacklist) -> serde_json::Value {
         "flows_bypassed": e.flows_bypassed,
         "sessions": e.sessions,
         "session_packets": e.session_packets,
+        "smtp": e.smtp_json(),
+        "sessions_reset_on_request": shared.reset_on_request.load(Relaxed),
+        "reset_on_request_failures": shared.reset_failures.load(Relaxed),
         "lists": lists,
         "kernel_queues": queues,
     })

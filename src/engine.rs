@@ -160,7 +160,18 @@ pub struct Stats {
     pub session_packets: u64,
     pub session_packets_max: u64,
     pub session_hist: Vec<u64>,
+    /// Smtp mode: bare LFs and CRs inside message bodies (never taken as the end of data), the
+    /// sources that sent the most of them (at most [`BARE_SOURCES`], most first), server replies
+    /// that ended a body where no `CRLF.CRLF` was seen (the reader followed the server), and
+    /// messages (bodies and BDAT chunks) read to their end.
+    pub smtp_bare_newlines: u64,
+    pub smtp_bare_sources: Vec<(std::net::IpAddr, u64)>,
+    pub smtp_resyncs: u64,
+    pub smtp_messages: u64,
 }
+
+/// Most sources kept in [`Stats::smtp_bare_sources`].
+pub const BARE_SOURCES: usize = 32;
 
 impl Stats {
     fn new(rules: usize, lists: usize) -> Stats {
@@ -203,8 +214,50 @@ impl Stats {
         self.session_hist[bucket] += 1;
     }
 
+    /// The smtp-mode counters as JSON (for `stats` and `replay --json`).
+    pub fn smtp_json(&self) -> serde_json::Value {
+        let sources: Vec<_> = self
+            .smtp_bare_sources
+            .iter()
+            .map(|(a, n)| serde_json::json!({"source": a.to_string(), "bare_newlines": n}))
+            .collect();
+        serde_json::json!({
+            "messages": self.smtp_messages,
+            "bare_newlines": self.smtp_bare_newlines,
+            "bare_newline_sources": sources,
+            "resyncs": self.smtp_resyncs,
+        })
+    }
+
+    /// Counts what an SMTP reader saw in one segment of `src`'s session.
+    fn smtp_events(&mut self, src: std::net::IpAddr, e: flow::SmtpEvents) {
+        self.smtp_resyncs += u64::from(e.resyncs);
+        self.smtp_messages += u64::from(e.messages);
+        if e.bare_newlines > 0 {
+            self.smtp_bare_newlines += u64::from(e.bare_newlines);
+            self.bare_source(src, u64::from(e.bare_newlines));
+        }
+    }
+
+    /// Adds `n` bare newlines to `src`'s count, keeping the [`BARE_SOURCES`] highest counts.
+    fn bare_source(&mut self, src: std::net::IpAddr, n: u64) {
+        let list = &mut self.smtp_bare_sources;
+        match list.iter_mut().find(|(a, _)| *a == src) {
+            Some((_, count)) => *count += n,
+            None => list.push((src, n)),
+        }
+        list.sort_by_key(|&(_, count)| std::cmp::Reverse(count));
+        list.truncate(BARE_SOURCES);
+    }
+
     /// Adds `other` into `self`.
     pub fn merge(&mut self, other: &Stats) {
+        self.smtp_bare_newlines += other.smtp_bare_newlines;
+        self.smtp_resyncs += other.smtp_resyncs;
+        self.smtp_messages += other.smtp_messages;
+        for &(src, n) in &other.smtp_bare_sources {
+            self.bare_source(src, n);
+        }
         self.packets += other.packets;
         self.bytes += other.bytes;
         self.unguarded += other.unguarded;
@@ -624,6 +677,7 @@ impl Engine {
                             hit = smtp_match(&fr, matched, env, path, folded);
                             hit.is_some()
                         });
+                        stats.smtp_events(packet.src, smtp.take_events());
                     }
                 }
             }
@@ -670,7 +724,12 @@ impl Engine {
         let rst = t.flags & tcp_flags::RST != 0;
         let fin = t.flags & tcp_flags::FIN != 0;
         let fr = Arc::clone(&self.flow_rules);
-        let Engine { flows, scratch, .. } = self;
+        let Engine {
+            flows,
+            scratch,
+            stats,
+            ..
+        } = self;
         let flow = match open_flow(flows, &key, now, reply) {
             Ok(flow) => flow,
             Err(decided) => return decided,
@@ -686,6 +745,7 @@ impl Engine {
             match flow.server.push(data_seq(&t), payload, scratch) {
                 Push::Data => {
                     smtp.server(scratch);
+                    stats.smtp_events(packet.dst, smtp.take_events());
                 }
                 // The server's stream has a gap we will not fill: stop pairing replies.
                 Push::Refused => smtp.desync(),
@@ -750,14 +810,15 @@ fn data_seq(t: &Tcp) -> u32 {
     }
 }
 
-/// Is an open flow due to bypass: past its envelope (smtp rules only), or past its budget?
+/// Is an open flow due to bypass: encrypted after STARTTLS (smtp rules only), or past its
+/// budget? A plaintext SMTP session never bypasses: another transaction can follow any message.
 fn bypass_due(config: &EngineConfig, fr: &FlowRules, flow: &Flow) -> bool {
     if !config.bypass || flow.state != FlowState::Open {
         return false;
     }
     let budget = config.bypass_after > 0 && u64::from(flow.client_bytes) >= config.bypass_after;
-    let envelope = fr.stream.is_empty() && flow.smtp.as_ref().is_some_and(Smtp::passed);
-    budget || envelope
+    let opaque = fr.stream.is_empty() && flow.smtp.as_ref().is_some_and(Smtp::opaque);
+    budget || opaque
 }
 
 /// Scans a stream buffer (carry + new bytes) with the stream scanner, in windows the scanner's

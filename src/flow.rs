@@ -5,11 +5,14 @@
 //!   and [`MAX_HELD_BYTES`] bytes per flow, at most [`MAX_AHEAD`] bytes ahead) until the gap is
 //!   filled; a segment beyond those bounds is refused, and the engine drops it — TCP retransmits
 //!   it later, so no byte is ever skipped unseen.
-//! - [`Smtp`] follows an SMTP session from both sides: it hands out the path of every `MAIL
-//!   FROM` and `RCPT TO` command line, skips message bodies (`DATA` … `CRLF.CRLF`) and `BDAT`
-//!   chunks, and matches the server's replies to the commands in order (pipelining), so it knows
-//!   when the envelope is over: `DATA` answered 354, `BDAT` answered 2xx, `STARTTLS` answered 220.
-//!   A refused `DATA` or `BDAT` leaves it reading commands.
+//! - [`Smtp`] follows an SMTP session from both sides, every transaction to QUIT or close: it
+//!   hands out the path of every `MAIL FROM` and `RCPT TO` command line, skips message bodies
+//!   (`DATA` answered 354, up to `CR LF . CR LF` — the only end of data, RFC 5321 §4.1.1.4; a
+//!   bare LF or CR is counted, never taken as a line end) and `BDAT` chunks, and matches the
+//!   server's replies to the commands in order (pipelining, including a group that starts with
+//!   the end of a message), so a refused `DATA` leaves it reading commands. A reply inside a
+//!   body means the server ended the data elsewhere: the reader follows it back to commands.
+//!   Only `STARTTLS` answered 220 ends the reading: the rest is encrypted.
 //! - [`Flows`] is the bounded table: one slot per flow, least-recently-seen eviction through an
 //!   intrusive list, idle flows expired from the cold end.
 
@@ -158,7 +161,7 @@ pub enum Envelope {
     RcptTo,
 }
 
-/// A command awaiting the server's reply.
+/// A client command (or message end) awaiting the server's reply.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 enum Cmd {
     Greeting = 0,
@@ -166,18 +169,104 @@ enum Cmd {
     Data = 2,
     Bdat = 3,
     StartTls = 4,
+    /// The `CRLF.CRLF` that ended a message body (answered 250 or an error).
+    EndOfData = 5,
+}
+
+impl Cmd {
+    fn from_bits(bits: u64) -> Cmd {
+        match bits & 7 {
+            0 => Cmd::Greeting,
+            2 => Cmd::Data,
+            3 => Cmd::Bdat,
+            4 => Cmd::StartTls,
+            5 => Cmd::EndOfData,
+            _ => Cmd::Other,
+        }
+    }
 }
 
 /// What the client side is reading.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 enum Phase {
     Command,
-    /// A message body; the state counts how much of `LF . [CR] LF` was just seen.
-    Body(u8),
+    /// A message body; the state is how much of `CR LF . CR LF` was just seen ([`Eod`]).
+    Body(Eod),
     /// The rest of a BDAT chunk.
     Chunk(u64),
-    /// After STARTTLS: encrypted, nothing to read.
+    /// After STARTTLS was accepted: encrypted, nothing to read.
     Opaque,
+}
+
+/// Where a body stands with respect to its only terminator, `CR LF . CR LF` (RFC 5321
+/// §4.1.1.4). A bare LF or CR is body text (the SMTP-smuggling ambiguity), never a line end.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+enum Eod {
+    /// Inside a line.
+    Mid,
+    /// After a CR inside a line.
+    Cr,
+    /// At the start of a line (after CR LF; the DATA line's own CR LF counts).
+    Bol,
+    /// After CR LF `.`.
+    Dot,
+    /// After CR LF `.` CR.
+    DotCr,
+}
+
+/// What [`body_end`] found in a run of body bytes.
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+struct BodyScan {
+    /// Bytes read (up to and including the terminator's LF, if found).
+    used: usize,
+    /// The terminator was found.
+    done: bool,
+    /// Bare LFs and bare CRs seen.
+    bare: u32,
+}
+
+/// Scans body bytes from state `eod` for `CR LF . CR LF`; `eod` is left where the scan ended.
+fn body_end(bytes: &[u8], eod: &mut Eod) -> BodyScan {
+    let mut scan = BodyScan::default();
+    let mut i = 0;
+    while i < bytes.len() {
+        if *eod == Eod::Mid {
+            // The common case: skip the rest of the line at memchr speed.
+            match memchr::memchr2(b'\r', b'\n', &bytes[i..]) {
+                Some(j) => i += j,
+                None => break,
+            }
+        }
+        let b = bytes[i];
+        i += 1;
+        *eod = match (*eod, b) {
+            (Eod::DotCr, b'\n') => {
+                scan.used = i;
+                scan.done = true;
+                *eod = Eod::Bol;
+                return scan;
+            }
+            (Eod::Cr, b'\n') => Eod::Bol,
+            (_, b'\n') => {
+                scan.bare += 1;
+                Eod::Mid
+            }
+            (Eod::Cr | Eod::DotCr, b'\r') => {
+                scan.bare += 1;
+                Eod::Cr
+            }
+            (Eod::Dot, b'\r') => Eod::DotCr,
+            (_, b'\r') => Eod::Cr,
+            (Eod::Bol, b'.') => Eod::Dot,
+            (Eod::Cr | Eod::DotCr, _) => {
+                scan.bare += 1;
+                Eod::Mid
+            }
+            _ => Eod::Mid,
+        };
+    }
+    scan.used = bytes.len();
+    scan
 }
 
 /// Commands awaiting a reply, oldest first, packed 3 bits each into a `u64` (up to
@@ -202,20 +291,44 @@ impl Pending {
         if self.len == 0 {
             return None;
         }
-        let c = match self.bits & 7 {
-            0 => Cmd::Greeting,
-            2 => Cmd::Data,
-            3 => Cmd::Bdat,
-            4 => Cmd::StartTls,
-            _ => Cmd::Other,
-        };
+        let c = Cmd::from_bits(self.bits);
         self.bits >>= 3;
         self.len -= 1;
         Some(c)
     }
+
+    fn holds(&self, c: Cmd) -> bool {
+        (0..u32::from(self.len)).any(|k| Cmd::from_bits(self.bits >> (3 * k)) == c)
+    }
 }
 
-/// An SMTP session followed from both sides. See the module documentation.
+/// The client bytes since the last `DATA` line, read as a body would be, while that DATA awaits
+/// its reply: if the server answers 354, they were body text, not commands.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+enum Shadow {
+    /// No DATA awaits its reply.
+    Off,
+    /// The body so far, had the DATA been accepted when it was sent.
+    On(Eod),
+    /// They already hold a `CR LF . CR LF`.
+    Ended,
+}
+
+/// Counters a session adds to; the engine takes them after each segment ([`Smtp::take_events`]).
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub struct SmtpEvents {
+    /// Bare LFs and CRs inside message bodies (never taken as line ends).
+    pub bare_newlines: u32,
+    /// Server replies that came while a body was being read: the server ended the data where
+    /// stringban did not see `CRLF.CRLF` (an MTA that takes a bare LF as a line end); the reader
+    /// followed the server back to commands.
+    pub resyncs: u32,
+    /// Message bodies ended by `CRLF.CRLF`, and BDAT chunks.
+    pub messages: u32,
+}
+
+/// An SMTP session followed from both sides, every transaction to its end. See the module
+/// documentation.
 #[derive(Clone, Debug)]
 pub struct Smtp {
     phase: Phase,
@@ -224,13 +337,13 @@ pub struct Smtp {
     pending: Pending,
     /// Replies can no longer be matched to commands (too many pending, or a gap).
     desync: bool,
+    shadow: Shadow,
     /// Server reply line: bytes seen in the current line (saturating at 4) and its code.
     rpos: u8,
     code: u16,
     code_ok: bool,
     more: bool,
-    /// The envelope is over (DATA or BDAT accepted, STARTTLS accepted).
-    passed: bool,
+    events: SmtpEvents,
 }
 
 impl Smtp {
@@ -245,17 +358,29 @@ impl Smtp {
             line: Vec::new(),
             pending,
             desync: false,
+            shadow: Shadow::Off,
             rpos: 0,
             code: 0,
             code_ok: true,
             more: false,
-            passed: false,
+            events: SmtpEvents::default(),
         }
     }
 
-    /// Is the envelope over?
-    pub fn passed(&self) -> bool {
-        self.passed
+    /// Is the rest of the session opaque (STARTTLS accepted)? Only then may it bypass: a
+    /// plaintext session can start another transaction after any message.
+    pub fn opaque(&self) -> bool {
+        self.phase == Phase::Opaque
+    }
+
+    /// Is a message body being read?
+    pub fn in_body(&self) -> bool {
+        matches!(self.phase, Phase::Body(_) | Phase::Chunk(_))
+    }
+
+    /// The counters since the last call, reset.
+    pub fn take_events(&mut self) -> SmtpEvents {
+        std::mem::take(&mut self.events)
     }
 
     /// Bytes allocated for a partial command line.
@@ -264,7 +389,7 @@ impl Smtp {
     }
 
     /// The server's stream had a gap: its replies can no longer be matched to commands (a 354,
-    /// which only ever answers DATA, still ends the envelope).
+    /// which only ever answers DATA, still starts a body).
     pub fn desync(&mut self) {
         self.desync = true;
         self.pending = Pending::default();
@@ -290,22 +415,26 @@ impl Smtp {
                         Phase::Chunk(left)
                     };
                 }
-                Phase::Body(state) => {
-                    let (used, done, state) = body_end(bytes, state);
-                    bytes = &bytes[used..];
-                    self.phase = if done {
-                        Phase::Command
+                Phase::Body(mut eod) => {
+                    let scan = body_end(bytes, &mut eod);
+                    bytes = &bytes[scan.used..];
+                    self.events.bare_newlines = self.events.bare_newlines.saturating_add(scan.bare);
+                    if scan.done {
+                        self.phase = Phase::Command;
+                        self.events.messages = self.events.messages.saturating_add(1);
+                        self.expect(Cmd::EndOfData);
                     } else {
-                        Phase::Body(state)
-                    };
+                        self.phase = Phase::Body(eod);
+                    }
                 }
                 Phase::Command => {
                     let Some(i) = memchr(b'\n', bytes) else {
+                        self.feed_shadow(bytes);
                         let room = MAX_LINE.saturating_sub(self.line.len());
                         self.line.extend_from_slice(&bytes[..bytes.len().min(room)]);
                         return false;
                     };
-                    let hit = if self.line.is_empty() {
+                    let (hit, cmd) = if self.line.is_empty() {
                         self.command(&bytes[..i], &mut check)
                     } else {
                         let room = MAX_LINE.saturating_sub(self.line.len());
@@ -314,6 +443,12 @@ impl Smtp {
                         let line = std::mem::take(&mut self.line);
                         self.command(&line, &mut check)
                     };
+                    if cmd == Cmd::Data {
+                        // The body, if the server accepts, starts after this line.
+                        self.shadow = Shadow::On(Eod::Bol);
+                    } else {
+                        self.feed_shadow(&bytes[..=i]);
+                    }
                     bytes = &bytes[i + 1..];
                     if hit {
                         return true;
@@ -324,7 +459,29 @@ impl Smtp {
         false
     }
 
-    fn command(&mut self, line: &[u8], check: &mut impl FnMut(Envelope, &[u8]) -> bool) -> bool {
+    /// Reads `bytes` (already read as commands) into the shadow body of an unanswered DATA.
+    fn feed_shadow(&mut self, bytes: &[u8]) {
+        if let Shadow::On(mut eod) = self.shadow {
+            self.shadow = if body_end(bytes, &mut eod).done {
+                Shadow::Ended
+            } else {
+                Shadow::On(eod)
+            };
+        }
+    }
+
+    /// Records that the server will answer `cmd`.
+    fn expect(&mut self, cmd: Cmd) {
+        if !self.desync && !self.pending.push(cmd) {
+            self.desync();
+        }
+    }
+
+    fn command(
+        &mut self,
+        line: &[u8],
+        check: &mut impl FnMut(Envelope, &[u8]) -> bool,
+    ) -> (bool, Cmd) {
         let line = trim(&line[..line.len().min(MAX_LINE)]);
         let mut cmd = Cmd::Other;
         let mut hit = false;
@@ -339,19 +496,18 @@ impl Smtp {
         } else if let Some(size) = bdat_size(line) {
             // The chunk follows the command at once, whatever the server answers.
             cmd = Cmd::Bdat;
+            self.events.messages = self.events.messages.saturating_add(1);
             if size > 0 {
                 self.phase = Phase::Chunk(size);
             }
         }
-        if !self.desync && !self.pending.push(cmd) {
-            self.desync();
-        }
-        hit
+        self.expect(cmd);
+        (hit, cmd)
     }
 
-    /// Reads server bytes; returns whether the envelope is over.
-    pub fn server(&mut self, mut bytes: &[u8]) -> bool {
-        while !bytes.is_empty() {
+    /// Reads server bytes (nothing once the session is opaque).
+    pub fn server(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() && self.phase != Phase::Opaque {
             if self.rpos >= 4 {
                 // Past the code: skip to the end of the line.
                 match memchr(b'\n', bytes) {
@@ -359,7 +515,7 @@ impl Smtp {
                         bytes = &bytes[i + 1..];
                         self.end_reply_line();
                     }
-                    None => return self.passed,
+                    None => return,
                 }
                 continue;
             }
@@ -376,7 +532,6 @@ impl Smtp {
             }
             self.rpos += 1;
         }
-        self.passed
     }
 
     fn end_reply_line(&mut self) {
@@ -388,6 +543,13 @@ impl Smtp {
         if rpos < 3 || !ok || more {
             return;
         }
+        if let Phase::Body(_) = self.phase {
+            // A server says nothing inside a body: it has ended the data where we saw no
+            // CRLF.CRLF. Follow it back to commands (more inspection, never less).
+            self.phase = Phase::Command;
+            self.events.resyncs = self.events.resyncs.saturating_add(1);
+            return;
+        }
         let cmd = if self.desync {
             // 354 answers nothing but DATA.
             (code == 354).then_some(Cmd::Data)
@@ -395,49 +557,51 @@ impl Smtp {
             self.pending.pop()
         };
         match cmd {
-            Some(Cmd::Data) if code == 354 => {
-                self.passed = true;
-                if self.phase == Phase::Command && self.line.is_empty() {
-                    // The DATA line's own CRLF counts as the one before a lone ".".
-                    self.phase = Phase::Body(1);
-                }
-            }
-            Some(Cmd::Bdat) if (200..300).contains(&code) => self.passed = true,
+            Some(Cmd::Data) if code == 354 => self.data_accepted(),
+            // A refused DATA: what followed it was commands; a later DATA keeps its shadow.
+            Some(Cmd::Data) if !self.pending.holds(Cmd::Data) => self.shadow = Shadow::Off,
             Some(Cmd::StartTls) if code == 220 => {
-                self.passed = true;
                 self.phase = Phase::Opaque;
+                self.line = Vec::new();
             }
             _ => {}
         }
     }
-}
 
-/// Scans body bytes for the end of data (`LF . LF`, with optional CRs). Returns bytes used,
-/// whether the end was reached, and the state to carry.
-fn body_end(bytes: &[u8], mut state: u8) -> (usize, bool, u8) {
-    let mut i = 0;
-    while i < bytes.len() {
-        if state == 0 {
-            match memchr(b'\n', &bytes[i..]) {
-                Some(j) => {
-                    i += j + 1;
-                    state = 1;
-                }
-                None => return (bytes.len(), false, 0),
-            }
-            continue;
+    /// DATA answered 354: what the client sent after the DATA line is the body.
+    fn data_accepted(&mut self) {
+        let shadow = std::mem::replace(&mut self.shadow, Shadow::Off);
+        if self.phase != Phase::Command {
+            return;
         }
-        let b = bytes[i];
-        i += 1;
-        state = match (state, b) {
-            (1, b'.') => 2,
-            (2, b'\r') => 3,
-            (2 | 3, b'\n') => return (i, true, 0),
-            (_, b'\n') => 1,
-            _ => 0,
-        };
+        if self.pending.holds(Cmd::Data) {
+            // Another DATA was sent before this one was answered: where the body starts is
+            // unclear, so keep reading commands (more inspection) and stop pairing replies.
+            self.desync();
+            return;
+        }
+        match shadow {
+            // A conforming client waits for the 354; one that did not has already ended its
+            // body: the server reads what followed as commands, and so do we (already did).
+            Shadow::Ended => self.desync(),
+            Shadow::On(eod) => {
+                self.pending = Pending::default();
+                self.line.clear();
+                self.phase = Phase::Body(eod);
+            }
+            // A flow picked up mid-stream (or desynchronized) that saw no DATA line.
+            Shadow::Off => {
+                self.pending = Pending::default();
+                let eod = if self.line.is_empty() {
+                    Eod::Bol
+                } else {
+                    Eod::Mid
+                };
+                self.line.clear();
+                self.phase = Phase::Body(eod);
+            }
+        }
     }
-    (i, false, state)
 }
 
 /// Trims ASCII whitespace (and the CR) from both ends.
@@ -936,16 +1100,30 @@ mod tests {
         }
     }
 
+    /// Client and server bytes in session order: `C:` lines are the client's, `S:` the
+    /// server's. Returns the envelope paths seen.
+    fn session(s: &mut Smtp, parts: &[(&str, &str)]) -> Vec<String> {
+        let mut seen = Vec::new();
+        for (who, bytes) in parts {
+            if *who == "C" {
+                seen.extend(envelope(s, bytes).into_iter().map(|(_, p)| p));
+            } else {
+                s.server(bytes.as_bytes());
+            }
+        }
+        seen
+    }
+
     #[test]
     fn body_after_accepted_data_is_skipped_and_commands_follow() {
         let mut s = Smtp::new(true);
-        assert!(!s.server(b"220 hi\r\n"));
+        s.server(b"220 hi\r\n");
         envelope(&mut s, "MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n");
-        assert!(!s.server(b"250 ok\r\n250 ok\r\n"));
-        assert!(
-            s.server(b"354 go\r\n"),
-            "DATA accepted: the envelope is over"
-        );
+        s.server(b"250 ok\r\n250 ok\r\n");
+        assert!(!s.in_body());
+        s.server(b"354 go\r\n");
+        assert!(s.in_body(), "DATA accepted: a body follows");
+        assert!(!s.opaque(), "a plaintext session never ends its reading");
         let body =
             "To: <x@example.com>\r\nRCPT TO:<y@example.com>\r\n..dot\r\n.\r\nRCPT TO:<after@z>\r\n";
         assert_eq!(
@@ -960,11 +1138,189 @@ mod tests {
     }
 
     #[test]
+    fn every_transaction_of_a_session_is_read() {
+        let clean = "MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n";
+        let ok3 = "250 ok\r\n250 ok\r\n354 go\r\n";
+        // A second transaction after a finished DATA, a fourth after three, and after RSET.
+        let mut s = Smtp::new(true);
+        let mut parts = vec![
+            ("S", "220 hi\r\n"),
+            ("C", "EHLO x\r\n"),
+            ("S", "250 hi\r\n"),
+        ];
+        for _ in 0..3 {
+            parts.extend([
+                ("C", clean),
+                ("S", ok3),
+                ("C", "Subject: x\r\n\r\nhi\r\n.\r\n"),
+            ]);
+            parts.push(("S", "250 queued\r\n"));
+        }
+        parts.extend([("C", "RSET\r\n"), ("S", "250 reset\r\n")]);
+        parts.extend([("C", "MAIL FROM:<e@f.test>\r\nRCPT TO:<v@example.com>\r\n")]);
+        let seen = session(&mut s, &parts);
+        assert_eq!(seen.len(), 8, "{seen:?}");
+        assert_eq!(seen[7], "<v@example.com>");
+
+        // The next envelope pipelined in the same segment as the end of data, before any reply.
+        let mut s = Smtp::new(true);
+        let seen = session(
+            &mut s,
+            &[
+                ("S", "220 hi\r\n"),
+                ("C", clean),
+                ("S", ok3),
+                (
+                    "C",
+                    "hello\r\n.\r\nMAIL FROM:<x@y>\r\nRCPT TO:<v@example.com>\r\nDATA\r\n",
+                ),
+                ("S", "250 queued\r\n250 ok\r\n250 ok\r\n354 go\r\n"),
+                ("C", "RCPT TO:<in@body.test>\r\n.\r\n"),
+                ("S", "250 queued\r\n"),
+                ("C", "QUIT\r\n"),
+            ],
+        );
+        assert_eq!(
+            seen,
+            ["<a@b.test>", "<c@d.test>", "<x@y>", "<v@example.com>"]
+        );
+        assert!(
+            !s.in_body(),
+            "the replies stayed paired: the second body ended"
+        );
+
+        // ... or in the next segment, before the server's 250 to the end of data.
+        let mut s = Smtp::new(false);
+        let seen = session(
+            &mut s,
+            &[
+                ("C", "DATA\r\n"),
+                ("S", "354 go\r\n"),
+                ("C", "body\r\n.\r\n"),
+                ("C", "MAIL FROM:<x@y>\r\nRCPT TO:<v@example.com>\r\n"),
+            ],
+        );
+        assert_eq!(seen, ["<x@y>", "<v@example.com>"]);
+
+        // After BDAT ... LAST, and after a refused DATA.
+        let mut s = Smtp::new(false);
+        let seen = session(
+            &mut s,
+            &[
+                (
+                    "C",
+                    "MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 5 LAST\r\nhello",
+                ),
+                ("S", "250 ok\r\n250 ok\r\n250 ok\r\n"),
+                ("C", "MAIL FROM:<a@b>\r\nRCPT TO:<v@example.com>\r\n"),
+            ],
+        );
+        assert_eq!(seen.last().unwrap(), "<v@example.com>");
+        let mut s = Smtp::new(false);
+        let seen = session(
+            &mut s,
+            &[
+                ("C", "MAIL FROM:<a@b>\r\nDATA\r\n"),
+                ("S", "250 ok\r\n503 no recipients\r\n"),
+                ("C", "RCPT TO:<v@example.com>\r\n"),
+            ],
+        );
+        assert_eq!(seen.last().unwrap(), "<v@example.com>");
+    }
+
+    #[test]
+    fn only_crlf_dot_crlf_ends_data_split_anywhere() {
+        // Bare-LF and bare-CR dot lines are body text: the RCPT after them is not a command.
+        for fake in [
+            "\n.\n",
+            "\r\n.\n",
+            "\n.\r\n",
+            "\r.\r",
+            "\r\n.\r",
+            "\r\n.\r\r\n",
+        ] {
+            let body = format!(
+                "line one{fake}RCPT TO:<v@example.com>\r\nmore\r\n.\r\nRCPT TO:<after@z>\r\n"
+            );
+            for cut in 0..body.len() {
+                let mut s = Smtp::new(false);
+                session(&mut s, &[("C", "DATA\r\n"), ("S", "354 go\r\n")]);
+                let mut seen = envelope(&mut s, &body[..cut]);
+                seen.extend(envelope(&mut s, &body[cut..]));
+                assert_eq!(
+                    seen,
+                    [(Envelope::RcptTo, "<after@z>".to_string())],
+                    "{fake:?} cut at {cut}"
+                );
+                assert!(s.take_events().bare_newlines >= 1, "{fake:?}");
+            }
+        }
+        // The real end, split at every byte of CR LF . CR LF.
+        let body = "text\r\n.\r\nRCPT TO:<v@example.com>\r\n";
+        for cut in 0..body.len() {
+            let mut s = Smtp::new(false);
+            session(&mut s, &[("C", "DATA\r\n"), ("S", "354 go\r\n")]);
+            let mut seen = envelope(&mut s, &body[..cut]);
+            seen.extend(envelope(&mut s, &body[cut..]));
+            assert_eq!(seen.len(), 1, "cut at {cut}");
+            assert_eq!(s.take_events().bare_newlines, 0);
+        }
+    }
+
+    #[test]
+    fn a_reply_inside_a_body_brings_the_reader_back_to_commands() {
+        // An MTA that ends DATA at a bare LF says so in its replies.
+        let mut s = Smtp::new(false);
+        let seen = session(
+            &mut s,
+            &[
+                ("C", "DATA\r\n"),
+                ("S", "354 go\r\n"),
+                ("C", "x\n.\n"),
+                ("S", "250 queued\r\n"),
+                ("C", "RCPT TO:<v@example.com>\r\n"),
+            ],
+        );
+        assert_eq!(seen, ["<v@example.com>"]);
+        assert_eq!(s.take_events().resyncs, 1);
+    }
+
+    #[test]
+    fn a_body_sent_before_the_354_is_read_as_the_server_reads_it() {
+        // Not waiting for 354 is a protocol error; such bytes are read as commands (more
+        // inspection). If they held the end of data, the server is back on commands after the
+        // 354 too, and so is the reader.
+        let mut s = Smtp::new(false);
+        let seen = session(
+            &mut s,
+            &[
+                ("C", "DATA\r\nx\r\n.\r\n"),
+                ("S", "354 go\r\n250 queued\r\n"),
+                ("C", "RCPT TO:<v@example.com>\r\n"),
+            ],
+        );
+        assert_eq!(seen, ["<v@example.com>"]);
+        // If they did not, the rest is body.
+        let mut s = Smtp::new(false);
+        let seen = session(
+            &mut s,
+            &[
+                ("C", "DATA\r\nSubject: x\r\n"),
+                ("S", "354 go\r\n"),
+                ("C", "RCPT TO:<in@body>\r\n.\r\n"),
+            ],
+        );
+        assert!(seen.is_empty(), "{seen:?}");
+        assert!(!s.in_body());
+    }
+
+    #[test]
     fn refused_data_does_not_hide_later_commands() {
         let mut s = Smtp::new(true);
         s.server(b"220 hi\r\n");
         envelope(&mut s, "MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n");
-        assert!(!s.server(b"250 ok\r\n550 no such user\r\n554 no valid recipients\r\n"));
+        s.server(b"250 ok\r\n550 no such user\r\n554 no valid recipients\r\n");
+        assert!(!s.in_body());
         assert_eq!(envelope(&mut s, "RCPT TO:<e@example.com>\r\n").len(), 1);
     }
 
@@ -975,9 +1331,11 @@ mod tests {
             &mut s,
             "EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n",
         );
-        assert!(!s.server(b"220 hi\r\n250-x\r\n250-PIPELINING\r\n250 SIZE\r\n250 ok\r\n25"));
-        assert!(!s.server(b"0 ok\r\n"));
-        assert!(s.server(b"354 go\r\n"));
+        s.server(b"220 hi\r\n250-x\r\n250-PIPELINING\r\n250 SIZE\r\n250 ok\r\n25");
+        s.server(b"0 ok\r\n");
+        assert!(!s.in_body());
+        s.server(b"354 go\r\n");
+        assert!(s.in_body());
     }
 
     #[test]
@@ -989,8 +1347,6 @@ mod tests {
         );
         assert_eq!(seen.len(), 2, "the chunk's 25 bytes are data: {seen:?}");
         assert_eq!(seen[1].1, "<y@z>");
-        assert!(!s.server(b"250 ok\r\n"));
-        assert!(s.server(b"250 chunk ok\r\n"), "BDAT accepted");
         // A bad BDAT size is no chunk.
         let mut s = Smtp::new(false);
         assert_eq!(envelope(&mut s, "BDAT x\r\nRCPT TO:<a@b>\r\n").len(), 1);
@@ -1000,12 +1356,20 @@ mod tests {
     fn starttls_accepted_makes_the_rest_opaque() {
         let mut s = Smtp::new(false);
         envelope(&mut s, "STARTTLS\r\n");
-        assert!(s.server(b"220 go ahead\r\n"));
+        s.server(b"220 go ahead\r\n");
+        assert!(s.opaque());
         assert!(envelope(&mut s, "RCPT TO:<a@example.com>\r\n").is_empty());
         let mut s = Smtp::new(false);
         envelope(&mut s, "STARTTLS\r\n");
-        assert!(!s.server(b"454 TLS not available\r\n"));
+        s.server(b"454 TLS not available\r\n");
+        assert!(!s.opaque());
         assert_eq!(envelope(&mut s, "RCPT TO:<a@example.com>\r\n").len(), 1);
+        // A command pipelined after STARTTLS (not allowed) is still read.
+        let mut s = Smtp::new(false);
+        assert_eq!(
+            envelope(&mut s, "STARTTLS\r\nRCPT TO:<a@example.com>\r\n").len(),
+            1
+        );
     }
 
     #[test]

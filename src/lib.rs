@@ -34,6 +34,7 @@ pub mod recent;
 pub mod replay;
 pub mod rule;
 pub mod scan;
+pub mod script;
 pub mod store;
 pub mod time;
 

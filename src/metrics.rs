@@ -52,6 +52,9 @@ pub struct Snapshot<'a> {
     pub malformed: u64,
     pub sockets_destroyed: u64,
     pub reset_by_mark: u64,
+    /// `add --reset`: sessions destroyed on request, and requests that could not reset.
+    pub reset_on_request: u64,
+    pub reset_failures: u64,
 }
 
 fn escape(v: &str) -> String {
@@ -213,6 +216,43 @@ pub fn render(s: &Snapshot<'_>) -> String {
     let _ = writeln!(o, "stringban_flows_bypassed_total {}", e.flows_bypassed);
     head(
         &mut o,
+        "stringban_smtp_messages_total",
+        "counter",
+        "SMTP message bodies (and BDAT chunks) read to their end (smtp mode).",
+    );
+    let _ = writeln!(o, "stringban_smtp_messages_total {}", e.smtp_messages);
+    head(
+        &mut o,
+        "stringban_smtp_bare_newlines_total",
+        "counter",
+        "Bare CR or LF inside SMTP message bodies (never taken as the end of data).",
+    );
+    let _ = writeln!(
+        o,
+        "stringban_smtp_bare_newlines_total {}",
+        e.smtp_bare_newlines
+    );
+    head(
+        &mut o,
+        "stringban_smtp_bare_newlines_by_source",
+        "gauge",
+        "Bare CR or LF inside SMTP bodies from the sources that sent the most (at most 32).",
+    );
+    for (src, n) in &e.smtp_bare_sources {
+        let _ = writeln!(
+            o,
+            "stringban_smtp_bare_newlines_by_source{{source=\"{src}\"}} {n}"
+        );
+    }
+    head(
+        &mut o,
+        "stringban_smtp_resyncs_total",
+        "counter",
+        "SMTP bodies the server ended where no CRLF.CRLF was seen (the reader followed its replies).",
+    );
+    let _ = writeln!(o, "stringban_smtp_resyncs_total {}", e.smtp_resyncs);
+    head(
+        &mut o,
         "stringban_session_packets_total",
         "counter",
         "Packets of ended sessions the engine looked at.",
@@ -240,6 +280,22 @@ pub fn render(s: &Snapshot<'_>) -> String {
         o,
         "stringban_resets_total{{how=\"reject_mark\"}} {}",
         s.reset_by_mark
+    );
+    let _ = writeln!(
+        o,
+        "stringban_resets_total{{how=\"on_request\"}} {}",
+        s.reset_on_request
+    );
+    head(
+        &mut o,
+        "stringban_reset_on_request_failures_total",
+        "counter",
+        "add --reset requests whose sessions could not be reset (the address was banned).",
+    );
+    let _ = writeln!(
+        o,
+        "stringban_reset_on_request_failures_total {}",
+        s.reset_failures
     );
     head(
         &mut o,
@@ -357,9 +413,12 @@ mod tests {
             malformed: 0,
             sockets_destroyed: 1,
             reset_by_mark: 0,
+            reset_on_request: 2,
+            reset_failures: 0,
         });
         for want in [
             "stringban_packets_total 10\n",
+            "stringban_resets_total{how=\"on_request\"} 2\n",
             "stringban_verdicts_total{verdict=\"reset\"} 1\n",
             "stringban_decisions_total{reason=\"banned\"} 2\n",
             "stringban_matches_total{rule=\"@example.com\"} 1\n",

@@ -146,6 +146,7 @@ impl Report {
                 "packets_max": s.session_packets_max,
                 "packets_median": s.session_packets_median(),
             },
+            "smtp": s.smtp_json(),
             "engine_seconds": self.engine_secs,
             "engine_pps": self.engine_pps(),
             "engine_gbps": self.engine_gbps(),
@@ -247,6 +248,16 @@ impl fmt::Display for Report {
                 s.session_packets as f64 / s.sessions.max(1) as f64,
                 s.session_packets_median(),
                 s.session_packets_max
+            )?;
+        }
+        if s.smtp_messages + s.smtp_bare_newlines + s.smtp_resyncs > 0 {
+            writeln!(
+                f,
+                "smtp:     {} messages read to their end; {} bare CR/LF in bodies (from {} sources), {} bodies ended by the server elsewhere",
+                n(s.smtp_messages),
+                n(s.smtp_bare_newlines),
+                s.smtp_bare_sources.len(),
+                n(s.smtp_resyncs)
             )?;
         }
         write!(

@@ -15,6 +15,11 @@ use super::nfqueue::{netlink_socket, recv_one, send_to_kernel, setsockopt};
 
 const NETLINK_SOCK_DIAG: i32 = 4;
 const SOCK_DESTROY: u16 = 21;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLM_F_DUMP: u16 = 0x300;
+/// TCP states a dump asks for: every state with a session (not LISTEN, TIME_WAIT or CLOSE).
+const SESSION_STATES: u32 =
+    (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 8) | (1 << 9) | (1 << 11);
 const IPPROTO_TCP: u8 = 6;
 
 /// The outcome of a destroy request.
@@ -26,6 +31,16 @@ pub enum Destroyed {
     NoSocket,
     /// The kernel cannot destroy sockets (`CONFIG_INET_DIAG_DESTROY` off, or no permission).
     Unsupported,
+}
+
+/// A local TCP socket found by a dump: its two ends, as the socket's family has them (an IPv4
+/// peer of a dual-stack listener appears IPv4-mapped).
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub struct TcpSocket {
+    pub local: IpAddr,
+    pub lport: u16,
+    pub remote: IpAddr,
+    pub rport: u16,
 }
 
 /// A `NETLINK_SOCK_DIAG` socket.
@@ -77,6 +92,74 @@ impl SockDiag {
         }
     }
 
+    /// The local TCP sessions with `remote` (IPv4 peers also as IPv4-mapped on AF_INET6).
+    pub fn sessions_with(&mut self, remote: IpAddr) -> io::Result<Vec<TcpSocket>> {
+        let mapped = match remote {
+            IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
+            v6 => v6,
+        };
+        let mut found = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+            if family == libc::AF_INET as u8 && remote.is_ipv6() {
+                continue;
+            }
+            self.seq = self.seq.wrapping_add(1);
+            send_to_kernel(&self.fd, &dump_request(self.seq, family))?;
+            'dump: loop {
+                let n = recv_one(&self.fd, &mut buf)?;
+                for msg in codec::messages(&buf[..n]) {
+                    let msg = msg.map_err(|_| io::Error::other("malformed sock_diag reply"))?;
+                    if msg.seq != self.seq {
+                        continue;
+                    }
+                    match msg.kind {
+                        codec::NLMSG_DONE => break 'dump,
+                        codec::NLMSG_ERROR => {
+                            let errno = codec::error_code(&msg)
+                                .map_err(|e| io::Error::other(e.to_string()))?;
+                            if errno != 0 {
+                                return Err(io::Error::from_raw_os_error(errno));
+                            }
+                            break 'dump;
+                        }
+                        SOCK_DIAG_BY_FAMILY => {
+                            if let Some(sock) = parse_diag_msg(msg.payload)
+                                && (sock.remote == remote || sock.remote == mapped)
+                            {
+                                found.push(sock);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Destroys every local TCP session with `remote` whose local port `guarded` admits: the
+    /// local application sees `ECONNABORTED`, the peer a RST. Returns how many were destroyed,
+    /// or [`Destroyed::Unsupported`] when the kernel cannot destroy sockets.
+    pub fn destroy_sessions_with(
+        &mut self,
+        remote: IpAddr,
+        guarded: impl Fn(u16) -> bool,
+    ) -> io::Result<Result<u32, Destroyed>> {
+        let mut n = 0;
+        for s in self.sessions_with(remote)? {
+            if !guarded(s.lport) {
+                continue;
+            }
+            match self.destroy_one(s.local, s.lport, s.remote, s.rport)? {
+                Destroyed::Yes => n += 1,
+                Destroyed::NoSocket => {}
+                Destroyed::Unsupported => return Ok(Err(Destroyed::Unsupported)),
+            }
+        }
+        Ok(Ok(n))
+    }
+
     fn destroy_one(
         &mut self,
         local: IpAddr,
@@ -106,6 +189,46 @@ impl SockDiag {
             }
         }
     }
+}
+
+/// A dump of the TCP sockets of `family` in [`SESSION_STATES`].
+pub fn dump_request(seq: u32, family: u8) -> Vec<u8> {
+    let mut m = Vec::with_capacity(72);
+    m.extend(72u32.to_ne_bytes());
+    m.extend(SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    m.extend((NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    m.extend(seq.to_ne_bytes());
+    m.extend(0u32.to_ne_bytes());
+    m.extend([family, IPPROTO_TCP, 0, 0]);
+    m.extend(SESSION_STATES.to_ne_bytes());
+    // inet_diag_sockid: all zero (no filter), cookie "none".
+    m.extend([0u8; 40]);
+    m.extend(u32::MAX.to_ne_bytes());
+    m.extend(u32::MAX.to_ne_bytes());
+    m
+}
+
+/// The two ends of the socket an `inet_diag_msg` describes, or None if it is malformed or of
+/// another family.
+pub fn parse_diag_msg(p: &[u8]) -> Option<TcpSocket> {
+    if p.len() < 72 {
+        return None;
+    }
+    let lport = u16::from_be_bytes([p[4], p[5]]);
+    let rport = u16::from_be_bytes([p[6], p[7]]);
+    let addr = |b: &[u8]| -> Option<IpAddr> {
+        match i32::from(p[0]) {
+            libc::AF_INET => Some(IpAddr::from(<[u8; 4]>::try_from(&b[..4]).ok()?)),
+            libc::AF_INET6 => Some(IpAddr::from(<[u8; 16]>::try_from(&b[..16]).ok()?)),
+            _ => None,
+        }
+    };
+    Some(TcpSocket {
+        local: addr(&p[8..24])?,
+        lport,
+        remote: addr(&p[24..40])?,
+        rport,
+    })
 }
 
 /// The `SOCK_DESTROY` request: nlmsghdr + `inet_diag_req_v2` with the exact 4-tuple and no cookie.
@@ -149,6 +272,30 @@ fn addr16(addr: IpAddr) -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dump_request_and_reply_layout() {
+        let r = dump_request(9, libc::AF_INET as u8);
+        assert_eq!(r.len(), 72);
+        assert_eq!(u16::from_ne_bytes([r[4], r[5]]), SOCK_DIAG_BY_FAMILY);
+        assert_eq!(u16::from_ne_bytes([r[6], r[7]]), NLM_F_REQUEST | NLM_F_DUMP);
+        // An inet_diag_msg for 198.18.0.1:25 <- 198.19.0.7:40000.
+        let mut m = vec![libc::AF_INET as u8, 1, 0, 0];
+        m.extend(25u16.to_be_bytes());
+        m.extend(40000u16.to_be_bytes());
+        m.extend([198, 18, 0, 1]);
+        m.extend([0; 12]);
+        m.extend([198, 19, 0, 7]);
+        m.extend([0; 12]);
+        m.extend([0; 32]); // interface, cookie, expires, queues, uid, inode
+        let s = parse_diag_msg(&m).unwrap();
+        assert_eq!(s.local, "198.18.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!((s.lport, s.rport), (25, 40000));
+        assert_eq!(s.remote, "198.19.0.7".parse::<IpAddr>().unwrap());
+        assert_eq!(parse_diag_msg(&m[..71]), None);
+        m[0] = 99;
+        assert_eq!(parse_diag_msg(&m), None);
+    }
 
     #[test]
     fn request_layout() {

@@ -35,14 +35,21 @@ netns_pair() {
 }
 
 # exim_start SERVER TMPDIR — a fresh Exim (tests/live/exim.conf.in) on 198.18.0.1:25 in SERVER,
-# empty inbox at TMPDIR/mail/inbox. Sets EPID. Fails if Exim does not start within 5 s.
+# empty inbox at TMPDIR/mail/inbox, STARTTLS with a self-signed certificate made here, and an
+# ACL that bans a sender of mail to example.com through `$SB_ACL_BIN add ADDR --reset` on the
+# control socket TMPDIR/ctl.sock (SB_ACL_BIN unset: /bin/false). Sets EPID. Fails if Exim does
+# not start within 5 s.
 exim_start() {
     local s=$1 tmp=$2 here
     here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
     chmod 755 "$tmp"
-    rm -rf "$tmp/spool" "$tmp/log" "$tmp/mail"; mkdir -p "$tmp/spool" "$tmp/log" "$tmp/mail"
+    rm -rf "$tmp/spool" "$tmp/log" "$tmp/mail" "$tmp/tls"; mkdir -p "$tmp/spool" "$tmp/log" "$tmp/mail" "$tmp/tls"
     chown Debian-exim:Debian-exim "$tmp/spool" "$tmp/log" "$tmp/mail"
-    sed -e "s|SPOOLDIR|$tmp/spool|; s|LOGDIR|$tmp/log|g; s|MAILDIR|$tmp/mail|" "$here/exim.conf.in" > "$tmp/exim.conf"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=mx.stringban.test \
+        -keyout "$tmp/tls/key.pem" -out "$tmp/tls/cert.pem" 2> "$tmp/tls/openssl.out" || { cat "$tmp/tls/openssl.out"; return 1; }
+    chgrp Debian-exim "$tmp/tls/key.pem"; chmod 640 "$tmp/tls/key.pem"
+    sed -e "s|SPOOLDIR|$tmp/spool|; s|LOGDIR|$tmp/log|g; s|MAILDIR|$tmp/mail|; s|TLSDIR|$tmp/tls|g" \
+        -e "s|SBBIN|${SB_ACL_BIN:-/bin/false}|; s|CTLSOCK|$tmp/ctl.sock|" "$here/exim.conf.in" > "$tmp/exim.conf"
     ip netns exec "$s" exim4 -C "$tmp/exim.conf" -bdf > "$tmp/exim.out" 2>&1 & EPID=$!
     for _ in $(seq 50); do grep -q "listening for SMTP" "$tmp/log/mainlog" 2>/dev/null && return 0; sleep 0.1; done
     echo "Exim did not start:"; cat "$tmp/exim.out" "$tmp/log/"* 2>/dev/null; return 1

@@ -7,9 +7,13 @@ the server's packets instead of resetting the connection it does not know), conn
 through interface IFACE, send LINES (\\n-separated, each \\r\\n-ended), wait for a reply to
 each, and print one word for what happened: ok, reset, timeout, refused, closed.
 
-In a line, <SPLIT> cuts it into separate TCP segments, sent back to back. Options:
+In a line, <SPLIT> cuts it into separate TCP segments, sent back to back; <CRLF>, <LF> and <CR>
+put those bytes inside the line (a whole pipelined group or message body in one line); a line
+ending in <UNTIL:NNN> waits for a reply line with code NNN (not just the first reply bytes), and
+one ending in <NOWAIT> waits for nothing. Options:
   --reorder     send the segments of a split line last first (out of order)
   --retransmit  send every data segment twice (a retransmission)
+  --verbose     print the server's replies on stderr
 Usage: raw_client.py IFACE SRC DST PORT 'EHLO x\\nRCPT TO:<a@example.com>' [TIMEOUT] [OPTIONS]"""
 import os, random, select, socket, struct, sys, time
 
@@ -74,9 +78,11 @@ class Conn:
                 return None
         return "timeout"
 
-    def reply(self):
-        """Waits for data from the server and acknowledges it: None, or how the session ended."""
+    def reply(self, until=None):
+        """Waits for data from the server (with `until`, for a reply line with that code) and
+        acknowledges it: None, or how the session ended."""
         deadline = time.monotonic() + self.timeout
+        got = b""
         while True:
             seg = self.recv(deadline)
             if seg is None:
@@ -92,7 +98,11 @@ class Conn:
                 return "closed"
             if payload:
                 self.send(ACK)
-                return None
+                got += payload
+                if "--verbose" in sys.argv:
+                    sys.stderr.write(payload.decode("latin-1"))
+                if until is None or any(l.startswith(until.encode() + b" ") for l in got.split(b"\r\n")):
+                    return None
 
 
 def main():
@@ -106,7 +116,13 @@ def main():
         print(outcome)
         return
     for line in lines:
-        parts = [p.encode() for p in (line + "\r\n").split("<SPLIT>")]
+        until, wait = None, True
+        if line.endswith(">") and "<UNTIL:" in line:
+            line, until = line[:line.rindex("<UNTIL:")], line[line.rindex("<UNTIL:") + 7:-1]
+        if line.endswith("<NOWAIT>"):
+            line, wait = line[:-len("<NOWAIT>")], False
+        line = line.replace("<CRLF>", "\r\n").replace("<LF>", "\n").replace("<CR>", "\r")
+        parts = [p.encode("latin-1") for p in (line + "\r\n").split("<SPLIT>")]
         segments, seq = [], c.snd
         for p in parts:
             segments.append((seq, p))
@@ -117,7 +133,10 @@ def main():
             for _ in range(2 if "--retransmit" in opts else 1):
                 c.send(PSH | ACK, p, seq=s)
         c.snd = seq
-        outcome = c.reply()
+        if not wait:
+            time.sleep(0.05)
+            continue
+        outcome = c.reply(until)
         if outcome:
             print("ok" if outcome == "closed" and line.upper().startswith("QUIT") else outcome)
             return
