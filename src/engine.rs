@@ -598,7 +598,8 @@ impl Engine {
         }
     }
 
-    /// A client segment of a flow-mode flow.
+    /// A client segment of a flow-mode flow. One table lookup in the common case; an in-order
+    /// segment with nothing held is read where it lies when no stream rule needs the carry.
     fn flow_client(&mut self, packet: &Packet<'_>, t: Tcp, now: Instant) -> Decision {
         let clean = Decision {
             verdict: Verdict::Accept,
@@ -610,76 +611,93 @@ impl Engine {
         let syn = t.flags & tcp_flags::SYN != 0 && t.flags & tcp_flags::ACK == 0;
         let rst = t.flags & tcp_flags::RST != 0;
         let fin = t.flags & tcp_flags::FIN != 0;
-        let fr = Arc::clone(&self.flow_rules);
-        if self.flows.get(&key).is_none() {
-            // Only a SYN or data opens a flow: stray ACKs, FINs and RSTs do not fill the table.
-            if rst || (!syn && payload.is_empty()) {
-                return clean;
-            }
-            let smtp = (!fr.smtp.is_empty()).then(|| Smtp::new(syn));
-            if let Some(old) = self.flows.insert(key, Flow::new(now, smtp)) {
-                self.stats.flows_evicted += 1;
-                if old.state == FlowState::Open {
-                    self.stats.end_session(old.packets);
-                }
-            }
-            self.stats.flows_new += 1;
-        }
         let Engine {
             flows,
             scratch,
             folded,
             stats,
             stream_scanner,
+            flow_rules,
+            config,
             ..
         } = self;
-        let flow = match open_flow(flows, &key, now, clean) {
-            Ok(flow) => flow,
-            Err(decided) => return decided,
+        let fr: &FlowRules = flow_rules;
+        let flow = match flows.get(&key) {
+            Some(flow) => flow,
+            None => {
+                // Only a SYN or data opens a flow: stray ACKs, FINs and RSTs do not fill the table.
+                if rst || (!syn && payload.is_empty()) {
+                    return clean;
+                }
+                let smtp = (!fr.smtp.is_empty()).then(|| Smtp::new(syn));
+                if let Some(old) = flows.insert(key, Flow::new(now, smtp)) {
+                    stats.flows_evicted += 1;
+                    if old.state == FlowState::Open {
+                        stats.end_session(old.packets);
+                    }
+                }
+                stats.flows_new += 1;
+                match flows.get(&key) {
+                    Some(flow) => flow,
+                    None => return clean,
+                }
+            }
         };
+        if let Err(decided) = touch(flow, now) {
+            return decided;
+        }
         if syn {
             flow.client.syn(t.seq);
         }
         let mut hit = None;
         if !payload.is_empty() {
             let seq = data_seq(&t);
-            scratch.clear();
-            scratch.extend_from_slice(&flow.carry);
-            let carry_len = scratch.len();
-            match flow.client.push(seq, payload, scratch) {
-                Push::Refused => {
-                    stats.flow_refused += 1;
-                    return Decision {
-                        verdict: Verdict::Drop,
-                        reason: Reason::FlowLimit,
-                    };
-                }
-                Push::Old | Push::Held => {}
-                Push::Data => {
-                    let fresh = scratch.len() - carry_len;
-                    flow.client_bytes = flow
-                        .client_bytes
-                        .saturating_add(u32::try_from(fresh).unwrap_or(u32::MAX));
-                    if let Some(scanner) = stream_scanner.as_mut() {
-                        let (matched, positions) = (flow.matched, &fr.stream);
-                        hit = scan_stream(scanner, scratch, |k| matched & (1 << positions[k]) == 0)
+            let fresh: &[u8] = if stream_scanner.is_none()
+                && let Some(bytes) = flow.client.in_order(seq, payload)
+            {
+                bytes
+            } else {
+                scratch.clear();
+                scratch.extend_from_slice(&flow.carry);
+                let carry_len = scratch.len();
+                match flow.client.push(seq, payload, scratch) {
+                    Push::Refused => {
+                        stats.flow_refused += 1;
+                        return Decision {
+                            verdict: Verdict::Drop,
+                            reason: Reason::FlowLimit,
+                        };
+                    }
+                    Push::Old | Push::Held => &[],
+                    Push::Data => {
+                        if let Some(scanner) = stream_scanner.as_mut() {
+                            let (matched, positions) = (flow.matched, &fr.stream);
+                            hit = scan_stream(scanner, scratch, |k| {
+                                matched & (1 << positions[k]) == 0
+                            })
                             .map(|k| positions[k]);
-                        let keep = fr.carry.min(scratch.len());
-                        flow.carry.clear();
-                        flow.carry
-                            .extend_from_slice(&scratch[scratch.len() - keep..]);
-                    }
-                    if hit.is_none()
-                        && let Some(smtp) = flow.smtp.as_mut()
-                    {
-                        let matched = flow.matched;
-                        smtp.client(&scratch[carry_len..], |env, path| {
-                            hit = smtp_match(&fr, matched, env, path, folded);
-                            hit.is_some()
-                        });
-                        stats.smtp_events(packet.src, smtp.take_events());
+                            let keep = fr.carry.min(scratch.len());
+                            flow.carry.clear();
+                            flow.carry
+                                .extend_from_slice(&scratch[scratch.len() - keep..]);
+                        }
+                        &scratch[carry_len..]
                     }
                 }
+            };
+            flow.client_bytes = flow
+                .client_bytes
+                .saturating_add(u32::try_from(fresh.len()).unwrap_or(u32::MAX));
+            if hit.is_none()
+                && !fresh.is_empty()
+                && let Some(smtp) = flow.smtp.as_mut()
+            {
+                let matched = flow.matched;
+                smtp.client(fresh, |env, path| {
+                    hit = smtp_match(fr, matched, env, path, folded);
+                    hit.is_some()
+                });
+                stats.smtp_events(packet.src, smtp.take_events());
             }
         }
         if let Some(pos) = hit {
@@ -698,16 +716,13 @@ impl Engine {
             }
             return decision;
         }
-        let Some(flow) = self.flows.get(&key) else {
-            return clean;
-        };
         // Without smtp rules the server's side is not followed: the client's FIN ends the flow.
         if rst || (fin && (flow.server_fin || fr.smtp.is_empty())) {
             self.end_flow(&key);
             return clean;
         }
         flow.client_fin |= fin;
-        if bypass_due(&self.config, &fr, flow) {
+        if bypass_due(config, fr, flow) {
             return self.bypass(&key);
         }
         clean
@@ -723,17 +738,20 @@ impl Engine {
         let key = FlowKey::new(packet.dst, t.dport, packet.src, t.sport);
         let rst = t.flags & tcp_flags::RST != 0;
         let fin = t.flags & tcp_flags::FIN != 0;
-        let fr = Arc::clone(&self.flow_rules);
         let Engine {
             flows,
             scratch,
             stats,
+            flow_rules,
+            config,
             ..
         } = self;
-        let flow = match open_flow(flows, &key, now, reply) {
-            Ok(flow) => flow,
-            Err(decided) => return decided,
+        let Some(flow) = flows.get(&key) else {
+            return reply;
         };
+        if let Err(decided) = touch(flow, now) {
+            return decided;
+        }
         if t.flags & tcp_flags::SYN != 0 {
             flow.server.syn(t.seq);
         }
@@ -741,15 +759,25 @@ impl Engine {
         if !payload.is_empty()
             && let Some(smtp) = flow.smtp.as_mut()
         {
-            scratch.clear();
-            match flow.server.push(data_seq(&t), payload, scratch) {
-                Push::Data => {
-                    smtp.server(scratch);
-                    stats.smtp_events(packet.dst, smtp.take_events());
+            let seq = data_seq(&t);
+            let fresh: &[u8] = match flow.server.in_order(seq, payload) {
+                Some(bytes) => bytes,
+                None => {
+                    scratch.clear();
+                    match flow.server.push(seq, payload, scratch) {
+                        Push::Data => scratch,
+                        // The server's stream has a gap we will not fill: stop pairing replies.
+                        Push::Refused => {
+                            smtp.desync();
+                            &[]
+                        }
+                        Push::Old | Push::Held => &[],
+                    }
                 }
-                // The server's stream has a gap we will not fill: stop pairing replies.
-                Push::Refused => smtp.desync(),
-                Push::Old | Push::Held => {}
+            };
+            if !fresh.is_empty() {
+                smtp.server(fresh);
+                stats.smtp_events(packet.dst, smtp.take_events());
             }
         }
         if rst || (fin && flow.client_fin) {
@@ -757,7 +785,7 @@ impl Engine {
             return reply;
         }
         flow.server_fin |= fin;
-        if bypass_due(&self.config, &fr, flow) {
+        if bypass_due(config, flow_rules, flow) {
             return self.bypass(&key);
         }
         reply
@@ -779,17 +807,10 @@ impl Engine {
     }
 }
 
-/// The flow of a packet seen at `now`, counted, when it is open; otherwise the packet's
-/// decision: `none` for a packet of no tracked flow, `bypass` for one of a bypassed flow (kept,
-/// small, until idle: packets in flight when the connmark took over, and a capture's last ACKs,
-/// are bypassed like the rest).
-fn open_flow<'f>(
-    flows: &'f mut Flows,
-    key: &FlowKey,
-    now: Instant,
-    none: Decision,
-) -> Result<&'f mut Flow, Decision> {
-    let flow = flows.get(key).ok_or(none)?;
+/// Marks a packet of `flow` seen at `now` and counts it, when the flow is open; a packet of a
+/// bypassed flow (kept, small, until idle: packets in flight when the connmark took over, and a
+/// capture's last ACKs) is bypassed like the rest.
+fn touch(flow: &mut Flow, now: Instant) -> Result<(), Decision> {
     flow.last_seen = now;
     if flow.state == FlowState::Bypassed {
         return Err(Decision {
@@ -798,7 +819,7 @@ fn open_flow<'f>(
         });
     }
     flow.packets = flow.packets.saturating_add(1);
-    Ok(flow)
+    Ok(())
 }
 
 /// The sequence number of a segment's first data byte (a SYN takes one).

@@ -106,6 +106,28 @@ impl Reasm {
         Push::Data
     }
 
+    /// The new bytes of a segment that needs no buffering — in order (or retransmitted) with
+    /// nothing held — advancing the stream past them (empty: nothing new). None: use
+    /// [`Reasm::push`] (a gap, or held segments to drain).
+    pub fn in_order<'a>(&mut self, seq: u32, payload: &'a [u8]) -> Option<&'a [u8]> {
+        if self.held.is_some() {
+            return None;
+        }
+        if !self.known {
+            self.known = true;
+            self.next = seq;
+        }
+        if before(self.next, seq) {
+            return None;
+        }
+        let skip = self.next.wrapping_sub(seq) as usize;
+        if skip >= payload.len() {
+            return Some(&[]);
+        }
+        self.next = seq.wrapping_add(payload.len() as u32);
+        Some(&payload[skip..])
+    }
+
     fn hold(&mut self, seq: u32, payload: &[u8]) -> Push {
         if seq.wrapping_sub(self.next) > MAX_AHEAD {
             return Push::Refused;
@@ -695,7 +717,7 @@ fn bdat_size(line: &[u8]) -> Option<u64> {
 }
 
 /// A flow, named from the client's side: client address and port, server address and port.
-#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
 pub struct FlowKey {
     client: [u8; 16],
     server: [u8; 16],
@@ -707,6 +729,19 @@ fn octets(a: IpAddr) -> [u8; 16] {
     match a {
         IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
         IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+impl std::hash::Hash for FlowKey {
+    /// One 36-byte write: the derived impl makes six calls (with length prefixes), and the
+    /// flow table hashes a key for every packet.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut b = [0u8; 36];
+        b[..16].copy_from_slice(&self.client);
+        b[16..32].copy_from_slice(&self.server);
+        b[32..34].copy_from_slice(&self.cport.to_ne_bytes());
+        b[34..].copy_from_slice(&self.sport.to_ne_bytes());
+        state.write(&b);
     }
 }
 
@@ -1036,6 +1071,26 @@ mod tests {
         r.syn(u32::MAX - 1);
         let (s, _) = push_all(&mut r, &[(u32::MAX, "xy"), (1, "z")]);
         assert_eq!(s, "xyz");
+    }
+
+    #[test]
+    fn in_order_segments_are_read_in_place() {
+        let mut r = Reasm::default();
+        r.syn(99);
+        assert_eq!(r.in_order(100, b"abc"), Some(&b"abc"[..]));
+        assert_eq!(r.in_order(100, b"abc"), Some(&b""[..]), "retransmitted");
+        assert_eq!(r.in_order(101, b"bcde"), Some(&b"de"[..]), "overlapping");
+        assert_eq!(r.in_order(110, b"x"), None, "a gap: push holds it");
+        let mut out = Vec::new();
+        assert_eq!(r.push(110, b"x", &mut out), Push::Held);
+        assert_eq!(
+            r.in_order(105, b"fghij"),
+            None,
+            "something is held: push drains it"
+        );
+        assert_eq!(r.push(105, b"fghij", &mut out), Push::Data);
+        assert_eq!(out, b"fghijx");
+        assert_eq!(r.in_order(111, b"y"), Some(&b"y"[..]));
     }
 
     #[test]
