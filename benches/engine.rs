@@ -1,4 +1,5 @@
-//! `Engine::decide` over the generated flood and over clean traffic, packets held in memory.
+//! `Engine::decide` over the generated flood (packet and smtp mode) and over clean traffic,
+//! packets held in memory.
 //! Each timed run starts from a fresh engine; its verdict totals are asserted against the
 //! capture's ground truth first.
 
@@ -9,6 +10,19 @@ use stringban::attack::{self, GenConfig};
 use stringban::config::{Config, Flags};
 use stringban::io::pcap::{Reader, ip_packet};
 use stringban::{Engine, Instant, Verdict};
+
+type Loaded = (Vec<(Instant, Vec<u8>)>, attack::Truth);
+
+fn load_truth(cfg: &GenConfig) -> Loaded {
+    let mut capture = Vec::new();
+    let (truth, _) = attack::generate(cfg, &mut capture).expect("generate");
+    let mut reader = Reader::new(&capture[..]).expect("header");
+    let mut packets = Vec::new();
+    while let Some(rec) = reader.next_record().expect("record") {
+        packets.push((rec.ts, ip_packet(rec.link, rec.data).expect("ip").to_vec()));
+    }
+    (packets, truth)
+}
 
 fn load(cfg: &GenConfig) -> (Vec<(Instant, Vec<u8>)>, attack::Expected) {
     let mut capture = Vec::new();
@@ -69,7 +83,32 @@ fn engine(c: &mut Criterion) {
         [clean_want.packets, 0, 0, 0]
     );
 
+    // Smtp mode: every session read to its end (bodies searched for CRLF.CRLF only).
+    let (smtp_flood, truth) = load_truth(&GenConfig {
+        sessions: 20_000,
+        sources: 6_000,
+        ..GenConfig::default()
+    });
+    let smtp_flags = Flags {
+        mode: Some("smtp".into()),
+        ..flags.clone()
+    };
+    let smtp = Config::build(None, &smtp_flags).expect("config");
+    let smtp_want = truth.expected_for(attack::Oracle::Smtp, 32, 64);
+    assert_eq!(
+        run(&mut Engine::new(&smtp), &smtp_flood),
+        [smtp_want.accept, 0, smtp_want.drop, smtp_want.reset]
+    );
+
     let mut group = c.benchmark_group("engine/decide");
+    group.throughput(Throughput::Elements(smtp_flood.len() as u64));
+    group.bench_function("smtp-flood", |b| {
+        b.iter_batched_ref(
+            || Engine::new(&smtp),
+            |e| run(e, black_box(&smtp_flood)),
+            BatchSize::LargeInput,
+        )
+    });
     group.throughput(Throughput::Elements(flood.len() as u64));
     group.bench_function("flood", |b| {
         b.iter_batched_ref(

@@ -992,27 +992,13 @@ fn ethernet_header(v6: bool, from_client: bool) -> [u8; 14] {
 /// A TCP segment from `src:sport` to `dst:dport` (same address family) with correct lengths and
 /// checksums: for the live benchmark's packet generator.
 pub fn tcp_segment(
-    (src, sport): (IpAddr, u16),
-    (dst, dport): (IpAddr, u16),
+    src: (IpAddr, u16),
+    dst: (IpAddr, u16),
     seq: u32,
     ack: u32,
     payload: &[u8],
 ) -> Vec<u8> {
-    let from = Side {
-        addr: src,
-        port: sport,
-        seq,
-        ttl: 64,
-        ip_id: 1,
-    };
-    let to = Side {
-        addr: dst,
-        port: dport,
-        seq: ack,
-        ttl: 64,
-        ip_id: 1,
-    };
-    tcp_packet(&from, &to, PSH_ACK, ack, payload, &[])
+    tcp_flags_segment(src, dst, seq, ack, PSH_ACK, payload)
 }
 
 /// A TCP segment with the given flags (ACK number sent only with the ACK flag), correct lengths

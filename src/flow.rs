@@ -1283,6 +1283,15 @@ mod tests {
         assert_eq!(seen.last().unwrap(), "<v@example.com>");
     }
 
+    /// A body after an accepted DATA, in two segments cut at `cut`: the paths seen, the events.
+    fn body_cut_at(body: &str, cut: usize) -> (Vec<(Envelope, String)>, SmtpEvents) {
+        let mut s = Smtp::new(false);
+        session(&mut s, &[("C", "DATA\r\n"), ("S", "354 go\r\n")]);
+        let mut seen = envelope(&mut s, &body[..cut]);
+        seen.extend(envelope(&mut s, &body[cut..]));
+        (seen, s.take_events())
+    }
+
     #[test]
     fn only_crlf_dot_crlf_ends_data_split_anywhere() {
         // Bare-LF and bare-CR dot lines are body text: the RCPT after them is not a command.
@@ -1298,27 +1307,21 @@ mod tests {
                 "line one{fake}RCPT TO:<v@example.com>\r\nmore\r\n.\r\nRCPT TO:<after@z>\r\n"
             );
             for cut in 0..body.len() {
-                let mut s = Smtp::new(false);
-                session(&mut s, &[("C", "DATA\r\n"), ("S", "354 go\r\n")]);
-                let mut seen = envelope(&mut s, &body[..cut]);
-                seen.extend(envelope(&mut s, &body[cut..]));
+                let (seen, events) = body_cut_at(&body, cut);
                 assert_eq!(
                     seen,
                     [(Envelope::RcptTo, "<after@z>".to_string())],
                     "{fake:?} cut at {cut}"
                 );
-                assert!(s.take_events().bare_newlines >= 1, "{fake:?}");
+                assert!(events.bare_newlines >= 1, "{fake:?}");
             }
         }
         // The real end, split at every byte of CR LF . CR LF.
         let body = "text\r\n.\r\nRCPT TO:<v@example.com>\r\n";
         for cut in 0..body.len() {
-            let mut s = Smtp::new(false);
-            session(&mut s, &[("C", "DATA\r\n"), ("S", "354 go\r\n")]);
-            let mut seen = envelope(&mut s, &body[..cut]);
-            seen.extend(envelope(&mut s, &body[cut..]));
+            let (seen, events) = body_cut_at(body, cut);
             assert_eq!(seen.len(), 1, "cut at {cut}");
-            assert_eq!(s.take_events().bare_newlines, 0);
+            assert_eq!(events.bare_newlines, 0);
         }
     }
 
