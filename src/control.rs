@@ -29,6 +29,12 @@ use crate::time::{self, Instant};
 
 /// Longest request line read; a longer one is refused.
 pub const MAX_LINE: usize = 64 * 1024;
+/// Control connections served at once (a fixed pool of threads), and waiting for a place; one
+/// more is answered "too many control connections" and closed.
+pub const WORKERS: usize = 4;
+pub const WAITING: usize = 64;
+/// A connection idle this long (no request, or an answer not read) is closed.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What a request asks of the daemon beyond its answer.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
@@ -97,6 +103,36 @@ pub fn parse_addr(text: &str, list: &List) -> Result<IpAddr, String> {
     Ok(ip)
 }
 
+/// A request: a JSON object whose keys are all different (`{"cmd":"count","cmd":"flush"}` is
+/// refused, not run as its last key says).
+struct Request(serde_json::Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for Request {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Request, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Request;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Request, A::Error> {
+                let mut map = serde_json::Map::new();
+                while let Some((k, v)) = m.next_entry::<String, Value>()? {
+                    if map.contains_key(&k) {
+                        return Err(serde::de::Error::custom(format!("duplicate key \"{k}\"")));
+                    }
+                    map.insert(k, v);
+                }
+                Ok(Request(map))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
 /// What a request may ask of the daemon beyond its blacklist.
 pub struct Host<'a> {
     /// The daemon's counters.
@@ -114,10 +150,12 @@ pub fn handle(
     host: &Host<'_>,
     out: &mut dyn FnMut(String),
 ) -> Effect {
-    let req: Value = match serde_json::from_str(line) {
-        Ok(v @ Value::Object(_)) => v,
-        Ok(_) => {
-            out(err("expected a JSON object such as {\"cmd\":\"count\"}"));
+    let req: Value = match serde_json::from_str::<Request>(line) {
+        Ok(Request(map)) => Value::Object(map),
+        Err(e) if e.is_data() => {
+            out(err(format!(
+                "expected a JSON object such as {{\"cmd\":\"count\"}}: {e}"
+            )));
             return Effect::None;
         }
         Err(e) => {
@@ -281,26 +319,61 @@ pub fn parse_xt_recent(text: &str) -> Result<Vec<IpAddr>, String> {
     Ok(out)
 }
 
-/// Binds the control socket at `path` (mode 0600; 0660 owned by `group` when given), replacing a
-/// stale one. Refuses when a live daemon answers there.
+/// Binds the control socket at `path`, mode 0600 (0660 owned by `group` when given) from the
+/// moment it exists: it is bound inside a fresh 0700 directory beside `path`, given its mode,
+/// then renamed into place. A stale socket at `path` (nobody answers) is replaced; anything else
+/// there — a live daemon's socket, a regular file, a directory, a link — is refused and left
+/// alone.
 pub fn bind(path: &Path, group: Option<u32>) -> io::Result<UnixListener> {
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!("{}: another daemon answers there", path.display()),
-            ));
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+    let refuse = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{}: {what}; refusing to replace it", path.display()),
+        )
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{}: another daemon answers there", path.display()),
+                ));
+            }
         }
-        std::fs::remove_file(path)?;
+        Ok(m) if m.is_dir() => return Err(refuse("a directory is there")),
+        Ok(m) if m.file_type().is_symlink() => return Err(refuse("a symbolic link is there")),
+        Ok(_) => return Err(refuse("a file that is not a socket is there")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
     }
-    let listener = UnixListener::bind(path)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    if let Some(gid) = group {
-        std::os::unix::fs::chown(path, None, Some(gid))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-    }
-    Ok(listener)
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let private = parent.join(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let result = (|| {
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))?;
+        let inner = private.join("s");
+        let listener = UnixListener::bind(&inner)?;
+        if let Some(gid) = group {
+            std::os::unix::fs::chown(&inner, None, Some(gid))?;
+            std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o660))?;
+        } else {
+            std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o600))?;
+        }
+        // Over a stale socket of ours only (checked above): rename replaces it atomically.
+        std::fs::rename(&inner, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    result
 }
 
 /// The id of group `name` (a name in `group_file`, the text of /etc/group, or a number).
@@ -328,12 +401,25 @@ pub fn serve(
 ) -> io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut w = io::BufWriter::new(stream);
-    let mut line = String::new();
+    let mut raw = Vec::new();
     loop {
-        line.clear();
-        let n = Read::by_ref(&mut reader)
+        raw.clear();
+        let n = match Read::by_ref(&mut reader)
             .take(MAX_LINE as u64 + 1)
-            .read_line(&mut line)?;
+            .read_until(b'\n', &mut raw)
+        {
+            Ok(n) => n,
+            // Idle past the timeout: the connection is closed, its place freed.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             return Ok(());
         }
@@ -342,6 +428,11 @@ pub fn serve(
             w.flush()?;
             return Ok(());
         }
+        let Ok(line) = std::str::from_utf8(&raw) else {
+            writeln!(w, "{}", err("request is not UTF-8"))?;
+            w.flush()?;
+            continue;
+        };
         let mut failed = None;
         let effect = handle(line.trim_end(), bl, now(), host, &mut |answer| {
             if failed.is_none()
@@ -371,7 +462,14 @@ pub fn request(path: &Path, req: &Value) -> io::Result<Vec<Value>> {
         )
     })?;
     let mut w = stream.try_clone()?;
-    writeln!(w, "{req}")?;
+    // A daemon that refuses the connection (too many open) has already said why and closed:
+    // read its answer rather than report the broken pipe.
+    if let Err(e) = writeln!(w, "{req}")
+        && e.kind() != io::ErrorKind::BrokenPipe
+        && e.kind() != io::ErrorKind::ConnectionReset
+    {
+        return Err(e);
+    }
     let mut out = Vec::new();
     for line in BufReader::new(stream).lines() {
         let v: Value = serde_json::from_str(&line?)
@@ -412,6 +510,73 @@ mod tests {
             out.push(serde_json::from_str(&l).unwrap())
         });
         (out, effect)
+    }
+
+    #[test]
+    fn bind_replaces_only_a_stale_socket_and_sets_the_mode_first() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("sb-ctl-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // A regular file (a typo pointing at a config file) is refused and kept.
+        let file = dir.join("stringban.toml");
+        std::fs::write(&file, "rules").unwrap();
+        let e = bind(&file, None).unwrap_err();
+        assert!(e.to_string().contains("not a socket"), "{e}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "rules");
+        assert!(bind(&dir, None).is_err(), "a directory");
+        // A fresh socket: mode 0600, and nothing left beside it.
+        let sock = dir.join("ctl.sock");
+        let live = bind(&sock, None).unwrap();
+        let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
+        // A live daemon's socket is refused; a stale one (no listener) is replaced.
+        assert_eq!(
+            bind(&sock, None).unwrap_err().kind(),
+            io::ErrorKind::AddrInUse
+        );
+        drop(live);
+        use std::os::unix::fs::MetadataExt;
+        let own_group = std::fs::metadata(&dir).unwrap().gid();
+        let again = bind(&sock, Some(own_group)).unwrap();
+        let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660, "with a group");
+        drop(again);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn duplicate_keys_and_bad_bytes_get_an_error_reply() {
+        let b = bl();
+        ask(&b, r#"{"cmd":"add","addr":"198.18.0.7"}"#);
+        let (a, _) = ask(&b, r#"{"cmd":"count","cmd":"flush"}"#);
+        assert_eq!(a[0]["ok"], false);
+        assert!(
+            a[0]["error"].as_str().unwrap().contains("duplicate key"),
+            "{}",
+            a[0]
+        );
+        assert_eq!(b.lists()[0].len(), 1, "nothing flushed");
+        // Over a socket: invalid UTF-8 is answered, and the connection stays usable.
+        let (client, server) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            let host = Host {
+                stats: &|| Value::Null,
+                reset: &|_| Value::Null,
+            };
+            serve(server, &bl(), &|| T0, &host, &|_| {}).unwrap();
+        });
+        let mut w = client.try_clone().unwrap();
+        w.write_all(b"\xff\xfe{\n{\"cmd\":\"count\"}\n").unwrap();
+        let mut lines = BufReader::new(client).lines();
+        let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        assert_eq!(first["error"], "request is not UTF-8");
+        let second: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        assert_eq!(second["ok"], true);
+        drop(w);
+        drop(lines);
+        t.join().unwrap();
     }
 
     #[test]

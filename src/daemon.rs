@@ -106,6 +106,8 @@ struct Shared {
     /// `add --reset`: sessions destroyed, and requests whose sessions could not be reset.
     reset_on_request: AtomicU64,
     reset_failures: AtomicU64,
+    /// Control connections refused (pool full) or not accepted (an accept error).
+    control_refused: AtomicU64,
 }
 
 /// A pidfile held locked for the daemon's life.
@@ -271,6 +273,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
             .collect(),
         reset_on_request: AtomicU64::new(0),
         reset_failures: AtomicU64::new(0),
+        control_refused: AtomicU64::new(0),
     });
     let store_thread = if store.is_some() || offload.is_some() {
         let (tx, rx) = std::sync::mpsc::channel();
@@ -608,22 +611,28 @@ fn offload_lost(o: &Offload, blacklist: &Blacklist) -> bool {
     lost(&o.v4, v4) | lost(&o.v6, v6)
 }
 
-/// Accepts control connections, one thread each (clients are few: an admin's shell, a script).
+/// Accepts control connections and hands them to a fixed pool of [`crate::control::WORKERS`]
+/// threads through a queue of [`crate::control::WAITING`]; a connection beyond that is answered
+/// with an error and closed (counted, logged), and one idle for
+/// [`crate::control::IDLE_TIMEOUT`] is closed: clients cannot exhaust threads or descriptors.
 fn control_loop(
     listener: std::os::unix::net::UnixListener,
     shared: Arc<Shared>,
     blacklist: Arc<Blacklist>,
     hup: Arc<AtomicBool>,
 ) {
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        let (shared, blacklist, hup) = (
+    use crate::control::{IDLE_TIMEOUT, WAITING, WORKERS};
+    let (tx, rx) = std::sync::mpsc::sync_channel::<std::os::unix::net::UnixStream>(WAITING);
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..WORKERS {
+        let (shared, blacklist, hup, rx) = (
             Arc::clone(&shared),
             Arc::clone(&blacklist),
             Arc::clone(&hup),
+            Arc::clone(&rx),
         );
-        let _ = thread::Builder::new()
-            .name("control-conn".into())
+        let spawned = thread::Builder::new()
+            .name(format!("control-{i}"))
             .spawn(move || {
                 let host = crate::control::Host {
                     stats: &|| stats_json(&shared, &blacklist),
@@ -634,10 +643,52 @@ fn control_loop(
                         hup.store(true, Relaxed);
                     }
                 };
-                if let Err(e) = crate::control::serve(stream, &blacklist, &now, &host, &on_effect) {
-                    warn!("control connection: {e}");
+                loop {
+                    let next = lock(&rx).recv();
+                    let Ok(stream) = next else { return };
+                    if let Err(e) =
+                        crate::control::serve(stream, &blacklist, &now, &host, &on_effect)
+                    {
+                        warn!("control connection: {e}");
+                    }
                 }
             });
+        if let Err(e) = spawned {
+            error!("control worker {i}: {e}");
+        }
+    }
+    let mut last_warn: Option<std::time::Instant> = None;
+    let mut warn_once_a_second = |what: String| {
+        if last_warn.is_none_or(|t| t.elapsed() >= StdDuration::from_secs(1)) {
+            warn!("{what}");
+            last_warn = Some(std::time::Instant::now());
+        }
+    };
+    for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of descriptors, say: count it, and do not spin.
+                shared.control_refused.fetch_add(1, Relaxed);
+                warn_once_a_second(format!("control socket: accept: {e}"));
+                thread::sleep(StdDuration::from_millis(50));
+                continue;
+            }
+        };
+        let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
+        let _ = stream.set_write_timeout(Some(IDLE_TIMEOUT));
+        if let Err(std::sync::mpsc::TrySendError::Full(mut s)) = tx.try_send(stream) {
+            shared.control_refused.fetch_add(1, Relaxed);
+            warn_once_a_second(format!(
+                "control socket: {} connections open or waiting: refusing more",
+                WORKERS + WAITING
+            ));
+            let _ = writeln!(
+                s,
+                "{}",
+                serde_json::json!({"ok": false, "error": "too many control connections; try again"})
+            );
+        }
     }
 }
 
@@ -684,6 +735,7 @@ fn metrics_text(shared: &Shared, blacklist: &Blacklist) -> String {
         reset_by_mark: total.reset_by_mark,
         reset_on_request: shared.reset_on_request.load(Relaxed),
         reset_failures: shared.reset_failures.load(Relaxed),
+        control_refused: shared.control_refused.load(Relaxed),
     })
 }
 
@@ -735,6 +787,7 @@ fn stats_json(shared: &Shared, blacklist: &Blacklist) -> serde_json::Value {
         "smtp": e.smtp_json(),
         "sessions_reset_on_request": shared.reset_on_request.load(Relaxed),
         "reset_on_request_failures": shared.reset_failures.load(Relaxed),
+        "control_refused": shared.control_refused.load(Relaxed),
         "lists": lists,
         "kernel_queues": queues,
     })

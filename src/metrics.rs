@@ -55,6 +55,8 @@ pub struct Snapshot<'a> {
     /// `add --reset`: sessions destroyed on request, and requests that could not reset.
     pub reset_on_request: u64,
     pub reset_failures: u64,
+    /// Control connections refused (the pool full) or not accepted (an accept error).
+    pub control_refused: u64,
 }
 
 fn escape(v: &str) -> String {
@@ -299,6 +301,13 @@ pub fn render(s: &Snapshot<'_>) -> String {
     );
     head(
         &mut o,
+        "stringban_control_refused_total",
+        "counter",
+        "Control connections refused (too many open or waiting) or not accepted (an accept error).",
+    );
+    let _ = writeln!(o, "stringban_control_refused_total {}", s.control_refused);
+    head(
+        &mut o,
         "stringban_malformed_total",
         "counter",
         "Malformed netlink messages from the kernel.",
@@ -415,10 +424,12 @@ mod tests {
             reset_by_mark: 0,
             reset_on_request: 2,
             reset_failures: 0,
+            control_refused: 3,
         });
         for want in [
             "stringban_packets_total 10\n",
             "stringban_resets_total{how=\"on_request\"} 2\n",
+            "stringban_control_refused_total 3\n",
             "stringban_verdicts_total{verdict=\"reset\"} 1\n",
             "stringban_decisions_total{reason=\"banned\"} 2\n",
             "stringban_matches_total{rule=\"@example.com\"} 1\n",

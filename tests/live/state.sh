@@ -41,6 +41,32 @@ check "import-recent: $(sb import-recent "$T/recent" 2>&1)" test "$(count)" = 3
 check "stats answers with the counters" bash -c "'$BIN' stats --control-socket '$T/ctl.sock' | python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if \"packets\" in s and s[\"lists\"][0][\"name\"]==\"default\" else 1)'"
 check "reload: $(sb reload)" bash -c "sleep 0.5; grep -q 'reloaded the rules' '$T/daemon.log'"
 check "flush: $(sb flush)" test "$(count)" = 0
+# Many idle connections exhaust nothing: a fixed pool serves, the rest are refused and counted,
+# idle ones are closed after 10 s, and the daemon answers again.
+python3 - "$T/ctl.sock" > "$T/idle.out" <<'PY' &
+import socket, sys, time
+socks = []
+for _ in range(300):
+    s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); socks.append(s)
+time.sleep(12)
+refused = sum(1 for s in socks if s.recv(200, socket.MSG_DONTWAIT if False else 0).find(b"too many") >= 0)
+print(refused)
+PY
+IDLE=$!
+sleep 1
+out=$(timeout 15 "$BIN" count --control-socket "$T/ctl.sock" 2>&1)
+check "300 idle connections: a new request is answered within the idle timeout, or refused with the reason ($out)" \
+    bash -c "[[ '$out' == 0 || '$out' == *'too many control connections'* ]]"
+wait "$IDLE"
+check "... and answered once the idle ones were closed" test "$(count)" = 0
+refused=$(cat "$T/idle.out")
+check "... the ones past the pool were told so ($refused refused)" test "${refused:-0}" -ge 200
+n=$(sb stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["control_refused"])')
+check "... and counted in stats (control_refused $n)" test "$n" -ge 200
+check "the socket replaced nothing: a regular file at the path is refused and kept" bash -c "
+    echo keep > '$T/not-a-socket'
+    ! ip netns exec '$S' '$BIN' run --string x --queues 7 --pidfile '$T/pid2' --no-state --control-socket '$T/not-a-socket' 2> '$T/ns.err' &&
+    grep -q keep '$T/not-a-socket' && grep -q 'not a socket' '$T/ns.err'"
 
 echo "== bans survive a clean restart with their remaining TTL"
 sb add 198.18.9.10 --ttl 1h > /dev/null
