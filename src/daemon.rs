@@ -451,13 +451,15 @@ fn open_store(
     blacklist: &Blacklist,
 ) -> Result<(Store, std::fs::File), DaemonError> {
     let start = std::time::Instant::now();
-    std::fs::create_dir_all(dir)
+    crate::store::create_dir(dir)
         .map_err(|e| DaemonError::Start(format!("state directory {}: {e}", dir.display())))?;
     let lock_path = dir.join("lock");
+    use std::os::unix::fs::OpenOptionsExt;
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&lock_path)
         .map_err(|e| DaemonError::Start(format!("{}: {e}", lock_path.display())))?;
     if let Err(e) = lock.try_lock() {

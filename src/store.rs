@@ -288,7 +288,7 @@ pub fn write_snapshot(
     let tmp = dir.join(format!("{SNAPSHOT}.tmp"));
     let bans: Vec<Vec<Ban>> = blacklist.lists().iter().map(|l| l.bans(now)).collect();
     let count: u64 = bans.iter().map(|b| b.len() as u64).sum();
-    let file = File::create(&tmp)?;
+    let file = create_private(&tmp)?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     let meta: Vec<[u64; 4]> = bans
         .iter()
@@ -644,7 +644,7 @@ impl Journal {
     fn create(dir: &Path, generation: u64, names: &[String]) -> io::Result<Journal> {
         let path = dir.join(JOURNAL);
         let tmp = dir.join(format!("{JOURNAL}.tmp"));
-        let mut f = File::create(&tmp)?;
+        let mut f = create_private(&tmp)?;
         f.write_all(&encode_header(JOURNAL_MAGIC, generation, None, names, &[]))?;
         f.sync_all()?;
         fs::rename(&tmp, &path)?;
@@ -762,16 +762,65 @@ impl Store {
     }
 }
 
-fn create_dir(dir: &Path) -> io::Result<()> {
+/// Makes `dir` the private state directory: created mode 0700 (whatever the umask), and an
+/// existing one narrowed to 0700 — unless it is shared (sticky, like /tmp, or another user's),
+/// which is refused: the snapshot's header holds the lists' hash keys. Its files are made 0600.
+pub fn create_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     if !dir.exists() {
-        fs::create_dir_all(dir)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let m = fs::metadata(dir)?;
+    let mode = m.permissions().mode() & 0o7777;
+    if mode != 0o700 {
+        let me = effective_uid()?;
+        if mode & 0o1000 != 0 || m.uid() != me {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} is shared (mode {mode:o}, owner {}): give stringban a directory of its own",
+                    dir.display(),
+                    m.uid()
+                ),
+            ));
+        }
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() && entry.metadata()?.permissions().mode() & 0o077 != 0 {
+            fs::set_permissions(entry.path(), fs::Permissions::from_mode(0o600))?;
         }
     }
     Ok(())
+}
+
+/// This process's effective user id (from /proc: no unsafe call needed).
+fn effective_uid() -> io::Result<u32> {
+    let status = fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .and_then(|euid| euid.parse().ok())
+        .ok_or_else(|| io::Error::other("no effective uid in /proc/self/status"))
+}
+
+/// Creates (or truncates) a file readable by its owner only, whatever the umask.
+pub fn create_private(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // An existing file keeps its mode on open: narrow it.
+    f.set_permissions(fs::Permissions::from_mode(0o600))?;
+    Ok(f)
 }
 
 /// An address for a key (its network address).
@@ -815,6 +864,39 @@ mod tests {
     }
 
     const T0: Instant = Instant::from_secs(1_767_225_600);
+
+    #[test]
+    fn the_state_directory_and_its_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        // An existing directory of ours with loose modes (an older version, or umask 000).
+        let d = tmp("modes");
+        fs::create_dir_all(&d.0).unwrap();
+        fs::set_permissions(&d.0, fs::Permissions::from_mode(0o777)).unwrap();
+        fs::write(d.0.join(SNAPSHOT), b"old").unwrap();
+        fs::set_permissions(d.0.join(SNAPSHOT), fs::Permissions::from_mode(0o666)).unwrap();
+        let b = lists();
+        let (mut store, _) = Store::open(&d.0, &b, T0).unwrap();
+        b.list(0).ban(ip(1), T0, 1);
+        store.compact(&b, T0).unwrap();
+        assert_eq!(mode(&d.0), 0o700);
+        for e in fs::read_dir(&d.0).unwrap() {
+            let p = e.unwrap().path();
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
+        // A new one is 0700 from the start, parents included.
+        let n = tmp("modes-new");
+        let deep = n.0.join("a/b");
+        create_dir(&deep).unwrap();
+        assert_eq!(mode(&deep), 0o700);
+        // A shared (sticky) directory is refused, not narrowed.
+        let s = tmp("modes-shared");
+        fs::create_dir_all(&s.0).unwrap();
+        fs::set_permissions(&s.0, fs::Permissions::from_mode(0o1777)).unwrap();
+        let e = create_dir(&s.0).unwrap_err();
+        assert!(e.to_string().contains("shared"), "{e}");
+        assert_eq!(mode(&s.0), 0o1777);
+    }
 
     #[test]
     fn snapshot_and_journal_round_trip() {

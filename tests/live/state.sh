@@ -68,6 +68,16 @@ check "the socket replaced nothing: a regular file at the path is refused and ke
     ! ip netns exec '$S' '$BIN' run --string x --queues 7 --pidfile '$T/pid2' --no-state --control-socket '$T/not-a-socket' 2> '$T/ns.err' &&
     grep -q keep '$T/not-a-socket' && grep -q 'not a socket' '$T/ns.err'"
 
+echo "== the state directory is private whatever the umask"
+( umask 000; exec ip netns exec "$S" "$BIN" run --string x --queues 5 --pidfile "$T/pid-u" --state-dir "$T/state-umask" \
+    --no-control --snapshot-interval 1s 2> "$T/umask.log" ) & UPID=$!
+for _ in $(seq 100); do [ -s "$T/state-umask/bans.journal" ] && break; sleep 0.05; done
+sleep 1.5
+kill "$UPID"; wait "$UPID"
+check "state directory 0700 under umask 000 ($(stat -c %a "$T/state-umask"))" test "$(stat -c %a "$T/state-umask")" = 700
+modes=$(stat -c %a "$T/state-umask"/* | sort -u | tr '\n' ' ')
+check "... and its files 0600 ($modes)" test "$modes" = "600 "
+
 echo "== bans survive a clean restart with their remaining TTL"
 sb add 198.18.9.10 --ttl 1h > /dev/null
 blast 3000 50000
