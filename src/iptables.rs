@@ -236,9 +236,15 @@ impl Ruleset {
     }
 }
 
+/// Most bytes a line may hold once its variables are expanded (a rule is a few hundred): an
+/// `A=$A$A` doubling chain stops here with an error instead of taking the machine's memory.
+pub const MAX_EXPANDED: usize = 64 * 1024;
+
 /// Splits a shell line into words: quotes, backslashes, `$NAME` / `${NAME}` from `vars`
-/// (unknown: empty, as the shell), `#` comments. Single quotes keep everything literal.
+/// (unknown: empty, as the shell), `#` comments. Single quotes keep everything literal. The
+/// expanded words may hold at most [`MAX_EXPANDED`] bytes in all.
 fn words(line: &str, vars: &HashMap<String, String>) -> Result<Vec<String>, String> {
+    let mut total = 0usize;
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut in_word = false;
@@ -293,7 +299,14 @@ fn words(line: &str, vars: &HashMap<String, String>) -> Result<Vec<String>, Stri
                 if name.is_empty() {
                     cur.push('$');
                 } else {
-                    cur.push_str(vars.get(&name).map_or("", String::as_str));
+                    let value = vars.get(&name).map_or("", String::as_str);
+                    total += value.len();
+                    if total > MAX_EXPANDED {
+                        return Err(format!(
+                            "${name} expands the line past {MAX_EXPANDED} bytes (a runaway variable?)"
+                        ));
+                    }
+                    cur.push_str(value);
                 }
             }
             (_, c) => {
@@ -339,7 +352,8 @@ pub fn parse(text: &str) -> Result<Ruleset, ImportError> {
     let mut table = "filter".to_string();
     let mut pending = String::new();
     let mut start = 0;
-    for (i, raw) in text.lines().enumerate() {
+    // One empty line more: a `\` continuation on the last line ends there (as the shell does).
+    for (i, raw) in text.lines().chain(std::iter::once("")).enumerate() {
         if pending.is_empty() {
             start = i + 1;
         }
@@ -1053,6 +1067,32 @@ $IPTABLES -A blackchain -m recent --set --name blacklist -p tcp -j REJECT --reje
             printed("iptables -A INPUT -p tcp -j REJECT\n")[0],
             "-A INPUT -p tcp -j REJECT --reject-with icmp-port-unreachable"
         );
+    }
+
+    #[test]
+    fn a_continuation_on_the_last_line_and_runaway_variables() {
+        // No newline after the backslash, or one: the rule is kept either way.
+        for text in [
+            "iptables -A INPUT -p tcp --dport 25 \\\n  -j DROP \\",
+            "iptables -A INPUT -p tcp --dport 25 \\\n  -j DROP \\\n",
+        ] {
+            assert_eq!(
+                printed(text),
+                ["-A INPUT -p tcp -m tcp --dport 25 -j DROP"],
+                "{text:?}"
+            );
+        }
+        // A=$A$A, forty times: refused at 64 KiB with the line and the variable named.
+        let mut text = String::from("A=x\n");
+        for _ in 0..40 {
+            text.push_str("A=$A$A\n");
+        }
+        let e = parse(&text).unwrap_err();
+        assert!(
+            e.problem.contains("$A expands the line past 65536 bytes"),
+            "{e}"
+        );
+        assert_eq!(e.line, 18, "{e}");
     }
 
     #[test]
