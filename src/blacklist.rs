@@ -22,7 +22,7 @@ use std::fmt;
 use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::mpsc::Sender;
 
 use dashmap::DashMap;
@@ -217,7 +217,13 @@ pub struct ListStats {
 /// One named ban list.
 #[derive(Debug)]
 pub struct List {
+    /// Name and prefixes, fixed for the list's life (its keys are masked by the prefixes); the
+    /// TTL, refresh and capacity in it are only the initial values: the live ones are below,
+    /// changed by a reload ([`List::update`]).
     config: ListConfig,
+    ttl_us: AtomicU64,
+    refresh_on_hit: AtomicBool,
+    capacity: AtomicUsize,
     v4: DashMap<u32, Entry, Keyed>,
     v6: DashMap<u128, Entry, Keyed>,
     keys: HashKeys,
@@ -237,6 +243,9 @@ impl List {
     /// the tables front to back instead of at random).
     pub fn with_keys(config: ListConfig, keys: HashKeys) -> List {
         List {
+            ttl_us: AtomicU64::new(config.ttl.micros()),
+            refresh_on_hit: AtomicBool::new(config.refresh_on_hit),
+            capacity: AtomicUsize::new(config.capacity),
             config,
             v4: DashMap::with_hasher_and_shard_amount(Keyed(keys), SHARDS),
             v6: DashMap::with_hasher_and_shard_amount(Keyed(keys), SHARDS),
@@ -260,7 +269,7 @@ impl List {
         if now.micros() >= ban.expires_at.micros() {
             return false;
         }
-        if self.len() >= self.config.capacity {
+        if self.len() >= self.capacity() {
             self.make_room(now);
         }
         let entry = Entry {
@@ -290,8 +299,85 @@ impl List {
         entry.filter(|b| now.micros() < b.expires_at.micros())
     }
 
-    pub fn config(&self) -> &ListConfig {
-        &self.config
+    /// The list's settings as they are now.
+    pub fn config(&self) -> ListConfig {
+        ListConfig {
+            ttl: self.ttl(),
+            refresh_on_hit: self.refresh_on_hit(),
+            capacity: self.capacity(),
+            ..self.config.clone()
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn ttl(&self) -> Duration {
+        Duration::from_micros(self.ttl_us.load(Relaxed))
+    }
+
+    pub fn refresh_on_hit(&self) -> bool {
+        self.refresh_on_hit.load(Relaxed)
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity.load(Relaxed)
+    }
+
+    /// Would [`List::update`] take `new`? A changed name or prefix is refused: every key is
+    /// masked by the prefix, so that needs a restart. (A reload checks every list first.)
+    pub fn check_update(&self, new: &ListConfig) -> Result<(), String> {
+        let old = &self.config;
+        if new.name != old.name {
+            return Err(format!("list {} is now named {}", old.name, new.name));
+        }
+        for (what, a, b) in [
+            ("prefix_v4", old.prefix_v4, new.prefix_v4),
+            ("prefix_v6", old.prefix_v6, new.prefix_v6),
+        ] {
+            if a != b {
+                return Err(format!(
+                    "list {}: {what} {a} -> {b} needs a restart (its bans are keyed by the prefix)",
+                    old.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a reloaded configuration of this list: TTL (for bans made or renewed from now
+    /// on; existing bans keep their expiry), refresh on hit, and capacity (a smaller one evicts
+    /// at once, expired entries first, then the least recently seen). Refused as
+    /// [`List::check_update`] says, changing nothing. Returns what changed, as `setting old ->
+    /// new` texts.
+    pub fn update(&self, new: &ListConfig, now: Instant) -> Result<Vec<String>, String> {
+        self.check_update(new)?;
+        let old = self.config();
+        let mut changed = Vec::new();
+        if new.ttl != old.ttl {
+            changed.push(format!("ttl {} -> {}", old.ttl, new.ttl));
+            self.ttl_us.store(new.ttl.micros(), Relaxed);
+        }
+        if new.refresh_on_hit != old.refresh_on_hit {
+            changed.push(format!(
+                "refresh_on_hit {} -> {}",
+                old.refresh_on_hit, new.refresh_on_hit
+            ));
+            self.refresh_on_hit.store(new.refresh_on_hit, Relaxed);
+        }
+        if new.capacity != old.capacity {
+            changed.push(format!("capacity {} -> {}", old.capacity, new.capacity));
+            self.capacity.store(new.capacity, Relaxed);
+            while self.len() > new.capacity {
+                let before = self.len();
+                self.make_room(now);
+                if self.len() >= before {
+                    break;
+                }
+            }
+        }
+        Ok(changed)
     }
 
     /// The keys this list hashes with (saved in the snapshot).
@@ -350,10 +436,8 @@ impl List {
             Some(entry) => {
                 entry.hits.fetch_add(1, Relaxed);
                 entry.last_seen.fetch_max(now.secs_u32(), Relaxed);
-                if self.config.refresh_on_hit {
-                    entry
-                        .expires_at
-                        .fetch_max(expiry(now, self.config.ttl), Relaxed);
+                if self.refresh_on_hit() {
+                    entry.expires_at.fetch_max(expiry(now, self.ttl()), Relaxed);
                 }
                 self.stats.hits.fetch_add(1, Relaxed);
                 false
@@ -371,7 +455,7 @@ impl List {
 
     /// Bans `addr` for the list's TTL from `now`.
     pub fn ban(&self, addr: IpAddr, now: Instant, rule: RuleId) -> Banned {
-        self.ban_for(addr, now, self.config.ttl, rule)
+        self.ban_for(addr, now, self.ttl(), rule)
     }
 
     /// Bans `addr` for `ttl` from `now` (a hand-made ban may have its own TTL).
@@ -401,7 +485,7 @@ impl List {
             self.record(|id| Change::Ban(id, ban));
             return Banned::Renewed;
         }
-        if self.len() >= self.config.capacity {
+        if self.len() >= self.capacity() {
             self.make_room(now);
         }
         let entry = Entry::new(now, ttl, rule);
@@ -463,10 +547,10 @@ impl List {
     /// Frees room for at least one entry: expired entries first, then the least recently seen
     /// `max(1, capacity / 64)`.
     fn make_room(&self, now: Instant) {
-        if self.expire(now) > 0 && self.len() < self.config.capacity {
+        if self.expire(now) > 0 && self.len() < self.capacity() {
             return;
         }
-        let batch = (self.config.capacity / 64).max(1);
+        let batch = (self.capacity() / 64).max(1);
         let mut seen: Vec<u32> = Vec::with_capacity(self.len());
         self.v4
             .iter()
@@ -631,6 +715,47 @@ mod tests {
             capacity,
             ..ListConfig::new("t")
         })
+    }
+
+    #[test]
+    fn a_reload_changes_ttl_refresh_and_capacity_in_place_and_refuses_a_new_prefix() {
+        let l = list(60, false, 100);
+        let t0 = Instant::from_secs(1_000);
+        for i in 0..50u32 {
+            l.ban(IpAddr::V4(std::net::Ipv4Addr::from(0xC612_0000 + i)), t0, 0);
+        }
+        let new = ListConfig {
+            ttl: Duration::from_secs(3600),
+            refresh_on_hit: true,
+            capacity: 10,
+            ..l.config()
+        };
+        let changed = l.update(&new, t0).unwrap();
+        assert_eq!(changed.len(), 3, "{changed:?}");
+        assert_eq!(l.config(), new);
+        assert!(
+            l.len() <= 10,
+            "a smaller capacity evicts at once: {}",
+            l.len()
+        );
+        // New bans get the new TTL.
+        l.ban(ip("198.19.0.1"), t0, 0);
+        let b = l.get(ip("198.19.0.1"), t0).unwrap();
+        assert_eq!(b.expires_at, t0.saturating_add(Duration::from_secs(3600)));
+        // A new prefix is refused, and nothing changes.
+        let bad = ListConfig {
+            prefix_v4: 24,
+            ttl: Duration::from_secs(5),
+            ..l.config()
+        };
+        let e = l.update(&bad, t0).unwrap_err();
+        assert!(e.contains("prefix_v4 32 -> 24 needs a restart"), "{e}");
+        assert_eq!(l.config(), new);
+        assert_eq!(
+            l.update(&new, t0).unwrap(),
+            Vec::<String>::new(),
+            "no change"
+        );
     }
 
     #[test]

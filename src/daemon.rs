@@ -373,21 +373,19 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
                         "reload refused: the new rules need other kernel rules (ports, or stream/smtp mode's bypass and replies); restart to change them"
                     )
                 }
-                Ok(new)
-                    if new
-                        .lists
-                        .iter()
-                        .map(|l| &l.name)
-                        .eq(blacklist.lists().iter().map(|l| &l.config().name)) =>
-                {
-                    let n = new.rules.len();
-                    *lock(&shared.config) = new;
-                    shared.generation.fetch_add(1, Relaxed);
-                    info!(rules = n, "reloaded the rules; bans kept");
-                }
-                Ok(_) => warn!(
-                    "reload refused: the lists changed (names or order); restart to change lists"
-                ),
+                Ok(new) => match apply_lists(&blacklist, &new) {
+                    Ok(changed) => {
+                        let n = new.rules.len();
+                        *lock(&shared.config) = new;
+                        shared.generation.fetch_add(1, Relaxed);
+                        info!(
+                            rules = n,
+                            lists = %if changed.is_empty() { "unchanged".to_string() } else { changed.join(", ") },
+                            "reloaded the rules; bans kept"
+                        );
+                    }
+                    Err(e) => warn!("reload refused, keeping the old rules and lists: {e}"),
+                },
                 Err(e) => warn!("reload failed, keeping the old rules: {e}"),
             }
         }
@@ -692,6 +690,31 @@ fn control_loop(
             );
         }
     }
+}
+
+/// A reload's lists applied to the live blacklist: every list checked first (same names in the
+/// same order, same prefixes), then TTL, refresh and capacity changed in place. Returns what
+/// changed; an error changes nothing.
+fn apply_lists(blacklist: &Blacklist, new: &Config) -> Result<Vec<String>, String> {
+    let lists = blacklist.lists();
+    if !new
+        .lists
+        .iter()
+        .map(|l| l.name.as_str())
+        .eq(lists.iter().map(|l| l.name()))
+    {
+        return Err("the lists changed (names or order); restart to change lists".into());
+    }
+    for (list, cfg) in lists.iter().zip(&new.lists) {
+        list.check_update(cfg)?;
+    }
+    let mut changed = Vec::new();
+    for (list, cfg) in lists.iter().zip(&new.lists) {
+        for c in list.update(cfg, now())? {
+            changed.push(format!("{}: {c}", list.name()));
+        }
+    }
+    Ok(changed)
 }
 
 /// `add ADDR --reset`: destroys every local session with `ip` on a protected port (the MTA sees

@@ -162,6 +162,32 @@ check "... reporting the damaged block" grep -q "failed their checksum" "$T/daem
 kill "$DPID"; wait "$DPID"; code=$?; DPID=
 check "SIGTERM exits 0 and removes the socket" test "$code" = 0 -a ! -e "$T/ctl.sock"
 
+echo "== a reload applies list settings to the live bans, or refuses them whole"
+rm -rf "$T/state"
+printf '[[list]]\nname = "default"\nttl = "1h"\n' > "$T/sb.toml"
+: > "$T/daemon.log"
+# The rule from the file too: the flags' --ttl would override the file's list.
+printf '[[rule]]\nstring = "@example.com"\n' >> "$T/sb.toml"
+ip netns exec "$S" "$BIN" run --config "$T/sb.toml" --pidfile "$T/pid" --state-dir "$T/state" "${CTL[@]}" 2>> "$T/daemon.log" & DPID=$!
+for _ in $(seq 200); do [ -S "$T/ctl.sock" ] && break; sleep 0.05; done
+ttl_of() { sb list --json | python3 -c "import json,sys
+for l in sys.stdin:
+    b=json.loads(l)
+    if b.get('key')=='$1': print(b['ttl_left'])"; }
+sb add 198.18.9.20 > /dev/null
+check "a ban with the file's TTL of 1h ($(ttl_of 198.18.9.20) s)" python3 -c "import sys; sys.exit(0 if 3500 < int('$(ttl_of 198.18.9.20)') <= 3600 else 1)"
+printf '[[list]]\nname = "default"\nttl = "2h"\ncapacity = 5000\n[[rule]]\nstring = "@example.com"\n' > "$T/sb.toml"
+sb reload > /dev/null; sleep 0.5
+check "a reload with ttl 2h and a capacity says what changed" grep -q "lists=default: ttl 1h -> 2h, default: capacity 10000000 -> 5000" "$T/daemon.log"
+sb add 198.18.9.21 > /dev/null
+check "... and a new ban gets 2h ($(ttl_of 198.18.9.21) s), the old one kept" python3 -c "import sys; sys.exit(0 if 7100 < int('$(ttl_of 198.18.9.21)') <= 7200 and int('$(ttl_of 198.18.9.20)') > 3500 else 1)"
+printf '[[list]]\nname = "default"\nttl = "3h"\nprefix_v4 = 24\n[[rule]]\nstring = "@example.com"\n' > "$T/sb.toml"
+sb reload > /dev/null; sleep 0.5
+check "a reload that changes a prefix is refused, saying why" grep -q "reload refused.*prefix_v4 32 -> 24 needs a restart" "$T/daemon.log"
+sb add 198.18.9.22 > /dev/null
+check "... and nothing of it applied: the TTL is still 2h ($(ttl_of 198.18.9.22) s)" python3 -c "import sys; sys.exit(0 if 7100 < int('$(ttl_of 198.18.9.22)') <= 7200 else 1)"
+kill "$DPID"; wait "$DPID"; DPID=
+
 echo
 echo "state: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
