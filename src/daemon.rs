@@ -110,6 +110,82 @@ struct Shared {
     control_refused: AtomicU64,
 }
 
+/// The kernel rules this daemon installed: removed when dropped before the daemon's own orderly
+/// removal at exit took them — that is, when a start fails after installing them.
+struct RulesGuard(Option<RulesConfig>);
+
+impl Drop for RulesGuard {
+    fn drop(&mut self) {
+        if let Some(cfg) = self.0.take() {
+            match firewall::remove(&cfg) {
+                Ok(()) => warn!("start failed: removed the rules it had installed"),
+                Err(e) => {
+                    error!("start failed, and removing the rules it had installed failed: {e}")
+                }
+            }
+        }
+    }
+}
+
+/// The control socket this daemon bound: removed when the daemon stops (or fails to start).
+struct SocketGuard(Option<PathBuf>);
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// One owner of the kernel rules per network namespace: an exclusive lock on
+/// `/run/stringban/rules-net-<namespace inode>.lock`, taken before any rule is touched and held
+/// for the daemon's life. A second daemon that would install rules in the same namespace is
+/// refused before it changes anything (it would flush and rewrite the first one's chain, and its
+/// stop would remove the first one's jumps).
+struct RulesLock {
+    _held: File,
+}
+
+impl RulesLock {
+    const DIR: &'static str = "/run/stringban";
+
+    fn take() -> Result<RulesLock, String> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+        let ns = std::fs::metadata("/proc/self/ns/net")
+            .map(|m| m.ino())
+            .map_err(|e| format!("/proc/self/ns/net: {e}"))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(Self::DIR)
+            .map_err(|e| format!("{}: {e}", Self::DIR))?;
+        let path = format!("{}/rules-net-{ns}.lock", Self::DIR);
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| format!("{path}: {e}"))?;
+        match f.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                return Err(format!(
+                    "another stringban (pid {}) manages the kernel rules in this network namespace; refusing to touch them (run this one without --install-rules, or in another namespace)",
+                    holder.trim()
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(format!("{path}: {e}")),
+        }
+        let _ = f.set_len(0);
+        let _ = write!(f, "{}", std::process::id());
+        Ok(RulesLock { _held: f })
+    }
+}
+
 /// A pidfile held locked for the daemon's life.
 struct PidFile {
     path: PathBuf,
@@ -242,7 +318,35 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
         rules_cfg.replies,
         rules_cfg.skip_pure_acks,
     ) = rule_needs(&config);
+    // Everything that can fail for want of a free resource is taken before the kernel rules
+    // are touched, so that a failed start leaves the rules as they were.
+    let control_listener = match &daemon.control_socket {
+        Some(path) => Some(
+            crate::control::bind(path, daemon.control_group).map_err(|e| {
+                DaemonError::Start(format!("control socket {}: {e}", path.display()))
+            })?,
+        ),
+        None => None,
+    };
+    let socket_guard = SocketGuard(
+        daemon
+            .control_socket
+            .clone()
+            .filter(|_| control_listener.is_some()),
+    );
+    let metrics_listener = match &daemon.metrics {
+        Some(addr) => Some(
+            crate::metrics::bind(addr)
+                .map_err(|e| DaemonError::Start(format!("metrics listener {addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    // The lock is declared first so that it is released last, after a failed start's guard
+    // has removed the rules.
+    let mut rules_lock: Option<RulesLock> = None;
+    let mut rules_guard = RulesGuard(None);
     if daemon.install_rules {
+        rules_lock = Some(RulesLock::take().map_err(DaemonError::Start)?);
         rules_cfg.backend = firewall::choose(daemon.firewall)
             .map_err(|e| DaemonError::Start(format!("installing rules: {e}")))?;
         if offload.is_some() && rules_cfg.backend == firewall::Backend::Nft {
@@ -252,6 +356,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
         }
         let tools = firewall::install(&rules_cfg)
             .map_err(|e| DaemonError::Start(format!("installing rules: {e}")))?;
+        rules_guard.0 = Some(rules_cfg.clone());
         info!(tools = %tools.join(","), chain = %rules_cfg.chain, "rules installed");
     }
     if let Some(p) = pidfile.as_mut() {
@@ -306,25 +411,16 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
     } else {
         None
     };
-    let control = match &daemon.control_socket {
-        Some(path) => {
-            let listener = crate::control::bind(path, daemon.control_group).map_err(|e| {
-                DaemonError::Start(format!("control socket {}: {e}", path.display()))
-            })?;
-            let shared = Arc::clone(&shared);
-            let blacklist = Arc::clone(&blacklist);
-            let hup = Arc::clone(&hup);
-            thread::Builder::new()
-                .name("control".into())
-                .spawn(move || control_loop(listener, shared, blacklist, hup))
-                .map_err(|e| DaemonError::Start(format!("spawning the control thread: {e}")))?;
-            Some(path.clone())
-        }
-        None => None,
-    };
-    if let Some(addr) = &daemon.metrics {
-        let listener = crate::metrics::bind(addr)
-            .map_err(|e| DaemonError::Start(format!("metrics listener {addr}: {e}")))?;
+    if let Some(listener) = control_listener {
+        let shared = Arc::clone(&shared);
+        let blacklist = Arc::clone(&blacklist);
+        let hup = Arc::clone(&hup);
+        thread::Builder::new()
+            .name("control".into())
+            .spawn(move || control_loop(listener, shared, blacklist, hup))
+            .map_err(|e| DaemonError::Start(format!("spawning the control thread: {e}")))?;
+    }
+    if let (Some(listener), Some(addr)) = (metrics_listener, &daemon.metrics) {
         let (shared, blacklist) = (Arc::clone(&shared), Arc::clone(&blacklist));
         thread::Builder::new()
             .name("metrics".into())
@@ -424,11 +520,9 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
             }
         }
     }
-    if let Some(path) = control {
-        let _ = std::fs::remove_file(path);
-    }
-    if daemon.install_rules {
-        match firewall::remove(&rules_cfg) {
+    drop(socket_guard);
+    if let Some(cfg) = rules_guard.0.take() {
+        match firewall::remove(&cfg) {
             Ok(()) => info!("rules removed"),
             Err(e) => error!("removing rules: {e}"),
         }
@@ -436,6 +530,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
     if let Some(o) = offload.as_ref().filter(|_| daemon.install_rules) {
         o.destroy();
     }
+    drop(rules_lock);
     drop(pidfile);
     match failure {
         Some(f) => Err(DaemonError::Failed(f)),

@@ -103,6 +103,33 @@ check "a second daemon exits 2 ($(tail -1 "$T/second.out"))" test "$code" = 2
 check "... saying the first is running" grep -q "already running (pid $DPID" "$T/second.out"
 check "... and the first keeps working" test "$(client 198.19.9.1 198.18.0.1 "$SPAM")" = reset
 check "... with its rules in place" test "$(chain_count)" = 1
+# One owner of the kernel rules: another instance (other queue, pidfile, state, socket) that
+# would install rules is refused before it touches them; one that does not install rules runs
+# beside the first, and its stop leaves the first's rules alone.
+ins "$BIN" run --string @example.com --install-rules --queues 3 --pidfile "$T/pid3" --state-dir "$T/state3" \
+    --control-socket "$T/ctl3.sock" > "$T/third.out" 2>&1; code=$?
+check "a second instance with its own queue and files is refused (exit $code)" test "$code" = 2
+check "... saying another stringban manages the rules" grep -q "manages the kernel rules in this network namespace" "$T/third.out"
+check "... the first's rules untouched (queue 0, no queue 3)" bash -c "ins() { ip netns exec '$S' \"\$@\"; }; ins iptables -S STRINGBAN | grep -q -- '--queue-num 0' && ! ins iptables -S STRINGBAN | grep -q -- '--queue-num 3'"
+ins "$BIN" run --string @example.com --install-rules --fail-closed --queues 3 --pidfile "$T/pid3" --no-state --no-control > "$T/third.out" 2>&1; code=$?
+check "... also with --no-state --no-control --fail-closed (exit $code)" test "$code" = 2
+check "... and the first keeps deciding: spam reset" test "$(client 198.19.9.33 198.18.0.1 "$SPAM")" = reset
+rm -f "$T/pid3"
+ins "$BIN" run --string @example.com --queues 3 --pidfile "$T/pid3" --no-state --no-control 2> "$T/third.log" & P3=$!
+for _ in $(seq 100); do [ -s "$T/pid3" ] && break; sleep 0.05; done
+kill "$(cat "$T/pid3")"; wait "$P3"; code=$?
+check "an instance without --install-rules runs beside it and stops cleanly (exit $code)" test "$code" = 0
+check "... leaving the first's rules in place" test "$(chain_count)" = 1
+check "... and the first still resets spam" test "$(client 198.19.9.34 198.18.0.1 "$SPAM")" = reset
+# A start that fails (the metrics port is taken) leaves no rule behind, even fail-closed.
+F=sbF$$; ip netns add "$F"; ip -n "$F" link set lo up
+ip netns exec "$F" python3 -c 'import socket,time; s=socket.socket(); s.bind(("127.0.0.1",9399)); s.listen(); time.sleep(30)' & HOLD=$!
+sleep 0.3
+ip netns exec "$F" "$BIN" run --string @example.com --install-rules --fail-closed --no-state --no-control \
+    --pidfile "$T/pidF" --metrics 127.0.0.1:9399 > "$T/failed.out" 2>&1; code=$?
+check "a start that fails (metrics port taken, fail-closed) exits 2 ($code: $(tail -1 "$T/failed.out"))" test "$code" = 2
+check "... and leaves no rule behind" bash -c "! ip netns exec '$F' iptables -S | grep -q 'STRINGBAN\|NFQUEUE'"
+kill "$HOLD" 2>/dev/null; wait "$HOLD" 2>/dev/null; ip netns del "$F"
 kill -9 "$DPID"; wait "$DPID" 2>/dev/null; DPID=
 check "daemon killed: mail still flows (--queue-bypass)" test "$(client 198.18.0.2 198.18.0.1 "$LEGIT")" = ok
 start_daemon --string @example.com
