@@ -25,13 +25,7 @@ fn load_truth(cfg: &GenConfig) -> Loaded {
 }
 
 fn load(cfg: &GenConfig) -> (Vec<(Instant, Vec<u8>)>, attack::Expected) {
-    let mut capture = Vec::new();
-    let (truth, _) = attack::generate(cfg, &mut capture).expect("generate");
-    let mut reader = Reader::new(&capture[..]).expect("header");
-    let mut packets = Vec::new();
-    while let Some(rec) = reader.next_record().expect("record") {
-        packets.push((rec.ts, ip_packet(rec.link, rec.data).expect("ip").to_vec()));
-    }
+    let (packets, truth) = load_truth(cfg);
     (packets, truth.expected(32, 64))
 }
 
