@@ -32,6 +32,7 @@ use crate::io::offload::Offload;
 use crate::io::rst::RstInjector;
 use crate::io::sockdiag::{Destroyed, SockDiag};
 use crate::parse::{self, Transport};
+use crate::persist::{Disk, Health};
 use crate::store::Store;
 use crate::time::Instant;
 
@@ -108,6 +109,7 @@ struct Shared {
     reset_failures: AtomicU64,
     /// Control connections refused (pool full) or not accepted (an accept error).
     control_refused: AtomicU64,
+    store_health: Health,
 }
 
 /// The kernel rules this daemon installed: removed when dropped before the daemon's own orderly
@@ -379,6 +381,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
         reset_on_request: AtomicU64::new(0),
         reset_failures: AtomicU64::new(0),
         control_refused: AtomicU64::new(0),
+        store_health: Health::default(),
     });
     let store_thread = if store.is_some() || offload.is_some() {
         let (tx, rx) = std::sync::mpsc::channel();
@@ -582,10 +585,11 @@ fn open_store(
 
 /// The changes thread: appends every change to the journal (if there is a state directory),
 /// fsyncs it every `fsync_every`, folds it into a new snapshot every `snapshot_every` and once
-/// more at exit; mirrors the changes into the offload sets in one `ipset restore` per interval
-/// and reconciles the sets every 10 s. Returns the number of bans in the last snapshot.
+/// more at exit, and rides out disk faults ([`crate::persist`]); mirrors the changes into the
+/// offload sets in one `ipset restore` per interval and reconciles the sets every 10 s.
+/// Returns the number of bans in the last snapshot.
 fn changes_loop(
-    mut store: Option<Store>,
+    store: Option<Store>,
     offload: Option<Offload>,
     rx: std::sync::mpsc::Receiver<crate::blacklist::Change>,
     shared: &Shared,
@@ -594,37 +598,38 @@ fn changes_loop(
     snapshot_every: StdDuration,
 ) -> io::Result<u64> {
     use std::sync::mpsc::RecvTimeoutError;
+    let mut disk = store.map(|s| Disk::new(s, &shared.store_health));
     let mut last_sync = std::time::Instant::now();
     let mut last_snapshot = std::time::Instant::now();
     let mut last_check = std::time::Instant::now();
     let mut script = String::new();
     let mut resync = false;
-    if let Some(store) = store.as_mut().filter(|s| s.needs_compaction()) {
+    if let Some(disk) = disk.as_mut().filter(|d| d.needs_compaction()) {
         // Fold what the start replayed into a fresh snapshot, now that the queues run.
-        let n = store.compact(blacklist, now())?;
-        info!(bans = n, "snapshot written");
+        disk.snapshot(blacklist, now());
     }
     let take = |c: crate::blacklist::Change,
-                store: &mut Option<Store>,
+                disk: &mut Option<Disk>,
                 script: &mut String,
-                resync: &mut bool|
-     -> io::Result<()> {
-        if let Some(store) = store.as_mut() {
-            store.journal.append(&c)?;
+                resync: &mut bool| {
+        if let Some(disk) = disk.as_mut() {
+            disk.append(&c);
         }
         if let Some(o) = &offload {
             *resync |= matches!(c, crate::blacklist::Change::Flush(_));
             script.push_str(&o.change_lines(&c, now()));
         }
-        Ok(())
     };
     loop {
-        let wait = fsync_every.saturating_sub(last_sync.elapsed());
+        let mut wait = fsync_every.saturating_sub(last_sync.elapsed());
+        if let Some(retry) = disk.as_mut().and_then(|d| d.retry(blacklist, now())) {
+            wait = wait.min(retry);
+        }
         match rx.recv_timeout(wait.max(StdDuration::from_millis(1))) {
             Ok(c) => {
-                take(c, &mut store, &mut script, &mut resync)?;
+                take(c, &mut disk, &mut script, &mut resync);
                 for c in rx.try_iter() {
-                    take(c, &mut store, &mut script, &mut resync)?;
+                    take(c, &mut disk, &mut script, &mut resync);
                 }
             }
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
@@ -632,12 +637,12 @@ fn changes_loop(
         let stopping = shared.store_stop.load(Relaxed);
         if stopping {
             for c in rx.try_iter() {
-                take(c, &mut store, &mut script, &mut resync)?;
+                take(c, &mut disk, &mut script, &mut resync);
             }
         }
         if last_sync.elapsed() >= fsync_every || stopping {
-            if let Some(store) = store.as_mut() {
-                store.journal.sync()?;
+            if let Some(disk) = disk.as_mut() {
+                disk.sync();
             }
             if let Some(o) = &offload {
                 if last_check.elapsed() >= StdDuration::from_secs(10) {
@@ -665,16 +670,16 @@ fn changes_loop(
             last_sync = std::time::Instant::now();
         }
         if stopping {
-            return match store.as_mut() {
-                Some(store) => store.compact(blacklist, now()),
+            return match disk.as_mut() {
+                Some(disk) => disk.finish(blacklist, now()),
                 None => Ok(0),
             };
         }
         if last_snapshot.elapsed() >= snapshot_every
-            && let Some(store) = store.as_mut()
+            && let Some(disk) = disk.as_mut()
+            && !disk.failing()
         {
-            let n = store.compact(blacklist, now())?;
-            info!(bans = n, "snapshot written");
+            disk.snapshot(blacklist, now());
             last_snapshot = std::time::Instant::now();
         }
     }
@@ -856,6 +861,7 @@ fn metrics_text(shared: &Shared, blacklist: &Blacklist) -> String {
         reset_on_request: shared.reset_on_request.load(Relaxed),
         reset_failures: shared.reset_failures.load(Relaxed),
         control_refused: shared.control_refused.load(Relaxed),
+        store: shared.store_health.status(),
     })
 }
 
@@ -908,8 +914,41 @@ fn stats_json(shared: &Shared, blacklist: &Blacklist) -> serde_json::Value {
         "sessions_reset_on_request": shared.reset_on_request.load(Relaxed),
         "reset_on_request_failures": shared.reset_failures.load(Relaxed),
         "control_refused": shared.control_refused.load(Relaxed),
+        "store": store_json(&shared.store_health.status()),
         "lists": lists,
         "kernel_queues": queues,
+    })
+}
+
+/// The store's health for `stats` (null without a state directory).
+fn store_json(s: &crate::persist::Status) -> serde_json::Value {
+    use serde_json::json;
+    if !s.enabled {
+        return serde_json::Value::Null;
+    }
+    let when = |t: u64| if t == 0 { json!(null) } else { json!(t) };
+    let age = |t: u64| {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if t == 0 {
+            json!(null)
+        } else {
+            json!(now.saturating_sub(t))
+        }
+    };
+    json!({
+        "healthy": s.healthy,
+        "errors": s.errors,
+        "recoveries": s.recoveries,
+        "last_error": if s.last_error.is_empty() { json!(null) } else { json!(s.last_error) },
+        "failing_since": when(s.failing_since),
+        "pending_records": s.pending,
+        "last_fsync": when(s.last_fsync),
+        "last_fsync_age_s": age(s.last_fsync),
+        "last_snapshot": when(s.last_snapshot),
+        "last_snapshot_age_s": age(s.last_snapshot),
     })
 }
 

@@ -375,11 +375,13 @@ pub fn parse(text: &str) -> Result<Ruleset, ImportError> {
         }
         if let Some(name) = t.strip_prefix('*') {
             table = name.trim().to_string();
+            check_table(&table).map_err(&err)?;
             continue;
         }
         if let Some(decl) = t.strip_prefix(':') {
             let mut it = decl.split_whitespace();
             let name = it.next().unwrap_or("");
+            check_chain(name).map_err(&err)?;
             let policy = it.next().unwrap_or("-");
             if builtins(&table).contains(&name) {
                 set.policies.push((
@@ -473,6 +475,7 @@ fn command(
             }
             "-t" | "--table" => {
                 table = next(i)?;
+                check_table(&table)?;
                 i += 1;
             }
             "-A" | "--append" | "-N" | "--new-chain" | "-F" | "--flush" | "-X"
@@ -516,6 +519,7 @@ fn command(
             if chain.is_empty() {
                 return Err("-N needs a chain name".into());
             }
+            check_chain(&chain)?;
             Ok(Some(Command::Chain((table, chain))))
         }
         "-F" | "--flush" | "-X" | "--delete-chain" | "-Z" | "--zero" => Ok(None),
@@ -523,6 +527,7 @@ fn command(
             if chain.is_empty() {
                 return Err(format!("{op} needs a chain name"));
             }
+            check_chain(&chain)?;
             let mut r = rule_options(&rest, family)?;
             r.line = line;
             r.table = table;
@@ -916,6 +921,37 @@ fn check_match(m: &Match, r: &Rule) -> Result<(), String> {
     Ok(())
 }
 
+/// The tables iptables knows.
+fn check_table(name: &str) -> Result<(), String> {
+    match name {
+        "filter" | "nat" | "mangle" | "raw" | "security" => Ok(()),
+        _ => Err(format!(
+            "table {name:?}: not filter, nat, mangle, raw or security"
+        )),
+    }
+}
+
+/// A chain name iptables takes (at most 28 bytes, not starting with `-` or `!`) that also
+/// prints and reads back as one shell word: visible ASCII other than quotes, `\\`, `$`, `` ` ``.
+fn check_chain(name: &str) -> Result<(), String> {
+    let bad = |c: char| !c.is_ascii_graphic() || matches!(c, '\'' | '"' | '\\' | '$' | '`');
+    if name.is_empty() {
+        return Err("a chain declaration needs a name".into());
+    }
+    if name.len() > 28 {
+        return Err(format!("chain name {name:?}: longer than 28 bytes"));
+    }
+    if name.starts_with(['-', '!']) {
+        return Err(format!("chain name {name:?}: may not start with - or !"));
+    }
+    if let Some(c) = name.chars().find(|c| bad(*c)) {
+        return Err(format!(
+            "chain name {name:?}: {c:?} is not taken (visible ASCII other than quotes, \\, $ and `)"
+        ));
+    }
+    Ok(())
+}
+
 fn quote(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
@@ -1098,6 +1134,15 @@ $IPTABLES -A blackchain -m recent --set --name blacklist -p tcp -j REJECT --reje
     #[test]
     fn refusals_name_the_line_and_the_part() {
         for (text, want) in [
+            ("*filtre\n", "table \"filtre\""),
+            ("iptables -t ` -A INPUT -j DROP\n", "table \"`\""),
+            (":''\u{1} - [0:0]\n", "is not taken"),
+            ("iptables -N -bad\n", "may not start with"),
+            (
+                "iptables -N a_chain_name_of_more_than_28_bytes\n",
+                "longer than 28 bytes",
+            ),
+            ("iptables -A 'a$b' -j DROP\n", "is not taken"),
             (
                 "iptables -A INPUT -s 10.0.0.1 -j DROP\n",
                 "unsupported option \"-s\"",

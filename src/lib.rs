@@ -30,6 +30,7 @@ pub mod io;
 pub mod iptables;
 pub mod metrics;
 pub mod parse;
+pub mod persist;
 pub mod recent;
 pub mod replay;
 pub mod rule;

@@ -57,6 +57,8 @@ pub struct Snapshot<'a> {
     pub reset_failures: u64,
     /// Control connections refused (the pool full) or not accepted (an accept error).
     pub control_refused: u64,
+    /// The state directory's health (not shown without one).
+    pub store: crate::persist::Status,
 }
 
 fn escape(v: &str) -> String {
@@ -306,6 +308,51 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "Control connections refused (too many open or waiting) or not accepted (an accept error).",
     );
     let _ = writeln!(o, "stringban_control_refused_total {}", s.control_refused);
+    if s.store.enabled {
+        let st = &s.store;
+        let rows: [(&str, &str, &str, u64); 6] = [
+            (
+                "stringban_store_healthy",
+                "gauge",
+                "1 while the state directory takes every write; 0 during a fault (retried with backoff).",
+                u64::from(st.healthy),
+            ),
+            (
+                "stringban_store_errors_total",
+                "counter",
+                "Journal writes, fsyncs and snapshots that failed (each failed retry counts).",
+                st.errors,
+            ),
+            (
+                "stringban_store_recoveries_total",
+                "counter",
+                "Faults that ended with everything in memory written again.",
+                st.recoveries,
+            ),
+            (
+                "stringban_store_pending_records",
+                "gauge",
+                "Ban changes not yet known to be on disk.",
+                st.pending,
+            ),
+            (
+                "stringban_store_last_fsync_timestamp_seconds",
+                "gauge",
+                "When the journal was last made durable (Unix time).",
+                st.last_fsync,
+            ),
+            (
+                "stringban_store_last_snapshot_timestamp_seconds",
+                "gauge",
+                "When the last snapshot was written (Unix time).",
+                st.last_snapshot,
+            ),
+        ];
+        for (name, kind, help, v) in rows {
+            head(&mut o, name, kind, help);
+            let _ = writeln!(o, "{name} {v}");
+        }
+    }
     head(
         &mut o,
         "stringban_malformed_total",
@@ -425,11 +472,21 @@ mod tests {
             reset_on_request: 2,
             reset_failures: 0,
             control_refused: 3,
+            store: crate::persist::Status {
+                enabled: true,
+                healthy: false,
+                errors: 2,
+                pending: 7,
+                ..Default::default()
+            },
         });
         for want in [
             "stringban_packets_total 10\n",
             "stringban_resets_total{how=\"on_request\"} 2\n",
             "stringban_control_refused_total 3\n",
+            "stringban_store_healthy 0\n",
+            "stringban_store_errors_total 2\n",
+            "stringban_store_pending_records 7\n",
             "stringban_verdicts_total{verdict=\"reset\"} 1\n",
             "stringban_decisions_total{reason=\"banned\"} 2\n",
             "stringban_matches_total{rule=\"@example.com\"} 1\n",

@@ -64,3 +64,11 @@ fn import_prints_what_the_kernel_saves() {
 fn differential_against_the_kernel() {
     live("diff.sh");
 }
+
+/// Fault injection: a full disk for 30 s during a flood, descriptors exhausted, bit flips in the
+/// snapshot — bans kept, faults shown at once, recovery by itself (tests/live/faults.sh).
+#[test]
+#[ignore = "needs root, iptables, iproute2, python3 and util-linux (unshare, prlimit); run by scripts/test as root"]
+fn store_faults_in_a_namespace() {
+    live("faults.sh");
+}

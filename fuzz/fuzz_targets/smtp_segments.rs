@@ -58,5 +58,9 @@ fuzz_target!(|data: &[u8]| {
             Step::Server(turn.to_vec())
         });
     }
-    assert_eq!(banned(&s, Shape::WHOLE), banned(&s, shape), "arbitrary session, {shape:?}");
+    assert_eq!(
+        banned(&s, Shape::WHOLE),
+        banned(&s, shape),
+        "arbitrary session, {shape:?}"
+    );
 });
