@@ -1,4 +1,4 @@
-//! Imported iptables rules, run (issue 6): a packet enters the family's `filter` `INPUT` chain
+//! Imported iptables rules, run: a packet enters the family's `filter` `INPUT` chain
 //! and goes rule by rule as in the kernel — the protocol first, then each match in order (a
 //! match that fails ends the rule, so a later `-m recent --set` only acts when the earlier
 //! matches held), then the target: ACCEPT, DROP, REJECT, RETURN, or a jump into a user chain.
@@ -23,7 +23,7 @@ use crate::time::Instant;
 /// chain's policy).
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 pub struct ChainVerdict {
-    pub verdict: crate::engine::Verdict,
+    pub verdict: crate::verdict::Verdict,
     pub line: Option<usize>,
 }
 
@@ -151,7 +151,7 @@ impl Chains {
 
     /// Decides a packet arriving at `INPUT`.
     pub fn decide(&mut self, p: &Packet<'_>, now: Instant) -> ChainVerdict {
-        use crate::engine::Verdict;
+        use crate::verdict::Verdict;
         let family = if p.src.is_ipv4() {
             Family::V4
         } else {
@@ -184,7 +184,7 @@ impl Chains {
         ttl: u8,
         now: Instant,
     ) -> Option<ChainVerdict> {
-        use crate::engine::Verdict;
+        use crate::verdict::Verdict;
         let Chains {
             chains,
             jumps,
@@ -235,6 +235,20 @@ impl Chains {
     /// The recent tables (shared by every clone of these chains).
     pub fn recent(&self) -> &Arc<Mutex<Tables>> {
         &self.recent
+    }
+
+    /// The same chains with recent tables of their own, copied from these (a new engine starts
+    /// from the configuration's pristine tables, never from another engine's).
+    pub fn with_own_tables(&self) -> Chains {
+        let tables = self
+            .recent
+            .lock()
+            .map(|t| t.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone());
+        Chains {
+            recent: Arc::new(Mutex::new(tables)),
+            ..self.clone()
+        }
     }
 
     /// Uses `tables` from now on (the daemon gives every worker, and every reload, the same).
@@ -313,8 +327,8 @@ fn matches(
 mod tests {
     use super::*;
     use crate::attack::tcp_segment;
-    use crate::engine::Verdict;
     use crate::iptables::parse;
+    use crate::verdict::Verdict;
 
     const RECIPE: &str = "iptables -N blackchain\niptables -A INPUT -p tcp --dport 25 -m recent --name blacklist --update --seconds 86400 -j DROP\niptables -A INPUT -p tcp --dport 25 -m string --string \"example.com\" --algo bm -j blackchain\niptables -A blackchain -m recent --set --name blacklist -p tcp -j REJECT --reject-with tcp-reset\n";
 

@@ -11,7 +11,6 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::blacklist::{ListConfig, ListId};
-use crate::engine::{EngineConfig, UnparsedPolicy};
 use crate::rule::{self, Action, Algo, Domain, Mode, Ports, Protocol, Rule, StringMatch};
 use crate::time::{self, Duration};
 
@@ -25,12 +24,77 @@ pub struct Config {
     pub iptables: Option<IptablesConfig>,
 }
 
-/// An imported iptables rule set, and the recent tables' bound (`--compat-list-tot`).
+/// What the engine does with packets it cannot parse.
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub enum UnparsedPolicy {
+    #[default]
+    Accept,
+    Drop,
+}
+
+/// Engine-wide settings.
 #[derive(Clone, Debug, Eq, PartialEq)]
+pub struct EngineConfig {
+    /// Protected TCP destination ports. Empty: every packet is looked at.
+    pub ports: Ports,
+    pub on_unparsed: UnparsedPolicy,
+    /// Let a flow bypass the queue once its envelope is over (smtp mode) or its budget is spent.
+    pub bypass: bool,
+    /// Client bytes inspected per flow before it bypasses (0: no budget).
+    pub bypass_after: u64,
+    /// Most flows tracked per worker (least recently seen evicted).
+    pub max_flows: usize,
+    /// A flow unseen this long is forgotten.
+    pub flow_idle: crate::time::Duration,
+}
+
+impl Default for EngineConfig {
+    /// Protects SMTP: TCP port 25.
+    fn default() -> EngineConfig {
+        EngineConfig {
+            ports: Ports::list(&[25]),
+            on_unparsed: UnparsedPolicy::Accept,
+            bypass: true,
+            bypass_after: 0,
+            max_flows: 65_536,
+            flow_idle: crate::time::Duration::from_secs(300),
+        }
+    }
+}
+
+/// An imported iptables rule set, the recent tables' bound (`--compat-list-tot`), and the
+/// chains built from them — once, here, so that a rule set that cannot run is refused with the
+/// configuration and every engine runs the same chains.
+#[derive(Clone, Debug)]
 pub struct IptablesConfig {
     pub ruleset: crate::iptables::Ruleset,
     pub list_tot: Option<usize>,
+    pub chains: crate::chains::Chains,
 }
+
+impl IptablesConfig {
+    fn new(
+        ruleset: crate::iptables::Ruleset,
+        list_tot: Option<u64>,
+    ) -> Result<IptablesConfig, String> {
+        let list_tot = list_tot.map(|n| usize::try_from(n.max(1)).unwrap_or(usize::MAX));
+        let chains = crate::chains::Chains::new(&ruleset, list_tot)?;
+        Ok(IptablesConfig {
+            ruleset,
+            list_tot,
+            chains,
+        })
+    }
+}
+
+impl PartialEq for IptablesConfig {
+    /// The chains follow from the rule set and the bound.
+    fn eq(&self, other: &IptablesConfig) -> bool {
+        self.ruleset == other.ruleset && self.list_tot == other.list_tot
+    }
+}
+
+impl Eq for IptablesConfig {}
 
 /// A configuration value that was refused.
 #[derive(Clone, Debug, Eq, PartialEq)]
@@ -384,15 +448,16 @@ impl Config {
                 value: e.text.trim().to_string(),
                 problem: e.problem.clone(),
             })?;
-            if let Err(problem) = crate::chains::Chains::new(&ruleset, None) {
-                return Err(ConfigError {
-                    origin: name.clone(),
-                    line: None,
-                    key: String::new(),
-                    value: String::new(),
-                    problem,
-                });
-            }
+            let iptables =
+                IptablesConfig::new(ruleset, flags.compat_list_tot).map_err(|problem| {
+                    ConfigError {
+                        origin: name.clone(),
+                        line: None,
+                        key: String::new(),
+                        value: String::new(),
+                        problem,
+                    }
+                })?;
             if !config.rules.is_empty() {
                 return Err(cli(
                     "--iptables",
@@ -401,12 +466,7 @@ impl Config {
                 ));
             }
             config.engine.ports = Ports::any();
-            config.iptables = Some(IptablesConfig {
-                ruleset,
-                list_tot: flags
-                    .compat_list_tot
-                    .map(|n| usize::try_from(n.max(1)).unwrap_or(usize::MAX)),
-            });
+            config.iptables = Some(iptables);
             return Ok(config);
         }
         if flags.compat_list_tot.is_some() {
@@ -558,15 +618,9 @@ fn parse_file(origin: &Origin<'_>) -> Result<Config, ConfigError> {
             value: e.text.trim().to_string(),
             problem: e.problem.clone(),
         })?;
-        if let Err(problem) = crate::chains::Chains::new(&ruleset, None) {
-            return Err(origin.at(&ipt.rules, "iptables.rules", "", problem));
-        }
-        config.iptables = Some(IptablesConfig {
-            ruleset,
-            list_tot: ipt
-                .compat_list_tot
-                .map(|n| usize::try_from(n.max(1)).unwrap_or(usize::MAX)),
-        });
+        let iptables = IptablesConfig::new(ruleset, ipt.compat_list_tot)
+            .map_err(|problem| origin.at(&ipt.rules, "iptables.rules", "", problem))?;
+        config.iptables = Some(iptables);
     }
     if let Some(ports) = raw.engine.ports {
         config.engine.ports = Ports::list(&ports);

@@ -1,4 +1,4 @@
-//! The control protocol (DESIGN §8): JSON lines over a unix socket (root only, mode 0600).
+//! The control protocol: JSON lines over a unix socket (root only, mode 0600).
 //!
 //! One request per line, answered by one line — except `list`, answered by one line per ban and
 //! then the closing `{"ok":true,"count":N}` line. Every answer's last line has `ok`; a bad
@@ -281,7 +281,7 @@ pub fn handle(
     Effect::None
 }
 
-/// The xt_recent `/proc` line of a ban (KERNEL-SPEC §3.4), with times in seconds since the
+/// The xt_recent `/proc` line of a ban (docs/KERNEL.md §3.4), with times in seconds since the
 /// epoch where the kernel prints jiffies: `src=ADDR ttl: 0 last_seen: T oldest_pkt: 1 T`.
 pub fn xt_recent_line(ban: &Value) -> String {
     let key = ban["key"].as_str().unwrap_or("");

@@ -2,7 +2,7 @@
 //! [`Engine`] sibling over the shared blacklist; the main thread handles signals, reloads,
 //! expiry and the periodic summary.
 //!
-//! Verdict mapping (DESIGN §5):
+//! Verdict mapping (docs/ARCHITECTURE.md, *The live daemon*):
 //! - Accept and Drop → run-length batch verdicts: each run of consecutive packets with the same
 //!   verdict is one `NFQNL_MSG_VERDICT_BATCH`, all of a wake-up's verdicts in one `sendto`;
 //! - Reset → drop, and destroy the local socket with `SOCK_DESTROY` (the MTA's session is
@@ -842,114 +842,12 @@ fn reset_sessions(shared: &Shared, ip: std::net::IpAddr) -> serde_json::Value {
 
 /// The Prometheus exposition of every counter.
 fn metrics_text(shared: &Shared, blacklist: &Blacklist) -> String {
-    let total = total_stats(shared);
-    let names: Vec<String> = lock(&shared.config)
-        .rules
-        .iter()
-        .map(|r| r.name.clone())
-        .collect();
-    let queues = kernel_counters();
-    crate::metrics::render(&crate::metrics::Snapshot {
-        engine: &total.engine,
-        rule_names: &names,
-        blacklist,
-        queues: &queues,
-        latency: &total.latency,
-        malformed: total.malformed,
-        sockets_destroyed: total.destroyed,
-        reset_by_mark: total.reset_by_mark,
-        reset_on_request: shared.reset_on_request.load(Relaxed),
-        reset_failures: shared.reset_failures.load(Relaxed),
-        control_refused: shared.control_refused.load(Relaxed),
-        store: shared.store_health.status(),
-    })
+    with_counters(shared, blacklist, crate::metrics::render)
 }
 
-/// Every worker's counters summed, with the lists and the kernel's queue counters, as JSON.
+/// Every counter as JSON (`stringban stats`).
 fn stats_json(shared: &Shared, blacklist: &Blacklist) -> serde_json::Value {
-    use serde_json::json;
-    let total = total_stats(shared);
-    let e = &total.engine;
-    let lists: Vec<_> = blacklist
-        .lists()
-        .iter()
-        .map(|l| {
-            let s = l.stats();
-            json!({
-                "name": l.config().name,
-                "size": l.len(),
-                "added": s.added.load(Relaxed),
-                "renewed": s.renewed.load(Relaxed),
-                "hits": s.hits.load(Relaxed),
-                "expired": s.expired.load(Relaxed),
-                "evicted": s.evicted.load(Relaxed),
-                "removed": s.removed.load(Relaxed),
-            })
-        })
-        .collect();
-    let queues: Vec<_> = kernel_counters()
-        .iter()
-        .map(|c| json!({"queue": c.queue, "queue_dropped": c.queue_dropped, "user_dropped": c.user_dropped}))
-        .collect();
-    json!({
-        "packets": e.packets,
-        "bytes": e.bytes,
-        "verdicts": {
-            "accept": e.verdict(Verdict::Accept),
-            "bypass": e.verdict(Verdict::Bypass),
-            "drop": e.verdict(Verdict::Drop),
-            "reset": e.verdict(Verdict::Reset),
-        },
-        "matches": e.matches,
-        "banned_packets": e.banned,
-        "unparsed": e.unparsed_total(),
-        "malformed": total.malformed,
-        "sockets_destroyed": total.destroyed,
-        "reset_by_mark": total.reset_by_mark,
-        "flows_new": e.flows_new,
-        "flows_bypassed": e.flows_bypassed,
-        "sessions": e.sessions,
-        "session_packets": e.session_packets,
-        "smtp": e.smtp_json(),
-        "sessions_reset_on_request": shared.reset_on_request.load(Relaxed),
-        "reset_on_request_failures": shared.reset_failures.load(Relaxed),
-        "control_refused": shared.control_refused.load(Relaxed),
-        "store": store_json(&shared.store_health.status()),
-        "lists": lists,
-        "kernel_queues": queues,
-    })
-}
-
-/// The store's health for `stats` (null without a state directory).
-fn store_json(s: &crate::persist::Status) -> serde_json::Value {
-    use serde_json::json;
-    if !s.enabled {
-        return serde_json::Value::Null;
-    }
-    let when = |t: u64| if t == 0 { json!(null) } else { json!(t) };
-    let age = |t: u64| {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        if t == 0 {
-            json!(null)
-        } else {
-            json!(now.saturating_sub(t))
-        }
-    };
-    json!({
-        "healthy": s.healthy,
-        "errors": s.errors,
-        "recoveries": s.recoveries,
-        "last_error": if s.last_error.is_empty() { json!(null) } else { json!(s.last_error) },
-        "failing_since": when(s.failing_since),
-        "pending_records": s.pending,
-        "last_fsync": when(s.last_fsync),
-        "last_fsync_age_s": age(s.last_fsync),
-        "last_snapshot": when(s.last_snapshot),
-        "last_snapshot_age_s": age(s.last_snapshot),
-    })
+    with_counters(shared, blacklist, |s| s.json())
 }
 
 fn ports_of(config: &Config) -> Vec<u16> {
@@ -984,44 +882,52 @@ fn total_stats(shared: &Shared) -> WorkerStats {
         total.destroyed += s.destroyed;
         total.reset_by_mark += s.reset_by_mark;
         total.crafted += s.crafted;
+        total.gso += s.gso;
+        total.csum_not_ready += s.csum_not_ready;
         total.wakeups += s.wakeups;
         total.latency.merge(&s.latency);
     }
     total
 }
 
+/// The log line of every counter.
 fn summary(shared: &Shared, blacklist: &Blacklist) -> String {
+    with_counters(shared, blacklist, |s| s.line())
+}
+
+/// One snapshot of every counter — the workers' summed, the shared ones, the lists, the kernel's
+/// queue counters, the store's health — handed to `f` (the log line, `stats`, the metrics: one
+/// source, three renderings).
+fn with_counters<R>(
+    shared: &Shared,
+    blacklist: &Blacklist,
+    f: impl FnOnce(&crate::metrics::Snapshot<'_>) -> R,
+) -> R {
     let total = total_stats(shared);
-    let e = &total.engine;
-    let (mut qd, mut ud) = (0, 0);
-    for c in kernel_counters() {
-        qd += c.queue_dropped;
-        ud += c.user_dropped;
-    }
-    let banned: usize = blacklist.lists().iter().map(|l| l.len()).sum();
-    format!(
-        "packets {} accept {} drop {} reset {} (sockets destroyed {}, by REJECT {} with {} crafted local RSTs) bypass {} bans {} banned-now {} unparsed {} malformed {} kernel queue_dropped {} user_dropped {} avg-batch {:.1} flows {} bypassed {} sessions {} packets/session mean {:.1} max {}",
-        e.packets,
-        e.verdict(Verdict::Accept),
-        e.verdict(Verdict::Drop),
-        e.verdict(Verdict::Reset),
-        total.destroyed,
-        total.reset_by_mark,
-        total.crafted,
-        e.verdict(Verdict::Bypass),
-        e.bans_new,
-        banned,
-        e.unparsed_total(),
-        total.malformed,
-        qd,
-        ud,
-        e.packets as f64 / total.wakeups.max(1) as f64,
-        e.flows_new,
-        e.flows_bypassed,
-        e.sessions,
-        e.session_packets as f64 / e.sessions.max(1) as f64,
-        e.session_packets_max
-    )
+    let names: Vec<String> = lock(&shared.config)
+        .rules
+        .iter()
+        .map(|r| r.name.clone())
+        .collect();
+    let queues = kernel_counters();
+    f(&crate::metrics::Snapshot {
+        engine: &total.engine,
+        rule_names: &names,
+        blacklist,
+        queues: &queues,
+        latency: &total.latency,
+        malformed: total.malformed,
+        wakeups: total.wakeups,
+        sockets_destroyed: total.destroyed,
+        reset_by_mark: total.reset_by_mark,
+        crafted: total.crafted,
+        gso: total.gso,
+        csum_not_ready: total.csum_not_ready,
+        reset_on_request: shared.reset_on_request.load(Relaxed),
+        reset_failures: shared.reset_failures.load(Relaxed),
+        control_refused: shared.control_refused.load(Relaxed),
+        store: shared.store_health.status(),
+    })
 }
 
 fn worker(

@@ -22,113 +22,13 @@ use crate::blacklist::{Banned, Blacklist, ListId, RuleId};
 use crate::config::Config;
 use crate::flow::{self, Envelope, Flow, FlowKey, FlowState, Flows, Push, Smtp};
 use crate::parse::{self, Packet, Tcp, Transport, tcp_flags};
-use crate::rule::{Action, Domain, Mode, Ports, Rule, StringMatch};
+use crate::rule::{Action, Domain, Mode, Rule, StringMatch};
 use crate::scan::{self, Scanner};
 use crate::time::Instant;
 
-/// What the shell does with the packet.
-#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
-pub enum Verdict {
-    /// Let it through.
-    Accept,
-    /// Let it through and stop queueing its flow.
-    Bypass,
-    /// Discard it.
-    Drop,
-    /// Discard it and reset the connection.
-    Reset,
-}
+pub use crate::verdict::{Decision, Reason, Verdict};
 
-impl Verdict {
-    pub const ALL: [Verdict; 4] = [
-        Verdict::Accept,
-        Verdict::Bypass,
-        Verdict::Drop,
-        Verdict::Reset,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Verdict::Accept => "accept",
-            Verdict::Bypass => "bypass",
-            Verdict::Drop => "drop",
-            Verdict::Reset => "reset",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
-/// Why the engine decided as it did.
-#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
-pub enum Reason {
-    /// The source is in a ban list.
-    Banned { list: ListId },
-    /// Looked at, nothing matched.
-    Clean,
-    /// A rule matched.
-    Matched { rule: RuleId },
-    /// Not to a protected port: not the engine's business.
-    Unguarded,
-    /// The server's side of a flow followed in smtp mode (read for its replies).
-    Reply,
-    /// The flow is past its envelope (or its byte budget): let through uninspected.
-    Bypassed,
-    /// Out of order beyond what a flow holds: dropped so that TCP sends it again later.
-    FlowLimit,
-    /// Imported iptables rules decided: the file line of the rule, or None for the policy.
-    Iptables { line: Option<u32> },
-    /// The bytes are not a packet we can read.
-    Unparsed(parse::Error),
-}
-
-/// The engine's answer for one packet.
-#[must_use]
-#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
-pub struct Decision {
-    pub verdict: Verdict,
-    pub reason: Reason,
-}
-
-/// What the engine does with packets it cannot parse.
-#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
-pub enum UnparsedPolicy {
-    #[default]
-    Accept,
-    Drop,
-}
-
-/// Engine-wide settings.
-#[derive(Clone, Debug, Eq, PartialEq)]
-pub struct EngineConfig {
-    /// Protected TCP destination ports. Empty: every packet is looked at.
-    pub ports: Ports,
-    pub on_unparsed: UnparsedPolicy,
-    /// Let a flow bypass the queue once its envelope is over (smtp mode) or its budget is spent.
-    pub bypass: bool,
-    /// Client bytes inspected per flow before it bypasses (0: no budget).
-    pub bypass_after: u64,
-    /// Most flows tracked per worker (least recently seen evicted).
-    pub max_flows: usize,
-    /// A flow unseen this long is forgotten.
-    pub flow_idle: crate::time::Duration,
-}
-
-impl Default for EngineConfig {
-    /// Protects SMTP: TCP port 25.
-    fn default() -> EngineConfig {
-        EngineConfig {
-            ports: Ports::list(&[25]),
-            on_unparsed: UnparsedPolicy::Accept,
-            bypass: true,
-            bypass_after: 0,
-            max_flows: 65_536,
-            flow_idle: crate::time::Duration::from_secs(300),
-        }
-    }
-}
+pub use crate::config::{EngineConfig, UnparsedPolicy};
 
 /// Per-worker counters. Plain integers: a worker owns its `Stats`; [`Stats::merge`] sums them.
 #[derive(Clone, Debug, Default, Eq, PartialEq)]
@@ -397,10 +297,7 @@ impl Engine {
             flows: Flows::new(config.engine.max_flows),
             flow_rules,
             stream_scanner,
-            chains: config
-                .iptables
-                .as_ref()
-                .and_then(|i| crate::chains::Chains::new(&i.ruleset, i.list_tot).ok()),
+            chains: config.iptables.as_ref().map(|i| i.chains.with_own_tables()),
             scratch: Vec::new(),
             folded: Vec::new(),
             stats,
@@ -921,5 +818,152 @@ fn convict(
     Decision {
         verdict,
         reason: Reason::Matched { rule: rule_id },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attack::{tcp_flags_segment, tcp_segment};
+    use crate::config::Flags;
+    use crate::script::{Script, Shape, Step};
+    use std::net::{IpAddr, Ipv4Addr};
+
+    const T0: Instant = Instant::from_secs(1_000_000);
+    const SERVER: (IpAddr, u16) = (IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)), 25);
+
+    fn client(i: u8) -> (IpAddr, u16) {
+        (IpAddr::V4(Ipv4Addr::new(198, 19, 0, i)), 40_000)
+    }
+
+    fn engine(mode: &str, action: &str, tweak: impl FnOnce(&mut Flags)) -> Engine {
+        let mut flags = Flags {
+            string: vec!["@example.com".into()],
+            mode: Some(mode.into()),
+            action: Some(action.into()),
+            ports: vec![25],
+            ..Flags::default()
+        };
+        tweak(&mut flags);
+        Engine::new(&Config::build(None, &flags).expect("valid flags"))
+    }
+
+    fn said(e: &mut Engine, from: (IpAddr, u16), seq: u32, payload: &[u8]) -> Decision {
+        e.decide(&tcp_segment(from, SERVER, seq, 1, payload), T0)
+    }
+
+    #[test]
+    fn packet_mode_verdict_paths() {
+        let mut e = engine("packet", "reject", |_| {});
+        // Not to a protected port: not looked at.
+        let other = tcp_segment(client(1), (SERVER.0, 80), 1, 1, b"RCPT TO:<a@example.com>");
+        let d = e.decide(&other, T0);
+        assert_eq!((d.verdict, d.reason), (Verdict::Accept, Reason::Unguarded));
+        // Clean, then a match that bans, then the banned source's next packets dropped.
+        let d = said(&mut e, client(1), 1, b"MAIL FROM:<a@hosted.test>\r\n");
+        assert_eq!((d.verdict, d.reason), (Verdict::Accept, Reason::Clean));
+        let d = said(&mut e, client(1), 30, b"RCPT TO:<victim@example.com>\r\n");
+        assert_eq!(
+            (d.verdict, d.reason),
+            (Verdict::Reset, Reason::Matched { rule: 0 })
+        );
+        let syn = tcp_flags_segment(client(1), SERVER, 7, 0, 0x02, b"");
+        let d = e.decide(&syn, T0);
+        assert_eq!(
+            (d.verdict, d.reason),
+            (Verdict::Drop, Reason::Banned { list: 0 })
+        );
+        // Another source is not affected; counters follow.
+        let d = said(&mut e, client(2), 1, b"hello\r\n");
+        assert_eq!(d.verdict, Verdict::Accept);
+        let s = e.stats();
+        assert_eq!(s.packets, 5);
+        assert_eq!(s.verdict(Verdict::Reset), 1);
+        assert_eq!(s.verdict(Verdict::Drop), 1);
+        assert_eq!(s.bans_new, 1);
+        // A drop rule drops instead of resetting.
+        let mut e = engine("packet", "drop", |_| {});
+        let d = said(&mut e, client(3), 1, b"RCPT TO:<victim@example.com>\r\n");
+        assert_eq!(d.verdict, Verdict::Drop);
+        assert!(e.blacklist().list(0).get(client(3).0, T0).is_some());
+    }
+
+    #[test]
+    fn the_unparsed_policy_decides_bytes_that_are_no_packet() {
+        let garbage = [0x45u8, 0, 0, 3];
+        let mut e = engine("packet", "reject", |_| {});
+        let d = e.decide(&garbage, T0);
+        assert_eq!(d.verdict, Verdict::Accept);
+        assert!(matches!(d.reason, Reason::Unparsed(_)));
+        let mut flags = Flags {
+            string: vec!["x".into()],
+            ..Flags::default()
+        };
+        flags.ports = vec![25];
+        let mut config = Config::build(None, &flags).expect("valid flags");
+        config.engine.on_unparsed = UnparsedPolicy::Drop;
+        let mut e = Engine::new(&config);
+        let d = e.decide(&garbage, T0);
+        assert_eq!(d.verdict, Verdict::Drop);
+        assert!(matches!(d.reason, Reason::Unparsed(_)));
+        assert_eq!(e.stats().unparsed_total(), 1);
+    }
+
+    /// A smtp-mode session after STARTTLS (answered 220) is bypassed; without bypass it stays
+    /// queued and accepted.
+    #[test]
+    fn bypass_after_starttls_and_no_bypass() {
+        let mut s = Script::new(client(4), SERVER);
+        for (c, text) in [
+            (false, &b"220 mx.hosted.test ESMTP\r\n"[..]),
+            (true, b"EHLO x\r\n"),
+            (false, b"250 ok\r\n"),
+            (true, b"STARTTLS\r\n"),
+            (false, b"220 go ahead\r\n"),
+            (true, b"\x16\x03\x01 encrypted bytes @example.com"),
+        ] {
+            s.steps.push(if c {
+                Step::Client(text.to_vec())
+            } else {
+                Step::Server(text.to_vec())
+            });
+        }
+        let last = |e: &mut Engine| {
+            let mut last = None;
+            for f in s.packets(Shape::WHOLE, T0) {
+                last = Some(e.decide(&f.ip, f.ts));
+            }
+            last.expect("packets")
+        };
+        let d = last(&mut engine("smtp", "reject", |_| {}));
+        assert_eq!((d.verdict, d.reason), (Verdict::Bypass, Reason::Bypassed));
+        let mut e = engine("smtp", "reject", |f| f.no_bypass = true);
+        let d = last(&mut e);
+        assert_eq!(d.verdict, Verdict::Accept);
+        assert!(e.blacklist().list(0).get(client(4).0, T0).is_none());
+    }
+
+    /// Stream mode: a pattern cut across segments is found; a segment too far ahead of the
+    /// stream is dropped (TCP sends it again) rather than skipped.
+    #[test]
+    fn stream_mode_joins_segments_and_bounds_what_it_holds() {
+        let mut e = engine("stream", "reject", |_| {});
+        let syn = tcp_flags_segment(client(5), SERVER, 99, 0, 0x02, b"");
+        assert_eq!(e.decide(&syn, T0).verdict, Verdict::Accept);
+        let d = said(&mut e, client(5), 100, b"RCPT TO:<v@exam");
+        assert_eq!(d.verdict, Verdict::Accept);
+        let d = said(&mut e, client(5), 115, b"ple.com>\r\n");
+        assert_eq!(
+            (d.verdict, d.reason),
+            (Verdict::Reset, Reason::Matched { rule: 0 })
+        );
+
+        let mut e = engine("stream", "reject", |_| {});
+        let syn = tcp_flags_segment(client(6), SERVER, 99, 0, 0x02, b"");
+        assert_eq!(e.decide(&syn, T0).verdict, Verdict::Accept);
+        let far = 100 + crate::flow::MAX_AHEAD + 10;
+        let d = said(&mut e, client(6), far, b"later bytes");
+        assert_eq!((d.verdict, d.reason), (Verdict::Drop, Reason::FlowLimit));
+        assert!(e.blacklist().list(0).get(client(6).0, T0).is_none());
     }
 }

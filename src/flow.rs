@@ -1,4 +1,4 @@
-//! Per-flow state for the `stream` and `smtp` matching modes (DESIGN §6), all pure.
+//! Per-flow state for the `stream` and `smtp` matching modes (docs/ARCHITECTURE.md, *Flows*), all pure.
 //!
 //! - [`Reasm`] turns a side's TCP segments into its in-order byte stream: retransmitted bytes
 //!   are never handed out twice, segments ahead of a gap are held (at most [`MAX_HELD`] segments

@@ -1,6 +1,6 @@
-//! iptables rules as users have them (issue 6): an `iptables-save` file, or a shell script of
+//! iptables rules as users have them: an `iptables-save` file, or a shell script of
 //! `iptables` / `ip6tables` commands. Parsed into [`Rule`]s that print back in `iptables -S`
-//! save form (KERNEL-SPEC §2.3, §3.1); option combinations iptables refuses are refused with
+//! save form (docs/KERNEL.md §2.3, §3.1); option combinations iptables refuses are refused with
 //! its reasons; anything outside the supported set is an error naming the line and the part.
 //!
 //! Supported: `-N`, `-A`, `-I [N]` (and, in scripts, `-F`/`-X`/`-Z`/`-P` as no-ops), `-t TABLE`,
@@ -45,7 +45,7 @@ pub enum RecentCmd {
     Remove,
 }
 
-/// `-m recent` (KERNEL-SPEC §3.1).
+/// `-m recent` (docs/KERNEL.md §3.1).
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct Recent {
     pub cmd: RecentCmd,

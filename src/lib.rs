@@ -38,6 +38,7 @@ pub mod scan;
 pub mod script;
 pub mod store;
 pub mod time;
+pub mod verdict;
 
 pub use config::Config;
 pub use engine::{Decision, Engine, Reason, Verdict};

@@ -1,7 +1,8 @@
-//! Prometheus metrics (text exposition format 0.0.4) on an opt-in TCP listener (DESIGN §8).
-//!
-//! [`render`] is pure: counters in, text out (tested with strings). [`serve`] answers
-//! `GET /metrics` (any path, in fact) over plain HTTP/1.x, one response per connection.
+//! The daemon's counters: one [`Snapshot`], rendered three ways — the periodic log line
+//! ([`Snapshot::line`]), `stringban stats` ([`Snapshot::json`]) and the Prometheus text
+//! exposition 0.0.4 ([`render`]) — so the three never drift apart. All three are pure:
+//! counters in, text out (tested with strings). [`serve`] answers `GET /metrics` (any path, in
+//! fact) over plain HTTP/1.x on an opt-in TCP listener, one response per connection.
 
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Write};
@@ -50,8 +51,16 @@ pub struct Snapshot<'a> {
     pub queues: &'a [QueueCounters],
     pub latency: &'a Latency,
     pub malformed: u64,
+    /// Worker wake-ups (the log line's packets per wake-up).
+    pub wakeups: u64,
     pub sockets_destroyed: u64,
     pub reset_by_mark: u64,
+    /// RSTs crafted toward the local side (with `reset_by_mark`, where SOCK_DESTROY cannot).
+    pub crafted: u64,
+    /// Packets the kernel queued as GSO super-packets, and with their checksum not yet filled
+    /// in (both normal on locally generated traffic; shown for diagnosis).
+    pub gso: u64,
+    pub csum_not_ready: u64,
     /// `add --reset`: sessions destroyed on request, and requests that could not reset.
     pub reset_on_request: u64,
     pub reset_failures: u64,
@@ -59,6 +68,143 @@ pub struct Snapshot<'a> {
     pub control_refused: u64,
     /// The state directory's health (not shown without one).
     pub store: crate::persist::Status,
+}
+
+impl Snapshot<'_> {
+    /// The periodic log line.
+    pub fn line(&self) -> String {
+        let e = self.engine;
+        let (qd, ud) = self.queues.iter().fold((0, 0), |(q, u), c| {
+            (q + c.queue_dropped, u + c.user_dropped)
+        });
+        let banned: usize = self.blacklist.lists().iter().map(|l| l.len()).sum();
+        format!(
+            "packets {} accept {} drop {} reset {} (sockets destroyed {}, by REJECT {} with {} \
+             crafted local RSTs) bypass {} bans {} banned-now {} unparsed {} malformed {} kernel \
+             queue_dropped {} user_dropped {} avg-batch {:.1} flows {} bypassed {} sessions {} \
+             packets/session mean {:.1} max {} gso {} csum-not-ready {} store {}",
+            e.packets,
+            e.verdict(Verdict::Accept),
+            e.verdict(Verdict::Drop),
+            e.verdict(Verdict::Reset),
+            self.sockets_destroyed,
+            self.reset_by_mark,
+            self.crafted,
+            e.verdict(Verdict::Bypass),
+            e.bans_new,
+            banned,
+            e.unparsed_total(),
+            self.malformed,
+            qd,
+            ud,
+            e.packets as f64 / self.wakeups.max(1) as f64,
+            e.flows_new,
+            e.flows_bypassed,
+            e.sessions,
+            e.session_packets as f64 / e.sessions.max(1) as f64,
+            e.session_packets_max,
+            self.gso,
+            self.csum_not_ready,
+            match (&self.store.enabled, self.store.healthy) {
+                (false, _) => "none",
+                (true, true) => "healthy",
+                (true, false) => "FAILING",
+            }
+        )
+    }
+
+    /// `stringban stats`.
+    pub fn json(&self) -> serde_json::Value {
+        use serde_json::json;
+        use std::sync::atomic::Ordering::Relaxed;
+        let e = self.engine;
+        let lists: Vec<_> = self
+            .blacklist
+            .lists()
+            .iter()
+            .map(|l| {
+                let s = l.stats();
+                json!({
+                    "name": l.config().name,
+                    "size": l.len(),
+                    "added": s.added.load(Relaxed),
+                    "renewed": s.renewed.load(Relaxed),
+                    "hits": s.hits.load(Relaxed),
+                    "expired": s.expired.load(Relaxed),
+                    "evicted": s.evicted.load(Relaxed),
+                    "removed": s.removed.load(Relaxed),
+                })
+            })
+            .collect();
+        let queues: Vec<_> = self
+            .queues
+            .iter()
+            .map(|c| json!({"queue": c.queue, "queue_dropped": c.queue_dropped, "user_dropped": c.user_dropped}))
+            .collect();
+        json!({
+            "packets": e.packets,
+            "bytes": e.bytes,
+            "verdicts": {
+                "accept": e.verdict(Verdict::Accept),
+                "bypass": e.verdict(Verdict::Bypass),
+                "drop": e.verdict(Verdict::Drop),
+                "reset": e.verdict(Verdict::Reset),
+            },
+            "matches": e.matches,
+            "banned_packets": e.banned,
+            "unparsed": e.unparsed_total(),
+            "malformed": self.malformed,
+            "sockets_destroyed": self.sockets_destroyed,
+            "reset_by_mark": self.reset_by_mark,
+            "crafted_local_rsts": self.crafted,
+            "gso_packets": self.gso,
+            "csum_not_ready_packets": self.csum_not_ready,
+            "wakeups": self.wakeups,
+            "flows_new": e.flows_new,
+            "flows_bypassed": e.flows_bypassed,
+            "sessions": e.sessions,
+            "session_packets": e.session_packets,
+            "smtp": e.smtp_json(),
+            "sessions_reset_on_request": self.reset_on_request,
+            "reset_on_request_failures": self.reset_failures,
+            "control_refused": self.control_refused,
+            "store": store_json(&self.store),
+            "lists": lists,
+            "kernel_queues": queues,
+        })
+    }
+}
+
+/// The store's health for `stats` (null without a state directory).
+fn store_json(s: &crate::persist::Status) -> serde_json::Value {
+    use serde_json::json;
+    if !s.enabled {
+        return serde_json::Value::Null;
+    }
+    let when = |t: u64| if t == 0 { json!(null) } else { json!(t) };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let age = |t: u64| {
+        if t == 0 {
+            json!(null)
+        } else {
+            json!(now.saturating_sub(t))
+        }
+    };
+    json!({
+        "healthy": s.healthy,
+        "errors": s.errors,
+        "recoveries": s.recoveries,
+        "last_error": if s.last_error.is_empty() { json!(null) } else { json!(s.last_error) },
+        "failing_since": when(s.failing_since),
+        "pending_records": s.pending,
+        "last_fsync": when(s.last_fsync),
+        "last_fsync_age_s": age(s.last_fsync),
+        "last_snapshot": when(s.last_snapshot),
+        "last_snapshot_age_s": age(s.last_snapshot),
+    })
 }
 
 fn escape(v: &str) -> String {
@@ -292,6 +438,31 @@ pub fn render(s: &Snapshot<'_>) -> String {
     );
     head(
         &mut o,
+        "stringban_crafted_local_rsts_total",
+        "counter",
+        "RSTs crafted toward the local side where SOCK_DESTROY could not reset it.",
+    );
+    let _ = writeln!(o, "stringban_crafted_local_rsts_total {}", s.crafted);
+    head(
+        &mut o,
+        "stringban_gso_packets_total",
+        "counter",
+        "Packets queued as GSO super-packets.",
+    );
+    let _ = writeln!(o, "stringban_gso_packets_total {}", s.gso);
+    head(
+        &mut o,
+        "stringban_csum_not_ready_packets_total",
+        "counter",
+        "Packets queued with their checksum not yet filled in.",
+    );
+    let _ = writeln!(
+        o,
+        "stringban_csum_not_ready_packets_total {}",
+        s.csum_not_ready
+    );
+    head(
+        &mut o,
         "stringban_reset_on_request_failures_total",
         "counter",
         "add --reset requests whose sessions could not be reset (the address was banned).",
@@ -460,7 +631,7 @@ mod tests {
             user_dropped: 4,
             ..QueueCounters::default()
         }];
-        let text = render(&Snapshot {
+        let snap = Snapshot {
             engine: &e,
             rule_names: &["@example.com".to_string()],
             blacklist: &bl,
@@ -472,6 +643,10 @@ mod tests {
             reset_on_request: 2,
             reset_failures: 0,
             control_refused: 3,
+            wakeups: 2,
+            crafted: 4,
+            gso: 5,
+            csum_not_ready: 6,
             store: crate::persist::Status {
                 enabled: true,
                 healthy: false,
@@ -479,12 +654,33 @@ mod tests {
                 pending: 7,
                 ..Default::default()
             },
-        });
+        };
+        let text = render(&snap);
+        // The three renderings show the same counters.
+        let json = snap.json();
+        assert_eq!(json["packets"], 10);
+        assert_eq!(json["crafted_local_rsts"], 4);
+        assert_eq!(json["gso_packets"], 5);
+        assert_eq!(json["csum_not_ready_packets"], 6);
+        assert_eq!(json["store"]["pending_records"], 7);
+        assert_eq!(json["kernel_queues"][0]["queue_dropped"], 3);
+        let line = snap.line();
+        for want in [
+            "packets 10 ",
+            "with 4 crafted local RSTs",
+            "gso 5 csum-not-ready 6 store FAILING",
+            "queue_dropped 3 user_dropped 4",
+        ] {
+            assert!(line.contains(want), "missing {want:?} in {line}");
+        }
         for want in [
             "stringban_packets_total 10\n",
             "stringban_resets_total{how=\"on_request\"} 2\n",
             "stringban_control_refused_total 3\n",
             "stringban_store_healthy 0\n",
+            "stringban_crafted_local_rsts_total 4\n",
+            "stringban_gso_packets_total 5\n",
+            "stringban_csum_not_ready_packets_total 6\n",
             "stringban_store_errors_total 2\n",
             "stringban_store_pending_records 7\n",
             "stringban_verdicts_total{verdict=\"reset\"} 1\n",

@@ -1,4 +1,4 @@
-//! The daemon's hold on its state directory when the disk misbehaves (DESIGN §7).
+//! The daemon's hold on its state directory when the disk misbehaves (docs/ARCHITECTURE.md, *Durable bans*).
 //!
 //! The blacklist in memory is the truth; the journal and the snapshot are its copy on disk.
 //! When a write, an fsync or a snapshot fails (disk full, out of file descriptors, an I/O

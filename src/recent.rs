@@ -1,4 +1,4 @@
-//! xt_recent, reproduced (KERNEL-SPEC §3.2): tables by name holding, per address, a TTL and a
+//! xt_recent, reproduced (docs/KERNEL.md §3.2): tables by name holding, per address, a TTL and a
 //! ring of timestamps; least-recently-*set-or-updated* order; `--seconds` counting stamps at or
 //! after the cutoff; `--hitcount`; `--reap` looking at the LRU head only; `--rttl`; the
 //! table's mask fixed by the rule that created it; invert exactly as the kernel (including

@@ -1,4 +1,4 @@
-//! A string-match rule with exact xt_string semantics (KERNEL-SPEC §2), and its filters.
+//! A string-match rule with exact xt_string semantics (docs/KERNEL.md §2), and its filters.
 //!
 //! Offsets count from the first byte of the IP header; a rule matches when the whole pattern lies
 //! in `[from, min(to, len))` (current kernels, ≥ 6.7). `icase` folds with the kernel's Latin-1
@@ -264,7 +264,7 @@ impl fmt::Display for Ports {
 mod tests {
     use super::*;
 
-    /// The examples of KERNEL-SPEC §2.2, checked there against a port of iptables' function.
+    /// The examples of docs/KERNEL.md §2.2 (iptables' `parse_hex_string`).
     #[test]
     fn hex_string_grammar() {
         let ok: &[(&str, &[u8])] = &[
@@ -412,7 +412,7 @@ impl Action {
     }
 }
 
-/// How a rule looks at the traffic (DESIGN §6).
+/// How a rule looks at the traffic (docs/ARCHITECTURE.md, *Flows*).
 #[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
 pub enum Mode {
     /// Each packet on its own, exactly as xt_string.

@@ -328,7 +328,7 @@ mod tests {
         }
     }
 
-    /// KERNEL-SPEC §2.6: "foo bar baz" at offset X in a UDP/IPv4 packet, four rules.
+    /// docs/KERNEL.md §2.6: "foo bar baz" at offset X in a UDP/IPv4 packet, four rules.
     /// Expected results are the kernel ≥ 6.7's on linear data (the one divergence, X = 1495
     /// where kernel bm misses across a fragment boundary, is listed as such).
     #[test]

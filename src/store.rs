@@ -1,4 +1,4 @@
-//! Durable bans (DESIGN §7): a snapshot file and an append-only journal in a state directory.
+//! Durable bans (docs/ARCHITECTURE.md, *Durable bans*): a snapshot file and an append-only journal in a state directory.
 //!
 //! ```text
 //! bans.snapshot   header: magic "SBSNAPSH", version, generation, record count, list names,
@@ -481,25 +481,35 @@ struct Scan {
 /// Passes every valid block's records to `each`, reading `r` to its end. Version 2 resyncs
 /// after damage on the next block magic whose count and checksum hold; version 1 (no magic)
 /// skips a block whose checksum fails and stops at a damaged count.
-fn scan_blocks(r: &mut impl Read, version: u32, mut each: impl FnMut(&[u8]) -> bool) -> Scan {
+/// `chunk`: bytes read at a time (at least a block; a load reads 1 MiB, a check of a small
+/// file a block).
+fn scan_blocks(
+    r: &mut impl Read,
+    version: u32,
+    chunk: usize,
+    mut each: impl FnMut(&[u8]) -> bool,
+) -> Scan {
     let mut scan = Scan::default();
     let head = if version >= 2 { BLOCK_HEAD } else { 8 };
     let whole = head + BLOCK * RECORD;
-    let mut pending: Vec<u8> = Vec::with_capacity(2 * whole);
-    let mut buf = vec![0u8; whole];
+    let chunk = chunk.max(whole);
+    let mut pending: Vec<u8> = Vec::with_capacity(whole + chunk);
     let (mut pos, mut eof, mut in_damage) = (0usize, false, false);
     loop {
-        // Refill so that a whole block is available when it exists.
+        // Refill so that a whole block is available when it exists (read straight into the
+        // buffer's tail: one copy).
         if !eof && pending.len() - pos < whole {
             pending.drain(..pos);
             pos = 0;
             while pending.len() < whole {
-                let n = read_up_to(r, &mut buf);
+                let at = pending.len();
+                pending.resize(at + chunk, 0);
+                let n = read_up_to(r, &mut pending[at..]);
+                pending.truncate(at + n);
                 if n == 0 {
                     eof = true;
                     break;
                 }
-                pending.extend_from_slice(&buf[..n]);
             }
         }
         let rest = &pending[pos..];
@@ -599,6 +609,7 @@ fn check_from<F: Read + io::Seek>(f: &mut F) -> Check {
     let scan = scan_blocks(
         &mut f.take(at.blocks.1 - at.blocks.0),
         at.header.version,
+        0,
         |_| true,
     );
     check.records = scan.records;
@@ -707,6 +718,7 @@ fn load_snapshot_from<F: Read + io::Seek>(
         let scan = scan_blocks(
             &mut r.take(at.blocks.1 - at.blocks.0),
             header.version,
+            1 << 20,
             |body| tx.send(body.to_vec()).is_ok(),
         );
         drop(tx);
@@ -1576,7 +1588,12 @@ mod tests {
         let (_, loaded) = Store::open(&d.0, &b2, T0).unwrap();
         assert_eq!(b2.list(0).len(), 98);
         assert_eq!(loaded.problems.len(), 3, "{:?}", loaded.problems);
-        assert!(loaded.problems.iter().any(|p| p.contains("bans.journal.damaged")));
+        assert!(
+            loaded
+                .problems
+                .iter()
+                .any(|p| p.contains("bans.journal.damaged"))
+        );
     }
 
     #[test]

@@ -76,7 +76,8 @@ fn expected(dir: &Path) -> Vec<Row> {
 /// the connection's server port, convicts that connection's client.
 #[test]
 fn a_recipient_domain_rule_convicts_each_client() {
-    let Some(dir) = common::real_pcaps() else {
+    let Some(dir) = common::real_pcaps("replay_real::a_recipient_domain_rule_convicts_each_client")
+    else {
         return;
     };
     let rows = expected(&dir);
@@ -104,7 +105,7 @@ fn a_recipient_domain_rule_convicts_each_client() {
 /// The first recipient domain alone convicts each client, and every match resets.
 #[test]
 fn the_first_recipient_domain_is_enough() {
-    let Some(dir) = common::real_pcaps() else {
+    let Some(dir) = common::real_pcaps("replay_real::the_first_recipient_domain_is_enough") else {
         return;
     };
     for row in expected(&dir).iter().filter(|r| !r.rcpt_domains.is_empty()) {
@@ -129,7 +130,7 @@ fn the_first_recipient_domain_is_enough() {
 /// every link type) replays without an error.
 #[test]
 fn an_absent_domain_convicts_nothing() {
-    let Some(dir) = common::real_pcaps() else {
+    let Some(dir) = common::real_pcaps("replay_real::an_absent_domain_convicts_nothing") else {
         return;
     };
     let mut files: Vec<String> = std::fs::read_dir(&dir)
@@ -157,7 +158,7 @@ fn an_absent_domain_convicts_nothing() {
 /// convicts it and not the other.
 #[test]
 fn only_the_matching_client_is_convicted() {
-    let Some(dir) = common::real_pcaps() else {
+    let Some(dir) = common::real_pcaps("replay_real::only_the_matching_client_is_convicted") else {
         return;
     };
     let report = run(&dir, &["zeek_smtp.pcap"], "hotmail.com", 25);
@@ -175,7 +176,7 @@ fn only_the_matching_client_is_convicted() {
 /// IPv6 clients are banned by /64 (the default prefix).
 #[test]
 fn ipv6_client_banned_by_prefix() {
-    let Some(dir) = common::real_pcaps() else {
+    let Some(dir) = common::real_pcaps("replay_real::ipv6_client_banned_by_prefix") else {
         return;
     };
     let report = run(&dir, &["zeek_smtp-attachment-msg.pcap"], "@example.com", 25);
@@ -200,7 +201,9 @@ fn smtp_flags(string: &str, port: u16, bypass: bool) -> Flags {
 /// commands after a refused DATA.
 #[test]
 fn smtp_mode_convicts_exactly_the_envelope_domains() {
-    let Some(dir) = common::real_pcaps() else {
+    let Some(dir) =
+        common::real_pcaps("replay_real::smtp_mode_convicts_exactly_the_envelope_domains")
+    else {
         return;
     };
     let rows = expected(&dir);
@@ -247,7 +250,9 @@ fn smtp_mode_convicts_exactly_the_envelope_domains() {
 /// transaction's envelope counts, so the convictions are exactly those of the full reading.
 #[test]
 fn smtp_mode_with_bypass_reads_every_transaction() {
-    let Some(dir) = common::real_pcaps() else {
+    let Some(dir) =
+        common::real_pcaps("replay_real::smtp_mode_with_bypass_reads_every_transaction")
+    else {
         return;
     };
     for row in expected(&dir).iter().filter(|r| !r.rcpt_domains.is_empty()) {
@@ -276,7 +281,9 @@ fn smtp_mode_with_bypass_reads_every_transaction() {
 /// would) convicts nobody in smtp mode — including text inside BDAT chunks.
 #[test]
 fn smtp_mode_ignores_domains_in_headers_and_bodies() {
-    let Some(dir) = common::real_pcaps() else {
+    let Some(dir) =
+        common::real_pcaps("replay_real::smtp_mode_ignores_domains_in_headers_and_bodies")
+    else {
         return;
     };
     let cases = [

@@ -1,4 +1,4 @@
-//! Smtp mode follows every transaction of a session (issue 10): crafted captures of each evasion
+//! Smtp mode follows every transaction of a session: crafted captures of each evasion
 //! and false-positive class, each whole, cut at random places, out of order and retransmitted, in
 //! Ethernet and raw-IP captures, replayed with default flags and with `--no-bypass`, under a
 //! string rule and under `--rcpt-domain` rules: the banned set is exactly the spam senders.

@@ -1,5 +1,5 @@
 //! The kernel rules stringban installs: a `STRINGBAN` chain that queues protected traffic to the
-//! daemon and acts on the marks its verdicts set (DESIGN §4).
+//! daemon and acts on the marks its verdicts set (docs/ARCHITECTURE.md, *The live daemon*).
 //!
 //! ```text
 //! -I INPUT -p tcp -m multiport --dports 25 -j STRINGBAN

@@ -1,4 +1,4 @@
-//! Kernel offload (DESIGN §7): bans mirrored into ipsets, so that a banned source's packets —
+//! Kernel offload: bans mirrored into ipsets, so that a banned source's packets —
 //! its SYNs above all — are dropped by one `-m set` rule before they are queued.
 //!
 //! Two `hash:net` sets (`stringban-v4`, `stringban-v6`) with per-entry timeouts hold every

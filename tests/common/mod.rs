@@ -29,16 +29,34 @@ impl Drop for TempDir {
     }
 }
 
-/// `../shared/pcaps/real` beside the repository, if it is there.
-pub fn real_pcaps() -> Option<PathBuf> {
+/// `../shared/pcaps/real` beside the repository, if it is there. When it is not, the test that
+/// asked (`test`) is recorded as skipped — never to be counted as passed: a line in the file
+/// named by `STRINGBAN_SKIPPED` (set by `scripts/test`, whose summary subtracts and lists them)
+/// and on stderr. Under CI (`CI=true`), which has the captures beside the clone, their absence
+/// fails the test.
+pub fn real_pcaps(test: &str) -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/pcaps/real");
     if dir.join("expected.tsv").is_file() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "SKIPPED: {} not found; the golden replays need the shared captures",
-            dir.display()
-        );
-        None
+        return Some(dir);
     }
+    let why = format!(
+        "{} not found; the golden replays need the shared captures",
+        dir.display()
+    );
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI runs beside ../shared: {why}"
+    );
+    eprintln!("SKIPPED {test}: {why}");
+    if let Some(log) = std::env::var_os("STRINGBAN_SKIPPED") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(log)
+        {
+            let _ = writeln!(f, "SKIPPED {test}: {why}");
+        }
+    }
+    None
 }

@@ -1,0 +1,72 @@
+//! What the engine answers for a packet: a [`Verdict`] for the shell to carry out and the
+//! [`Reason`] for it. Plain data, shared by the engine, the imported iptables chains, the
+//! replay report and the daemon.
+
+use crate::blacklist::{ListId, RuleId};
+use crate::parse;
+
+/// What the shell does with the packet.
+#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
+pub enum Verdict {
+    /// Let it through.
+    Accept,
+    /// Let it through and stop queueing its flow.
+    Bypass,
+    /// Discard it.
+    Drop,
+    /// Discard it and reset the connection.
+    Reset,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 4] = [
+        Verdict::Accept,
+        Verdict::Bypass,
+        Verdict::Drop,
+        Verdict::Reset,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Accept => "accept",
+            Verdict::Bypass => "bypass",
+            Verdict::Drop => "drop",
+            Verdict::Reset => "reset",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Why the engine decided as it did.
+#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
+pub enum Reason {
+    /// The source is in a ban list.
+    Banned { list: ListId },
+    /// Looked at, nothing matched.
+    Clean,
+    /// A rule matched.
+    Matched { rule: RuleId },
+    /// Not to a protected port: not the engine's business.
+    Unguarded,
+    /// The server's side of a flow followed in smtp mode (read for its replies).
+    Reply,
+    /// The flow is past its envelope (or its byte budget): let through uninspected.
+    Bypassed,
+    /// Out of order beyond what a flow holds: dropped so that TCP sends it again later.
+    FlowLimit,
+    /// Imported iptables rules decided: the file line of the rule, or None for the policy.
+    Iptables { line: Option<u32> },
+    /// The bytes are not a packet we can read.
+    Unparsed(parse::Error),
+}
+
+/// The engine's answer for one packet.
+#[must_use]
+#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub reason: Reason,
+}
