@@ -326,7 +326,7 @@ fn matches(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attack::tcp_segment;
+    use crate::craft::tcp_segment;
     use crate::iptables::parse;
     use crate::verdict::Verdict;
 

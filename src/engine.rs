@@ -824,8 +824,8 @@ fn convict(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attack::{tcp_flags_segment, tcp_segment};
     use crate::config::Flags;
+    use crate::craft::{tcp_flags_segment, tcp_segment};
     use crate::script::{Script, Shape, Step};
     use std::net::{IpAddr, Ipv4Addr};
 

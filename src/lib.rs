@@ -23,6 +23,7 @@ pub mod blacklist;
 pub mod chains;
 pub mod config;
 pub mod control;
+pub mod craft;
 pub mod daemon;
 pub mod engine;
 pub mod flow;

@@ -12,7 +12,8 @@
 
 use std::net::IpAddr;
 
-use crate::attack::{Rng, ethernet_frame_header, tcp_flags_segment};
+use crate::attack::Rng;
+use crate::craft::{ethernet_header, tcp_flags_segment};
 use crate::io::pcap::{Writer, linktype};
 use crate::time::{Duration, Instant};
 
@@ -173,8 +174,7 @@ pub fn write_pcap(out: impl std::io::Write, link: u32, frames: &[Frame]) -> std:
     let mut w = Writer::new(out, link)?;
     for f in frames {
         if link == linktype::ETHERNET {
-            let eth =
-                ethernet_frame_header(f.ip.first().is_some_and(|b| b >> 4 == 6), f.from_client);
+            let eth = ethernet_header(f.ip.first().is_some_and(|b| b >> 4 == 6), f.from_client);
             w.write(f.ts, &[&eth, &f.ip])?;
         } else {
             w.write(f.ts, &[&f.ip])?;

@@ -2,8 +2,8 @@
 //! allocator counts every live byte). The bar: at most 256 bytes per flow plus its carry bytes.
 
 use std::net::{IpAddr, Ipv4Addr};
-use stringban::attack::tcp_segment;
 use stringban::config::{Config, Flags};
+use stringban::craft::tcp_segment;
 use stringban::{Engine, Instant, Verdict};
 
 #[path = "common/counting.rs"]

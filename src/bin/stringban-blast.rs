@@ -16,7 +16,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use stringban::attack::tcp_segment;
+use stringban::craft::tcp_segment;
 
 struct Args {
     dst: Ipv4Addr,

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::os::fd::{FromRawFd, OwnedFd};
 
 use super::nfqueue::{send_to, setsockopt};
-use crate::attack::tcp_rst;
+use crate::craft::tcp_rst;
 
 /// Raw sockets (IPv4 and IPv6) that send crafted RSTs with a mark.
 #[derive(Debug)]
