@@ -1,0 +1,72 @@
+//! The daemon's counters gathered into one [`crate::metrics::Snapshot`], rendered as the log
+//! line, `stats` and the metrics.
+
+use super::*;
+
+/// The Prometheus exposition of every counter.
+pub(super) fn metrics_text(shared: &Shared, blacklist: &Blacklist) -> String {
+    with_counters(shared, blacklist, crate::metrics::render)
+}
+
+/// Every counter as JSON (`stringban stats`).
+pub(super) fn stats_json(shared: &Shared, blacklist: &Blacklist) -> serde_json::Value {
+    with_counters(shared, blacklist, |s| s.json())
+}
+
+/// Every worker's counters, summed.
+pub(super) fn total_stats(shared: &Shared) -> WorkerStats {
+    let mut total = WorkerStats::default();
+    for s in &shared.stats {
+        let s = lock(s);
+        total.engine.merge(&s.engine);
+        total.malformed += s.malformed;
+        total.destroyed += s.destroyed;
+        total.reset_by_mark += s.reset_by_mark;
+        total.crafted += s.crafted;
+        total.gso += s.gso;
+        total.csum_not_ready += s.csum_not_ready;
+        total.wakeups += s.wakeups;
+        total.latency.merge(&s.latency);
+    }
+    total
+}
+
+/// The log line of every counter.
+pub(super) fn summary(shared: &Shared, blacklist: &Blacklist) -> String {
+    with_counters(shared, blacklist, |s| s.line())
+}
+
+/// One snapshot of every counter — the workers' summed, the shared ones, the lists, the kernel's
+/// queue counters, the store's health — handed to `f` (the log line, `stats`, the metrics: one
+/// source, three renderings).
+pub(super) fn with_counters<R>(
+    shared: &Shared,
+    blacklist: &Blacklist,
+    f: impl FnOnce(&crate::metrics::Snapshot<'_>) -> R,
+) -> R {
+    let total = total_stats(shared);
+    let names: Vec<String> = lock(&shared.config)
+        .rules
+        .iter()
+        .map(|r| r.name.clone())
+        .collect();
+    let queues = kernel_counters();
+    f(&crate::metrics::Snapshot {
+        engine: &total.engine,
+        rule_names: &names,
+        blacklist,
+        queues: &queues,
+        latency: &total.latency,
+        malformed: total.malformed,
+        wakeups: total.wakeups,
+        sockets_destroyed: total.destroyed,
+        reset_by_mark: total.reset_by_mark,
+        crafted: total.crafted,
+        gso: total.gso,
+        csum_not_ready: total.csum_not_ready,
+        reset_on_request: shared.reset_on_request.load(Relaxed),
+        reset_failures: shared.reset_failures.load(Relaxed),
+        control_refused: shared.control_refused.load(Relaxed),
+        store: shared.store_health.status(),
+    })
+}

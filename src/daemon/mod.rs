@@ -1,0 +1,506 @@
+//! `stringban run`: the live daemon. One worker thread per NFQUEUE queue, each with its own
+//! [`Engine`] sibling over the shared blacklist; the main thread handles signals, reloads,
+//! expiry and the periodic summary.
+//!
+//! Verdict mapping (docs/ARCHITECTURE.md, *The live daemon*):
+//! - Accept and Drop → run-length batch verdicts: each run of consecutive packets with the same
+//!   verdict is one `NFQNL_MSG_VERDICT_BATCH`, all of a wake-up's verdicts in one `sendto`;
+//! - Reset → drop, and destroy the local socket with `SOCK_DESTROY` (the MTA's session is
+//!   aborted at once and the kernel sends the remote a RST). Where that is unsupported or no
+//!   local socket has the 4-tuple, the packet is repeated with the RESET mark, so the kernel's
+//!   REJECT rule resets the remote;
+//! - Bypass → repeated with the BYPASS mark, which the rules save into the connmark.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration as StdDuration, SystemTime, UNIX_EPOCH};
+
+use tracing::{error, info, warn};
+
+use crate::blacklist::Blacklist;
+use crate::config::Config;
+use crate::engine::{Engine, Stats, Verdict};
+use crate::io::firewall::{self, Marks, RulesConfig};
+use crate::io::nfqueue::codec::{self, Builder};
+use crate::io::nfqueue::{Queue, QueueConfig, QueueError, kernel_counters};
+use crate::io::offload::Offload;
+use crate::io::rst::RstInjector;
+use crate::io::sockdiag::{Destroyed, SockDiag};
+use crate::parse::{self, Transport};
+use crate::persist::{Disk, Health};
+use crate::store::Store;
+use crate::time::Instant;
+
+mod changes;
+mod control;
+mod counters;
+mod guards;
+mod worker;
+
+use changes::changes_loop;
+use control::{apply_lists, control_loop};
+use counters::{metrics_text, stats_json, summary};
+use guards::{PidFile, RulesGuard, RulesLock, SocketGuard};
+pub use worker::WorkerStats;
+use worker::worker;
+
+/// Everything `run` needs besides the rule configuration.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub queues: (u16, u16),
+    pub queue: QueueConfig,
+    pub install_rules: bool,
+    pub fail_open: bool,
+    /// Who writes the rules; None: auto ([`firewall::choose`]).
+    pub firewall: Option<firewall::Backend>,
+    pub marks: Marks,
+    pub pidfile: Option<PathBuf>,
+    pub summary_every: StdDuration,
+    /// Abort local sockets with SOCK_DESTROY when a flow is reset; false forces the fallback
+    /// (REJECT for the remote, a crafted RST for the local side).
+    pub sock_destroy: bool,
+    /// Where bans are kept across restarts (snapshot + journal); None: nowhere.
+    pub state_dir: Option<PathBuf>,
+    /// How often the journal is fsync'd (a crash loses at most the bans of this last interval).
+    pub fsync_every: StdDuration,
+    /// How often the journal is folded into a new snapshot.
+    pub snapshot_every: StdDuration,
+    /// The control socket; None: none.
+    pub control_socket: Option<PathBuf>,
+    /// A group given read-write access to the control socket (mode 0660), e.g. the MTA's, so
+    /// that its ACL can call `stringban add --reset`; None: root only (mode 0600).
+    pub control_group: Option<u32>,
+    /// Where Prometheus metrics are served (host:port); None: nowhere.
+    pub metrics: Option<String>,
+    /// Mirror bans into ipsets dropped before the queue.
+    pub offload: bool,
+}
+
+/// Reads the configuration again (SIGHUP).
+pub type Reload = Box<dyn Fn() -> Result<Config, String> + Send>;
+
+/// The wall clock as an engine [`Instant`].
+pub fn now() -> Instant {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Instant::from_micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+struct Shared {
+    /// The recent tables of imported iptables rules: one set for every worker and reload.
+    recent: Mutex<Option<Arc<Mutex<crate::recent::Tables>>>>,
+    stop: AtomicBool,
+    /// Set once every worker has stopped: the store saves what is left and exits.
+    store_stop: AtomicBool,
+    generation: AtomicU64,
+    config: Mutex<Config>,
+    stats: Vec<Mutex<WorkerStats>>,
+    /// `add --reset`: sessions destroyed, and requests whose sessions could not be reset.
+    reset_on_request: AtomicU64,
+    reset_failures: AtomicU64,
+    /// Control connections refused (pool full) or not accepted (an accept error).
+    control_refused: AtomicU64,
+    store_health: Health,
+}
+
+/// Why the daemon could not start (exit code 2 for the caller) or failed (1).
+#[derive(Debug)]
+pub enum DaemonError {
+    Start(String),
+    Failed(String),
+}
+
+impl std::fmt::Display for DaemonError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DaemonError::Start(m) | DaemonError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Runs until SIGTERM or SIGINT. Order at start: lock the pidfile, bind every queue, install
+/// the rules, write the pid, tell systemd READY. At exit: finish in-flight batches, unbind,
+/// remove the rules it installed.
+pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), DaemonError> {
+    let mut pidfile = match &daemon.pidfile {
+        Some(p) => Some(PidFile::lock(p.clone()).map_err(DaemonError::Start)?),
+        None => None,
+    };
+    let term = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&term))
+            .map_err(|e| DaemonError::Start(format!("signal handler: {e}")))?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
+        .map_err(|e| DaemonError::Start(format!("signal handler: {e}")))?;
+
+    // Bans first: restored before the queues are bound, so none is missing once they are.
+    let keys = daemon
+        .state_dir
+        .as_deref()
+        .map(crate::store::peek_keys)
+        .unwrap_or_default();
+    let blacklist = Arc::new(Blacklist::with_hash_keys(config.lists.clone(), &keys));
+    let store = match &daemon.state_dir {
+        Some(dir) => Some(open_store(dir, &blacklist)?),
+        None => None,
+    };
+
+    let mut queues = Vec::new();
+    for num in daemon.queues.0..=daemon.queues.1 {
+        let q = Queue::open(QueueConfig {
+            num,
+            ..daemon.queue.clone()
+        })
+        .map_err(|e| DaemonError::Start(e.to_string()))?;
+        queues.push(q);
+    }
+    let offload = if daemon.offload {
+        let capacity: usize = config
+            .lists
+            .iter()
+            .map(|l| l.capacity)
+            .fold(0usize, usize::saturating_add);
+        let o = Offload::new(capacity);
+        o.setup()
+            .map_err(|e| DaemonError::Start(format!("offload: {e}")))?;
+        let t = std::time::Instant::now();
+        let n = o
+            .resync(&blacklist, now())
+            .map_err(|e| DaemonError::Start(format!("offload: {e}")))?;
+        let secs = t.elapsed().as_secs_f64();
+        info!(
+            bans = n,
+            seconds = (secs * 1000.0).round() / 1000.0,
+            adds_per_second = (n as f64 / secs.max(1e-6)).round(),
+            v4 = %o.v4,
+            v6 = %o.v6,
+            "offload sets loaded"
+        );
+        Some(o)
+    } else {
+        None
+    };
+    let mut rules_cfg = RulesConfig {
+        fail_open: daemon.fail_open,
+        marks: daemon.marks,
+        offload_sets: offload.as_ref().map(|o| (o.v4.clone(), o.v6.clone())),
+        ..RulesConfig::new(ports_of(&config), daemon.queues)
+    };
+    (
+        rules_cfg.bypass,
+        rules_cfg.replies,
+        rules_cfg.skip_pure_acks,
+    ) = rule_needs(&config);
+    // Everything that can fail for want of a free resource is taken before the kernel rules
+    // are touched, so that a failed start leaves the rules as they were.
+    let control_listener = match &daemon.control_socket {
+        Some(path) => Some(
+            crate::control::bind(path, daemon.control_group).map_err(|e| {
+                DaemonError::Start(format!("control socket {}: {e}", path.display()))
+            })?,
+        ),
+        None => None,
+    };
+    let socket_guard = SocketGuard(
+        daemon
+            .control_socket
+            .clone()
+            .filter(|_| control_listener.is_some()),
+    );
+    let metrics_listener = match &daemon.metrics {
+        Some(addr) => Some(
+            crate::metrics::bind(addr)
+                .map_err(|e| DaemonError::Start(format!("metrics listener {addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    // The lock is declared first so that it is released last, after a failed start's guard
+    // has removed the rules.
+    let mut rules_lock: Option<RulesLock> = None;
+    let mut rules_guard = RulesGuard(None);
+    if daemon.install_rules {
+        rules_lock = Some(RulesLock::take().map_err(DaemonError::Start)?);
+        rules_cfg.backend = firewall::choose(daemon.firewall)
+            .map_err(|e| DaemonError::Start(format!("installing rules: {e}")))?;
+        if offload.is_some() && rules_cfg.backend == firewall::Backend::Nft {
+            return Err(DaemonError::Start(
+                "--offload mirrors bans into ipsets, which the iptables backend matches; use --firewall iptables".into(),
+            ));
+        }
+        let tools = firewall::install(&rules_cfg)
+            .map_err(|e| DaemonError::Start(format!("installing rules: {e}")))?;
+        rules_guard.0 = Some(rules_cfg.clone());
+        info!(tools = %tools.join(","), chain = %rules_cfg.chain, "rules installed");
+    }
+    if let Some(p) = pidfile.as_mut() {
+        p.write_pid()
+            .map_err(|e| DaemonError::Start(format!("writing the pidfile: {e}")))?;
+    }
+    notify_systemd("READY=1");
+    info!(queues = ?daemon.queues, rules = config.rules.len(), "stringban running");
+
+    let shared = Arc::new(Shared {
+        recent: Mutex::new(None),
+        stop: AtomicBool::new(false),
+        store_stop: AtomicBool::new(false),
+        generation: AtomicU64::new(0),
+        config: Mutex::new(config),
+        stats: queues
+            .iter()
+            .map(|_| Mutex::new(WorkerStats::default()))
+            .collect(),
+        reset_on_request: AtomicU64::new(0),
+        reset_failures: AtomicU64::new(0),
+        control_refused: AtomicU64::new(0),
+        store_health: Health::default(),
+    });
+    let store_thread = if store.is_some() || offload.is_some() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        blacklist.set_journal(&tx);
+        drop(tx);
+        let shared = Arc::clone(&shared);
+        let blacklist = Arc::clone(&blacklist);
+        let (fsync_every, snapshot_every) = (daemon.fsync_every, daemon.snapshot_every);
+        let offload = offload.clone();
+        Some(
+            thread::Builder::new()
+                .name("store".into())
+                .spawn(move || {
+                    let (store, _lock) = match store {
+                        Some((s, l)) => (Some(s), Some(l)),
+                        None => (None, None),
+                    };
+                    changes_loop(
+                        store,
+                        offload,
+                        rx,
+                        &shared,
+                        &blacklist,
+                        fsync_every,
+                        snapshot_every,
+                    )
+                })
+                .map_err(|e| DaemonError::Start(format!("spawning the store: {e}")))?,
+        )
+    } else {
+        None
+    };
+    if let Some(listener) = control_listener {
+        let shared = Arc::clone(&shared);
+        let blacklist = Arc::clone(&blacklist);
+        let hup = Arc::clone(&hup);
+        thread::Builder::new()
+            .name("control".into())
+            .spawn(move || control_loop(listener, shared, blacklist, hup))
+            .map_err(|e| DaemonError::Start(format!("spawning the control thread: {e}")))?;
+    }
+    if let (Some(listener), Some(addr)) = (metrics_listener, &daemon.metrics) {
+        let (shared, blacklist) = (Arc::clone(&shared), Arc::clone(&blacklist));
+        thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(stream) = stream else { continue };
+                    let body = metrics_text(&shared, &blacklist);
+                    if let Err(e) = crate::metrics::respond(stream, &body) {
+                        warn!("metrics connection: {e}");
+                    }
+                }
+            })
+            .map_err(|e| DaemonError::Start(format!("spawning the metrics thread: {e}")))?;
+        info!(addr = %addr, "metrics served");
+    }
+    let mut handles = Vec::new();
+    for (i, queue) in queues.into_iter().enumerate() {
+        let shared = Arc::clone(&shared);
+        let blacklist = Arc::clone(&blacklist);
+        let marks = daemon.marks;
+        let sock_destroy = daemon.sock_destroy;
+        let handle = thread::Builder::new()
+            .name(format!("queue-{}", queue.num()))
+            .spawn(move || worker(i, queue, &shared, blacklist, marks, sock_destroy))
+            .map_err(|e| DaemonError::Start(format!("spawning a worker: {e}")))?;
+        handles.push(handle);
+    }
+
+    let mut last_summary = std::time::Instant::now();
+    let mut last_expiry = std::time::Instant::now();
+    let mut failure = None;
+    while !term.load(Relaxed) {
+        thread::sleep(StdDuration::from_millis(100));
+        if hup.swap(false, Relaxed) {
+            match reload() {
+                Ok(new)
+                    if rule_needs(&new)
+                        != (
+                            rules_cfg.bypass,
+                            rules_cfg.replies,
+                            rules_cfg.skip_pure_acks,
+                        )
+                        || ports_of(&new) != rules_cfg.ports =>
+                {
+                    warn!(
+                        "reload refused: the new rules need other kernel rules (ports, or stream/smtp mode's bypass and replies); restart to change them"
+                    )
+                }
+                Ok(new) => match apply_lists(&blacklist, &new) {
+                    Ok(changed) => {
+                        let n = new.rules.len();
+                        *lock(&shared.config) = new;
+                        shared.generation.fetch_add(1, Relaxed);
+                        info!(
+                            rules = n,
+                            lists = %if changed.is_empty() { "unchanged".to_string() } else { changed.join(", ") },
+                            "reloaded the rules; bans kept"
+                        );
+                    }
+                    Err(e) => warn!("reload refused, keeping the old rules and lists: {e}"),
+                },
+                Err(e) => warn!("reload failed, keeping the old rules: {e}"),
+            }
+        }
+        if last_expiry.elapsed() >= StdDuration::from_secs(10) {
+            last_expiry = std::time::Instant::now();
+            blacklist.expire(now());
+        }
+        if last_summary.elapsed() >= daemon.summary_every {
+            last_summary = std::time::Instant::now();
+            info!("{}", summary(&shared, &blacklist));
+        }
+        if handles.iter().any(|h| h.is_finished()) {
+            failure = Some("a worker stopped".to_string());
+            break;
+        }
+    }
+    shared.stop.store(true, Relaxed);
+    for h in handles {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = Some(e.to_string()),
+            Err(_) => failure = Some("a worker panicked".into()),
+        }
+    }
+    info!("{}", summary(&shared, &blacklist));
+    shared.store_stop.store(true, Relaxed);
+    if let Some(t) = store_thread {
+        match t.join() {
+            Ok(Ok(n)) => info!(bans = n, "state saved"),
+            Ok(Err(e)) => {
+                error!("saving the state: {e}");
+                failure.get_or_insert(format!("saving the state: {e}"));
+            }
+            Err(_) => {
+                failure.get_or_insert("the store thread panicked".into());
+            }
+        }
+    }
+    drop(socket_guard);
+    if let Some(cfg) = rules_guard.0.take() {
+        match firewall::remove(&cfg) {
+            Ok(()) => info!("rules removed"),
+            Err(e) => error!("removing rules: {e}"),
+        }
+    }
+    if let Some(o) = offload.as_ref().filter(|_| daemon.install_rules) {
+        o.destroy();
+    }
+    drop(rules_lock);
+    drop(pidfile);
+    match failure {
+        Some(f) => Err(DaemonError::Failed(f)),
+        None => Ok(()),
+    }
+}
+
+/// Locks the state directory (one daemon per directory) and loads its bans.
+fn open_store(
+    dir: &std::path::Path,
+    blacklist: &Blacklist,
+) -> Result<(Store, std::fs::File), DaemonError> {
+    let start = std::time::Instant::now();
+    crate::store::create_dir(dir)
+        .map_err(|e| DaemonError::Start(format!("state directory {}: {e}", dir.display())))?;
+    let lock_path = dir.join("lock");
+    use std::os::unix::fs::OpenOptionsExt;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| DaemonError::Start(format!("{}: {e}", lock_path.display())))?;
+    if let Err(e) = lock.try_lock() {
+        return Err(DaemonError::Start(match e {
+            std::fs::TryLockError::WouldBlock => format!(
+                "state directory {} is in use by another stringban",
+                dir.display()
+            ),
+            std::fs::TryLockError::Error(e) => format!("{}: {e}", lock_path.display()),
+        }));
+    }
+    let (store, loaded) = Store::open(dir, blacklist, now())
+        .map_err(|e| DaemonError::Start(format!("state directory {}: {e}", dir.display())))?;
+    for p in &loaded.problems {
+        warn!("state: {p}");
+    }
+    info!(
+        restored = loaded.restored,
+        expired = loaded.expired,
+        journal_records = loaded.journal_records,
+        seconds = (start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        dir = %dir.display(),
+        "bans restored"
+    );
+    Ok((store, lock))
+}
+
+fn ports_of(config: &Config) -> Vec<u16> {
+    config.engine.ports.singles()
+}
+
+/// What the rules need of the kernel rules: the BYPASS connmark rules (a flow mode that may
+/// bypass), the server's replies queued too (smtp mode), and whether pure ACKs may skip the
+/// queue (every rule follows flows).
+pub fn rule_needs(config: &Config) -> (bool, bool, bool) {
+    use crate::rule::Mode;
+    let flow = config.rules.iter().any(|r| r.mode.is_flow());
+    let smtp = config.rules.iter().any(|r| r.mode == Mode::Smtp);
+    // Imported iptables rules see every packet, as the kernel's do.
+    let all_flow = config.iptables.is_none()
+        && !config.rules.is_empty()
+        && config.rules.iter().all(|r| r.mode.is_flow());
+    (flow && config.engine.bypass, smtp, all_flow)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Sends `state` to systemd when started with `Type=notify` (`$NOTIFY_SOCKET`).
+pub fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = path.as_encoded_bytes();
+    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+    } else {
+        sock.send_to(state.as_bytes(), &path)
+    };
+    if let Err(e) = sent {
+        warn!("notifying systemd: {e}");
+    }
+}
