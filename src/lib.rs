@@ -20,7 +20,6 @@
 
 pub mod attack;
 pub mod blacklist;
-pub mod chains;
 pub mod config;
 pub mod control;
 pub mod craft;
@@ -29,10 +28,11 @@ pub mod engine;
 pub mod flow;
 pub mod io;
 pub mod iptables;
+// The iptables wing's runtime, at the crate root too (its most used paths).
+pub use iptables::{chains, recent};
 pub mod metrics;
 pub mod parse;
 pub mod persist;
-pub mod recent;
 pub mod replay;
 pub mod rule;
 pub mod scan;
