@@ -1,0 +1,463 @@
+//! The configuration file's front end: TOML (unknown keys refused) lowered into a [`Config`],
+//! every error located by file, line, key and value.
+
+use std::fmt;
+use std::ops::Range;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{
+    Config, ConfigError, IptablesConfig, MODE_PROBLEM, UDP_PROBLEM, UnparsedPolicy, check_mode,
+};
+use crate::blacklist::{ListConfig, ListId};
+use crate::rule::{self, Action, Algo, Domain, Mode, Ports, Protocol, Rule, StringMatch};
+use crate::time::{self, Duration};
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    engine: RawEngine,
+    #[serde(default)]
+    list: Vec<Spanned<RawList>>,
+    #[serde(default)]
+    rule: Vec<Spanned<RawRule>>,
+    iptables: Option<RawIptables>,
+}
+
+/// `[iptables]`: imported rules (`stringban import` writes this).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIptables {
+    rules: Spanned<String>,
+    compat_list_tot: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEngine {
+    ports: Option<Vec<u16>>,
+    on_unparsed: Option<Spanned<String>>,
+    bypass: Option<bool>,
+    bypass_after: Option<u64>,
+    max_flows: Option<Spanned<u64>>,
+    flow_idle: Option<Spanned<DurationValue>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawList {
+    name: Spanned<String>,
+    ttl: Option<Spanned<DurationValue>>,
+    refresh_on_hit: Option<bool>,
+    capacity: Option<Spanned<u64>>,
+    prefix_v4: Option<Spanned<u8>>,
+    prefix_v6: Option<Spanned<u8>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DurationValue {
+    Secs(u64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Option<String>,
+    string: Option<Spanned<String>>,
+    hex_string: Option<Spanned<String>>,
+    #[serde(default)]
+    icase: bool,
+    #[serde(default)]
+    invert: bool,
+    algo: Option<Spanned<String>>,
+    from: Option<Spanned<u16>>,
+    to: Option<u16>,
+    protocol: Option<Spanned<String>>,
+    #[serde(default)]
+    dports: Vec<u16>,
+    #[serde(default)]
+    sports: Vec<u16>,
+    action: Option<Spanned<String>>,
+    list: Option<Spanned<String>>,
+    ban: Option<bool>,
+    mode: Option<Spanned<String>>,
+    rcpt_domain: Option<Spanned<String>>,
+    #[serde(default)]
+    subdomains: bool,
+}
+
+/// Where values come from, to locate errors.
+pub(super) struct Origin<'a> {
+    pub(super) name: &'a str,
+    pub(super) text: &'a str,
+}
+
+impl Origin<'_> {
+    fn error(
+        &self,
+        span: Option<Range<usize>>,
+        key: &str,
+        value: &str,
+        problem: impl fmt::Display,
+    ) -> ConfigError {
+        let line = span.map(|s| {
+            self.text[..s.start.min(self.text.len())]
+                .matches('\n')
+                .count()
+                + 1
+        });
+        ConfigError {
+            origin: self.name.to_string(),
+            line,
+            key: key.to_string(),
+            value: value.to_string(),
+            problem: problem.to_string(),
+        }
+    }
+
+    pub(super) fn at<T>(
+        &self,
+        v: &Spanned<T>,
+        key: &str,
+        value: &str,
+        problem: impl fmt::Display,
+    ) -> ConfigError {
+        self.error(Some(v.span()), key, value, problem)
+    }
+}
+
+pub(super) fn parse_file(origin: &Origin<'_>) -> Result<Config, ConfigError> {
+    let raw: RawFile = toml::from_str(origin.text).map_err(|e| {
+        let span = e.span();
+        let value = span
+            .clone()
+            .and_then(|s| origin.text.get(s))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        origin.error(
+            span,
+            "",
+            "",
+            format!(
+                "{}{}",
+                e.message().trim_end(),
+                if value.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (at `{value}`)")
+                }
+            ),
+        )
+    })?;
+    let mut config = Config::default();
+    if let Some(ipt) = &raw.iptables {
+        let start = origin.text[..ipt.rules.span().start.min(origin.text.len())]
+            .matches('\n')
+            .count();
+        // The rules start on the line after `rules = """`.
+        let ruleset = crate::iptables::parse(ipt.rules.as_ref()).map_err(|e| ConfigError {
+            origin: origin.name.to_string(),
+            line: Some(start + 1 + e.line),
+            key: "iptables.rules".into(),
+            value: e.text.trim().to_string(),
+            problem: e.problem.clone(),
+        })?;
+        let iptables = IptablesConfig::new(ruleset, ipt.compat_list_tot)
+            .map_err(|problem| origin.at(&ipt.rules, "iptables.rules", "", problem))?;
+        config.iptables = Some(iptables);
+    }
+    if let Some(ports) = raw.engine.ports {
+        config.engine.ports = Ports::list(&ports);
+    }
+    if let Some(p) = raw.engine.on_unparsed {
+        config.engine.on_unparsed = match p.as_ref().as_str() {
+            "accept" => UnparsedPolicy::Accept,
+            "drop" => UnparsedPolicy::Drop,
+            other => {
+                return Err(origin.at(&p, "engine.on_unparsed", other, "expected accept or drop"));
+            }
+        };
+    }
+    if let Some(b) = raw.engine.bypass {
+        config.engine.bypass = b;
+    }
+    if let Some(b) = raw.engine.bypass_after {
+        config.engine.bypass_after = b;
+    }
+    if let Some(m) = &raw.engine.max_flows {
+        if *m.as_ref() == 0 {
+            return Err(origin.at(m, "engine.max_flows", "0", "must be at least 1"));
+        }
+        config.engine.max_flows = usize::try_from(*m.as_ref()).unwrap_or(usize::MAX);
+    }
+    if let Some(idle) = &raw.engine.flow_idle {
+        config.engine.flow_idle = match idle.as_ref() {
+            DurationValue::Secs(s) => Duration::from_secs(*s),
+            DurationValue::Text(t) => {
+                time::parse_duration(t).map_err(|e| origin.at(idle, "engine.flow_idle", t, e))?
+            }
+        };
+        if config.engine.flow_idle == Duration::ZERO {
+            return Err(origin.at(idle, "engine.flow_idle", "0", "must be more than 0"));
+        }
+    }
+    for spanned in raw.list {
+        let list = spanned.into_inner();
+        let name = list.name.as_ref().clone();
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(origin.at(
+                &list.name,
+                "list.name",
+                &name,
+                "1-64 characters of A-Z a-z 0-9 - _ .",
+            ));
+        }
+        if config.lists.iter().any(|l| l.name == name) {
+            return Err(origin.at(
+                &list.name,
+                "list.name",
+                &name,
+                "a list with this name is already defined",
+            ));
+        }
+        let mut out = ListConfig::new(&name);
+        if let Some(ttl) = &list.ttl {
+            out.ttl = match ttl.as_ref() {
+                DurationValue::Secs(s) => Duration::from_secs(*s),
+                DurationValue::Text(t) => {
+                    time::parse_duration(t).map_err(|e| origin.at(ttl, "list.ttl", t, e))?
+                }
+            };
+            if out.ttl == Duration::ZERO {
+                return Err(origin.at(ttl, "list.ttl", "0", "must be more than 0"));
+            }
+        }
+        if let Some(r) = list.refresh_on_hit {
+            out.refresh_on_hit = r;
+        }
+        if let Some(c) = &list.capacity {
+            if *c.as_ref() == 0 {
+                return Err(origin.at(c, "list.capacity", "0", "must be at least 1"));
+            }
+            out.capacity = usize::try_from(*c.as_ref()).unwrap_or(usize::MAX);
+        }
+        if let Some(p) = &list.prefix_v4 {
+            if *p.as_ref() > 32 {
+                return Err(origin.at(
+                    p,
+                    "list.prefix_v4",
+                    &p.as_ref().to_string(),
+                    "must be 0 to 32",
+                ));
+            }
+            out.prefix_v4 = *p.as_ref();
+        }
+        if let Some(p) = &list.prefix_v6 {
+            if *p.as_ref() > 128 {
+                return Err(origin.at(
+                    p,
+                    "list.prefix_v6",
+                    &p.as_ref().to_string(),
+                    "must be 0 to 128",
+                ));
+            }
+            out.prefix_v6 = *p.as_ref();
+        }
+        config.lists.push(out);
+    }
+    if config.lists.is_empty() {
+        config.lists.push(ListConfig::new("default"));
+    }
+    for (index, spanned) in raw.rule.into_iter().enumerate() {
+        let span = spanned.span();
+        let rule = parse_rule(
+            origin,
+            index,
+            span.clone(),
+            spanned.into_inner(),
+            &config.lists,
+        )?;
+        if rule.protocol == Protocol::Udp && !config.engine.ports.is_any() {
+            return Err(origin.error(Some(span), "rule.protocol", "udp", UDP_PROBLEM));
+        }
+        config.rules.push(rule);
+    }
+    Ok(config)
+}
+
+fn parse_rule(
+    origin: &Origin<'_>,
+    index: usize,
+    span: Range<usize>,
+    r: RawRule,
+    lists: &[ListConfig],
+) -> Result<Rule, ConfigError> {
+    let domain = match &r.rcpt_domain {
+        None => None,
+        Some(d) => Some(
+            Domain::parse(d.as_ref(), r.subdomains)
+                .map_err(|e| origin.at(d, "rule.rcpt_domain", d.as_ref(), e))?,
+        ),
+    };
+    let pattern = match (&r.string, &r.hex_string, &domain) {
+        (Some(s), None, None) => rule::parse_string(s.as_ref())
+            .map_err(|e| origin.at(s, "rule.string", s.as_ref(), e))?,
+        (None, Some(h), None) => rule::parse_hex_string(h.as_ref())
+            .map_err(|e| origin.at(h, "rule.hex_string", h.as_ref(), e))?,
+        (None, None, Some(d)) => [b"@".as_slice(), &d.name].concat(),
+        (None, None, None) => {
+            return Err(origin.error(
+                Some(span),
+                "rule",
+                "",
+                "needs string, hex_string or rcpt_domain",
+            ));
+        }
+        (Some(s), ..) | (None, Some(s), _) => {
+            return Err(origin.at(
+                s,
+                "rule.string",
+                s.as_ref(),
+                "give one of string, hex_string and rcpt_domain",
+            ));
+        }
+    };
+    if r.subdomains && domain.is_none() {
+        return Err(origin.error(
+            Some(span),
+            "rule.subdomains",
+            "true",
+            "applies to rcpt_domain",
+        ));
+    }
+    let algo = match &r.algo {
+        None => Algo::Bm,
+        Some(a) => Algo::parse(a.as_ref())
+            .ok_or_else(|| origin.at(a, "rule.algo", a.as_ref(), "expected bm or kmp"))?,
+    };
+    let (from, to) = (
+        r.from.as_ref().map_or(0, |f| *f.as_ref()),
+        r.to.unwrap_or(u16::MAX),
+    );
+    if let Some(f) = &r.from
+        && from > to
+    {
+        return Err(origin.at(
+            f,
+            "rule.from",
+            &from.to_string(),
+            format!("is above rule.to ({to})"),
+        ));
+    }
+    let protocol = match &r.protocol {
+        None => Protocol::Tcp,
+        Some(p) => Protocol::parse(p.as_ref())
+            .ok_or_else(|| origin.at(p, "rule.protocol", p.as_ref(), "expected tcp, udp or all"))?,
+    };
+    if protocol == Protocol::All && (!r.dports.is_empty() || !r.sports.is_empty()) {
+        let p = r.protocol.as_ref().map(|p| p.span());
+        return Err(origin.error(
+            p,
+            "rule.protocol",
+            "all",
+            "dports and sports need protocol tcp or udp",
+        ));
+    }
+    let action = match &r.action {
+        None => Action::Reject,
+        Some(a) => Action::parse(a.as_ref()).ok_or_else(|| {
+            origin.at(a, "rule.action", a.as_ref(), "expected reject, drop or log")
+        })?,
+    };
+    if action == Action::Reject && protocol != Protocol::Tcp {
+        let a = r.action.as_ref().map(|a| a.span()).unwrap_or(span.clone());
+        return Err(origin.error(
+            Some(a),
+            "rule.action",
+            "reject",
+            "a reset needs protocol = \"tcp\"",
+        ));
+    }
+    let ban = if r.ban == Some(false) {
+        None
+    } else {
+        match &r.list {
+            None => Some(0),
+            Some(name) => {
+                let i = lists.iter().position(|l| &l.name == name.as_ref());
+                let i = i.ok_or_else(|| {
+                    origin.at(
+                        name,
+                        "rule.list",
+                        name.as_ref(),
+                        "no [[list]] has this name",
+                    )
+                })?;
+                Some(ListId::try_from(i).unwrap_or(ListId::MAX))
+            }
+        }
+    };
+    let mode = match &r.mode {
+        None if domain.is_some() => Mode::Smtp,
+        None => Mode::Packet,
+        Some(m) => Mode::parse(m.as_ref())
+            .ok_or_else(|| origin.at(m, "rule.mode", m.as_ref(), MODE_PROBLEM))?,
+    };
+    check_mode(mode, from, to, r.invert, protocol, domain.is_some()).map_err(
+        |(what, problem)| {
+            let at = match what {
+                "from" => r.from.as_ref().map(|f| f.span()),
+                "protocol" => r.protocol.as_ref().map(|p| p.span()),
+                "rcpt_domain" => r.rcpt_domain.as_ref().map(|d| d.span()),
+                _ => r.mode.as_ref().map(|m| m.span()),
+            };
+            origin.error(
+                Some(at.unwrap_or(span.clone())),
+                &format!("rule.{what}"),
+                mode.name(),
+                problem,
+            )
+        },
+    )?;
+    let text = r
+        .string
+        .as_ref()
+        .or(r.hex_string.as_ref())
+        .or(r.rcpt_domain.as_ref())
+        .map(|s| s.as_ref().clone())
+        .unwrap_or_default();
+    Ok(Rule {
+        name: r.name.unwrap_or_else(|| {
+            if text.is_empty() {
+                format!("rule{index}")
+            } else {
+                text
+            }
+        }),
+        matcher: StringMatch {
+            pattern,
+            algo,
+            from,
+            to,
+            icase: r.icase,
+            invert: r.invert,
+        },
+        protocol,
+        dports: Ports::list(&r.dports),
+        sports: Ports::list(&r.sports),
+        action,
+        ban,
+        mode,
+        rcpt_domain: domain,
+    })
+}
