@@ -1,0 +1,227 @@
+//! The daemon and its rules: run, rules print|install|remove.
+
+use super::*;
+
+pub(crate) fn parse_u32(flag: &str, text: &str) -> anyhow::Result<u32> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|_| {
+        bad(format!(
+            "command line: {flag} = {text}: expected a number such as 0x10000"
+        ))
+    })
+}
+
+pub(crate) fn parse_queues(text: &str) -> anyhow::Result<(u16, u16)> {
+    let err = || {
+        bad(format!(
+            "command line: --queues = {text}: expected N or FIRST:LAST (0 to 65535)"
+        ))
+    };
+    let (a, b) = match text.split_once(':') {
+        Some((a, b)) => (a.parse().map_err(|_| err())?, b.parse().map_err(|_| err())?),
+        None => {
+            let n: u16 = text.parse().map_err(|_| err())?;
+            (n, n)
+        }
+    };
+    if a > b || b - a >= 64 {
+        return Err(err());
+    }
+    Ok((a, b))
+}
+
+pub(crate) fn marks(q: &QueueArgs) -> anyhow::Result<Marks> {
+    let m = Marks {
+        bypass: parse_u32("--bypass-mark", &q.bypass_mark)?,
+        reset: parse_u32("--reset-mark", &q.reset_mark)?,
+        mask: parse_u32("--mark-mask", &q.mark_mask)?,
+    };
+    if m.bypass == 0
+        || m.reset == 0
+        || m.bypass == m.reset
+        || m.bypass & !m.mask != 0
+        || m.reset & !m.mask != 0
+    {
+        return Err(bad(format!(
+            "command line: marks bypass {:#x} reset {:#x} mask {:#x}: need two different non-zero marks inside the mask",
+            m.bypass, m.reset, m.mask
+        )));
+    }
+    Ok(m)
+}
+
+/// A duration flag as a std duration, at least `min_micros`.
+pub(crate) fn std_duration(
+    flag: &str,
+    text: &str,
+    min_micros: u64,
+) -> anyhow::Result<std::time::Duration> {
+    let d = stringban::time::parse_duration(text)
+        .map_err(|e| bad(format!("command line: {flag} = {text}: {e}")))?;
+    if d.micros() < min_micros {
+        return Err(bad(format!(
+            "command line: {flag} = {text}: at least {} ms",
+            min_micros / 1000
+        )));
+    }
+    Ok(std::time::Duration::from_micros(d.micros()))
+}
+
+/// `--firewall`: None for auto.
+pub(crate) fn backend(q: &QueueArgs) -> anyhow::Result<Option<firewall::Backend>> {
+    firewall::Backend::parse(&q.firewall)
+        .map_err(|e| bad(format!("command line: --firewall = {}: {e}", q.firewall)))
+}
+
+pub(crate) fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
+    let level = match args.log_level.as_str() {
+        "error" => tracing::Level::ERROR,
+        "warn" => tracing::Level::WARN,
+        "info" => tracing::Level::INFO,
+        "debug" => tracing::Level::DEBUG,
+        other => {
+            return Err(bad(format!(
+                "command line: --log-level = {other}: expected error, warn, info or debug"
+            )));
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&io::stderr()))
+        .with_max_level(level)
+        .with_target(false)
+        .init();
+    let config = load_config(&args.rules)?;
+    let summary_every = stringban::time::parse_duration(&args.summary_interval).map_err(|e| {
+        bad(format!(
+            "command line: --summary-interval = {}: {e}",
+            args.summary_interval
+        ))
+    })?;
+    let queues = parse_queues(&args.queue.queues)?;
+    let daemon = DaemonConfig {
+        queues,
+        queue: QueueConfig {
+            copy_range: args.copy_range,
+            maxlen: args.queue_maxlen,
+            fail_open: true,
+            gso: !args.no_gso,
+            rcvbuf: args.rcvbuf,
+            busy_poll_us: args.busy_poll_us.min(100_000),
+            ..QueueConfig::new(queues.0)
+        },
+        install_rules: args.install_rules,
+        fail_open: !args.queue.fail_closed,
+        marks: marks(&args.queue)?,
+        firewall: backend(&args.queue)?,
+        pidfile: args.pidfile.clone(),
+        summary_every: std::time::Duration::from_micros(summary_every.micros().max(1_000_000)),
+        sock_destroy: !args.no_sock_destroy,
+        state_dir: (!args.no_state).then(|| args.state_dir.clone()),
+        fsync_every: std_duration("--fsync-interval", &args.fsync_interval, 1_000)?,
+        snapshot_every: std_duration("--snapshot-interval", &args.snapshot_interval, 1_000_000)?,
+        control_socket: (!args.no_control).then(|| args.control_socket.clone()),
+        control_group: match &args.control_group {
+            Some(g) => Some(
+                stringban::control::group_id(
+                    g,
+                    &std::fs::read_to_string("/etc/group").unwrap_or_default(),
+                )
+                .map_err(|e| bad(format!("command line: --control-group {g}: {e}")))?,
+            ),
+            None => None,
+        },
+        metrics: args.metrics.clone(),
+        offload: args.offload,
+    };
+    let rule_args = args.rules.clone();
+    let reload: sbdaemon::Reload =
+        Box::new(move || load_config(&rule_args).map_err(|e| e.to_string()));
+    sbdaemon::run(config, daemon, reload).map_err(|e| match e {
+        DaemonError::Start(m) => bad(m),
+        DaemonError::Failed(m) => anyhow::anyhow!(m),
+    })
+}
+
+pub(crate) fn run_rules(args: RulesArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => {
+            let text =
+                fs::read_to_string(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+            Some(
+                Config::from_toml(&path.display().to_string(), &text)
+                    .map_err(|e| bad(e.to_string()))?,
+            )
+        }
+        None => None,
+    };
+    let ports = if !args.port.is_empty() {
+        args.port.clone()
+    } else if let Some(config) = &file {
+        config.engine.ports.singles()
+    } else {
+        vec![25]
+    };
+    let (bypass, replies, skip_pure_acks) = match &file {
+        Some(config) => sbdaemon::rule_needs(config),
+        None => match Mode::parse(&args.mode) {
+            Some(m) => (m.is_flow(), m == Mode::Smtp, m.is_flow()),
+            None => {
+                return Err(bad(format!(
+                    "command line: --mode = {}: expected packet, stream or smtp",
+                    args.mode
+                )));
+            }
+        },
+    };
+    let requested = backend(&args.queue)?;
+    let mut cfg = RulesConfig {
+        fail_open: !args.queue.fail_closed,
+        marks: marks(&args.queue)?,
+        bypass,
+        replies,
+        skip_pure_acks,
+        ..RulesConfig::new(ports, parse_queues(&args.queue.queues)?)
+    };
+    match args.action.as_str() {
+        "print" => {
+            let mut out = io::stdout().lock();
+            if requested == Some(firewall::Backend::Nft) {
+                write!(out, "{}", firewall::nft_ruleset(&cfg))?;
+            } else {
+                write!(out, "{}", firewall::script(&cfg, "iptables"))?;
+                write!(out, "{}", firewall::script(&cfg, "ip6tables"))?;
+            }
+            Ok(())
+        }
+        "install" | "remove" => {
+            cfg.backend = match (args.action.as_str(), requested) {
+                // Removing needs only the tool, not the kernel's queue support.
+                ("remove", Some(b)) => b,
+                _ => firewall::choose(requested).map_err(|e| anyhow::anyhow!(e))?,
+            };
+            rules_apply(&args.action, &cfg)
+        }
+        other => Err(bad(format!(
+            "command line: rules {other}: expected print, install or remove"
+        ))),
+    }
+}
+
+pub(crate) fn rules_apply(action: &str, cfg: &RulesConfig) -> anyhow::Result<()> {
+    match action {
+        "install" => {
+            let tools = firewall::install(cfg).map_err(|e| anyhow::anyhow!(e))?;
+            println!("installed chain {} with {}", cfg.chain, tools.join(" and "));
+            Ok(())
+        }
+        _ => {
+            firewall::remove(cfg).map_err(|e| anyhow::anyhow!(e))?;
+            println!("removed chain {} ({})", cfg.chain, cfg.backend);
+            Ok(())
+        }
+    }
+}
