@@ -78,7 +78,7 @@ impl IptablesConfig {
     fn new(
         ruleset: crate::iptables::Ruleset,
         list_tot: Option<u64>,
-    ) -> Result<IptablesConfig, String> {
+    ) -> Result<IptablesConfig, crate::iptables::Refusal> {
         let list_tot = list_tot.map(|n| usize::try_from(n.max(1)).unwrap_or(usize::MAX));
         let chains = crate::chains::Chains::new(&ruleset, list_tot)?;
         Ok(IptablesConfig {
@@ -227,7 +227,7 @@ impl Config {
                         line: None,
                         key: String::new(),
                         value: String::new(),
-                        problem,
+                        problem: problem.to_string(),
                     }
                 })?;
             if !config.rules.is_empty() {

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use crate::iptables::{Family, Match, Rule, Ruleset, Target};
+use crate::iptables::{Family, Match, Refusal, Rule, Ruleset, Target, refuse};
 use crate::parse::{Packet, Transport};
 use crate::recent::Tables;
 use crate::scan::Scanner;
@@ -50,7 +50,7 @@ impl Chains {
     /// The `filter` table's rules of `set` (other tables are not run), with `-I` positions
     /// applied; recent tables are created in rule order, as the kernel's rule checks do.
     /// `list_tot` bounds each recent table (the kernel's `ip_list_tot`); None: unbounded.
-    pub fn new(set: &Ruleset, list_tot: Option<usize>) -> Result<Chains, String> {
+    pub fn new(set: &Ruleset, list_tot: Option<usize>) -> Result<Chains, Refusal> {
         let mut by_name: HashMap<(Family, String), Vec<Rule>> = HashMap::new();
         for r in set.rules.iter().filter(|r| r.table == "filter") {
             let list = by_name.entry((r.family, r.chain.clone())).or_default();
@@ -132,10 +132,10 @@ impl Chains {
         chain: usize,
         path: &mut Vec<usize>,
         names: &[(Family, String)],
-    ) -> Result<(), String> {
+    ) -> Result<(), Refusal> {
         if path.contains(&chain) {
             let walk: Vec<&str> = path.iter().map(|&i| names[i].1.as_str()).collect();
-            return Err(format!(
+            return Err(refuse!(
                 "chain loop: {} -> {}",
                 walk.join(" -> "),
                 names[chain].1
@@ -400,6 +400,7 @@ mod tests {
         assert!(
             Chains::new(&parse(looped).unwrap(), None)
                 .unwrap_err()
+                .0
                 .contains("loop")
         );
     }

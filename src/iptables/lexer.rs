@@ -10,7 +10,7 @@ pub const MAX_EXPANDED: usize = 64 * 1024;
 /// Splits a shell line into words: quotes, backslashes, `$NAME` / `${NAME}` from `vars`
 /// (unknown: empty, as the shell), `#` comments. Single quotes keep everything literal. The
 /// expanded words may hold at most [`MAX_EXPANDED`] bytes in all.
-pub(super) fn words(line: &str, vars: &HashMap<String, String>) -> Result<Vec<String>, String> {
+pub(super) fn words(line: &str, vars: &HashMap<String, String>) -> Result<Vec<String>, Refusal> {
     let mut total = 0usize;
     let mut out = Vec::new();
     let mut cur = String::new();
@@ -69,7 +69,7 @@ pub(super) fn words(line: &str, vars: &HashMap<String, String>) -> Result<Vec<St
                     let value = vars.get(&name).map_or("", String::as_str);
                     total += value.len();
                     if total > MAX_EXPANDED {
-                        return Err(format!(
+                        return Err(refuse!(
                             "${name} expands the line past {MAX_EXPANDED} bytes (a runaway variable?)"
                         ));
                     }

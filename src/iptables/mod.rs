@@ -116,6 +116,37 @@ pub struct Rule {
     pub target: Option<Target>,
 }
 
+/// Why a rule, an option, a chain or a table was refused (iptables' own words where it has
+/// them); [`ImportError`] adds the line.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct Refusal(pub String);
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+impl From<String> for Refusal {
+    fn from(s: String) -> Refusal {
+        Refusal(s)
+    }
+}
+
+impl From<&str> for Refusal {
+    fn from(s: &str) -> Refusal {
+        Refusal(s.to_string())
+    }
+}
+
+/// `Refusal` from `format!` arguments.
+macro_rules! refuse {
+    ($($t:tt)*) => { $crate::iptables::Refusal(format!($($t)*)) };
+}
+pub(crate) use refuse;
+
 /// A refused line.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct ImportError {

@@ -4,18 +4,18 @@
 use super::lexer::words;
 use super::*;
 
-pub(super) fn parse_port(s: &str) -> Result<u16, String> {
+pub(super) fn parse_port(s: &str) -> Result<u16, Refusal> {
     s.parse()
-        .map_err(|_| format!("port {s:?}: expected 0-65535"))
+        .map_err(|_| refuse!("port {s:?}: expected 0-65535"))
 }
 
-pub(super) fn parse_range(s: &str) -> Result<PortRange, String> {
+pub(super) fn parse_range(s: &str) -> Result<PortRange, Refusal> {
     match s.split_once(':') {
         Some((a, b)) => {
             let a = if a.is_empty() { 0 } else { parse_port(a)? };
             let b = if b.is_empty() { 65535 } else { parse_port(b)? };
             if a > b {
-                return Err(format!(
+                return Err(refuse!(
                     "port range {s}: the first port is above the second"
                 ));
             }
@@ -44,10 +44,10 @@ pub fn parse(text: &str) -> Result<Ruleset, ImportError> {
         }
         pending.push_str(raw);
         let line = std::mem::take(&mut pending);
-        let err = |problem: String| ImportError {
+        let err = |problem: Refusal| ImportError {
             line: start,
             text: line.clone(),
-            problem,
+            problem: problem.0,
         };
         let t = line.trim();
         if t.is_empty() || t.starts_with('#') || t == "COMMIT" {
@@ -98,7 +98,7 @@ pub fn parse(text: &str) -> Result<Ruleset, ImportError> {
                 "ip6tables" | "ip6tables-legacy" | "ip6tables-nft" => (Family::V6, &w[1..]),
                 "set" | "echo" | "modprobe" | "exit" | "true" => continue,
                 other => {
-                    return Err(err(format!(
+                    return Err(err(refuse!(
                         "unsupported command {other:?} (expected iptables or ip6tables)"
                     )));
                 }
@@ -139,7 +139,7 @@ pub(super) fn command(
     table: &str,
     args: &[String],
     line: usize,
-) -> Result<Option<Command>, String> {
+) -> Result<Option<Command>, Refusal> {
     let mut table = table.to_string();
     let mut i = 0;
     let mut op: Option<(&str, String, Option<u32>)> = None;
@@ -171,7 +171,7 @@ pub(super) fn command(
                     .cloned()
                     .ok_or("-P needs a chain and a policy")?;
                 if !matches!(policy.as_str(), "ACCEPT" | "DROP") {
-                    return Err(format!("-P {chain} {policy}: the policy is ACCEPT or DROP"));
+                    return Err(refuse!("-P {chain} {policy}: the policy is ACCEPT or DROP"));
                 }
                 return Ok(Some(Command::Policy(table, chain, policy)));
             }
@@ -205,7 +205,7 @@ pub(super) fn command(
         "-F" | "--flush" | "-X" | "--delete-chain" | "-Z" | "--zero" => Ok(None),
         _ => {
             if chain.is_empty() {
-                return Err(format!("{op} needs a chain name"));
+                return Err(refuse!("{op} needs a chain name"));
             }
             check_chain(&chain)?;
             let mut r = rule_options(&rest, family)?;
@@ -219,7 +219,7 @@ pub(super) fn command(
 }
 
 /// The options of one rule: protocol, matches, target.
-pub(super) fn rule_options(args: &[String], family: Family) -> Result<Rule, String> {
+pub(super) fn rule_options(args: &[String], family: Family) -> Result<Rule, Refusal> {
     let mut r = Rule {
         line: 0,
         family,
@@ -234,11 +234,11 @@ pub(super) fn rule_options(args: &[String], family: Family) -> Result<Rule, Stri
     let mut invert = false;
     // The match whose options follow (index into r.matches).
     let mut current: Option<usize> = None;
-    let take = |i: &mut usize, what: &str| -> Result<String, String> {
+    let take = |i: &mut usize, what: &str| -> Result<String, Refusal> {
         *i += 1;
         args.get(*i)
             .cloned()
-            .ok_or_else(|| format!("{what} needs a value"))
+            .ok_or_else(|| refuse!("{what} needs a value"))
     };
     while i < args.len() {
         let a = args[i].as_str();
@@ -259,7 +259,7 @@ pub(super) fn rule_options(args: &[String], family: Family) -> Result<Rule, Stri
                     "17" => "udp".to_string(),
                     "tcp" | "udp" | "all" => p,
                     other => {
-                        return Err(format!("unsupported protocol {other:?} (tcp, udp or all)"));
+                        return Err(refuse!("unsupported protocol {other:?} (tcp, udp or all)"));
                     }
                 };
                 r.proto = Some((neg, p));
@@ -269,7 +269,7 @@ pub(super) fn rule_options(args: &[String], family: Family) -> Result<Rule, Stri
                 let m = match name.as_str() {
                     "tcp" | "udp" => {
                         if r.proto.as_ref().map(|p| p.1.as_str()) != Some(name.as_str()) {
-                            return Err(format!("-m {name} needs -p {name} before it"));
+                            return Err(refuse!("-m {name} needs -p {name} before it"));
                         }
                         Match::Ports {
                             udp: name == "udp",
@@ -311,7 +311,7 @@ pub(super) fn rule_options(args: &[String], family: Family) -> Result<Rule, Stri
                         dest: false,
                     }),
                     "comment" => Match::Comment(String::new()),
-                    other => return Err(format!("unsupported match -m {other}")),
+                    other => return Err(refuse!("unsupported match -m {other}")),
                 };
                 r.matches.push(m);
                 current = Some(r.matches.len() - 1);
@@ -344,7 +344,7 @@ pub(super) fn rule_options(args: &[String], family: Family) -> Result<Rule, Stri
                 let proto = match r.proto.as_ref() {
                     Some((false, p)) if p == "tcp" || p == "udp" => p.clone(),
                     _ => {
-                        return Err(format!(
+                        return Err(refuse!(
                             "unknown option \"{a}\" (it needs -p tcp or -p udp)"
                         ));
                     }
@@ -367,14 +367,14 @@ pub(super) fn rule_options(args: &[String], family: Family) -> Result<Rule, Stri
                 if let Match::Ports { sport, dport, .. } = &mut r.matches[idx] {
                     let slot = if is_dport { dport } else { sport };
                     if slot.is_some() {
-                        return Err(format!("{a} given twice"));
+                        return Err(refuse!("{a} given twice"));
                     }
                     *slot = Some((neg, v));
                 }
             }
             _ => {
                 let Some(c) = current else {
-                    return Err(format!("unsupported option {a:?}"));
+                    return Err(refuse!("unsupported option {a:?}"));
                 };
                 module_option(&mut r.matches[c], a, neg, &mut i, args)?;
             }
@@ -406,19 +406,19 @@ pub(super) fn module_option(
     neg: bool,
     i: &mut usize,
     args: &[String],
-) -> Result<(), String> {
-    let mut value = || -> Result<String, String> {
+) -> Result<(), Refusal> {
+    let mut value = || -> Result<String, Refusal> {
         *i += 1;
         args.get(*i)
             .cloned()
-            .ok_or_else(|| format!("{a} needs a value"))
+            .ok_or_else(|| refuse!("{a} needs a value"))
     };
     match m {
         Match::Ports { sport, dport, .. } => {
             let slot = match a {
                 "--dport" | "--destination-port" => dport,
                 "--sport" | "--source-port" => sport,
-                _ => return Err(format!("unsupported option {a:?} of -m tcp/udp")),
+                _ => return Err(refuse!("unsupported option {a:?} of -m tcp/udp")),
             };
             *slot = Some((neg, parse_range(&value()?)?));
         }
@@ -431,7 +431,7 @@ pub(super) fn module_option(
                 "--dports" | "--destination-ports" => "--dports",
                 "--sports" | "--source-ports" => "--sports",
                 "--ports" => "--ports",
-                _ => return Err(format!("unsupported option {a:?} of -m multiport")),
+                _ => return Err(refuse!("unsupported option {a:?} of -m multiport")),
             };
             if !ports.is_empty() {
                 return Err("multiport: only one of --sports, --dports, --ports".into());
@@ -469,7 +469,7 @@ pub(super) fn module_option(
             "--from" => sm.from = parse_u16(a, &value()?)?,
             "--to" => sm.to = parse_u16(a, &value()?)?,
             "--icase" => sm.icase = true,
-            _ => return Err(format!("unsupported option {a:?} of -m string")),
+            _ => return Err(refuse!("unsupported option {a:?} of -m string")),
         },
         Match::Recent(rc) => match a {
             "--set" | "--rcheck" | "--update" | "--remove" => {
@@ -514,7 +514,7 @@ pub(super) fn module_option(
             "--name" => {
                 let v = value()?;
                 if v.is_empty() || v == "." || v == ".." || v.contains('/') || v.len() > 199 {
-                    return Err(format!("recent: bad --name {v:?}"));
+                    return Err(refuse!("recent: bad --name {v:?}"));
                 }
                 let had = rc.name.ends_with('\u{0}');
                 rc.name = v;
@@ -526,10 +526,10 @@ pub(super) fn module_option(
                 let v = value()?;
                 rc.mask = Some(
                     v.parse()
-                        .map_err(|_| format!("recent: --mask {v}: not an address"))?,
+                        .map_err(|_| refuse!("recent: --mask {v}: not an address"))?,
                 );
             }
-            _ => return Err(format!("unsupported option {a:?} of -m recent")),
+            _ => return Err(refuse!("unsupported option {a:?} of -m recent")),
         },
         Match::Comment(c) => match a {
             "--comment" => {
@@ -539,19 +539,19 @@ pub(super) fn module_option(
                 }
                 *c = v;
             }
-            _ => return Err(format!("unsupported option {a:?} of -m comment")),
+            _ => return Err(refuse!("unsupported option {a:?} of -m comment")),
         },
     }
     Ok(())
 }
 
-pub(super) fn parse_u16(what: &str, v: &str) -> Result<u16, String> {
+pub(super) fn parse_u16(what: &str, v: &str) -> Result<u16, Refusal> {
     v.parse()
-        .map_err(|_| format!("string: {what} {v:?}: expected 0-65535"))
+        .map_err(|_| refuse!("string: {what} {v:?}: expected 0-65535"))
 }
 
 /// What iptables' final checks refuse.
-pub(super) fn check_match(m: &Match, r: &Rule) -> Result<(), String> {
+pub(super) fn check_match(m: &Match, r: &Rule) -> Result<(), Refusal> {
     match m {
         Match::String(sm, algo_given) => {
             if sm.pattern.is_empty() {
@@ -561,7 +561,7 @@ pub(super) fn check_match(m: &Match, r: &Rule) -> Result<(), String> {
                 return Err("string: option \"--algo\" must be specified".into());
             }
             if sm.from > sm.to {
-                return Err(format!(
+                return Err(refuse!(
                     "string: --from {} is above --to {}",
                     sm.from, sm.to
                 ));
@@ -589,7 +589,7 @@ pub(super) fn check_match(m: &Match, r: &Rule) -> Result<(), String> {
             if let Some(mask) = rc.mask
                 && (mask.is_ipv4() != (r.family == Family::V4))
             {
-                return Err(format!("recent: --mask {mask} is not of this family"));
+                return Err(refuse!("recent: --mask {mask} is not of this family"));
             }
         }
         Match::Multiport { ports, .. } if ports.is_empty() => {
@@ -602,10 +602,10 @@ pub(super) fn check_match(m: &Match, r: &Rule) -> Result<(), String> {
 }
 
 /// The tables iptables knows.
-pub(super) fn check_table(name: &str) -> Result<(), String> {
+pub(super) fn check_table(name: &str) -> Result<(), Refusal> {
     match name {
         "filter" | "nat" | "mangle" | "raw" | "security" => Ok(()),
-        _ => Err(format!(
+        _ => Err(refuse!(
             "table {name:?}: not filter, nat, mangle, raw or security"
         )),
     }
@@ -613,19 +613,19 @@ pub(super) fn check_table(name: &str) -> Result<(), String> {
 
 /// A chain name iptables takes (at most 28 bytes, not starting with `-` or `!`) that also
 /// prints and reads back as one shell word: visible ASCII other than quotes, `\\`, `$`, `` ` ``.
-pub(super) fn check_chain(name: &str) -> Result<(), String> {
+pub(super) fn check_chain(name: &str) -> Result<(), Refusal> {
     let bad = |c: char| !c.is_ascii_graphic() || matches!(c, '\'' | '"' | '\\' | '$' | '`');
     if name.is_empty() {
         return Err("a chain declaration needs a name".into());
     }
     if name.len() > 28 {
-        return Err(format!("chain name {name:?}: longer than 28 bytes"));
+        return Err(refuse!("chain name {name:?}: longer than 28 bytes"));
     }
     if name.starts_with(['-', '!']) {
-        return Err(format!("chain name {name:?}: may not start with - or !"));
+        return Err(refuse!("chain name {name:?}: may not start with - or !"));
     }
     if let Some(c) = name.chars().find(|c| bad(*c)) {
-        return Err(format!(
+        return Err(refuse!(
             "chain name {name:?}: {c:?} is not taken (visible ASCII other than quotes, \\, $ and `)"
         ));
     }
