@@ -327,20 +327,25 @@ impl List {
 
     /// Would [`List::update`] take `new`? A changed name or prefix is refused: every key is
     /// masked by the prefix, so that needs a restart. (A reload checks every list first.)
-    pub fn check_update(&self, new: &ListConfig) -> Result<(), String> {
+    pub fn check_update(&self, new: &ListConfig) -> Result<(), ListChange> {
         let old = &self.config;
         if new.name != old.name {
-            return Err(format!("list {} is now named {}", old.name, new.name));
+            return Err(ListChange::Renamed {
+                from: old.name.clone(),
+                to: new.name.clone(),
+            });
         }
         for (what, a, b) in [
             ("prefix_v4", old.prefix_v4, new.prefix_v4),
             ("prefix_v6", old.prefix_v6, new.prefix_v6),
         ] {
             if a != b {
-                return Err(format!(
-                    "list {}: {what} {a} -> {b} needs a restart (its bans are keyed by the prefix)",
-                    old.name
-                ));
+                return Err(ListChange::Prefix {
+                    list: old.name.clone(),
+                    what,
+                    from: a,
+                    to: b,
+                });
             }
         }
         Ok(())
@@ -351,7 +356,7 @@ impl List {
     /// at once, expired entries first, then the least recently seen). Refused as
     /// [`List::check_update`] says, changing nothing. Returns what changed, as `setting old ->
     /// new` texts.
-    pub fn update(&self, new: &ListConfig, now: Instant) -> Result<Vec<String>, String> {
+    pub fn update(&self, new: &ListConfig, now: Instant) -> Result<Vec<String>, ListChange> {
         self.check_update(new)?;
         let old = self.config();
         let mut changed = Vec::new();
@@ -700,6 +705,46 @@ impl Blacklist {
     }
 }
 
+/// A list change a reload cannot apply to live bans (it needs a restart).
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub enum ListChange {
+    /// The lists are not the same names in the same order.
+    Lists,
+    Renamed {
+        from: String,
+        to: String,
+    },
+    /// Every key is masked by the prefix.
+    Prefix {
+        list: String,
+        what: &'static str,
+        from: u8,
+        to: u8,
+    },
+}
+
+impl std::fmt::Display for ListChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListChange::Lists => {
+                f.write_str("the lists changed (names or order); restart to change lists")
+            }
+            ListChange::Renamed { from, to } => write!(f, "list {from} is now named {to}"),
+            ListChange::Prefix {
+                list,
+                what,
+                from,
+                to,
+            } => write!(
+                f,
+                "list {list}: {what} {from} -> {to} needs a restart (its bans are keyed by the prefix)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ListChange {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -749,7 +794,10 @@ mod tests {
             ..l.config()
         };
         let e = l.update(&bad, t0).unwrap_err();
-        assert!(e.contains("prefix_v4 32 -> 24 needs a restart"), "{e}");
+        assert!(
+            e.to_string().contains("prefix_v4 32 -> 24 needs a restart"),
+            "{e}"
+        );
         assert_eq!(l.config(), new);
         assert_eq!(
             l.update(&new, t0).unwrap(),

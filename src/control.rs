@@ -44,19 +44,48 @@ pub enum Effect {
     Reload,
 }
 
+/// Why a request (or a file a request names) was refused: the reply's `error`.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct BadRequest(pub String);
+
+impl std::fmt::Display for BadRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadRequest {}
+
+impl From<&str> for BadRequest {
+    fn from(s: &str) -> BadRequest {
+        BadRequest(s.to_string())
+    }
+}
+
+impl From<BadRequest> for String {
+    fn from(b: BadRequest) -> String {
+        b.0
+    }
+}
+
+/// `BadRequest` from `format!` arguments.
+macro_rules! bad_request {
+    ($($t:tt)*) => { BadRequest(format!($($t)*)) };
+}
+
 fn err(msg: impl Into<String>) -> String {
     json!({"ok": false, "error": msg.into()}).to_string()
 }
 
 /// The lists a request names (`list`), or all of them.
-fn lists<'a>(bl: &'a Blacklist, req: &Value) -> Result<Vec<&'a List>, String> {
+fn lists<'a>(bl: &'a Blacklist, req: &Value) -> Result<Vec<&'a List>, BadRequest> {
     match req.get("list") {
         None | Some(Value::Null) => Ok(bl.lists().iter().collect()),
         Some(Value::String(name)) => bl
             .by_name(name)
             .map(|(_, l)| vec![l])
-            .ok_or_else(|| format!("list {name:?}: no such list")),
-        Some(other) => Err(format!("list = {other}: expected a list name")),
+            .ok_or_else(|| bad_request!("list {name:?}: no such list")),
+        Some(other) => Err(bad_request!("list = {other}: expected a list name")),
     }
 }
 
@@ -76,7 +105,7 @@ pub fn ban_json(list: &str, ban: &Ban, now: Instant) -> Value {
 
 /// Parses `ADDR` or `ADDR/PREFIX` for `list`: the prefix, if given, must be the list's own for
 /// that family (keys are the source masked by it).
-pub fn parse_addr(text: &str, list: &List) -> Result<IpAddr, String> {
+pub fn parse_addr(text: &str, list: &List) -> Result<IpAddr, BadRequest> {
     let (addr, prefix) = match text.split_once('/') {
         Some((a, p)) => (a, Some(p)),
         None => (text, None),
@@ -84,17 +113,17 @@ pub fn parse_addr(text: &str, list: &List) -> Result<IpAddr, String> {
     let ip: IpAddr = addr
         .trim()
         .parse()
-        .map_err(|_| format!("addr = {text}: not an IP address"))?;
+        .map_err(|_| bad_request!("addr = {text}: not an IP address"))?;
     if let Some(p) = prefix {
         let p: u8 = p
             .parse()
-            .map_err(|_| format!("addr = {text}: bad prefix length"))?;
+            .map_err(|_| bad_request!("addr = {text}: bad prefix length"))?;
         let own = match list.key(ip) {
             Key::V4 { prefix, .. } => prefix,
             Key::V6 { prefix, .. } => prefix,
         };
         if p != own {
-            return Err(format!(
+            return Err(bad_request!(
                 "addr = {text}: list {:?} bans /{own} keys for this family (set its prefix_v4 / prefix_v6 to ban /{p})",
                 list.config().name
             ));
@@ -301,7 +330,7 @@ pub fn xt_recent_line(ban: &Value) -> String {
 
 /// Addresses of an xt_recent `/proc/net/xt_recent/NAME` dump, in order (lines that do not
 /// start with `src=` are reported by line number).
-pub fn parse_xt_recent(text: &str) -> Result<Vec<IpAddr>, String> {
+pub fn parse_xt_recent(text: &str) -> Result<Vec<IpAddr>, BadRequest> {
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -310,10 +339,10 @@ pub fn parse_xt_recent(text: &str) -> Result<Vec<IpAddr>, String> {
         let addr = line
             .strip_prefix("src=")
             .and_then(|r| r.split_whitespace().next())
-            .ok_or_else(|| format!("line {}: expected src=ADDR …: {line:?}", n + 1))?;
+            .ok_or_else(|| bad_request!("line {}: expected src=ADDR …: {line:?}", n + 1))?;
         let ip = addr
             .parse()
-            .map_err(|_| format!("line {}: src={addr}: not an IP address", n + 1))?;
+            .map_err(|_| bad_request!("line {}: src={addr}: not an IP address", n + 1))?;
         out.push(ip);
     }
     Ok(out)
@@ -377,7 +406,7 @@ pub fn bind(path: &Path, group: Option<u32>) -> io::Result<UnixListener> {
 }
 
 /// The id of group `name` (a name in `group_file`, the text of /etc/group, or a number).
-pub fn group_id(name: &str, group_file: &str) -> Result<u32, String> {
+pub fn group_id(name: &str, group_file: &str) -> Result<u32, BadRequest> {
     if let Ok(gid) = name.parse::<u32>() {
         return Ok(gid);
     }
@@ -387,7 +416,7 @@ pub fn group_id(name: &str, group_file: &str) -> Result<u32, String> {
             let mut f = l.split(':');
             (f.next() == Some(name)).then(|| f.nth(1).and_then(|g| g.parse().ok()))?
         })
-        .ok_or_else(|| format!("no group {name} in /etc/group"))
+        .ok_or_else(|| bad_request!("no group {name} in /etc/group"))
 }
 
 /// Serves one connection until it closes: each line is [`handle`]d; `on_effect` runs for
@@ -588,6 +617,7 @@ mod tests {
         assert!(
             group_id("nobody-here", file)
                 .unwrap_err()
+                .0
                 .contains("nobody-here")
         );
     }
@@ -676,7 +706,12 @@ mod tests {
                 "2001:db8::1".parse().unwrap()
             ]
         );
-        assert!(parse_xt_recent("garbage\n").unwrap_err().contains("line 1"));
+        assert!(
+            parse_xt_recent("garbage\n")
+                .unwrap_err()
+                .0
+                .contains("line 1")
+        );
         let v = json!({"key": "2001:db8::/64", "last_seen": 5});
         assert_eq!(
             xt_recent_line(&v),

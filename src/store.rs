@@ -220,48 +220,79 @@ struct Header {
     len: usize,
 }
 
-fn decode_header(b: &[u8], magic: &[u8; 8], with_count: bool) -> Result<Header, String> {
+/// Why a state file's header (or the file as a whole) cannot be read.
+#[derive(Debug)]
+pub enum FormatError {
+    BadMagic,
+    CutShort,
+    Version(u32),
+    Checksum,
+    Io(io::Error),
+}
+
+impl std::fmt::Display for FormatError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FormatError::BadMagic => f.write_str("not a stringban state file (bad magic)"),
+            FormatError::CutShort => f.write_str("header cut short"),
+            FormatError::Version(v) => {
+                write!(f, "version {v}, this stringban reads 1 to {VERSION}")
+            }
+            FormatError::Checksum => f.write_str("header checksum mismatch"),
+            FormatError::Io(e) => write!(f, "reading it: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for FormatError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FormatError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+fn decode_header(b: &[u8], magic: &[u8; 8], with_count: bool) -> Result<Header, FormatError> {
     if b.len() < 8 || &b[..8] != magic {
-        return Err("not a stringban state file (bad magic)".into());
+        return Err(FormatError::BadMagic);
     }
     if b.len() < 22 {
-        return Err("header cut short".into());
+        return Err(FormatError::CutShort);
     }
     let version = u32_at(b, 8);
     if !(1..=VERSION).contains(&version) {
-        return Err(format!(
-            "version {version}, this stringban reads 1 to {VERSION}"
-        ));
+        return Err(FormatError::Version(version));
     }
     let generation = u64_at(b, 12);
     let mut at = 20;
     let count = if with_count {
         if b.len() < 30 {
-            return Err("header cut short".into());
+            return Err(FormatError::CutShort);
         }
         at = 28;
         u64_at(b, 20)
     } else {
         0
     };
-    let (names, used) = decode_names(&b[at..]).ok_or("header cut short")?;
+    let (names, used) = decode_names(&b[at..]).ok_or(FormatError::CutShort)?;
     at += used;
     let mut keys = Vec::new();
     if with_count {
         // Per list: IPv4 and IPv6 counts (informative), then the two hash keys.
         for _ in &names {
             if b.len() < at + 32 {
-                return Err("header cut short".into());
+                return Err(FormatError::CutShort);
             }
             keys.push(HashKeys(u64_at(b, at + 16), u64_at(b, at + 24)));
             at += 32;
         }
     }
     if b.len() < at + 4 {
-        return Err("header cut short".into());
+        return Err(FormatError::CutShort);
     }
     if crc32fast::hash(&b[..at]) != u32_at(b, at) {
-        return Err("header checksum mismatch".into());
+        return Err(FormatError::Checksum);
     }
     Ok(Header {
         version,
@@ -416,10 +447,10 @@ struct Located {
 }
 
 /// Reads a snapshot's header, from the front or, when that is damaged, from the trailer.
-fn locate<F: Read + io::Seek>(f: &mut F) -> Result<Located, String> {
+fn locate<F: Read + io::Seek>(f: &mut F) -> Result<Located, FormatError> {
     use io::SeekFrom;
-    let len = f.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
-    f.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    let len = f.seek(SeekFrom::End(0)).map_err(FormatError::Io)?;
+    f.seek(SeekFrom::Start(0)).map_err(FormatError::Io)?;
     let mut head = vec![0u8; (len as usize).min(MAX_HEADER)];
     let got = read_up_to(f, &mut head);
     let front = decode_header(&head[..got], SNAP_MAGIC, true);
@@ -591,7 +622,7 @@ fn check_from<F: Read + io::Seek>(f: &mut F) -> Check {
     let at = match locate(f) {
         Ok(at) => at,
         Err(e) => {
-            check.problems.push(e);
+            check.problems.push(e.to_string());
             return check;
         }
     };
@@ -804,7 +835,7 @@ pub fn encode_change(change: &Change) -> [u8; JOURNAL_RECORD] {
 
 /// A journal's header and where its records start: the first header, or when that is damaged
 /// its copy (version 2 writes it twice).
-fn journal_header(bytes: &[u8]) -> Result<(Header, usize), String> {
+fn journal_header(bytes: &[u8]) -> Result<(Header, usize), FormatError> {
     match decode_header(bytes, JOURNAL_MAGIC, false) {
         Ok(h) if h.version == 1 => {
             let at = h.len;

@@ -225,7 +225,7 @@ mod truth;
 use crate::craft::ethernet_header;
 use session::{Packet, build_session};
 
-pub use truth::{Expected, Oracle, Truth, TruthRow, ban_key};
+pub use truth::{Expected, Oracle, Truth, TruthError, TruthRow, ban_key};
 
 /// What [`generate`] wrote.
 #[derive(Clone, Debug, Default)]

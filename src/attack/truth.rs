@@ -62,6 +62,18 @@ pub struct Expected {
     pub hurt_legit: HashMap<Kind, u64>,
 }
 
+/// A ground-truth file that does not read: the line and the field.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct TruthError(pub String);
+
+impl std::fmt::Display for TruthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TruthError {}
+
 /// The ground truth of a generated capture.
 #[derive(Clone, Debug, Default, Eq, PartialEq)]
 pub struct Truth {
@@ -119,10 +131,10 @@ impl Truth {
     }
 
     /// Parses the TSV form.
-    pub fn parse(text: &str) -> Result<Truth, String> {
+    pub fn parse(text: &str) -> Result<Truth, TruthError> {
         let mut truth = Truth::default();
         for (n, line) in text.lines().enumerate() {
-            let bad = |what: &str| format!("line {}: {what}: {line:?}", n + 1);
+            let bad = |what: &str| TruthError(format!("line {}: {what}: {line:?}", n + 1));
             if let Some(domain) = line.strip_prefix("# spam_domain\t") {
                 truth.spam_domain = domain.to_string();
                 continue;
@@ -134,7 +146,7 @@ impl Truth {
             if f.len() != 14 {
                 return Err(bad("expected 14 columns"));
             }
-            let opt = |i: usize, name: &str| -> Result<Option<u32>, String> {
+            let opt = |i: usize, name: &str| -> Result<Option<u32>, TruthError> {
                 if f[i] == "-" {
                     Ok(None)
                 } else {

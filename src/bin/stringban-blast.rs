@@ -29,7 +29,29 @@ struct Args {
     size: usize,
 }
 
-fn parse() -> Result<Args, String> {
+/// A command line that does not read (printed with the usage).
+#[derive(Debug)]
+struct BadArgs(String);
+
+impl std::fmt::Display for BadArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<String> for BadArgs {
+    fn from(s: String) -> BadArgs {
+        BadArgs(s)
+    }
+}
+
+impl From<&str> for BadArgs {
+    fn from(s: &str) -> BadArgs {
+        BadArgs(s.to_string())
+    }
+}
+
+fn parse() -> Result<Args, BadArgs> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let usage = "usage: stringban-blast DST COUNT SECONDS [--sources N] [--share PERMILLE] [--pattern S] [--pps N] [--size PAYLOAD_BYTES]";
     if argv.len() < 3 {
@@ -40,9 +62,9 @@ fn parse() -> Result<Args, String> {
         .map_err(|_| format!("DST = {}: not an IPv4 address", argv[0]))?;
     let in_range = dst.is_loopback() || (dst.octets()[0] == 198 && (dst.octets()[1] & 0xfe) == 18);
     if !in_range {
-        return Err(format!(
+        return Err(BadArgs(format!(
             "DST = {dst}: only 198.18.0.0/15 or loopback (benchmark namespaces)"
-        ));
+        )));
     }
     let mut a = Args {
         dst,
@@ -78,7 +100,7 @@ fn parse() -> Result<Args, String> {
             "--pattern" => a.pattern = value.clone(),
             "--pps" => a.pps = num(value)?,
             "--size" => a.size = num(value)?.clamp(40, 1460) as usize,
-            _ => return Err(format!("unknown flag {flag}; {usage}")),
+            _ => return Err(BadArgs(format!("unknown flag {flag}; {usage}"))),
         }
     }
     if !(a.seconds > 0.0 && a.seconds <= 600.0) || a.count == 0 || a.count > 1_000_000_000 {

@@ -139,10 +139,13 @@ pub(crate) fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
     };
     let rule_args = args.rules.clone();
     let reload: sbdaemon::Reload =
-        Box::new(move || load_config(&rule_args).map_err(|e| e.to_string()));
-    sbdaemon::run(config, daemon, reload).map_err(|e| match e {
-        DaemonError::Start(m) => bad(m),
-        DaemonError::Failed(m) => anyhow::anyhow!(m),
+        Box::new(move || load_config(&rule_args).map_err(|e| format!("{e:#}").into()));
+    sbdaemon::run(config, daemon, reload).map_err(|e| {
+        if e.at_start {
+            bad(e.to_string())
+        } else {
+            anyhow::Error::new(e)
+        }
     })
 }
 

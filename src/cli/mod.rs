@@ -13,7 +13,7 @@ use serde_json::json;
 use stringban::Engine;
 use stringban::attack::{self, GenConfig, GenError, Kind};
 use stringban::config::{Config, Flags};
-use stringban::daemon::{DaemonConfig, DaemonError};
+use stringban::daemon::DaemonConfig;
 use stringban::io::firewall::{self, Marks, RulesConfig};
 use stringban::io::nfqueue::QueueConfig;
 use stringban::replay::{self, Options, ReplayError};

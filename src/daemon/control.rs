@@ -87,7 +87,10 @@ pub(super) fn control_loop(
 /// A reload's lists applied to the live blacklist: every list checked first (same names in the
 /// same order, same prefixes), then TTL, refresh and capacity changed in place. Returns what
 /// changed; an error changes nothing.
-pub(super) fn apply_lists(blacklist: &Blacklist, new: &Config) -> Result<Vec<String>, String> {
+pub(super) fn apply_lists(
+    blacklist: &Blacklist,
+    new: &Config,
+) -> Result<Vec<String>, crate::blacklist::ListChange> {
     let lists = blacklist.lists();
     if !new
         .lists
@@ -95,7 +98,7 @@ pub(super) fn apply_lists(blacklist: &Blacklist, new: &Config) -> Result<Vec<Str
         .map(|l| l.name.as_str())
         .eq(lists.iter().map(|l| l.name()))
     {
-        return Err("the lists changed (names or order); restart to change lists".into());
+        return Err(crate::blacklist::ListChange::Lists);
     }
     for (list, cfg) in lists.iter().zip(&new.lists) {
         list.check_update(cfg)?;

@@ -43,16 +43,16 @@ pub(super) struct RulesLock {
 impl RulesLock {
     const DIR: &'static str = "/run/stringban";
 
-    pub(super) fn take() -> Result<RulesLock, String> {
+    pub(super) fn take() -> Result<RulesLock, DaemonError> {
         use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
         let ns = std::fs::metadata("/proc/self/ns/net")
             .map(|m| m.ino())
-            .map_err(|e| format!("/proc/self/ns/net: {e}"))?;
+            .map_err(|e| DaemonError::start_from("/proc/self/ns/net", e))?;
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(Self::DIR)
-            .map_err(|e| format!("{}: {e}", Self::DIR))?;
+            .map_err(|e| DaemonError::start_from(Self::DIR, e))?;
         let path = format!("{}/rules-net-{ns}.lock", Self::DIR);
         let mut f = std::fs::OpenOptions::new()
             .read(true)
@@ -61,17 +61,17 @@ impl RulesLock {
             .truncate(false)
             .mode(0o600)
             .open(&path)
-            .map_err(|e| format!("{path}: {e}"))?;
+            .map_err(|e| DaemonError::start_from(&path, e))?;
         match f.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 let holder = std::fs::read_to_string(&path).unwrap_or_default();
-                return Err(format!(
+                return Err(DaemonError::start(format!(
                     "another stringban (pid {}) manages the kernel rules in this network namespace; refusing to touch them (run this one without --install-rules, or in another namespace)",
                     holder.trim()
-                ));
+                )));
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(format!("{path}: {e}")),
+            Err(std::fs::TryLockError::Error(e)) => return Err(DaemonError::start_from(&path, e)),
         }
         let _ = f.set_len(0);
         let _ = write!(f, "{}", std::process::id());
@@ -86,25 +86,25 @@ pub(super) struct PidFile {
 }
 
 impl PidFile {
-    pub(super) fn lock(path: PathBuf) -> Result<PidFile, String> {
+    pub(super) fn lock(path: PathBuf) -> Result<PidFile, DaemonError> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(|e| DaemonError::start_from(path.display(), e))?;
         match file.try_lock() {
             Ok(()) => Ok(PidFile { path, file }),
             Err(std::fs::TryLockError::WouldBlock) => {
                 let pid = std::fs::read_to_string(&path).unwrap_or_default();
-                Err(format!(
+                Err(DaemonError::start(format!(
                     "already running (pid {}, pidfile {})",
                     pid.trim(),
                     path.display()
-                ))
+                )))
             }
-            Err(std::fs::TryLockError::Error(e)) => Err(format!("{}: {e}", path.display())),
+            Err(std::fs::TryLockError::Error(e)) => Err(DaemonError::start_from(path.display(), e)),
         }
     }
 

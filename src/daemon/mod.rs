@@ -82,7 +82,7 @@ pub struct DaemonConfig {
 }
 
 /// Reads the configuration again (SIGHUP).
-pub type Reload = Box<dyn Fn() -> Result<Config, String> + Send>;
+pub type Reload = Box<dyn Fn() -> Result<Config, ReloadError> + Send>;
 
 /// The wall clock as an engine [`Instant`].
 pub fn now() -> Instant {
@@ -109,37 +109,84 @@ struct Shared {
     store_health: Health,
 }
 
-/// Why the daemon could not start (exit code 2 for the caller) or failed (1).
+/// Why the daemon could not start (exit code 2 for the caller) or failed (1): what it was
+/// doing, and the error underneath when there is one.
 #[derive(Debug)]
-pub enum DaemonError {
-    Start(String),
-    Failed(String),
+pub struct DaemonError {
+    /// A start that failed (nothing left behind), as opposed to a failure while running.
+    pub at_start: bool,
+    what: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl DaemonError {
+    /// A start that failed: `what` says what and why.
+    pub fn start(what: impl std::fmt::Display) -> DaemonError {
+        DaemonError {
+            at_start: true,
+            what: what.to_string(),
+            source: None,
+        }
+    }
+
+    /// A start that failed doing `what`, because of `source`.
+    pub fn start_from(
+        what: impl std::fmt::Display,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> DaemonError {
+        DaemonError {
+            at_start: true,
+            what: what.to_string(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// A failure while running.
+    pub fn failed(what: impl std::fmt::Display) -> DaemonError {
+        DaemonError {
+            at_start: false,
+            what: what.to_string(),
+            source: None,
+        }
+    }
 }
 
 impl std::fmt::Display for DaemonError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DaemonError::Start(m) | DaemonError::Failed(m) => f.write_str(m),
+        match &self.source {
+            Some(e) => write!(f, "{}: {e}", self.what),
+            None => f.write_str(&self.what),
         }
     }
 }
+
+impl std::error::Error for DaemonError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// What re-reading the configuration can fail with (the file, or the configuration in it).
+pub type ReloadError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Runs until SIGTERM or SIGINT. Order at start: lock the pidfile, bind every queue, install
 /// the rules, write the pid, tell systemd READY. At exit: finish in-flight batches, unbind,
 /// remove the rules it installed.
 pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), DaemonError> {
     let mut pidfile = match &daemon.pidfile {
-        Some(p) => Some(PidFile::lock(p.clone()).map_err(DaemonError::Start)?),
+        Some(p) => Some(PidFile::lock(p.clone()).map_err(DaemonError::start)?),
         None => None,
     };
     let term = Arc::new(AtomicBool::new(false));
     let hup = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&term))
-            .map_err(|e| DaemonError::Start(format!("signal handler: {e}")))?;
+            .map_err(|e| DaemonError::start(format!("signal handler: {e}")))?;
     }
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
-        .map_err(|e| DaemonError::Start(format!("signal handler: {e}")))?;
+        .map_err(|e| DaemonError::start(format!("signal handler: {e}")))?;
 
     // Bans first: restored before the queues are bound, so none is missing once they are.
     let keys = daemon
@@ -159,7 +206,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
             num,
             ..daemon.queue.clone()
         })
-        .map_err(|e| DaemonError::Start(e.to_string()))?;
+        .map_err(|e| DaemonError::start(e.to_string()))?;
         queues.push(q);
     }
     let offload = if daemon.offload {
@@ -170,11 +217,11 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
             .fold(0usize, usize::saturating_add);
         let o = Offload::new(capacity);
         o.setup()
-            .map_err(|e| DaemonError::Start(format!("offload: {e}")))?;
+            .map_err(|e| DaemonError::start(format!("offload: {e}")))?;
         let t = std::time::Instant::now();
         let n = o
             .resync(&blacklist, now())
-            .map_err(|e| DaemonError::Start(format!("offload: {e}")))?;
+            .map_err(|e| DaemonError::start(format!("offload: {e}")))?;
         let secs = t.elapsed().as_secs_f64();
         info!(
             bans = n,
@@ -204,7 +251,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
     let control_listener = match &daemon.control_socket {
         Some(path) => Some(
             crate::control::bind(path, daemon.control_group).map_err(|e| {
-                DaemonError::Start(format!("control socket {}: {e}", path.display()))
+                DaemonError::start(format!("control socket {}: {e}", path.display()))
             })?,
         ),
         None => None,
@@ -218,7 +265,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
     let metrics_listener = match &daemon.metrics {
         Some(addr) => Some(
             crate::metrics::bind(addr)
-                .map_err(|e| DaemonError::Start(format!("metrics listener {addr}: {e}")))?,
+                .map_err(|e| DaemonError::start(format!("metrics listener {addr}: {e}")))?,
         ),
         None => None,
     };
@@ -227,22 +274,22 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
     let mut rules_lock: Option<RulesLock> = None;
     let mut rules_guard = RulesGuard(None);
     if daemon.install_rules {
-        rules_lock = Some(RulesLock::take().map_err(DaemonError::Start)?);
+        rules_lock = Some(RulesLock::take().map_err(DaemonError::start)?);
         rules_cfg.backend = firewall::choose(daemon.firewall)
-            .map_err(|e| DaemonError::Start(format!("installing rules: {e}")))?;
+            .map_err(|e| DaemonError::start(format!("installing rules: {e}")))?;
         if offload.is_some() && rules_cfg.backend == firewall::Backend::Nft {
-            return Err(DaemonError::Start(
-                "--offload mirrors bans into ipsets, which the iptables backend matches; use --firewall iptables".into(),
+            return Err(DaemonError::start(
+                "--offload mirrors bans into ipsets, which the iptables backend matches; use --firewall iptables",
             ));
         }
         let tools = firewall::install(&rules_cfg)
-            .map_err(|e| DaemonError::Start(format!("installing rules: {e}")))?;
+            .map_err(|e| DaemonError::start(format!("installing rules: {e}")))?;
         rules_guard.0 = Some(rules_cfg.clone());
         info!(tools = %tools.join(","), chain = %rules_cfg.chain, "rules installed");
     }
     if let Some(p) = pidfile.as_mut() {
         p.write_pid()
-            .map_err(|e| DaemonError::Start(format!("writing the pidfile: {e}")))?;
+            .map_err(|e| DaemonError::start(format!("writing the pidfile: {e}")))?;
     }
     notify_systemd("READY=1");
     info!(queues = ?daemon.queues, rules = config.rules.len(), "stringban running");
@@ -288,7 +335,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
                         snapshot_every,
                     )
                 })
-                .map_err(|e| DaemonError::Start(format!("spawning the store: {e}")))?,
+                .map_err(|e| DaemonError::start(format!("spawning the store: {e}")))?,
         )
     } else {
         None
@@ -300,7 +347,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
         thread::Builder::new()
             .name("control".into())
             .spawn(move || control_loop(listener, shared, blacklist, hup))
-            .map_err(|e| DaemonError::Start(format!("spawning the control thread: {e}")))?;
+            .map_err(|e| DaemonError::start(format!("spawning the control thread: {e}")))?;
     }
     if let (Some(listener), Some(addr)) = (metrics_listener, &daemon.metrics) {
         let (shared, blacklist) = (Arc::clone(&shared), Arc::clone(&blacklist));
@@ -315,7 +362,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
                     }
                 }
             })
-            .map_err(|e| DaemonError::Start(format!("spawning the metrics thread: {e}")))?;
+            .map_err(|e| DaemonError::start(format!("spawning the metrics thread: {e}")))?;
         info!(addr = %addr, "metrics served");
     }
     let mut handles = Vec::new();
@@ -327,7 +374,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
         let handle = thread::Builder::new()
             .name(format!("queue-{}", queue.num()))
             .spawn(move || worker(i, queue, &shared, blacklist, marks, sock_destroy))
-            .map_err(|e| DaemonError::Start(format!("spawning a worker: {e}")))?;
+            .map_err(|e| DaemonError::start(format!("spawning a worker: {e}")))?;
         handles.push(handle);
     }
 
@@ -415,7 +462,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
     drop(rules_lock);
     drop(pidfile);
     match failure {
-        Some(f) => Err(DaemonError::Failed(f)),
+        Some(f) => Err(DaemonError::failed(f)),
         None => Ok(()),
     }
 }
@@ -427,7 +474,7 @@ fn open_store(
 ) -> Result<(Store, std::fs::File), DaemonError> {
     let start = std::time::Instant::now();
     crate::store::create_dir(dir)
-        .map_err(|e| DaemonError::Start(format!("state directory {}: {e}", dir.display())))?;
+        .map_err(|e| DaemonError::start(format!("state directory {}: {e}", dir.display())))?;
     let lock_path = dir.join("lock");
     use std::os::unix::fs::OpenOptionsExt;
     let lock = std::fs::OpenOptions::new()
@@ -436,9 +483,9 @@ fn open_store(
         .write(true)
         .mode(0o600)
         .open(&lock_path)
-        .map_err(|e| DaemonError::Start(format!("{}: {e}", lock_path.display())))?;
+        .map_err(|e| DaemonError::start(format!("{}: {e}", lock_path.display())))?;
     if let Err(e) = lock.try_lock() {
-        return Err(DaemonError::Start(match e {
+        return Err(DaemonError::start(match e {
             std::fs::TryLockError::WouldBlock => format!(
                 "state directory {} is in use by another stringban",
                 dir.display()
@@ -447,7 +494,7 @@ fn open_store(
         }));
     }
     let (store, loaded) = Store::open(dir, blacklist, now())
-        .map_err(|e| DaemonError::Start(format!("state directory {}: {e}", dir.display())))?;
+        .map_err(|e| DaemonError::start(format!("state directory {}: {e}", dir.display())))?;
     for p in &loaded.problems {
         warn!("state: {p}");
     }

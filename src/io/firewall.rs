@@ -85,15 +85,27 @@ pub enum Backend {
 
 impl Backend {
     /// `auto` (None), `iptables` or `nft`.
-    pub fn parse(s: &str) -> Result<Option<Backend>, String> {
+    pub fn parse(s: &str) -> Result<Option<Backend>, UnknownBackend> {
         match s {
             "auto" => Ok(None),
             "iptables" => Ok(Some(Backend::Iptables)),
             "nft" => Ok(Some(Backend::Nft)),
-            _ => Err("expected auto, iptables or nft".into()),
+            _ => Err(UnknownBackend),
         }
     }
 }
+
+/// A `--firewall` value other than auto, iptables and nft.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub struct UnknownBackend;
+
+impl fmt::Display for UnknownBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("expected auto, iptables or nft")
+    }
+}
+
+impl std::error::Error for UnknownBackend {}
 
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -7,7 +7,7 @@
 //! per batch; a full resync flushes the sets and loads every ban. Reconciling: when a set has
 //! disappeared (re-created, resynced) or lost most of its entries (flushed by hand: resynced).
 
-use std::io::Write;
+use std::io::{self, Write};
 use std::process::{Command, Stdio};
 
 use crate::blacklist::{Ban, Blacklist, Change, Key};
@@ -82,12 +82,12 @@ impl Offload {
     }
 
     /// Creates the sets (if missing).
-    pub fn setup(&self) -> Result<(), String> {
+    pub fn setup(&self) -> Result<(), OffloadError> {
         restore(&self.create_script())
     }
 
     /// Flushes both sets and loads every live ban of `blacklist`: returns how many.
-    pub fn resync(&self, blacklist: &Blacklist, now: Instant) -> Result<usize, String> {
+    pub fn resync(&self, blacklist: &Blacklist, now: Instant) -> Result<usize, OffloadError> {
         let mut script = self.create_script();
         script.push_str(&format!("flush {}\nflush {}\n", self.v4, self.v6));
         let mut n = 0;
@@ -129,8 +129,41 @@ impl Offload {
     }
 }
 
+/// Why an `ipset` transaction failed.
+#[derive(Debug)]
+pub enum OffloadError {
+    /// `ipset` could not be run, fed or waited for.
+    Io {
+        what: &'static str,
+        source: io::Error,
+    },
+    /// It ran and refused the script.
+    Refused(String),
+}
+
+impl std::fmt::Display for OffloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OffloadError::Io { what, source } if *what == "running ipset" => {
+                write!(f, "{what}: {source} (install the ipset package)")
+            }
+            OffloadError::Io { what, source } => write!(f, "{what}: {source}"),
+            OffloadError::Refused(stderr) => write!(f, "ipset restore: {stderr}"),
+        }
+    }
+}
+
+impl std::error::Error for OffloadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            OffloadError::Io { source, .. } => Some(source),
+            OffloadError::Refused(_) => None,
+        }
+    }
+}
+
 /// Runs one `ipset restore -exist` with `script` on its standard input (one transaction).
-pub fn restore(script: &str) -> Result<(), String> {
+pub fn restore(script: &str) -> Result<(), OffloadError> {
     if script.is_empty() {
         return Ok(());
     }
@@ -140,21 +173,29 @@ pub fn restore(script: &str) -> Result<(), String> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("running ipset: {e} (install the ipset package)"))?;
+        .map_err(|source| OffloadError::Io {
+            what: "running ipset",
+            source,
+        })?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(script.as_bytes())
-            .map_err(|e| format!("writing to ipset: {e}"))?;
+            .map_err(|source| OffloadError::Io {
+                what: "writing to ipset",
+                source,
+            })?;
     }
     let out = child
         .wait_with_output()
-        .map_err(|e| format!("ipset: {e}"))?;
+        .map_err(|source| OffloadError::Io {
+            what: "ipset",
+            source,
+        })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "ipset restore: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+        Err(OffloadError::Refused(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
         ))
     }
 }

@@ -563,7 +563,8 @@ pub(super) fn check_match(m: &Match, r: &Rule) -> Result<(), Refusal> {
             if sm.from > sm.to {
                 return Err(refuse!(
                     "string: --from {} is above --to {}",
-                    sm.from, sm.to
+                    sm.from,
+                    sm.to
                 ));
             }
         }
