@@ -7,8 +7,8 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use std::hint::black_box;
 
 use stringban::attack::{self, GenConfig};
+use stringban::capture::pcap::{Reader, ip_packet};
 use stringban::config::{Config, Flags};
-use stringban::io::pcap::{Reader, ip_packet};
 use stringban::{Engine, Instant, Verdict};
 
 type Loaded = (Vec<(Instant, Vec<u8>)>, attack::Truth);

@@ -4,7 +4,7 @@
 //!              ┌──────────── pure core (no sockets, no files, no clock) ────────────┐
 //! bytes, now ─►│ parse::packet → Engine (blacklist check → scan::Scanner → ban)     │─► Decision
 //!              └─────────────────────────────────────────────────────────────────────┘
-//!   shells:  io::pcap + replay (bench, tests)     live NFQUEUE daemon
+//!   shells:  capture (pcap, replay, generator)     daemon (NFQUEUE, store, control) over sys
 //! ```
 //!
 //! What the core promises:
@@ -18,28 +18,18 @@
 //! only inside `MAIL FROM`/`RCPT TO` commands ([`flow::Smtp`]) and lets a flow bypass the queue
 //! once its envelope is over. `gen` writes captures of the flood for the replay harness.
 
-pub mod attack;
-pub mod blacklist;
-pub mod config;
-pub mod control;
-pub mod craft;
+// The tree is the architecture: the pure core, the iptables wing, captures, the daemon, the
+// system calls. The modules most used are re-exported here under their short paths.
+pub mod capture;
 pub mod daemon;
-pub mod engine;
-pub mod flow;
-pub mod io;
+pub mod decide;
 pub mod iptables;
-// The iptables wing's runtime, at the crate root too (its most used paths).
+pub mod sys;
+
+pub use capture::{attack, craft, replay, script};
+pub use daemon::{control, metrics, persist, store};
+pub use decide::{blacklist, config, engine, flow, parse, rule, scan, time, verdict};
 pub use iptables::{chains, recent};
-pub mod metrics;
-pub mod parse;
-pub mod persist;
-pub mod replay;
-pub mod rule;
-pub mod scan;
-pub mod script;
-pub mod store;
-pub mod time;
-pub mod verdict;
 
 pub use config::Config;
 pub use engine::{Decision, Engine, Reason, Verdict};

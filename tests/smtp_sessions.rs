@@ -12,8 +12,8 @@ use std::process::Command;
 
 use common::TempDir;
 use stringban::attack::Rng;
+use stringban::capture::pcap::linktype;
 use stringban::config::{Config, Flags};
-use stringban::io::pcap::linktype;
 use stringban::replay::{self, Options};
 use stringban::script::{self, Frame, Script, Shape};
 use stringban::{Engine, Instant, Verdict};

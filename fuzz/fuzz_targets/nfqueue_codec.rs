@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use stringban::io::nfqueue::codec;
+use stringban::sys::nfqueue::codec;
 
 fuzz_target!(|data: &[u8]| {
     for msg in codec::messages(data).flatten() {

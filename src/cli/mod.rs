@@ -14,10 +14,10 @@ use stringban::Engine;
 use stringban::attack::{self, GenConfig, GenError, Kind};
 use stringban::config::{Config, Flags};
 use stringban::daemon::DaemonConfig;
-use stringban::io::firewall::{self, Marks, RulesConfig};
-use stringban::io::nfqueue::QueueConfig;
 use stringban::replay::{self, Options, ReplayError};
 use stringban::rule::Mode;
+use stringban::sys::firewall::{self, Marks, RulesConfig};
+use stringban::sys::nfqueue::QueueConfig;
 
 mod args;
 mod control;

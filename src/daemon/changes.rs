@@ -73,7 +73,7 @@ pub(super) fn changes_loop(
                     o.resync(blacklist, now())
                         .map(|n| info!(bans = n, "offload sets resynced"))
                 } else {
-                    crate::io::offload::restore(&script)
+                    crate::sys::offload::restore(&script)
                 };
                 match done {
                     Ok(()) => {}

@@ -1,136 +1,721 @@
-//! The control socket's threads: a fixed pool serving [`crate::control`] requests, and what
-//! only the daemon can do for them (reload, list updates, resets on request).
+//! The control protocol: JSON lines over a unix socket (root only, mode 0600).
+//!
+//! One request per line, answered by one line — except `list`, answered by one line per ban and
+//! then the closing `{"ok":true,"count":N}` line. Every answer's last line has `ok`; a bad
+//! request gets `{"ok":false,"error":"…"}` and the connection stays usable.
+//!
+//! ```text
+//! {"cmd":"list","list":"spam"}                       {"list":"spam","key":"198.18.0.7",…}… {"ok":true,"count":N}
+//! {"cmd":"count"}                                    {"ok":true,"count":N,"lists":{"spam":N}}
+//! {"cmd":"add","addr":"198.18.0.7","ttl":"1h"}       {"ok":true,"key":"198.18.0.7","new":true}
+//! {"cmd":"del","addr":"198.18.0.7"}                  {"ok":true,"removed":1}
+//! {"cmd":"flush","list":"spam"}                      {"ok":true,"removed":N}
+//! {"cmd":"stats"}                                    {"ok":true,"stats":{…}}
+//! {"cmd":"reload"}                                   {"ok":true}
+//! ```
+//!
+//! [`handle`] is pure (the blacklist is in memory; `now` is passed in): tested with strings.
+//! The daemon's listener thread ([`serve`]) and the CLI's [`request`] are the thin shells.
 
-use super::*;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::IpAddr;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
 
-/// Accepts control connections and hands them to a fixed pool of [`crate::control::WORKERS`]
-/// threads through a queue of [`crate::control::WAITING`]; a connection beyond that is answered
-/// with an error and closed (counted, logged), and one idle for
-/// [`crate::control::IDLE_TIMEOUT`] is closed: clients cannot exhaust threads or descriptors.
-pub(super) fn control_loop(
-    listener: std::os::unix::net::UnixListener,
-    shared: Arc<Shared>,
-    blacklist: Arc<Blacklist>,
-    hup: Arc<AtomicBool>,
-) {
-    use crate::control::{IDLE_TIMEOUT, WAITING, WORKERS};
-    let (tx, rx) = std::sync::mpsc::sync_channel::<std::os::unix::net::UnixStream>(WAITING);
-    let rx = Arc::new(Mutex::new(rx));
-    for i in 0..WORKERS {
-        let (shared, blacklist, hup, rx) = (
-            Arc::clone(&shared),
-            Arc::clone(&blacklist),
-            Arc::clone(&hup),
-            Arc::clone(&rx),
-        );
-        let spawned = thread::Builder::new()
-            .name(format!("control-{i}"))
-            .spawn(move || {
-                let host = crate::control::Host {
-                    stats: &|| stats_json(&shared, &blacklist),
-                    reset: &|ip| reset_sessions(&shared, ip),
-                };
-                let on_effect = |e: crate::control::Effect| {
-                    if e == crate::control::Effect::Reload {
-                        hup.store(true, Relaxed);
+use serde_json::{Value, json};
+
+use crate::blacklist::{Ban, Blacklist, Key, List, NO_RULE};
+use crate::time::{self, Instant};
+
+/// Longest request line read; a longer one is refused.
+pub const MAX_LINE: usize = 64 * 1024;
+/// Control connections served at once (a fixed pool of threads), and waiting for a place; one
+/// more is answered "too many control connections" and closed.
+pub const WORKERS: usize = 4;
+pub const WAITING: usize = 64;
+/// A connection idle this long (no request, or an answer not read) is closed.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What a request asks of the daemon beyond its answer.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Effect {
+    None,
+    /// Re-read the configuration (as SIGHUP).
+    Reload,
+}
+
+/// Why a request (or a file a request names) was refused: the reply's `error`.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct BadRequest(pub String);
+
+impl std::fmt::Display for BadRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadRequest {}
+
+impl From<&str> for BadRequest {
+    fn from(s: &str) -> BadRequest {
+        BadRequest(s.to_string())
+    }
+}
+
+impl From<BadRequest> for String {
+    fn from(b: BadRequest) -> String {
+        b.0
+    }
+}
+
+/// `BadRequest` from `format!` arguments.
+macro_rules! bad_request {
+    ($($t:tt)*) => { BadRequest(format!($($t)*)) };
+}
+
+fn err(msg: impl Into<String>) -> String {
+    json!({"ok": false, "error": msg.into()}).to_string()
+}
+
+/// The lists a request names (`list`), or all of them.
+fn lists<'a>(bl: &'a Blacklist, req: &Value) -> Result<Vec<&'a List>, BadRequest> {
+    match req.get("list") {
+        None | Some(Value::Null) => Ok(bl.lists().iter().collect()),
+        Some(Value::String(name)) => bl
+            .by_name(name)
+            .map(|(_, l)| vec![l])
+            .ok_or_else(|| bad_request!("list {name:?}: no such list")),
+        Some(other) => Err(bad_request!("list = {other}: expected a list name")),
+    }
+}
+
+/// One ban as a JSON object.
+pub fn ban_json(list: &str, ban: &Ban, now: Instant) -> Value {
+    json!({
+        "list": list,
+        "key": ban.key.to_string(),
+        "first_seen": ban.first_seen.micros() / 1_000_000,
+        "last_seen": ban.last_seen.micros() / 1_000_000,
+        "expires_at": ban.expires_at.micros() / 1_000_000,
+        "ttl_left": ban.expires_at.saturating_sub(now).secs(),
+        "hits": ban.hits,
+        "rule": if ban.rule == NO_RULE { Value::Null } else { json!(ban.rule) },
+    })
+}
+
+/// Parses `ADDR` or `ADDR/PREFIX` for `list`: the prefix, if given, must be the list's own for
+/// that family (keys are the source masked by it).
+pub fn parse_addr(text: &str, list: &List) -> Result<IpAddr, BadRequest> {
+    let (addr, prefix) = match text.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (text, None),
+    };
+    let ip: IpAddr = addr
+        .trim()
+        .parse()
+        .map_err(|_| bad_request!("addr = {text}: not an IP address"))?;
+    if let Some(p) = prefix {
+        let p: u8 = p
+            .parse()
+            .map_err(|_| bad_request!("addr = {text}: bad prefix length"))?;
+        let own = match list.key(ip) {
+            Key::V4 { prefix, .. } => prefix,
+            Key::V6 { prefix, .. } => prefix,
+        };
+        if p != own {
+            return Err(bad_request!(
+                "addr = {text}: list {:?} bans /{own} keys for this family (set its prefix_v4 / prefix_v6 to ban /{p})",
+                list.config().name
+            ));
+        }
+    }
+    Ok(ip)
+}
+
+/// A request: a JSON object whose keys are all different (`{"cmd":"count","cmd":"flush"}` is
+/// refused, not run as its last key says).
+struct Request(serde_json::Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for Request {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Request, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Request;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Request, A::Error> {
+                let mut map = serde_json::Map::new();
+                while let Some((k, v)) = m.next_entry::<String, Value>()? {
+                    if map.contains_key(&k) {
+                        return Err(serde::de::Error::custom(format!("duplicate key \"{k}\"")));
                     }
-                };
-                loop {
-                    let next = lock(&rx).recv();
-                    let Ok(stream) = next else { return };
-                    if let Err(e) =
-                        crate::control::serve(stream, &blacklist, &now, &host, &on_effect)
-                    {
-                        warn!("control connection: {e}");
+                    map.insert(k, v);
+                }
+                Ok(Request(map))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
+/// What a request may ask of the daemon beyond its blacklist.
+pub struct Host<'a> {
+    /// The daemon's counters.
+    pub stats: &'a dyn Fn() -> Value,
+    /// Resets every live session from an address, both ways (`add … "reset":true`): the
+    /// answer's `reset` object, `{"sessions":N}` or `{"sessions":0,"error":"…"}`.
+    pub reset: &'a dyn Fn(IpAddr) -> Value,
+}
+
+/// Answers one request line. Each answer line goes to `out`.
+pub fn handle(
+    line: &str,
+    bl: &Blacklist,
+    now: Instant,
+    host: &Host<'_>,
+    out: &mut dyn FnMut(String),
+) -> Effect {
+    let req: Value = match serde_json::from_str::<Request>(line) {
+        Ok(Request(map)) => Value::Object(map),
+        Err(e) if e.is_data() => {
+            out(err(format!(
+                "expected a JSON object such as {{\"cmd\":\"count\"}}: {e}"
+            )));
+            return Effect::None;
+        }
+        Err(e) => {
+            out(err(format!("not JSON: {e}")));
+            return Effect::None;
+        }
+    };
+    let cmd = req.get("cmd").and_then(Value::as_str).unwrap_or("");
+    let targets = match lists(bl, &req) {
+        Ok(l) => l,
+        Err(e) => {
+            out(err(e));
+            return Effect::None;
+        }
+    };
+    match cmd {
+        "list" => {
+            let mut n = 0u64;
+            for l in &targets {
+                for ban in l.bans(now) {
+                    out(ban_json(&l.config().name, &ban, now).to_string());
+                    n += 1;
+                }
+            }
+            out(json!({"ok": true, "count": n}).to_string());
+        }
+        "count" => {
+            let mut per = serde_json::Map::new();
+            let mut total = 0u64;
+            for l in &targets {
+                let n = l.bans(now).len() as u64;
+                per.insert(l.config().name.clone(), json!(n));
+                total += n;
+            }
+            out(json!({"ok": true, "count": total, "lists": per}).to_string());
+        }
+        "add" => {
+            let Some(&list) = targets.first() else {
+                out(err("no list to add to"));
+                return Effect::None;
+            };
+            let Some(text) = req.get("addr").and_then(Value::as_str) else {
+                out(err("add needs \"addr\""));
+                return Effect::None;
+            };
+            let ip = match parse_addr(text, list) {
+                Ok(ip) => ip,
+                Err(e) => {
+                    out(err(e));
+                    return Effect::None;
+                }
+            };
+            let ttl = match req.get("ttl") {
+                None | Some(Value::Null) => list.config().ttl,
+                Some(Value::String(t)) => match time::parse_duration(t) {
+                    Ok(d) if d.micros() > 0 => d,
+                    Ok(_) => {
+                        out(err("ttl must be more than 0"));
+                        return Effect::None;
+                    }
+                    Err(e) => {
+                        out(err(format!("ttl = {t}: {e}")));
+                        return Effect::None;
+                    }
+                },
+                Some(Value::Number(n)) if n.as_u64().is_some_and(|s| s > 0) => {
+                    time::Duration::from_secs(n.as_u64().unwrap_or(1))
+                }
+                Some(other) => {
+                    out(err(format!(
+                        "ttl = {other}: expected seconds or a duration"
+                    )));
+                    return Effect::None;
+                }
+            };
+            let reset = match req.get("reset") {
+                None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+                Some(Value::Bool(true)) => true,
+                Some(other) => {
+                    out(err(format!("reset = {other}: expected true or false")));
+                    return Effect::None;
+                }
+            };
+            let new = list.ban_for(ip, now, ttl, NO_RULE) == crate::blacklist::Banned::New;
+            let mut answer = json!({"ok": true, "key": list.key(ip).to_string(), "list": list.config().name, "new": new});
+            if reset {
+                // Banned first, so that nothing from the address is let in meanwhile.
+                answer["reset"] = (host.reset)(ip);
+            }
+            out(answer.to_string());
+        }
+        "del" => {
+            let Some(text) = req.get("addr").and_then(Value::as_str) else {
+                out(err("del needs \"addr\""));
+                return Effect::None;
+            };
+            let mut removed = 0;
+            for l in &targets {
+                match parse_addr(text, l) {
+                    Ok(ip) => removed += usize::from(l.remove(ip)),
+                    Err(e) => {
+                        out(err(e));
+                        return Effect::None;
                     }
                 }
-            });
-        if let Err(e) = spawned {
-            error!("control worker {i}: {e}");
-        }
-    }
-    let mut last_warn: Option<std::time::Instant> = None;
-    let mut warn_once_a_second = |what: String| {
-        if last_warn.is_none_or(|t| t.elapsed() >= StdDuration::from_secs(1)) {
-            warn!("{what}");
-            last_warn = Some(std::time::Instant::now());
-        }
-    };
-    for stream in listener.incoming() {
-        let stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                // Out of descriptors, say: count it, and do not spin.
-                shared.control_refused.fetch_add(1, Relaxed);
-                warn_once_a_second(format!("control socket: accept: {e}"));
-                thread::sleep(StdDuration::from_millis(50));
-                continue;
             }
-        };
-        let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
-        let _ = stream.set_write_timeout(Some(IDLE_TIMEOUT));
-        if let Err(std::sync::mpsc::TrySendError::Full(mut s)) = tx.try_send(stream) {
-            shared.control_refused.fetch_add(1, Relaxed);
-            warn_once_a_second(format!(
-                "control socket: {} connections open or waiting: refusing more",
-                WORKERS + WAITING
-            ));
-            let _ = writeln!(
-                s,
-                "{}",
-                serde_json::json!({"ok": false, "error": "too many control connections; try again"})
-            );
+            out(json!({"ok": true, "removed": removed}).to_string());
         }
+        "flush" => {
+            let removed: usize = targets.iter().map(|l| l.clear()).sum();
+            out(json!({"ok": true, "removed": removed}).to_string());
+        }
+        "stats" => out(json!({"ok": true, "stats": (host.stats)()}).to_string()),
+        "reload" => {
+            out(json!({"ok": true}).to_string());
+            return Effect::Reload;
+        }
+        "" => out(err("missing \"cmd\"")),
+        other => out(err(format!(
+            "cmd = {other}: expected list, count, add, del, flush, stats or reload"
+        ))),
     }
+    Effect::None
 }
 
-/// A reload's lists applied to the live blacklist: every list checked first (same names in the
-/// same order, same prefixes), then TTL, refresh and capacity changed in place. Returns what
-/// changed; an error changes nothing.
-pub(super) fn apply_lists(
-    blacklist: &Blacklist,
-    new: &Config,
-) -> Result<Vec<String>, crate::blacklist::ListChange> {
-    let lists = blacklist.lists();
-    if !new
-        .lists
-        .iter()
-        .map(|l| l.name.as_str())
-        .eq(lists.iter().map(|l| l.name()))
-    {
-        return Err(crate::blacklist::ListChange::Lists);
-    }
-    for (list, cfg) in lists.iter().zip(&new.lists) {
-        list.check_update(cfg)?;
-    }
-    let mut changed = Vec::new();
-    for (list, cfg) in lists.iter().zip(&new.lists) {
-        for c in list.update(cfg, now())? {
-            changed.push(format!("{}: {c}", list.name()));
-        }
-    }
-    Ok(changed)
-}
-
-/// `add ADDR --reset`: destroys every local session with `ip` on a protected port (the MTA sees
-/// `ECONNABORTED`, the client a RST), for sessions that no longer reach the queue (bypassed
-/// after STARTTLS) or are idle. Logged, counted, and answered.
-pub(super) fn reset_sessions(shared: &Shared, ip: std::net::IpAddr) -> serde_json::Value {
-    use serde_json::json;
-    let ports = lock(&shared.config).engine.ports.clone();
-    let outcome = SockDiag::open().and_then(|mut diag| {
-        diag.destroy_sessions_with(ip, |p| ports.is_any() || ports.contains(p))
-    });
-    let error = match outcome {
-        Ok(Ok(n)) => {
-            shared.reset_on_request.fetch_add(u64::from(n), Relaxed);
-            info!(addr = %ip, sessions = n, "banned on request; its sessions reset");
-            return json!({"sessions": n});
-        }
-        Ok(Err(_)) => "the kernel cannot destroy sockets (CONFIG_INET_DIAG_DESTROY off, or no CAP_NET_ADMIN): banned, but its open sessions were not reset".to_string(),
-        Err(e) => format!("sock_diag: {e}: banned, but its open sessions were not reset"),
+/// The xt_recent `/proc` line of a ban (docs/KERNEL.md §3.4), with times in seconds since the
+/// epoch where the kernel prints jiffies: `src=ADDR ttl: 0 last_seen: T oldest_pkt: 1 T`.
+pub fn xt_recent_line(ban: &Value) -> String {
+    let key = ban["key"].as_str().unwrap_or("");
+    let addr = key.split('/').next().unwrap_or(key);
+    let addr = match addr.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => v6
+            .segments()
+            .iter()
+            .map(|s| format!("{s:04x}"))
+            .collect::<Vec<_>>()
+            .join(":"),
+        _ => addr.to_string(),
     };
-    shared.reset_failures.fetch_add(1, Relaxed);
-    warn!(addr = %ip, "reset on request failed: {error}");
-    json!({"sessions": 0, "error": error})
+    let seen = ban["last_seen"].as_u64().unwrap_or(0);
+    format!("src={addr} ttl: 0 last_seen: {seen} oldest_pkt: 1 {seen}")
+}
+
+/// Addresses of an xt_recent `/proc/net/xt_recent/NAME` dump, in order (lines that do not
+/// start with `src=` are reported by line number).
+pub fn parse_xt_recent(text: &str) -> Result<Vec<IpAddr>, BadRequest> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let addr = line
+            .strip_prefix("src=")
+            .and_then(|r| r.split_whitespace().next())
+            .ok_or_else(|| bad_request!("line {}: expected src=ADDR …: {line:?}", n + 1))?;
+        let ip = addr
+            .parse()
+            .map_err(|_| bad_request!("line {}: src={addr}: not an IP address", n + 1))?;
+        out.push(ip);
+    }
+    Ok(out)
+}
+
+/// Binds the control socket at `path`, mode 0600 (0660 owned by `group` when given) from the
+/// moment it exists: it is bound inside a fresh 0700 directory beside `path`, given its mode,
+/// then renamed into place. A stale socket at `path` (nobody answers) is replaced; anything else
+/// there — a live daemon's socket, a regular file, a directory, a link — is refused and left
+/// alone.
+pub fn bind(path: &Path, group: Option<u32>) -> io::Result<UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+    let refuse = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{}: {what}; refusing to replace it", path.display()),
+        )
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{}: another daemon answers there", path.display()),
+                ));
+            }
+        }
+        Ok(m) if m.is_dir() => return Err(refuse("a directory is there")),
+        Ok(m) if m.file_type().is_symlink() => return Err(refuse("a symbolic link is there")),
+        Ok(_) => return Err(refuse("a file that is not a socket is there")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let private = parent.join(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let result = (|| {
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))?;
+        let inner = private.join("s");
+        let listener = UnixListener::bind(&inner)?;
+        if let Some(gid) = group {
+            std::os::unix::fs::chown(&inner, None, Some(gid))?;
+            std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o660))?;
+        } else {
+            std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o600))?;
+        }
+        // Over a stale socket of ours only (checked above): rename replaces it atomically.
+        std::fs::rename(&inner, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    result
+}
+
+/// The id of group `name` (a name in `group_file`, the text of /etc/group, or a number).
+pub fn group_id(name: &str, group_file: &str) -> Result<u32, BadRequest> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    group_file
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split(':');
+            (f.next() == Some(name)).then(|| f.nth(1).and_then(|g| g.parse().ok()))?
+        })
+        .ok_or_else(|| bad_request!("no group {name} in /etc/group"))
+}
+
+/// Serves one connection until it closes: each line is [`handle`]d; `on_effect` runs for
+/// requests that ask for more than an answer.
+pub fn serve(
+    stream: UnixStream,
+    bl: &Blacklist,
+    now: &dyn Fn() -> Instant,
+    host: &Host<'_>,
+    on_effect: &dyn Fn(Effect),
+) -> io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut w = io::BufWriter::new(stream);
+    let mut raw = Vec::new();
+    loop {
+        raw.clear();
+        let n = match Read::by_ref(&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut raw)
+        {
+            Ok(n) => n,
+            // Idle past the timeout: the connection is closed, its place freed.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        if n > MAX_LINE {
+            writeln!(w, "{}", err("request line too long"))?;
+            w.flush()?;
+            return Ok(());
+        }
+        let Ok(line) = std::str::from_utf8(&raw) else {
+            writeln!(w, "{}", err("request is not UTF-8"))?;
+            w.flush()?;
+            continue;
+        };
+        let mut failed = None;
+        let effect = handle(line.trim_end(), bl, now(), host, &mut |answer| {
+            if failed.is_none()
+                && let Err(e) = writeln!(w, "{answer}")
+            {
+                failed = Some(e);
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        w.flush()?;
+        on_effect(effect);
+    }
+}
+
+/// Sends one request to the daemon at `path` and returns its answer lines (the last has `ok`).
+pub fn request(path: &Path, req: &Value) -> io::Result<Vec<Value>> {
+    let stream = UnixStream::connect(path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "{}: {e} (is the daemon running with --control-socket {}?)",
+                path.display(),
+                path.display()
+            ),
+        )
+    })?;
+    let mut w = stream.try_clone()?;
+    // A daemon that refuses the connection (too many open) has already said why and closed:
+    // read its answer rather than report the broken pipe.
+    if let Err(e) = writeln!(w, "{req}")
+        && e.kind() != io::ErrorKind::BrokenPipe
+        && e.kind() != io::ErrorKind::ConnectionReset
+    {
+        return Err(e);
+    }
+    let mut out = Vec::new();
+    for line in BufReader::new(stream).lines() {
+        let v: Value = serde_json::from_str(&line?)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let last = v.get("ok").is_some();
+        out.push(v);
+        if last {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blacklist::ListConfig;
+
+    const T0: Instant = Instant::from_secs(1_767_225_600);
+
+    fn bl() -> Blacklist {
+        Blacklist::new(vec![
+            ListConfig::new("spam"),
+            ListConfig {
+                prefix_v4: 24,
+                ..ListConfig::new("nets")
+            },
+        ])
+    }
+
+    fn ask(bl: &Blacklist, line: &str) -> (Vec<Value>, Effect) {
+        let mut out = Vec::new();
+        let host = Host {
+            stats: &|| json!({"packets": 7}),
+            reset: &|ip| json!({"sessions": 1, "addr": ip.to_string()}),
+        };
+        let effect = handle(line, bl, T0, &host, &mut |l| {
+            out.push(serde_json::from_str(&l).unwrap())
+        });
+        (out, effect)
+    }
+
+    #[test]
+    fn bind_replaces_only_a_stale_socket_and_sets_the_mode_first() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("sb-ctl-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // A regular file (a typo pointing at a config file) is refused and kept.
+        let file = dir.join("stringban.toml");
+        std::fs::write(&file, "rules").unwrap();
+        let e = bind(&file, None).unwrap_err();
+        assert!(e.to_string().contains("not a socket"), "{e}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "rules");
+        assert!(bind(&dir, None).is_err(), "a directory");
+        // A fresh socket: mode 0600, and nothing left beside it.
+        let sock = dir.join("ctl.sock");
+        let live = bind(&sock, None).unwrap();
+        let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
+        // A live daemon's socket is refused; a stale one (no listener) is replaced.
+        assert_eq!(
+            bind(&sock, None).unwrap_err().kind(),
+            io::ErrorKind::AddrInUse
+        );
+        drop(live);
+        use std::os::unix::fs::MetadataExt;
+        let own_group = std::fs::metadata(&dir).unwrap().gid();
+        let again = bind(&sock, Some(own_group)).unwrap();
+        let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660, "with a group");
+        drop(again);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn duplicate_keys_and_bad_bytes_get_an_error_reply() {
+        let b = bl();
+        ask(&b, r#"{"cmd":"add","addr":"198.18.0.7"}"#);
+        let (a, _) = ask(&b, r#"{"cmd":"count","cmd":"flush"}"#);
+        assert_eq!(a[0]["ok"], false);
+        assert!(
+            a[0]["error"].as_str().unwrap().contains("duplicate key"),
+            "{}",
+            a[0]
+        );
+        assert_eq!(b.lists()[0].len(), 1, "nothing flushed");
+        // Over a socket: invalid UTF-8 is answered, and the connection stays usable.
+        let (client, server) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            let host = Host {
+                stats: &|| Value::Null,
+                reset: &|_| Value::Null,
+            };
+            serve(server, &bl(), &|| T0, &host, &|_| {}).unwrap();
+        });
+        let mut w = client.try_clone().unwrap();
+        w.write_all(b"\xff\xfe{\n{\"cmd\":\"count\"}\n").unwrap();
+        let mut lines = BufReader::new(client).lines();
+        let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        assert_eq!(first["error"], "request is not UTF-8");
+        let second: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        assert_eq!(second["ok"], true);
+        drop(w);
+        drop(lines);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn group_ids_by_name_or_number() {
+        let file = "root:x:0:\nDebian-exim:x:107:\nmail:x:8:\n";
+        assert_eq!(group_id("Debian-exim", file), Ok(107));
+        assert_eq!(group_id("mail", file), Ok(8));
+        assert_eq!(group_id("42", file), Ok(42));
+        assert!(
+            group_id("nobody-here", file)
+                .unwrap_err()
+                .0
+                .contains("nobody-here")
+        );
+    }
+
+    #[test]
+    fn add_count_list_del_flush() {
+        let b = bl();
+        let (a, _) = ask(&b, r#"{"cmd":"add","addr":"198.18.0.7","ttl":"1h"}"#);
+        assert_eq!(
+            a[0],
+            json!({"ok": true, "key": "198.18.0.7", "list": "spam", "new": true})
+        );
+        let (a, _) = ask(
+            &b,
+            r#"{"cmd":"add","addr":"198.18.5.9/24","list":"nets","ttl":60}"#,
+        );
+        assert_eq!(a[0]["key"], "198.18.5.0/24");
+        // add with reset: banned, then the host resets the address's sessions.
+        let (a, _) = ask(&b, r#"{"cmd":"add","addr":"198.18.0.8","reset":true}"#);
+        assert_eq!(a[0]["new"], true);
+        assert_eq!(a[0]["reset"], json!({"sessions": 1, "addr": "198.18.0.8"}));
+        let (a, _) = ask(&b, r#"{"cmd":"add","addr":"198.18.0.9","reset":"yes"}"#);
+        assert_eq!(a[0]["ok"], false);
+        assert_eq!(b.lists()[0].len(), 2, "a bad request bans nothing");
+        let (a, _) = ask(&b, r#"{"cmd":"del","addr":"198.18.0.8"}"#);
+        assert_eq!(a[0]["removed"], 1);
+        let (a, _) = ask(&b, r#"{"cmd":"count"}"#);
+        assert_eq!(
+            a[0],
+            json!({"ok": true, "count": 2, "lists": {"spam": 1, "nets": 1}})
+        );
+        let (a, _) = ask(&b, r#"{"cmd":"list","list":"spam"}"#);
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[0]["ttl_left"], 3600);
+        assert_eq!(a[0]["rule"], Value::Null);
+        assert_eq!(a[1], json!({"ok": true, "count": 1}));
+        assert_eq!(
+            xt_recent_line(&a[0]),
+            "src=198.18.0.7 ttl: 0 last_seen: 1767225600 oldest_pkt: 1 1767225600"
+        );
+        let (a, _) = ask(&b, r#"{"cmd":"del","addr":"198.18.0.7"}"#);
+        assert_eq!(a[0], json!({"ok": true, "removed": 1}));
+        let (a, _) = ask(&b, r#"{"cmd":"flush"}"#);
+        assert_eq!(a[0], json!({"ok": true, "removed": 1}));
+        let (a, e) = ask(&b, r#"{"cmd":"reload"}"#);
+        assert_eq!((a[0]["ok"].as_bool(), e), (Some(true), Effect::Reload));
+        let (a, _) = ask(&b, r#"{"cmd":"stats"}"#);
+        assert_eq!(a[0]["stats"]["packets"], 7);
+    }
+
+    #[test]
+    fn bad_requests_get_an_error_reply() {
+        let b = bl();
+        for (line, want) in [
+            ("nonsense", "not JSON"),
+            ("[1]", "expected a JSON object"),
+            (r#"{"cmd":"fly"}"#, "cmd = fly"),
+            (r#"{}"#, "missing \"cmd\""),
+            (r#"{"cmd":"add"}"#, "add needs \"addr\""),
+            (r#"{"cmd":"add","addr":"300.1.1.1"}"#, "not an IP address"),
+            (r#"{"cmd":"add","addr":"198.18.0.1/24"}"#, "bans /32 keys"),
+            (
+                r#"{"cmd":"add","addr":"198.18.0.1","ttl":"soon"}"#,
+                "ttl = soon",
+            ),
+            (r#"{"cmd":"add","addr":"198.18.0.1","ttl":0}"#, "ttl = 0"),
+            (r#"{"cmd":"count","list":"nope"}"#, "no such list"),
+            (r#"{"cmd":"del","addr":"x"}"#, "not an IP address"),
+        ] {
+            let (a, _) = ask(&b, line);
+            assert_eq!(a[0]["ok"], false, "{line}");
+            let msg = a[0]["error"].as_str().unwrap();
+            assert!(msg.contains(want), "{line}: {msg}");
+        }
+        assert_eq!(b.lists()[0].len(), 0);
+    }
+
+    #[test]
+    fn xt_recent_dumps_parse_and_ipv6_prints_in_full() {
+        let dump = "src=192.0.2.7 ttl: 52 last_seen: 4295312345 oldest_pkt: 2 4295300000, 4295312345\nsrc=2001:0db8:0000:0000:0000:0000:0000:0001 ttl: 0 last_seen: 1 oldest_pkt: 1 1\n\n";
+        let ips = parse_xt_recent(dump).unwrap();
+        assert_eq!(
+            ips,
+            [
+                "192.0.2.7".parse::<IpAddr>().unwrap(),
+                "2001:db8::1".parse().unwrap()
+            ]
+        );
+        assert!(
+            parse_xt_recent("garbage\n")
+                .unwrap_err()
+                .0
+                .contains("line 1")
+        );
+        let v = json!({"key": "2001:db8::/64", "last_seen": 5});
+        assert_eq!(
+            xt_recent_line(&v),
+            "src=2001:0db8:0000:0000:0000:0000:0000:0000 ttl: 0 last_seen: 5 oldest_pkt: 1 5"
+        );
+    }
 }

@@ -217,7 +217,7 @@ pub(super) fn destroy_local(diag: Option<&mut SockDiag>, packet: &[u8]) -> Destr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::nfqueue::codec::{
+    use crate::sys::nfqueue::codec::{
         MSG_VERDICT, MSG_VERDICT_BATCH, NF_ACCEPT, NF_DROP, NF_REPEAT, SUBSYS_QUEUE,
     };
 

@@ -13,8 +13,8 @@
 use std::net::IpAddr;
 
 use crate::attack::Rng;
+use crate::capture::pcap::{Writer, linktype};
 use crate::craft::{ethernet_header, tcp_flags_segment};
-use crate::io::pcap::{Writer, linktype};
 use crate::time::{Duration, Instant};
 
 const FIN: u8 = 0x01;

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::collections::HashMap;
 
 use crate::blacklist::{Key, ListId};
+use crate::capture::pcap::{self, PcapError, Reader, Skip};
 use crate::engine::{Decision, Engine, Reason, Stats, Verdict};
-use crate::io::pcap::{self, PcapError, Reader, Skip};
 use crate::parse;
 use crate::time::Instant;
 

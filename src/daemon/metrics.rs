@@ -10,7 +10,7 @@ use std::net::{TcpListener, TcpStream};
 
 use crate::blacklist::Blacklist;
 use crate::engine::{Stats, Verdict};
-use crate::io::nfqueue::codec::QueueCounters;
+use crate::sys::nfqueue::codec::QueueCounters;
 
 /// Upper bounds (seconds) of the decide-latency histogram's buckets; +Inf follows.
 pub const LATENCY_BUCKETS: [f64; 10] = [

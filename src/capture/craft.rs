@@ -1,7 +1,7 @@
 //! Packets made by hand: TCP segments over IPv4 or IPv6 with correct lengths and checksums,
 //! and the Ethernet header the generator writes. Used by the capture generator
 //! ([`crate::attack`]), scripted sessions ([`crate::script`]), the live benchmark's sender and
-//! the daemon's crafted reset toward the local side ([`crate::io::rst`]).
+//! the daemon's crafted reset toward the local side ([`crate::sys::rst`]).
 
 use std::net::IpAddr;
 

@@ -24,7 +24,7 @@ use std::fmt;
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::io::pcap::{Writer, linktype};
+use crate::capture::pcap::{Writer, linktype};
 use crate::time::{Duration, Instant};
 
 /// Settings of one generated capture.
@@ -480,8 +480,8 @@ fn plan_sessions(cfg: &GenConfig, sources: &[Source], rng: &mut Rng) -> Vec<Plan
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capture::pcap::{Reader, ip_packet};
     use crate::craft::Checksum;
-    use crate::io::pcap::{Reader, ip_packet};
     use crate::parse;
 
     fn small() -> GenConfig {

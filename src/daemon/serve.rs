@@ -1,0 +1,136 @@
+//! The control socket's threads: a fixed pool serving [`crate::control`] requests, and what
+//! only the daemon can do for them (reload, list updates, resets on request).
+
+use super::*;
+
+/// Accepts control connections and hands them to a fixed pool of [`crate::control::WORKERS`]
+/// threads through a queue of [`crate::control::WAITING`]; a connection beyond that is answered
+/// with an error and closed (counted, logged), and one idle for
+/// [`crate::control::IDLE_TIMEOUT`] is closed: clients cannot exhaust threads or descriptors.
+pub(super) fn control_loop(
+    listener: std::os::unix::net::UnixListener,
+    shared: Arc<Shared>,
+    blacklist: Arc<Blacklist>,
+    hup: Arc<AtomicBool>,
+) {
+    use crate::control::{IDLE_TIMEOUT, WAITING, WORKERS};
+    let (tx, rx) = std::sync::mpsc::sync_channel::<std::os::unix::net::UnixStream>(WAITING);
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..WORKERS {
+        let (shared, blacklist, hup, rx) = (
+            Arc::clone(&shared),
+            Arc::clone(&blacklist),
+            Arc::clone(&hup),
+            Arc::clone(&rx),
+        );
+        let spawned = thread::Builder::new()
+            .name(format!("control-{i}"))
+            .spawn(move || {
+                let host = crate::control::Host {
+                    stats: &|| stats_json(&shared, &blacklist),
+                    reset: &|ip| reset_sessions(&shared, ip),
+                };
+                let on_effect = |e: crate::control::Effect| {
+                    if e == crate::control::Effect::Reload {
+                        hup.store(true, Relaxed);
+                    }
+                };
+                loop {
+                    let next = lock(&rx).recv();
+                    let Ok(stream) = next else { return };
+                    if let Err(e) =
+                        crate::control::serve(stream, &blacklist, &now, &host, &on_effect)
+                    {
+                        warn!("control connection: {e}");
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            error!("control worker {i}: {e}");
+        }
+    }
+    let mut last_warn: Option<std::time::Instant> = None;
+    let mut warn_once_a_second = |what: String| {
+        if last_warn.is_none_or(|t| t.elapsed() >= StdDuration::from_secs(1)) {
+            warn!("{what}");
+            last_warn = Some(std::time::Instant::now());
+        }
+    };
+    for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of descriptors, say: count it, and do not spin.
+                shared.control_refused.fetch_add(1, Relaxed);
+                warn_once_a_second(format!("control socket: accept: {e}"));
+                thread::sleep(StdDuration::from_millis(50));
+                continue;
+            }
+        };
+        let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
+        let _ = stream.set_write_timeout(Some(IDLE_TIMEOUT));
+        if let Err(std::sync::mpsc::TrySendError::Full(mut s)) = tx.try_send(stream) {
+            shared.control_refused.fetch_add(1, Relaxed);
+            warn_once_a_second(format!(
+                "control socket: {} connections open or waiting: refusing more",
+                WORKERS + WAITING
+            ));
+            let _ = writeln!(
+                s,
+                "{}",
+                serde_json::json!({"ok": false, "error": "too many control connections; try again"})
+            );
+        }
+    }
+}
+
+/// A reload's lists applied to the live blacklist: every list checked first (same names in the
+/// same order, same prefixes), then TTL, refresh and capacity changed in place. Returns what
+/// changed; an error changes nothing.
+pub(super) fn apply_lists(
+    blacklist: &Blacklist,
+    new: &Config,
+) -> Result<Vec<String>, crate::blacklist::ListChange> {
+    let lists = blacklist.lists();
+    if !new
+        .lists
+        .iter()
+        .map(|l| l.name.as_str())
+        .eq(lists.iter().map(|l| l.name()))
+    {
+        return Err(crate::blacklist::ListChange::Lists);
+    }
+    for (list, cfg) in lists.iter().zip(&new.lists) {
+        list.check_update(cfg)?;
+    }
+    let mut changed = Vec::new();
+    for (list, cfg) in lists.iter().zip(&new.lists) {
+        for c in list.update(cfg, now())? {
+            changed.push(format!("{}: {c}", list.name()));
+        }
+    }
+    Ok(changed)
+}
+
+/// `add ADDR --reset`: destroys every local session with `ip` on a protected port (the MTA sees
+/// `ECONNABORTED`, the client a RST), for sessions that no longer reach the queue (bypassed
+/// after STARTTLS) or are idle. Logged, counted, and answered.
+pub(super) fn reset_sessions(shared: &Shared, ip: std::net::IpAddr) -> serde_json::Value {
+    use serde_json::json;
+    let ports = lock(&shared.config).engine.ports.clone();
+    let outcome = SockDiag::open().and_then(|mut diag| {
+        diag.destroy_sessions_with(ip, |p| ports.is_any() || ports.contains(p))
+    });
+    let error = match outcome {
+        Ok(Ok(n)) => {
+            shared.reset_on_request.fetch_add(u64::from(n), Relaxed);
+            info!(addr = %ip, sessions = n, "banned on request; its sessions reset");
+            return json!({"sessions": n});
+        }
+        Ok(Err(_)) => "the kernel cannot destroy sockets (CONFIG_INET_DIAG_DESTROY off, or no CAP_NET_ADMIN): banned, but its open sessions were not reset".to_string(),
+        Err(e) => format!("sock_diag: {e}: banned, but its open sessions were not reset"),
+    };
+    shared.reset_failures.fetch_add(1, Relaxed);
+    warn!(addr = %ip, "reset on request failed: {error}");
+    json!({"sessions": 0, "error": error})
+}
