@@ -21,12 +21,13 @@
 // The tree is the architecture: the pure core, the iptables wing, captures, the daemon, the
 // system calls. The modules most used are re-exported here under their short paths.
 pub mod capture;
+pub mod craft;
 pub mod daemon;
 pub mod decide;
 pub mod iptables;
 pub mod sys;
 
-pub use capture::{attack, craft, replay, script};
+pub use capture::{attack, replay, script};
 pub use daemon::{control, metrics, persist, store};
 pub use decide::{blacklist, config, engine, flow, parse, rule, scan, time, verdict};
 pub use iptables::{chains, recent};
