@@ -7,11 +7,10 @@ use std::ops::Range;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{
-    Config, ConfigError, IptablesConfig, MODE_PROBLEM, UDP_PROBLEM, UnparsedPolicy, check_mode,
-};
-use crate::blacklist::{ListConfig, ListId};
-use crate::rule::{self, Action, Algo, Domain, Mode, Ports, Protocol, Rule, StringMatch};
+use super::rules::{At, Blame, RuleSpec, Set, lower};
+use super::{Config, ConfigError, IptablesConfig, UDP_PROBLEM, UnparsedPolicy};
+use crate::blacklist::ListConfig;
+use crate::rule::{Ports, Protocol};
 use crate::time::{self, Duration};
 
 #[derive(Deserialize, Default)]
@@ -280,12 +279,11 @@ pub(super) fn parse_file(origin: &Origin<'_>) -> Result<Config, ConfigError> {
     }
     for (index, spanned) in raw.rule.into_iter().enumerate() {
         let span = spanned.span();
-        let rule = parse_rule(
-            origin,
+        let rule = lower(
+            spec_of(span.clone(), spanned.into_inner()),
             index,
-            span.clone(),
-            spanned.into_inner(),
             &config.lists,
+            origin,
         )?;
         if rule.protocol == Protocol::Udp && !config.engine.ports.is_any() {
             return Err(origin.error(Some(span), "rule.protocol", "udp", UDP_PROBLEM));
@@ -295,169 +293,52 @@ pub(super) fn parse_file(origin: &Origin<'_>) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
-fn parse_rule(
-    origin: &Origin<'_>,
-    index: usize,
-    span: Range<usize>,
-    r: RawRule,
-    lists: &[ListConfig],
-) -> Result<Rule, ConfigError> {
-    let domain = match &r.rcpt_domain {
-        None => None,
-        Some(d) => Some(
-            Domain::parse(d.as_ref(), r.subdomains)
-                .map_err(|e| origin.at(d, "rule.rcpt_domain", d.as_ref(), e))?,
-        ),
+/// A file's `[[rule]]` as a [`RuleSpec`] (settings with their spans).
+fn spec_of(span: std::ops::Range<usize>, r: RawRule) -> RuleSpec {
+    let set = |v: Spanned<String>| Set {
+        at: At::Span(v.span()),
+        value: v.into_inner(),
     };
-    let pattern = match (&r.string, &r.hex_string, &domain) {
-        (Some(s), None, None) => rule::parse_string(s.as_ref())
-            .map_err(|e| origin.at(s, "rule.string", s.as_ref(), e))?,
-        (None, Some(h), None) => rule::parse_hex_string(h.as_ref())
-            .map_err(|e| origin.at(h, "rule.hex_string", h.as_ref(), e))?,
-        (None, None, Some(d)) => [b"@".as_slice(), &d.name].concat(),
-        (None, None, None) => {
-            return Err(origin.error(
-                Some(span),
-                "rule",
-                "",
-                "needs string, hex_string or rcpt_domain",
-            ));
-        }
-        (Some(s), ..) | (None, Some(s), _) => {
-            return Err(origin.at(
-                s,
-                "rule.string",
-                s.as_ref(),
-                "give one of string, hex_string and rcpt_domain",
-            ));
-        }
-    };
-    if r.subdomains && domain.is_none() {
-        return Err(origin.error(
-            Some(span),
-            "rule.subdomains",
-            "true",
-            "applies to rcpt_domain",
-        ));
-    }
-    let algo = match &r.algo {
-        None => Algo::Bm,
-        Some(a) => Algo::parse(a.as_ref())
-            .ok_or_else(|| origin.at(a, "rule.algo", a.as_ref(), "expected bm or kmp"))?,
-    };
-    let (from, to) = (
-        r.from.as_ref().map_or(0, |f| *f.as_ref()),
-        r.to.unwrap_or(u16::MAX),
-    );
-    if let Some(f) = &r.from
-        && from > to
-    {
-        return Err(origin.at(
-            f,
-            "rule.from",
-            &from.to_string(),
-            format!("is above rule.to ({to})"),
-        ));
-    }
-    let protocol = match &r.protocol {
-        None => Protocol::Tcp,
-        Some(p) => Protocol::parse(p.as_ref())
-            .ok_or_else(|| origin.at(p, "rule.protocol", p.as_ref(), "expected tcp, udp or all"))?,
-    };
-    if protocol == Protocol::All && (!r.dports.is_empty() || !r.sports.is_empty()) {
-        let p = r.protocol.as_ref().map(|p| p.span());
-        return Err(origin.error(
-            p,
-            "rule.protocol",
-            "all",
-            "dports and sports need protocol tcp or udp",
-        ));
-    }
-    let action = match &r.action {
-        None => Action::Reject,
-        Some(a) => Action::parse(a.as_ref()).ok_or_else(|| {
-            origin.at(a, "rule.action", a.as_ref(), "expected reject, drop or log")
-        })?,
-    };
-    if action == Action::Reject && protocol != Protocol::Tcp {
-        let a = r.action.as_ref().map(|a| a.span()).unwrap_or(span.clone());
-        return Err(origin.error(
-            Some(a),
-            "rule.action",
-            "reject",
-            "a reset needs protocol = \"tcp\"",
-        ));
-    }
-    let ban = if r.ban == Some(false) {
-        None
-    } else {
-        match &r.list {
-            None => Some(0),
-            Some(name) => {
-                let i = lists.iter().position(|l| &l.name == name.as_ref());
-                let i = i.ok_or_else(|| {
-                    origin.at(
-                        name,
-                        "rule.list",
-                        name.as_ref(),
-                        "no [[list]] has this name",
-                    )
-                })?;
-                Some(ListId::try_from(i).unwrap_or(ListId::MAX))
-            }
-        }
-    };
-    let mode = match &r.mode {
-        None if domain.is_some() => Mode::Smtp,
-        None => Mode::Packet,
-        Some(m) => Mode::parse(m.as_ref())
-            .ok_or_else(|| origin.at(m, "rule.mode", m.as_ref(), MODE_PROBLEM))?,
-    };
-    check_mode(mode, from, to, r.invert, protocol, domain.is_some()).map_err(
-        |(what, problem)| {
-            let at = match what {
-                "from" => r.from.as_ref().map(|f| f.span()),
-                "protocol" => r.protocol.as_ref().map(|p| p.span()),
-                "rcpt_domain" => r.rcpt_domain.as_ref().map(|d| d.span()),
-                _ => r.mode.as_ref().map(|m| m.span()),
-            };
-            origin.error(
-                Some(at.unwrap_or(span.clone())),
-                &format!("rule.{what}"),
-                mode.name(),
-                problem,
-            )
-        },
-    )?;
-    let text = r
-        .string
-        .as_ref()
-        .or(r.hex_string.as_ref())
-        .or(r.rcpt_domain.as_ref())
-        .map(|s| s.as_ref().clone())
-        .unwrap_or_default();
-    Ok(Rule {
-        name: r.name.unwrap_or_else(|| {
-            if text.is_empty() {
-                format!("rule{index}")
-            } else {
-                text
-            }
+    RuleSpec {
+        name: r.name,
+        whole: At::Span(span),
+        string: r.string.map(set),
+        hex_string: r.hex_string.map(set),
+        rcpt_domain: r.rcpt_domain.map(set),
+        subdomains: r.subdomains,
+        icase: r.icase,
+        invert: r.invert,
+        algo: r.algo.map(set),
+        from: r.from.map(|f| Set {
+            at: At::Span(f.span()),
+            value: f.into_inner(),
         }),
-        matcher: StringMatch {
-            pattern,
-            algo,
-            from,
-            to,
-            icase: r.icase,
-            invert: r.invert,
-        },
-        protocol,
-        dports: Ports::list(&r.dports),
-        sports: Ports::list(&r.sports),
-        action,
-        ban,
-        mode,
-        rcpt_domain: domain,
-    })
+        to: r.to,
+        protocol: r.protocol.map(set),
+        dports: r.dports,
+        sports: r.sports,
+        action: r.action.map(set),
+        list: r.list.map(set),
+        ban: r.ban,
+        mode: r.mode.map(set),
+    }
+}
+
+impl Blame for Origin<'_> {
+    fn name(&self, key: &str) -> String {
+        format!("rule.{key}")
+    }
+
+    fn blame(&self, at: &At, key: &str, value: &str, problem: &dyn fmt::Display) -> ConfigError {
+        let span = match at {
+            At::Span(s) => Some(s.clone()),
+            At::Flag => None,
+        };
+        let key = if key.is_empty() {
+            "rule".to_string()
+        } else {
+            self.name(key)
+        };
+        self.error(span, &key, value, problem)
+    }
 }

@@ -3,8 +3,8 @@
 
 use std::fmt;
 
-use super::{CLI, Config, ConfigError, MODE_PROBLEM, check_mode};
-use crate::rule::{self, Action, Algo, Domain, Mode, Ports, Protocol, Rule, StringMatch};
+use super::rules::{At, Blame, RuleSpec, Set, lower};
+use super::{CLI, Config, ConfigError};
 
 /// Rule and list settings given as command-line flags (the one-liner case).
 #[derive(Clone, Debug, Default, Eq, PartialEq)]
@@ -52,86 +52,56 @@ pub(super) fn cli(key: &str, value: &str, problem: &dyn fmt::Display) -> ConfigE
     }
 }
 
-/// One rule per `--string`, `--hex-string` and `--rcpt-domain`, with the other rule flags.
+/// The command line names a setting `--key` (dashes for underscores).
+struct FlagBlame;
+
+impl Blame for FlagBlame {
+    fn name(&self, key: &str) -> String {
+        format!("--{}", key.replace('_', "-"))
+    }
+
+    fn blame(&self, _: &At, key: &str, value: &str, problem: &dyn fmt::Display) -> ConfigError {
+        cli(&self.name(key), value, problem)
+    }
+}
+
+/// One rule per `--string`, `--hex-string` and `--rcpt-domain`, with the other rule flags,
+/// lowered by the same path as a file's `[[rule]]`.
 pub(super) fn add_rules(config: &mut Config, flags: &Flags) -> Result<(), ConfigError> {
-    let patterns = flags
-        .string
-        .iter()
-        .map(|s| ("--string", s, rule::parse_string(s)))
-        .chain(
-            flags
-                .hex_string
-                .iter()
-                .map(|s| ("--hex-string", s, rule::parse_hex_string(s))),
-        );
-    let domains = flags.rcpt_domain.iter().map(|d| {
-        let domain = Domain::parse(d, flags.subdomains).map_err(|e| cli("--rcpt-domain", d, &e));
-        let pattern = Ok(format!("@{}", d.trim_start_matches('@')).into_bytes());
-        ("--rcpt-domain", d, pattern, Some(domain))
-    });
-    let patterns = patterns
-        .map(|(k, t, p)| (k, t, p, None))
-        .chain(domains)
-        .collect::<Vec<_>>();
-    for (key, text, pattern, domain) in patterns {
-        let pattern = pattern.map_err(|e| cli(key, text, &e))?;
-        let domain = domain.transpose()?;
-        let algo = match &flags.algo {
-            None => Algo::Bm,
-            Some(a) => Algo::parse(a).ok_or_else(|| cli("--algo", a, &"expected bm or kmp"))?,
-        };
-        let (from, to) = (flags.from.unwrap_or(0), flags.to.unwrap_or(u16::MAX));
-        if from > to {
-            return Err(cli(
-                "--from",
-                &from.to_string(),
-                &format!("is above --to {to}"),
-            ));
-        }
-        let action = match &flags.action {
-            None => Action::Reject,
-            Some(a) => Action::parse(a)
-                .ok_or_else(|| cli("--action", a, &"expected reject, drop or log"))?,
-        };
-        let mode = match &flags.mode {
-            None if domain.is_some() => Mode::Smtp,
-            None => Mode::Packet,
-            Some(m) => Mode::parse(m).ok_or_else(|| cli("--mode", m, &MODE_PROBLEM))?,
-        };
-        let flag_of = |what: &str| match what {
-            "from" => "--from",
-            "to" => "--to",
-            "invert" => "--invert",
-            "rcpt_domain" => "--rcpt-domain",
-            _ => "--mode",
-        };
-        check_mode(
-            mode,
-            from,
-            to,
-            flags.invert,
-            Protocol::Tcp,
-            domain.is_some(),
-        )
-        .map_err(|(what, problem)| cli(flag_of(what), mode.name(), &problem))?;
-        config.rules.push(Rule {
-            name: text.clone(),
-            matcher: StringMatch {
-                pattern,
-                algo,
-                from,
-                to,
-                icase: flags.icase,
-                invert: flags.invert,
-            },
-            protocol: Protocol::Tcp,
-            dports: Ports::any(),
-            sports: Ports::any(),
-            action,
-            ban: Some(0),
-            mode,
-            rcpt_domain: domain,
+    let base = RuleSpec {
+        icase: flags.icase,
+        invert: flags.invert,
+        algo: flags.algo.clone().map(Set::flag),
+        from: flags.from.map(Set::flag),
+        to: flags.to,
+        action: flags.action.clone().map(Set::flag),
+        mode: flags.mode.clone().map(Set::flag),
+        ..RuleSpec::new(At::Flag)
+    };
+    let mut specs = Vec::new();
+    for s in &flags.string {
+        specs.push(RuleSpec {
+            string: Some(Set::flag(s.clone())),
+            ..base.clone()
         });
+    }
+    for h in &flags.hex_string {
+        specs.push(RuleSpec {
+            hex_string: Some(Set::flag(h.clone())),
+            ..base.clone()
+        });
+    }
+    for d in &flags.rcpt_domain {
+        specs.push(RuleSpec {
+            rcpt_domain: Some(Set::flag(d.clone())),
+            subdomains: flags.subdomains,
+            ..base.clone()
+        });
+    }
+    for spec in specs {
+        let index = config.rules.len();
+        let rule = lower(spec, index, &config.lists, &FlagBlame)?;
+        config.rules.push(rule);
     }
     Ok(())
 }

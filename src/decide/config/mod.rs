@@ -12,6 +12,7 @@ use crate::time::{self, Duration};
 
 mod file;
 mod flags;
+mod rules;
 
 use file::{Origin, parse_file};
 pub use flags::Flags;
