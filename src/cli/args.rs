@@ -239,69 +239,13 @@ pub(crate) struct RuleArgs {
     /// Configuration file (TOML); flags below add to it.
     #[arg(long, short = 'c', value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
-    /// Ban sources of packets that contain this string (repeatable).
-    #[arg(long, value_name = "STRING")]
-    pub(crate) string: Vec<String>,
-    /// Like --string, in iptables --hex-string syntax, e.g. '|40|example.com' (repeatable).
-    #[arg(long, value_name = "HEX")]
-    pub(crate) hex_string: Vec<String>,
-    /// Match case-insensitively (the kernel's Latin-1 table).
-    #[arg(long)]
-    pub(crate) icase: bool,
-    /// Match packets that do NOT contain the string (iptables '!').
-    #[arg(long)]
-    pub(crate) invert: bool,
-    /// bm or kmp (printed only: both match the same on linear buffers).
-    #[arg(long, value_name = "ALGO")]
-    pub(crate) algo: Option<String>,
-    /// First offset searched, counted from the IP header.
-    #[arg(long, value_name = "N")]
-    pub(crate) from: Option<u16>,
-    /// End of the searched range (exclusive), counted from the IP header.
-    #[arg(long, value_name = "N")]
-    pub(crate) to: Option<u16>,
-    /// Protected TCP destination port(s), overriding the configuration (default 25).
-    #[arg(long, value_name = "PORT", value_delimiter = ',')]
-    pub(crate) port: Vec<u16>,
-    /// How long a ban lasts, e.g. 24h, 90m, 3600 (first list).
-    #[arg(long, value_name = "DURATION")]
-    pub(crate) ttl: Option<String>,
-    /// reject (drop + reset), drop, or log (accept this packet, ban the source).
-    #[arg(long, value_name = "ACTION")]
-    pub(crate) action: Option<String>,
-    /// Matching mode: packet (exact xt_string), stream (the TCP byte stream, across segments) or
-    /// smtp (only in MAIL FROM / RCPT TO commands, any case; bodies never match).
-    #[arg(long, value_name = "MODE")]
-    pub(crate) mode: Option<String>,
-    /// Most bans the first list holds before evicting the least recently seen.
-    #[arg(long, value_name = "N")]
-    pub(crate) capacity: Option<u64>,
-    /// Ban senders of mail to this recipient domain (an smtp-mode rule; repeatable).
-    #[arg(long, value_name = "DOMAIN")]
-    pub(crate) rcpt_domain: Vec<String>,
-    /// --rcpt-domain also matches its subdomains.
-    #[arg(long)]
-    pub(crate) subdomains: bool,
-    /// Never let a flow bypass inspection (follow every session to its end).
-    #[arg(long)]
-    pub(crate) no_bypass: bool,
-    /// Let a flow bypass inspection after this many client bytes (0: no budget).
-    #[arg(long, value_name = "BYTES")]
-    pub(crate) bypass_after: Option<u64>,
-    /// Most flows tracked per worker, least recently seen evicted [default: 65536].
-    #[arg(long, value_name = "N")]
-    pub(crate) max_flows: Option<u64>,
-    /// Forget a flow unseen this long [default: 300s].
-    #[arg(long, value_name = "DURATION")]
-    pub(crate) flow_idle: Option<String>,
+    /// The rule, list and engine flags (the configuration's one-liner form).
+    #[command(flatten)]
+    pub(crate) flags: Flags,
     /// Run the rules of an iptables-save file or iptables shell script instead (-m string,
     /// -m recent, multiport, comment; the filter table's INPUT chain).
     #[arg(long, value_name = "FILE")]
     pub(crate) iptables: Option<PathBuf>,
-    /// With --iptables: bound each recent table to N entries, evicting as the kernel's
-    /// ip_list_tot (default: unbounded).
-    #[arg(long, value_name = "N")]
-    pub(crate) compat_list_tot: Option<u64>,
 }
 
 #[derive(Args)]

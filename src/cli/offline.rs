@@ -10,24 +10,6 @@ pub(crate) fn load_config(args: &RuleArgs) -> anyhow::Result<Config> {
         None => None,
     };
     let flags = Flags {
-        string: args.string.clone(),
-        hex_string: args.hex_string.clone(),
-        icase: args.icase,
-        invert: args.invert,
-        algo: args.algo.clone(),
-        from: args.from,
-        to: args.to,
-        ports: args.port.clone(),
-        ttl: args.ttl.clone(),
-        action: args.action.clone(),
-        mode: args.mode.clone(),
-        capacity: args.capacity,
-        rcpt_domain: args.rcpt_domain.clone(),
-        subdomains: args.subdomains,
-        no_bypass: args.no_bypass,
-        bypass_after: args.bypass_after,
-        max_flows: args.max_flows,
-        flow_idle: args.flow_idle.clone(),
         iptables: match &args.iptables {
             Some(path) => Some((
                 path.display().to_string(),
@@ -35,7 +17,7 @@ pub(crate) fn load_config(args: &RuleArgs) -> anyhow::Result<Config> {
             )),
             None => None,
         },
-        compat_list_tot: args.compat_list_tot,
+        ..args.flags.clone()
     };
     let name = args.config.as_ref().map(|p| p.display().to_string());
     let file = name.as_deref().zip(text.as_deref());

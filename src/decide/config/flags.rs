@@ -6,33 +6,72 @@ use std::fmt;
 use super::rules::{At, Blame, RuleSpec, Set, lower};
 use super::{CLI, Config, ConfigError};
 
-/// Rule and list settings given as command-line flags (the one-liner case).
-#[derive(Clone, Debug, Default, Eq, PartialEq)]
+/// Rule and list settings given as command-line flags (the one-liner case). The command line
+/// parses straight into this (`clap` flattens it into each command that takes rules).
+#[derive(Clone, Debug, Default, Eq, PartialEq, clap::Args)]
 pub struct Flags {
+    /// Ban sources of packets that contain this string (repeatable).
+    #[arg(long, value_name = "STRING")]
     pub string: Vec<String>,
+    /// Like --string, in iptables --hex-string syntax, e.g. '|40|example.com' (repeatable).
+    #[arg(long, value_name = "HEX")]
     pub hex_string: Vec<String>,
+    /// Match case-insensitively (the kernel's Latin-1 table).
+    #[arg(long)]
     pub icase: bool,
+    /// Match packets that do NOT contain the string (iptables '!').
+    #[arg(long)]
     pub invert: bool,
+    /// bm or kmp (printed only: both match the same on linear buffers).
+    #[arg(long, value_name = "ALGO")]
     pub algo: Option<String>,
+    /// First offset searched, counted from the IP header.
+    #[arg(long, value_name = "N")]
     pub from: Option<u16>,
+    /// End of the searched range (exclusive), counted from the IP header.
+    #[arg(long, value_name = "N")]
     pub to: Option<u16>,
+    /// Protected TCP destination port(s), overriding the configuration (default 25).
+    #[arg(long = "port", value_name = "PORT", value_delimiter = ',')]
     pub ports: Vec<u16>,
+    /// How long a ban lasts, e.g. 24h, 90m, 3600 (first list).
+    #[arg(long, value_name = "DURATION")]
     pub ttl: Option<String>,
+    /// reject (drop + reset), drop, or log (accept this packet, ban the source).
+    #[arg(long, value_name = "ACTION")]
     pub action: Option<String>,
+    /// Matching mode: packet (exact xt_string), stream (the TCP byte stream, across segments) or
+    /// smtp (only in MAIL FROM / RCPT TO commands, any case; bodies never match).
+    #[arg(long, value_name = "MODE")]
     pub mode: Option<String>,
+    /// Most bans the first list holds before evicting the least recently seen.
+    #[arg(long, value_name = "N")]
     pub capacity: Option<u64>,
-    /// Smtp-mode rules naming a recipient domain.
+    /// Ban senders of mail to this recipient domain (an smtp-mode rule; repeatable).
+    #[arg(long, value_name = "DOMAIN")]
     pub rcpt_domain: Vec<String>,
+    /// --rcpt-domain also matches its subdomains.
+    #[arg(long)]
     pub subdomains: bool,
-    /// Engine: never bypass a flow (follow every session to its end).
+    /// Never let a flow bypass inspection (follow every session to its end).
+    #[arg(long)]
     pub no_bypass: bool,
+    /// Let a flow bypass inspection after this many client bytes (0: no budget).
+    #[arg(long, value_name = "BYTES")]
     pub bypass_after: Option<u64>,
+    /// Most flows tracked per worker, least recently seen evicted [default: 65536].
+    #[arg(long, value_name = "N")]
     pub max_flows: Option<u64>,
+    /// Forget a flow unseen this long [default: 300s].
+    #[arg(long, value_name = "DURATION")]
     pub flow_idle: Option<String>,
-    /// `--iptables FILE`: its name and text.
-    pub iptables: Option<(String, String)>,
-    /// `--compat-list-tot N`: bound each recent table as the kernel's ip_list_tot.
+    /// With --iptables: bound each recent table to N entries, evicting as the kernel's
+    /// ip_list_tot (default: unbounded).
+    #[arg(long, value_name = "N")]
     pub compat_list_tot: Option<u64>,
+    /// `--iptables FILE`: its name and text (read by the command line).
+    #[arg(skip)]
+    pub iptables: Option<(String, String)>,
 }
 
 impl Flags {
