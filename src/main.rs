@@ -7,7 +7,6 @@ mod cli;
 use std::process::ExitCode;
 
 use clap::Parser;
-use serde_json::json;
 
 use cli::*;
 
@@ -20,24 +19,12 @@ fn main() -> ExitCode {
         Command::Run(args) => run_daemon(*args),
         Command::Rules(args) => run_rules(args),
         Command::List(args) => run_list(args),
-        Command::Count(p) => ctl_simple(&p.ctl, json!({"cmd": "count", "list": p.list}), |a| {
-            a["count"].to_string()
-        }),
+        Command::Count(p) => run_count(p),
         Command::Add(a) => run_add(a),
-        Command::Del(a) => ctl_simple(
-            &a.pick.ctl,
-            json!({"cmd": "del", "addr": a.addr, "list": a.pick.list}),
-            |r| format!("removed {}", r["removed"]),
-        ),
-        Command::Flush(p) => ctl_simple(&p.ctl, json!({"cmd": "flush", "list": p.list}), |r| {
-            format!("removed {}", r["removed"])
-        }),
-        Command::Stats(c) => ctl_simple(&c, json!({"cmd": "stats"}), |r| {
-            serde_json::to_string_pretty(&r["stats"]).unwrap_or_default()
-        }),
-        Command::Reload(c) => ctl_simple(&c, json!({"cmd": "reload"}), |_| {
-            "reload requested".to_string()
-        }),
+        Command::Del(a) => run_del(a),
+        Command::Flush(p) => run_flush(p),
+        Command::Stats(c) => run_stats(c),
+        Command::Reload(c) => run_reload(c),
         Command::ImportRecent(a) => run_import_recent(a),
         Command::Import(a) => run_import(a),
     };

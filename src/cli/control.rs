@@ -1,58 +1,81 @@
-//! The control socket's clients: list, count, add, del, flush, stats, reload, import-recent.
+//! The control socket's clients: list, count, add, del, flush, stats, reload, import-recent —
+//! through the typed [`Client`]. A refused request is bad input (exit 2); an unreachable
+//! socket or a broken answer exits 1.
 
 use super::*;
+use stringban::daemon::client::{BanLine, Client, ClientError, ResetOutcome};
 
-/// Sends one request and returns the answer lines; an `ok: false` answer is bad input (exit 2).
-pub(crate) fn ctl_request(
-    ctl: &Ctl,
-    req: &serde_json::Value,
-) -> anyhow::Result<Vec<serde_json::Value>> {
-    let answer = stringban::control::request(&ctl.control_socket, req)
-        .map_err(|e| anyhow::anyhow!("control socket: {e}"))?;
-    match answer.last() {
-        Some(last) if last["ok"] == true => Ok(answer),
-        Some(last) => Err(bad(last["error"].as_str().unwrap_or("error").to_string())),
-        None => Err(anyhow::anyhow!("control socket: no answer")),
+fn client(ctl: &Ctl) -> Client {
+    Client::new(&ctl.control_socket)
+}
+
+/// A client error as the command's: refused → exit 2.
+pub(crate) fn ctl_error(e: ClientError) -> anyhow::Error {
+    match e {
+        ClientError::Refused(why) => bad(why),
+        other => anyhow::Error::new(other),
     }
 }
 
 /// `add`: bans, and with `--reset` resets the address's sessions; a reset that could not be
 /// done is an error (exit 1) after the ban is in place.
 pub(crate) fn run_add(a: AddArgs) -> anyhow::Result<()> {
-    let mut req = json!({"cmd": "add", "addr": a.addr, "ttl": a.ttl, "list": a.pick.list});
-    if a.reset {
-        req["reset"] = json!(true);
-    }
-    let answer = ctl_request(&a.pick.ctl, &req)?;
-    let Some(r) = answer.last() else {
-        return Ok(());
-    };
+    let added = client(&a.pick.ctl)
+        .add(a.addr, a.ttl, a.pick.list, a.reset)
+        .map_err(ctl_error)?;
     let mut line = format!(
         "banned {} in list {} ({})",
-        r["key"].as_str().unwrap_or(""),
-        r["list"].as_str().unwrap_or(""),
-        if r["new"] == true { "new" } else { "renewed" }
+        added.key,
+        added.list,
+        if added.new { "new" } else { "renewed" }
     );
+    let reset = added.reset.unwrap_or(ResetOutcome {
+        sessions: 0,
+        error: None,
+    });
     if a.reset {
-        line.push_str(&format!("; {} sessions reset", r["reset"]["sessions"]));
+        line.push_str(&format!("; {} sessions reset", reset.sessions));
     }
     println!("{line}");
-    match r["reset"]["error"].as_str() {
+    match reset.error {
         Some(e) => Err(anyhow::anyhow!("reset: {e}")),
         None => Ok(()),
     }
 }
 
-/// One request, its last answer line printed through `show`.
-pub(crate) fn ctl_simple(
-    ctl: &Ctl,
-    req: serde_json::Value,
-    show: impl Fn(&serde_json::Value) -> String,
-) -> anyhow::Result<()> {
-    let answer = ctl_request(ctl, &req)?;
-    if let Some(last) = answer.last() {
-        println!("{}", show(last));
-    }
+pub(crate) fn run_count(p: ListPick) -> anyhow::Result<()> {
+    println!("{}", client(&p.ctl).count(p.list).map_err(ctl_error)?);
+    Ok(())
+}
+
+pub(crate) fn run_del(a: DelArgs) -> anyhow::Result<()> {
+    let n = client(&a.pick.ctl)
+        .del(a.addr, a.pick.list)
+        .map_err(ctl_error)?;
+    println!("removed {n}");
+    Ok(())
+}
+
+pub(crate) fn run_flush(p: ListPick) -> anyhow::Result<()> {
+    println!(
+        "removed {}",
+        client(&p.ctl).flush(p.list).map_err(ctl_error)?
+    );
+    Ok(())
+}
+
+pub(crate) fn run_stats(c: Ctl) -> anyhow::Result<()> {
+    let stats = client(&c).stats().map_err(ctl_error)?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&stats).unwrap_or_default()
+    );
+    Ok(())
+}
+
+pub(crate) fn run_reload(c: Ctl) -> anyhow::Result<()> {
+    client(&c).reload().map_err(ctl_error)?;
+    println!("reload requested");
     Ok(())
 }
 
@@ -68,23 +91,23 @@ pub(crate) fn run_list(args: ListArgs) -> anyhow::Result<()> {
             )));
         }
     };
-    let answer = ctl_request(
-        &args.pick.ctl,
-        &json!({"cmd": "list", "list": args.pick.list}),
-    )?;
+    let bans: Vec<BanLine> = client(&args.pick.ctl)
+        .list(args.pick.list)
+        .map_err(ctl_error)?;
     let mut out = io::stdout().lock();
-    for ban in &answer[..answer.len() - 1] {
+    for ban in &bans {
         match format {
-            "json" => writeln!(out, "{ban}")?,
-            "xt-recent" => writeln!(out, "{}", stringban::control::xt_recent_line(ban))?,
+            // Through a JSON value: keys in the order the daemon sends them.
+            "json" => writeln!(out, "{}", serde_json::to_value(ban)?)?,
+            "xt-recent" => writeln!(
+                out,
+                "{}",
+                stringban::control::xt_recent_line(&ban.key, ban.last_seen)
+            )?,
             _ => writeln!(
                 out,
                 "{:<42} list {:<12} ttl {:>8}s  hits {:>8}  first seen {}",
-                ban["key"].as_str().unwrap_or(""),
-                ban["list"].as_str().unwrap_or(""),
-                ban["ttl_left"],
-                ban["hits"],
-                ban["first_seen"]
+                ban.key, ban.list, ban.ttl_left, ban.hits, ban.first_seen
             )?,
         }
     }
@@ -96,13 +119,18 @@ pub(crate) fn run_import_recent(args: ImportArgs) -> anyhow::Result<()> {
         fs::read_to_string(&args.file).map_err(|e| bad(format!("{}: {e}", args.file.display())))?;
     let addrs = stringban::control::parse_xt_recent(&text)
         .map_err(|e| bad(format!("{}: {e}", args.file.display())))?;
+    let c = client(&args.pick.ctl);
     let mut new = 0;
     for a in &addrs {
-        let answer = ctl_request(
-            &args.pick.ctl,
-            &json!({"cmd": "add", "addr": a.to_string(), "ttl": args.ttl, "list": args.pick.list}),
-        )?;
-        new += usize::from(answer.last().is_some_and(|r| r["new"] == true));
+        let added = c
+            .add(
+                a.to_string(),
+                args.ttl.clone(),
+                args.pick.list.clone(),
+                false,
+            )
+            .map_err(ctl_error)?;
+        new += usize::from(added.new);
     }
     println!(
         "imported {} addresses from {} ({new} new bans)",

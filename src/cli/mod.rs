@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use serde_json::json;
 
 use stringban::Engine;
 use stringban::attack::{self, GenConfig, GenError, Kind};

@@ -312,8 +312,7 @@ pub fn handle(
 
 /// The xt_recent `/proc` line of a ban (docs/KERNEL.md §3.4), with times in seconds since the
 /// epoch where the kernel prints jiffies: `src=ADDR ttl: 0 last_seen: T oldest_pkt: 1 T`.
-pub fn xt_recent_line(ban: &Value) -> String {
-    let key = ban["key"].as_str().unwrap_or("");
+pub fn xt_recent_line(key: &str, last_seen: u64) -> String {
     let addr = key.split('/').next().unwrap_or(key);
     let addr = match addr.parse::<IpAddr>() {
         Ok(IpAddr::V6(v6)) => v6
@@ -324,8 +323,7 @@ pub fn xt_recent_line(ban: &Value) -> String {
             .join(":"),
         _ => addr.to_string(),
     };
-    let seen = ban["last_seen"].as_u64().unwrap_or(0);
-    format!("src={addr} ttl: 0 last_seen: {seen} oldest_pkt: 1 {seen}")
+    format!("src={addr} ttl: 0 last_seen: {last_seen} oldest_pkt: 1 {last_seen}")
 }
 
 /// Addresses of an xt_recent `/proc/net/xt_recent/NAME` dump, in order (lines that do not
@@ -655,7 +653,10 @@ mod tests {
         assert_eq!(a[0]["rule"], Value::Null);
         assert_eq!(a[1], json!({"ok": true, "count": 1}));
         assert_eq!(
-            xt_recent_line(&a[0]),
+            xt_recent_line(
+                a[0]["key"].as_str().unwrap_or(""),
+                a[0]["last_seen"].as_u64().unwrap_or(0)
+            ),
             "src=198.18.0.7 ttl: 0 last_seen: 1767225600 oldest_pkt: 1 1767225600"
         );
         let (a, _) = ask(&b, r#"{"cmd":"del","addr":"198.18.0.7"}"#);
@@ -714,7 +715,10 @@ mod tests {
         );
         let v = json!({"key": "2001:db8::/64", "last_seen": 5});
         assert_eq!(
-            xt_recent_line(&v),
+            xt_recent_line(
+                v["key"].as_str().unwrap_or(""),
+                v["last_seen"].as_u64().unwrap_or(0)
+            ),
             "src=2001:0db8:0000:0000:0000:0000:0000:0000 ttl: 0 last_seen: 5 oldest_pkt: 1 5"
         );
     }

@@ -37,6 +37,7 @@ use crate::sys::sockdiag::{Destroyed, SockDiag};
 use crate::time::Instant;
 
 mod changes;
+pub mod client;
 pub mod control;
 mod counters;
 mod guards;
