@@ -61,6 +61,8 @@ pub struct Report {
     pub list_names: Vec<String>,
     /// Every source convicted during the replay, most dropped packets first.
     pub banned: Vec<Convicted>,
+    /// Imported iptables rules: each `-m recent` table's name and entries at the end.
+    pub recent: Vec<(String, usize)>,
 }
 
 /// A source (ban key) that a rule convicted during the replay.
@@ -133,6 +135,7 @@ impl Report {
             "banned_at_end": self.banned.iter().filter(|c| c.live_at_end).count(),
             "banned": banned_sources(self),
             "top_banned": top,
+            "recent_tables": self.recent.iter().map(|(name, n)| serde_json::json!({"name": name, "entries": n})).collect::<Vec<_>>(),
             "flows": {
                 "new": s.flows_new,
                 "bypassed": s.flows_bypassed,
@@ -212,13 +215,24 @@ impl fmt::Display for Report {
                 n(s.banned.get(i).copied().unwrap_or(0))
             )?;
         }
+        for (name, entries) in &self.recent {
+            writeln!(
+                f,
+                "recent:   table {name:?} holds {} sources at the end (imported iptables rules)",
+                n(*entries as u64)
+            )?;
+        }
         let live = self.banned.iter().filter(|c| c.live_at_end).count() as u64;
-        writeln!(
-            f,
-            "banned:   {} distinct sources ({} still banned when the capture ends)",
-            n(self.banned.len() as u64),
-            n(live)
-        )?;
+        if !self.recent.is_empty() && self.rule_names.is_empty() {
+            // Imported rules ban through their recent tables, reported above.
+        } else {
+            writeln!(
+                f,
+                "banned:   {} distinct sources ({} still banned when the capture ends)",
+                n(self.banned.len() as u64),
+                n(live)
+            )?;
+        }
         if !self.banned.is_empty() {
             writeln!(f, "  top sources by packets dropped:")?;
         }
@@ -366,6 +380,7 @@ pub fn replay(
             .map(|l| l.config().name.clone())
             .collect(),
         banned: Vec::new(),
+        recent: Vec::new(),
     };
     if let Some(out) = options.verdicts.as_mut() {
         writeln!(out, "#index\tsrc\tsport\tdst\tdport\tverdict\treason")
@@ -385,12 +400,18 @@ pub fn replay(
         .drain()
         .map(|((list_id, key), mut c)| {
             let list = engine.blacklist().list(list_id);
-            c.live_at_end = list.bans(end).iter().any(|b| b.key == key);
+            c.live_at_end = list.get(key.addr(), end).is_some();
             c
         })
         .collect();
     banned.sort_by(|a, b| b.dropped.cmp(&a.dropped).then(a.key.cmp(&b.key)));
     report.banned = banned;
+    if let Some(tables) = engine.recent_tables() {
+        report.recent = match tables.lock() {
+            Ok(t) => t.sizes(),
+            Err(poisoned) => poisoned.into_inner().sizes(),
+        };
+    }
     Ok(report)
 }
 

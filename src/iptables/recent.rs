@@ -119,6 +119,17 @@ impl Tables {
         self.tables.values().all(|t| t.entries.is_empty())
     }
 
+    /// Every table's name and entry count, by name.
+    pub fn sizes(&self) -> Vec<(String, usize)> {
+        let mut out: Vec<_> = self
+            .tables
+            .iter()
+            .map(|(name, t)| (name.clone(), t.entries.len()))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Does the table hold `addr` (masked by the table's mask)?
     pub fn contains(&self, name: &str, addr: IpAddr) -> bool {
         self.tables
