@@ -29,7 +29,7 @@ pub mod sys;
 
 pub use capture::{attack, replay, script};
 pub use daemon::{control, metrics, persist, store};
-pub use decide::{blacklist, config, engine, flow, parse, rule, scan, time, verdict};
+pub use decide::{allow, blacklist, config, engine, flow, parse, rule, scan, time, verdict};
 pub use iptables::{chains, recent};
 
 pub use config::Config;

@@ -583,6 +583,9 @@ pub fn reason_text(reason: Reason, engine: &Engine) -> String {
             format!("banned:{}", engine.blacklist().list(list).config().name)
         }
         Reason::Clean => "clean".into(),
+        Reason::Allowlisted { rule } => {
+            format!("allowlisted:{}", engine.rules()[usize::from(rule)].name)
+        }
         Reason::Matched { rule } => format!("matched:{}", engine.rules()[usize::from(rule)].name),
         Reason::Unguarded => "unguarded".into(),
         Reason::Reply => "reply".into(),

@@ -94,7 +94,7 @@ pub(crate) fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
         .with_max_level(level)
         .with_target(false)
         .init();
-    let config = load_config(&args.rules)?;
+    let config = load_config(&args.rules, true)?;
     let summary_every = stringban::time::parse_duration(&args.summary_interval).map_err(|e| {
         bad(format!(
             "command line: --summary-interval = {}: {e}",
@@ -139,7 +139,7 @@ pub(crate) fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
     };
     let rule_args = args.rules.clone();
     let reload: sbdaemon::Reload =
-        Box::new(move || load_config(&rule_args).map_err(|e| format!("{e:#}").into()));
+        Box::new(move || load_config(&rule_args, true).map_err(|e| format!("{e:#}").into()));
     sbdaemon::run(config, daemon, reload).map_err(|e| {
         if e.at_start {
             bad(e.to_string())

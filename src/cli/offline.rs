@@ -2,7 +2,9 @@
 
 use super::*;
 
-pub(crate) fn load_config(args: &RuleArgs) -> anyhow::Result<Config> {
+/// The configuration of the command line and `--config`, with the allowlist's files read and,
+/// for the daemon (`host`), its defaults: loopback and this host's addresses.
+pub(crate) fn load_config(args: &RuleArgs, host: bool) -> anyhow::Result<Config> {
     let text = match &args.config {
         Some(path) => {
             Some(fs::read_to_string(path).map_err(|e| bad(format!("{}: {e}", path.display())))?)
@@ -21,11 +23,26 @@ pub(crate) fn load_config(args: &RuleArgs) -> anyhow::Result<Config> {
     };
     let name = args.config.as_ref().map(|p| p.display().to_string());
     let file = name.as_deref().zip(text.as_deref());
-    Config::build(file, &flags).map_err(|e| bad(e.to_string()))
+    let mut config = Config::build(file, &flags).map_err(|e| bad(e.to_string()))?;
+    let addrs = if host {
+        Some(
+            stringban::sys::ifaddrs::host_addresses()
+                .map_err(|e| bad(format!("the host's addresses (getifaddrs): {e}")))?,
+        )
+    } else {
+        None
+    };
+    config
+        .resolve_allowlist(
+            |path| fs::read_to_string(path).map_err(|e| e.to_string()),
+            addrs.as_deref(),
+        )
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(config)
 }
 
 pub(crate) fn run_replay(args: ReplayArgs) -> anyhow::Result<()> {
-    let config = load_config(&args.rules)?;
+    let config = load_config(&args.rules, false)?;
     let mut engine = Engine::new(&config);
     let verdicts: Option<Box<dyn Write>> = match &args.verdicts {
         Some(path) => {
@@ -154,7 +171,7 @@ pub(crate) fn truth_path(capture: &Path) -> PathBuf {
 }
 
 pub(crate) fn run_check(args: CheckArgs) -> anyhow::Result<()> {
-    let config = load_config(&args.rules)?;
+    let config = load_config(&args.rules, false)?;
     let mut out = io::stdout().lock();
     writeln!(
         out,

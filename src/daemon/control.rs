@@ -89,8 +89,9 @@ fn lists<'a>(bl: &'a Blacklist, req: &Value) -> Result<Vec<&'a List>, BadRequest
     }
 }
 
-/// One ban as a JSON object.
-pub fn ban_json(list: &str, ban: &Ban, now: Instant) -> Value {
+/// One ban as a JSON object; `rules` names the rule that made it (`rule_name`, null for a ban
+/// by hand).
+pub fn ban_json(list: &str, ban: &Ban, now: Instant, rules: &[String]) -> Value {
     json!({
         "list": list,
         "key": ban.key.to_string(),
@@ -100,6 +101,8 @@ pub fn ban_json(list: &str, ban: &Ban, now: Instant) -> Value {
         "ttl_left": ban.expires_at.saturating_sub(now).secs(),
         "hits": ban.hits,
         "rule": if ban.rule == NO_RULE { Value::Null } else { json!(ban.rule) },
+        "rule_name": if ban.rule == NO_RULE { Value::Null } else { json!(rules.get(usize::from(ban.rule))) },
+        "offences": ban.offences,
     })
 }
 
@@ -169,6 +172,10 @@ pub struct Host<'a> {
     /// Resets every live session from an address, both ways (`add … "reset":true`): the
     /// answer's `reset` object, `{"sessions":N}` or `{"sessions":0,"error":"…"}`.
     pub reset: &'a dyn Fn(IpAddr) -> Value,
+    /// Why an address is allowlisted (the entry and where it came from), or None.
+    pub allowed: &'a dyn Fn(IpAddr) -> Option<String>,
+    /// The rules' names, by rule id.
+    pub rules: &'a dyn Fn() -> Vec<String>,
 }
 
 /// Answers one request line. Each answer line goes to `out`.
@@ -203,9 +210,10 @@ pub fn handle(
     match cmd {
         "list" => {
             let mut n = 0u64;
+            let rules = (host.rules)();
             for l in &targets {
                 for ban in l.bans(now) {
-                    out(ban_json(&l.config().name, &ban, now).to_string());
+                    out(ban_json(&l.config().name, &ban, now, &rules).to_string());
                     n += 1;
                 }
             }
@@ -260,6 +268,12 @@ pub fn handle(
                     return Effect::None;
                 }
             };
+            if let Some(why) = (host.allowed)(ip) {
+                out(err(format!(
+                    "{ip} is allowlisted by {why}: not banned (take it off the allowlist and reload first)"
+                )));
+                return Effect::None;
+            }
             let reset = match req.get("reset") {
                 None | Some(Value::Null) | Some(Value::Bool(false)) => false,
                 Some(Value::Bool(true)) => true,
@@ -532,6 +546,10 @@ mod tests {
         let host = Host {
             stats: &|| json!({"packets": 7}),
             reset: &|ip| json!({"sessions": 1, "addr": ip.to_string()}),
+            allowed: &|ip| {
+                (ip == IpAddr::from([192, 0, 2, 1])).then(|| "192.0.2.1/32 (test)".into())
+            },
+            rules: &|| vec!["r0".into()],
         };
         let effect = handle(line, bl, T0, &host, &mut |l| {
             out.push(serde_json::from_str(&l).unwrap())
@@ -591,6 +609,8 @@ mod tests {
             let host = Host {
                 stats: &|| Value::Null,
                 reset: &|_| Value::Null,
+                allowed: &|_| None,
+                rules: &Vec::new,
             };
             serve(server, &bl(), &|| T0, &host, &|_| {}).unwrap();
         });

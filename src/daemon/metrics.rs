@@ -129,6 +129,7 @@ impl Snapshot<'_> {
                     "size": l.len(),
                     "added": s.added.load(Relaxed),
                     "renewed": s.renewed.load(Relaxed),
+                    "strikes": s.strikes.load(Relaxed),
                     "hits": s.hits.load(Relaxed),
                     "expired": s.expired.load(Relaxed),
                     "evicted": s.evicted.load(Relaxed),
@@ -150,8 +151,20 @@ impl Snapshot<'_> {
                 "drop": e.verdict(Verdict::Drop),
                 "reset": e.verdict(Verdict::Reset),
             },
-            "matches": e.matches,
-            "banned_packets": e.banned,
+            "matches": e.matches.iter().enumerate().map(|(i, n)| json!({
+                "rule": i,
+                "name": self.rule_names.get(i),
+                "matches": n,
+            })).collect::<Vec<_>>(),
+            "banned_packets": self.blacklist.lists().iter().zip(&e.banned).map(|(l, n)| json!({
+                "list": l.name(),
+                "packets": n,
+            })).collect::<Vec<_>>(),
+            "bans_new": e.bans_new,
+            "bans_renewed": e.bans_renewed,
+            "strikes": e.strikes,
+            "allowlisted_packets": e.allowlisted,
+            "allowlisted_convictions": e.allowlisted_convictions,
             "unparsed": e.unparsed_total(),
             "malformed": self.malformed,
             "sockets_destroyed": self.sockets_destroyed,
@@ -278,6 +291,26 @@ pub fn render(s: &Snapshot<'_>) -> String {
             "stringban_matches_total{{rule=\"{}\"}} {n}",
             escape(name)
         );
+    }
+    for (name, help, n) in [
+        (
+            "stringban_allowlisted_packets_total",
+            "Packets to a protected port from allowlisted sources.",
+            e.allowlisted,
+        ),
+        (
+            "stringban_allowlisted_convictions_total",
+            "Rule matches from allowlisted sources (accepted, never banned).",
+            e.allowlisted_convictions,
+        ),
+        (
+            "stringban_strikes_total",
+            "Convictions counted towards a list's threshold, no ban yet.",
+            e.strikes,
+        ),
+    ] {
+        head(&mut o, name, "counter", help);
+        let _ = writeln!(o, "{name} {n}");
     }
     head(
         &mut o,

@@ -29,6 +29,17 @@ pub(super) fn control_loop(
                 let host = crate::control::Host {
                     stats: &|| stats_json(&shared, &blacklist),
                     reset: &|ip| reset_sessions(&shared, ip),
+                    allowed: &|ip| {
+                        let list = Arc::clone(&lock(&shared.config).allow.list);
+                        list.why(ip).map(|a| format!("{} ({})", a.cidr, a.origin))
+                    },
+                    rules: &|| {
+                        lock(&shared.config)
+                            .rules
+                            .iter()
+                            .map(|r| r.name.clone())
+                            .collect()
+                    },
                 };
                 let on_effect = |e: crate::control::Effect| {
                     if e == crate::control::Effect::Reload {

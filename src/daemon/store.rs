@@ -142,7 +142,9 @@ fn encode_record(out: &mut Vec<u8>, list: u16, ban: &Ban) {
     out.extend_from_slice(&secs(ban.expires_at));
     out.extend_from_slice(&ban.hits.to_le_bytes());
     out.extend_from_slice(&ban.rule.to_le_bytes());
-    out.extend_from_slice(&[0, 0]);
+    // Zero in files written before thresholds and escalation (issue 13): no strikes, and a
+    // live ban there counts as a first offence when restored.
+    out.extend_from_slice(&[ban.strikes, ban.offences]);
 }
 
 fn decode_record(b: &[u8]) -> Option<Rec> {
@@ -156,6 +158,8 @@ fn decode_record(b: &[u8]) -> Option<Rec> {
             expires_at: at_secs(u32_at(b, 28)),
             hits: u32_at(b, 32),
             rule: u16_at(b, 36) as RuleId,
+            strikes: b[38],
+            offences: b[39],
         },
     })
 }
@@ -353,7 +357,7 @@ fn write_checked(
     generation: u64,
     now: Instant,
 ) -> io::Result<u64> {
-    let bans: Vec<Vec<Ban>> = blacklist.lists().iter().map(|l| l.bans(now)).collect();
+    let bans: Vec<Vec<Ban>> = blacklist.lists().iter().map(|l| l.records(now)).collect();
     let count: u64 = bans.iter().map(|b| b.len() as u64).sum();
     let file = create_private(tmp)?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
@@ -814,6 +818,8 @@ pub fn encode_change(change: &Change) -> [u8; JOURNAL_RECORD] {
                 expires_at: Instant::ZERO,
                 hits: 0,
                 rule: 0,
+                strikes: 0,
+                offences: 0,
             }),
         ),
         Change::Flush(l) => (KIND_FLUSH, l, None),
@@ -1369,6 +1375,54 @@ mod tests {
         );
     }
 
+    /// Strikes and offences (thresholds, escalation) come back from the journal and from the
+    /// snapshot.
+    #[test]
+    fn offenders_survive_a_restart() {
+        let d = tmp("offenders");
+        let offenders = || {
+            Blacklist::new(vec![ListConfig {
+                ttl: Duration::from_secs(60),
+                threshold: 2,
+                escalate: 3,
+                ..ListConfig::new("spam")
+            }])
+        };
+        let b = offenders();
+        let (mut store, _) = Store::open(&d.0, &b, T0).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        b.set_journal(&tx);
+        let l = b.list(0);
+        l.ban(ip(1), T0, 0); // one strike
+        l.ban(ip(2), T0, 0);
+        l.ban(ip(2), T0, 0); // banned: first offence
+        for c in rx.try_iter() {
+            store.journal.append(&c).unwrap();
+        }
+        store.journal.sync().unwrap();
+        let later = T0.saturating_add(Duration::from_secs(61));
+        for round in ["journal", "snapshot"] {
+            let b2 = offenders();
+            let (mut s2, loaded) = Store::open(&d.0, &b2, later).unwrap();
+            assert!(loaded.problems.is_empty(), "{round}: {:?}", loaded.problems);
+            let l2 = b2.list(0);
+            assert_eq!(l2.entry(ip(1), later).unwrap().strikes, 1, "{round}");
+            assert_eq!(l2.entry(ip(2), later).unwrap().offences, 1, "{round}");
+            assert!(
+                l2.get(ip(2), later).is_none(),
+                "{round}: the first ban was served"
+            );
+            if round == "snapshot" {
+                // The second offence, two convictions later, lasts 3 × 60 s.
+                l2.ban(ip(2), later, 0);
+                l2.ban(ip(2), later, 0);
+                let ban = l2.get(ip(2), later).unwrap();
+                assert_eq!(ban.expires_at.saturating_sub(later).secs(), 180);
+            }
+            s2.compact(&b2, later).unwrap();
+        }
+    }
+
     fn filled(d: &Path, n: u32) -> Blacklist {
         let b = lists();
         for i in 0..n {
@@ -1604,6 +1658,8 @@ mod tests {
                 expires_at: T0.saturating_add(Duration::from_secs(60)),
                 hits: 0,
                 rule: 0,
+                strikes: 0,
+                offences: 1,
             };
             store.journal.append(&Change::Ban(0, ban)).unwrap();
         }

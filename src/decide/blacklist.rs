@@ -48,20 +48,69 @@ pub struct ListConfig {
     pub capacity: usize,
     pub prefix_v4: u8,
     pub prefix_v6: u8,
+    /// Ban after this many convictions within `window` (1: at the first, as xt_recent `--set`).
+    pub threshold: u8,
+    /// The window convictions count in, from the first of them.
+    pub window: Duration,
+    /// A repeat offender's TTL is the previous one times this, up to `max_ttl` (1: off).
+    pub escalate: u8,
+    /// Longest escalated TTL (default: the larger of `ttl` and 30 days).
+    pub max_ttl: Option<Duration>,
+    /// How long after a ban ends its offender is remembered for escalation (default: max_ttl).
+    pub remember: Option<Duration>,
 }
 
 impl ListConfig {
     pub const DEFAULT_CAPACITY: usize = 10_000_000;
 
+    /// No name, defaults otherwise (a base for computations; `new` names a list).
+    const EMPTY: ListConfig = ListConfig {
+        name: String::new(),
+        ttl: Duration::from_secs(86_400),
+        refresh_on_hit: true,
+        capacity: ListConfig::DEFAULT_CAPACITY,
+        prefix_v4: 32,
+        prefix_v6: 64,
+        threshold: 1,
+        window: Duration::from_secs(600),
+        escalate: 1,
+        max_ttl: None,
+        remember: None,
+    };
+
     pub fn new(name: &str) -> ListConfig {
         ListConfig {
             name: name.to_string(),
-            ttl: Duration::from_secs(86_400),
-            refresh_on_hit: true,
-            capacity: ListConfig::DEFAULT_CAPACITY,
-            prefix_v4: 32,
-            prefix_v6: 64,
+            ..ListConfig::EMPTY
         }
+    }
+
+    /// The longest TTL an escalation reaches.
+    pub fn max_ttl(&self) -> Duration {
+        self.max_ttl
+            .unwrap_or_else(|| self.ttl.max(Duration::from_secs(30 * 86_400)))
+    }
+
+    /// How long after a ban ends its offender is remembered (0 when escalation is off).
+    pub fn remember(&self) -> Duration {
+        match self.escalate {
+            0 | 1 => Duration::ZERO,
+            _ => self.remember.unwrap_or_else(|| self.max_ttl()),
+        }
+    }
+
+    /// The TTL of an offender's `offence`-th ban (1-based): `ttl × escalate^(offence-1)`,
+    /// at most [`ListConfig::max_ttl`].
+    pub fn ttl_for(&self, offence: u8) -> Duration {
+        let mut ttl = self.ttl.micros();
+        let cap = self.max_ttl().micros().max(ttl);
+        for _ in 1..offence.max(1) {
+            if self.escalate <= 1 || ttl >= cap {
+                break;
+            }
+            ttl = ttl.saturating_mul(u64::from(self.escalate));
+        }
+        Duration::from_micros(ttl.min(cap))
     }
 }
 
@@ -95,50 +144,123 @@ impl fmt::Display for Key {
     }
 }
 
-/// A snapshot of one entry, for listing.
+/// A list's threshold and escalation, as used on convictions and sweeps (times in seconds).
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+struct Policy {
+    threshold: u8,
+    window: u32,
+    escalate: u8,
+    remember: u32,
+    max_ttl: Duration,
+}
+
+impl Policy {
+    fn of(c: &ListConfig) -> Policy {
+        let secs = |d: Duration| u32::try_from(d.micros() / 1_000_000).unwrap_or(u32::MAX);
+        Policy {
+            threshold: c.threshold.max(1),
+            window: secs(c.window),
+            escalate: c.escalate.max(1),
+            remember: secs(c.remember()),
+            max_ttl: c.max_ttl(),
+        }
+    }
+
+    /// `ttl × escalate^(offence-1)`, at most `max_ttl` (never less than `ttl`).
+    fn ttl_for(self, ttl: Duration, offence: u8) -> Duration {
+        ListConfig {
+            ttl,
+            escalate: self.escalate,
+            max_ttl: Some(self.max_ttl),
+            ..ListConfig::EMPTY
+        }
+        .ttl_for(offence)
+    }
+
+    fn remembers(self) -> bool {
+        self.threshold > 1 || self.escalate > 1
+    }
+
+    /// Until when (seconds) an entry is kept: its ban's end; for strikes, the window from the
+    /// first; for a ban served with escalation on, `remember` after its end.
+    fn keep_until(self, first_seen: u32, expires_at: u32, strikes: u8, offences: u8) -> u32 {
+        let mut until = expires_at;
+        if self.threshold > 1 && strikes > 0 {
+            until = until.max(first_seen.saturating_add(self.window));
+        }
+        if self.escalate > 1 && offences > 0 {
+            until = until.max(expires_at.saturating_add(self.remember));
+        }
+        until
+    }
+}
+
+/// A snapshot of one entry, for listing and persisting.
+///
+/// An entry is a ban while `now < expires_at`. With a threshold or escalation it may also be a
+/// record of an offender who is not banned now: convictions counted towards the threshold
+/// (`strikes`, since `first_seen`), or bans served (`offences`), kept for a while (see
+/// [`List::keep_until`]).
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 pub struct Ban {
     pub key: Key,
+    /// When the entry was made; while it counts strikes, the start of their window.
     pub first_seen: Instant,
     pub last_seen: Instant,
     pub expires_at: Instant,
     pub hits: u32,
     pub rule: RuleId,
+    /// Convictions counted towards the list's threshold (0 once banned).
+    pub strikes: u8,
+    /// Bans served or being served (escalation).
+    pub offences: u8,
+}
+
+impl Ban {
+    pub fn is_banned(&self, now: Instant) -> bool {
+        now.micros() < self.expires_at.micros()
+    }
 }
 
 #[derive(Debug)]
 struct Entry {
-    first_seen: u32,
+    first_seen: AtomicU32,
     last_seen: AtomicU32,
     expires_at: AtomicU32,
     hits: AtomicU32,
     rule: RuleId,
+    strikes: u8,
+    offences: u8,
 }
 
 impl Entry {
-    fn new(now: Instant, ttl: Duration, rule: RuleId) -> Entry {
+    fn banned(now: Instant, ttl: Duration, rule: RuleId) -> Entry {
         Entry {
-            first_seen: now.secs_u32(),
+            first_seen: AtomicU32::new(now.secs_u32()),
             last_seen: AtomicU32::new(now.secs_u32()),
             expires_at: AtomicU32::new(expiry(now, ttl)),
             hits: AtomicU32::new(0),
             rule,
+            strikes: 0,
+            offences: 1,
         }
     }
 
-    fn is_expired(&self, now: Instant) -> bool {
-        now.micros() >= u64::from(self.expires_at.load(Relaxed)) * 1_000_000
+    fn is_banned(&self, now: Instant) -> bool {
+        now.micros() < u64::from(self.expires_at.load(Relaxed)) * 1_000_000
     }
 
     fn snapshot(&self, key: Key) -> Ban {
         let at = |secs: u32| Instant::from_secs(u64::from(secs));
         Ban {
             key,
-            first_seen: at(self.first_seen),
+            first_seen: at(self.first_seen.load(Relaxed)),
             last_seen: at(self.last_seen.load(Relaxed)),
             expires_at: at(self.expires_at.load(Relaxed)),
             hits: self.hits.load(Relaxed),
             rule: self.rule,
+            strikes: self.strikes,
+            offences: self.offences,
         }
     }
 }
@@ -201,6 +323,8 @@ pub enum Banned {
     New,
     /// The key was already banned; its TTL starts again.
     Renewed,
+    /// Counted towards the list's threshold, not banned yet: convictions so far.
+    Strike(u8),
 }
 
 /// Counters of one list, shared by all workers.
@@ -208,6 +332,8 @@ pub enum Banned {
 pub struct ListStats {
     pub added: AtomicU64,
     pub renewed: AtomicU64,
+    /// Convictions counted towards the threshold without a ban.
+    pub strikes: AtomicU64,
     pub hits: AtomicU64,
     pub expired: AtomicU64,
     pub evicted: AtomicU64,
@@ -224,6 +350,11 @@ pub struct List {
     ttl_us: AtomicU64,
     refresh_on_hit: AtomicBool,
     capacity: AtomicUsize,
+    /// Threshold, window, escalation (reloadable): read on convictions and sweeps only.
+    offenders: std::sync::RwLock<ListConfig>,
+    policy: std::sync::RwLock<Policy>,
+    /// Seconds past the last sweep, to report the bans that ended since.
+    last_sweep: AtomicU32,
     v4: DashMap<u32, Entry, Keyed>,
     v6: DashMap<u128, Entry, Keyed>,
     keys: HashKeys,
@@ -246,6 +377,9 @@ impl List {
             ttl_us: AtomicU64::new(config.ttl.micros()),
             refresh_on_hit: AtomicBool::new(config.refresh_on_hit),
             capacity: AtomicUsize::new(config.capacity),
+            offenders: std::sync::RwLock::new(config.clone()),
+            policy: std::sync::RwLock::new(Policy::of(&config)),
+            last_sweep: AtomicU32::new(0),
             config,
             v4: DashMap::with_hasher_and_shard_amount(Keyed(keys), SHARDS),
             v6: DashMap::with_hasher_and_shard_amount(Keyed(keys), SHARDS),
@@ -266,18 +400,23 @@ impl List {
     /// Puts a persisted entry back (its key re-masked by this list's prefixes), unless it has
     /// expired at `now`. Records nothing. Returns whether it was added.
     pub fn restore(&self, ban: &Ban, now: Instant) -> bool {
-        if now.micros() >= ban.expires_at.micros() {
+        if now.micros() >= ban.expires_at.micros()
+            && (!self.remembers() || now.micros() >= self.keep_until(ban).micros())
+        {
             return false;
         }
         if self.len() >= self.capacity() {
             self.make_room(now);
         }
         let entry = Entry {
-            first_seen: ban.first_seen.secs_u32(),
+            first_seen: AtomicU32::new(ban.first_seen.secs_u32()),
             last_seen: AtomicU32::new(ban.last_seen.secs_u32()),
             expires_at: AtomicU32::new(ban.expires_at.secs_u32()),
             hits: AtomicU32::new(ban.hits),
             rule: ban.rule,
+            strikes: ban.strikes,
+            // Version-2 files predate offence counts: a ban there is a first offence.
+            offences: ban.offences.max(u8::from(ban.expires_at > Instant::ZERO)),
         };
         let fresh = match self.key(ban.key.addr()) {
             Key::V4 { addr, .. } => self.v4.insert(addr, entry).is_none(),
@@ -289,24 +428,62 @@ impl List {
         true
     }
 
-    /// The live entry of `addr`'s key, if any.
+    /// The ban of `addr`'s key, if it is banned at `now`.
     pub fn get(&self, addr: IpAddr, now: Instant) -> Option<Ban> {
+        self.entry(addr, now).filter(|b| b.is_banned(now))
+    }
+
+    /// The entry of `addr`'s key at `now`, banned or a record kept of an offender.
+    pub fn entry(&self, addr: IpAddr, now: Instant) -> Option<Ban> {
         let key = self.key(addr);
         let entry = match key {
             Key::V4 { addr, .. } => self.v4.get(&addr).map(|e| e.snapshot(key)),
             Key::V6 { addr, .. } => self.v6.get(&addr).map(|e| e.snapshot(key)),
         };
-        entry.filter(|b| now.micros() < b.expires_at.micros())
+        entry.filter(|b| now.micros() < self.keep_until(b).micros())
     }
 
     /// The list's settings as they are now.
     pub fn config(&self) -> ListConfig {
+        let o = match self.offenders.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
         ListConfig {
             ttl: self.ttl(),
             refresh_on_hit: self.refresh_on_hit(),
             capacity: self.capacity(),
+            threshold: o.threshold,
+            window: o.window,
+            escalate: o.escalate,
+            max_ttl: o.max_ttl,
+            remember: o.remember,
             ..self.config.clone()
         }
+    }
+
+    /// The threshold and escalation settings now.
+    fn policy(&self) -> Policy {
+        match self.policy.read() {
+            Ok(p) => *p,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    /// Does the list keep records of offenders who are not banned (threshold or escalation)?
+    fn remembers(&self) -> bool {
+        self.policy().remembers()
+    }
+
+    /// Until when an entry is kept: see [`Policy::keep_until`].
+    pub fn keep_until(&self, ban: &Ban) -> Instant {
+        let p = self.policy();
+        Instant::from_secs(u64::from(p.keep_until(
+            ban.first_seen.secs_u32(),
+            ban.expires_at.secs_u32(),
+            ban.strikes,
+            ban.offences,
+        )))
     }
 
     pub fn name(&self) -> &str {
@@ -371,6 +548,41 @@ impl List {
             ));
             self.refresh_on_hit.store(new.refresh_on_hit, Relaxed);
         }
+        for (what, a, b) in [
+            (
+                "threshold",
+                old.threshold.to_string(),
+                new.threshold.to_string(),
+            ),
+            ("window", old.window.to_string(), new.window.to_string()),
+            (
+                "escalate",
+                old.escalate.to_string(),
+                new.escalate.to_string(),
+            ),
+            (
+                "max_ttl",
+                old.max_ttl().to_string(),
+                new.max_ttl().to_string(),
+            ),
+            (
+                "remember",
+                old.remember().to_string(),
+                new.remember().to_string(),
+            ),
+        ] {
+            if a != b {
+                changed.push(format!("{what} {a} -> {b}"));
+            }
+        }
+        match self.offenders.write() {
+            Ok(mut o) => *o = new.clone(),
+            Err(poisoned) => *poisoned.into_inner() = new.clone(),
+        }
+        match self.policy.write() {
+            Ok(mut p) => *p = Policy::of(new),
+            Err(poisoned) => *poisoned.into_inner() = Policy::of(new),
+        }
         if new.capacity != old.capacity {
             changed.push(format!("capacity {} -> {}", old.capacity, new.capacity));
             self.capacity.store(new.capacity, Relaxed);
@@ -421,7 +633,7 @@ impl List {
     }
 
     /// Is `addr` banned at `now`? A hit counts, and refreshes the ban if the list says so.
-    /// An expired entry found here is removed.
+    /// Ended entries are left to the sweep ([`List::expire`]), which reports them.
     pub fn check(&self, addr: IpAddr, now: Instant) -> bool {
         match self.key(addr) {
             Key::V4 { addr, .. } => self.check_in(&self.v4, addr, now),
@@ -435,71 +647,131 @@ impl List {
         key: K,
         now: Instant,
     ) -> bool {
-        let expired = match map.get(&key) {
-            None => return false,
-            Some(entry) if entry.is_expired(now) => true,
-            Some(entry) => {
+        match map.get(&key) {
+            Some(entry) if entry.is_banned(now) => {
                 entry.hits.fetch_add(1, Relaxed);
                 entry.last_seen.fetch_max(now.secs_u32(), Relaxed);
                 if self.refresh_on_hit() {
-                    entry.expires_at.fetch_max(expiry(now, self.ttl()), Relaxed);
+                    let ttl = self.ttl_of(entry.offences);
+                    entry.expires_at.fetch_max(expiry(now, ttl), Relaxed);
                 }
                 self.stats.hits.fetch_add(1, Relaxed);
-                false
+                true
             }
-        };
-        if expired {
-            if map.remove_if(&key, |_, e| e.is_expired(now)).is_some() {
-                self.len.fetch_sub(1, Relaxed);
-                self.stats.expired.fetch_add(1, Relaxed);
-            }
-            return false;
+            _ => false,
         }
-        true
     }
 
-    /// Bans `addr` for the list's TTL from `now`.
+    /// The TTL of an offender's `offence`-th ban (the list's TTL unless escalating).
+    fn ttl_of(&self, offence: u8) -> Duration {
+        let p = self.policy();
+        if p.escalate <= 1 || offence <= 1 {
+            return self.ttl();
+        }
+        p.ttl_for(self.ttl(), offence)
+    }
+
+    /// A rule convicted `addr` at `now`: counted towards the threshold, or banned (for the TTL
+    /// its offences escalate to), or its ban renewed.
     pub fn ban(&self, addr: IpAddr, now: Instant, rule: RuleId) -> Banned {
-        self.ban_for(addr, now, self.ttl(), rule)
+        match self.key(addr) {
+            Key::V4 { addr, .. } => self.convict_in(&self.v4, addr, now, None, rule),
+            Key::V6 { addr, .. } => self.convict_in(&self.v6, addr, now, None, rule),
+        }
     }
 
-    /// Bans `addr` for `ttl` from `now` (a hand-made ban may have its own TTL).
+    /// Bans `addr` for `ttl` from `now` at once (a ban by hand: no threshold, no escalation).
     pub fn ban_for(&self, addr: IpAddr, now: Instant, ttl: Duration, rule: RuleId) -> Banned {
         match self.key(addr) {
-            Key::V4 { addr, .. } => self.ban_in(&self.v4, addr, now, ttl, rule),
-            Key::V6 { addr, .. } => self.ban_in(&self.v6, addr, now, ttl, rule),
+            Key::V4 { addr, .. } => self.convict_in(&self.v4, addr, now, Some(ttl), rule),
+            Key::V6 { addr, .. } => self.convict_in(&self.v6, addr, now, Some(ttl), rule),
         }
     }
 
-    fn ban_in<K: Eq + std::hash::Hash + StoredKey>(
+    fn convict_in<K: Eq + std::hash::Hash + StoredKey>(
         &self,
         map: &DashMap<K, Entry, Keyed>,
         key: K,
         now: Instant,
-        ttl: Duration,
+        by_hand: Option<Duration>,
         rule: RuleId,
     ) -> Banned {
-        if let Some(entry) = map.get(&key)
-            && !entry.is_expired(now)
-        {
-            entry.expires_at.fetch_max(expiry(now, ttl), Relaxed);
-            entry.last_seen.fetch_max(now.secs_u32(), Relaxed);
-            self.stats.renewed.fetch_add(1, Relaxed);
-            let ban = entry.snapshot(self.key_of(key));
+        let policy = self.policy();
+        let t = now.secs_u32();
+        if let Some(mut entry) = map.get_mut(&key) {
+            let e = &mut *entry;
+            if e.is_banned(now) {
+                let ttl = by_hand.unwrap_or_else(|| self.ttl_of(e.offences));
+                e.expires_at.fetch_max(expiry(now, ttl), Relaxed);
+                e.last_seen.fetch_max(t, Relaxed);
+                self.stats.renewed.fetch_add(1, Relaxed);
+                let ban = e.snapshot(self.key_of(key));
+                drop(entry);
+                self.record(|id| Change::Ban(id, ban));
+                return Banned::Renewed;
+            }
+            let first = e.first_seen.load(Relaxed);
+            let kept = policy.keep_until(first, e.expires_at.load(Relaxed), e.strikes, e.offences);
+            if t >= kept {
+                // Forgotten: start afresh.
+                e.strikes = 0;
+                e.offences = 0;
+                e.hits.store(0, Relaxed);
+                e.first_seen.store(t, Relaxed);
+            }
+            let outcome = self.strike_or_ban(e, now, by_hand, rule, policy);
+            let ban = e.snapshot(self.key_of(key));
             drop(entry);
             self.record(|id| Change::Ban(id, ban));
-            return Banned::Renewed;
+            return outcome;
         }
         if self.len() >= self.capacity() {
             self.make_room(now);
         }
-        let entry = Entry::new(now, ttl, rule);
+        let mut entry = Entry {
+            offences: 0,
+            expires_at: AtomicU32::new(0),
+            ..Entry::banned(now, Duration::ZERO, rule)
+        };
+        let outcome = self.strike_or_ban(&mut entry, now, by_hand, rule, policy);
         let ban = entry.snapshot(self.key_of(key));
         if map.insert(key, entry).is_none() {
             self.len.fetch_add(1, Relaxed);
         }
-        self.stats.added.fetch_add(1, Relaxed);
         self.record(|id| Change::Ban(id, ban));
+        outcome
+    }
+
+    /// One more conviction of an entry that is not banned: a strike below the threshold, else
+    /// a ban.
+    fn strike_or_ban(
+        &self,
+        e: &mut Entry,
+        now: Instant,
+        by_hand: Option<Duration>,
+        rule: RuleId,
+        policy: Policy,
+    ) -> Banned {
+        let t = now.secs_u32();
+        e.last_seen.store(t, Relaxed);
+        e.rule = rule;
+        if by_hand.is_none() && policy.threshold > 1 {
+            if e.strikes == 0 || t >= e.first_seen.load(Relaxed).saturating_add(policy.window) {
+                e.strikes = 0;
+                e.first_seen.store(t, Relaxed);
+            }
+            e.strikes = e.strikes.saturating_add(1);
+            if e.strikes < policy.threshold {
+                self.stats.strikes.fetch_add(1, Relaxed);
+                return Banned::Strike(e.strikes);
+            }
+        }
+        e.strikes = 0;
+        e.offences = e.offences.saturating_add(1);
+        let ttl = by_hand.unwrap_or_else(|| self.ttl_of(e.offences));
+        e.expires_at.store(expiry(now, ttl), Relaxed);
+        e.hits.store(0, Relaxed);
+        self.stats.added.fetch_add(1, Relaxed);
         Banned::New
     }
 
@@ -529,20 +801,47 @@ impl List {
         n
     }
 
-    /// Removes expired entries; returns how many.
+    /// Removes entries no longer kept at `now` (bans that ended, records past their time);
+    /// returns how many.
     pub fn expire(&self, now: Instant) -> usize {
+        self.expire_reporting(now, |_| {})
+    }
+
+    /// [`List::expire`], calling `ended` with each ban that ended since the previous sweep
+    /// (removed, or kept as a record of its offender).
+    pub fn expire_reporting(&self, now: Instant, mut ended: impl FnMut(Ban)) -> usize {
+        let policy = self.policy();
+        let t = now.secs_u32();
+        let since = self.last_sweep.swap(t, Relaxed);
+        let (p4, p6) = (self.config.prefix_v4, self.config.prefix_v6);
         let mut gone = 0;
-        self.v4.retain(|_, e| {
-            !e.is_expired(now) || {
-                gone += 1;
-                false
+        let mut sweep = |e: &Entry, key: Key| {
+            let expires = e.expires_at.load(Relaxed);
+            if expires > since && expires <= t {
+                ended(e.snapshot(key));
             }
+            let keep =
+                t < policy.keep_until(e.first_seen.load(Relaxed), expires, e.strikes, e.offences);
+            gone += usize::from(!keep);
+            keep
+        };
+        self.v4.retain(|k, e| {
+            sweep(
+                e,
+                Key::V4 {
+                    addr: *k,
+                    prefix: p4,
+                },
+            )
         });
-        self.v6.retain(|_, e| {
-            !e.is_expired(now) || {
-                gone += 1;
-                false
-            }
+        self.v6.retain(|k, e| {
+            sweep(
+                e,
+                Key::V6 {
+                    addr: *k,
+                    prefix: p6,
+                },
+            )
         });
         self.len.fetch_sub(gone, Relaxed);
         self.stats.expired.fetch_add(gone as u64, Relaxed);
@@ -594,17 +893,35 @@ impl List {
         k.key(self.config.prefix_v4, self.config.prefix_v6)
     }
 
-    /// The live entries at `now`, unordered.
+    /// The bans at `now`, unordered.
     pub fn bans(&self, now: Instant) -> Vec<Ban> {
+        let mut out = self.records(now);
+        out.retain(|b| b.is_banned(now));
+        out
+    }
+
+    /// Every entry kept at `now` (bans, and records of offenders not banned now), unordered:
+    /// what a snapshot holds.
+    pub fn records(&self, now: Instant) -> Vec<Ban> {
+        let policy = self.policy();
+        let t = now.secs_u32();
+        let kept = |e: &Entry| {
+            t < policy.keep_until(
+                e.first_seen.load(Relaxed),
+                e.expires_at.load(Relaxed),
+                e.strikes,
+                e.offences,
+            )
+        };
         let (p4, p6) = (self.config.prefix_v4, self.config.prefix_v6);
         let mut out = Vec::with_capacity(self.len());
-        for e in self.v4.iter().filter(|e| !e.is_expired(now)) {
+        for e in self.v4.iter().filter(|e| kept(e.value())) {
             out.push(e.value().snapshot(Key::V4 {
                 addr: *e.key(),
                 prefix: p4,
             }));
         }
-        for e in self.v6.iter().filter(|e| !e.is_expired(now)) {
+        for e in self.v6.iter().filter(|e| kept(e.value())) {
             out.push(e.value().snapshot(Key::V6 {
                 addr: *e.key(),
                 prefix: p6,
@@ -814,12 +1131,135 @@ mod tests {
         assert_eq!(l.ban(ip("198.18.0.1"), t0, 0), Banned::New);
         assert!(l.check(ip("198.18.0.1"), t0));
         assert!(l.check(ip("198.18.0.1"), t0.saturating_add(Duration::from_secs(59))));
-        assert!(!l.check(ip("198.18.0.1"), t0.saturating_add(Duration::from_secs(60))));
-        assert!(
-            l.is_empty(),
-            "an expired entry found by a lookup is removed"
+        let t60 = t0.saturating_add(Duration::from_secs(60));
+        assert!(!l.check(ip("198.18.0.1"), t60));
+        assert_eq!(
+            l.len(),
+            1,
+            "an ended ban is left to the sweep, which reports it"
         );
+        let mut ended = Vec::new();
+        assert_eq!(
+            l.expire_reporting(t60, |b| ended.push(b.key.to_string())),
+            1
+        );
+        assert_eq!(ended, ["198.18.0.1"]);
+        assert!(l.is_empty());
         assert_eq!(l.stats().expired.load(Relaxed), 1);
+    }
+
+    fn offenders(threshold: u8, escalate: u8) -> List {
+        List::new(ListConfig {
+            ttl: Duration::from_secs(60),
+            refresh_on_hit: false,
+            threshold,
+            window: Duration::from_secs(100),
+            escalate,
+            max_ttl: Some(Duration::from_secs(300)),
+            remember: Some(Duration::from_secs(1_000)),
+            ..ListConfig::new("offenders")
+        })
+    }
+
+    #[test]
+    fn a_threshold_bans_at_the_nth_conviction_within_the_window() {
+        let l = offenders(3, 1);
+        let a = ip("198.18.0.1");
+        let at = |s: u64| Instant::from_secs(1_000 + s);
+        assert_eq!(l.ban(a, at(0), 0), Banned::Strike(1));
+        assert_eq!(l.ban(a, at(10), 0), Banned::Strike(2));
+        assert!(!l.check(a, at(11)), "strikes are not a ban");
+        assert!(l.bans(at(11)).is_empty());
+        assert_eq!(
+            l.records(at(11)).len(),
+            1,
+            "but they are kept (and persisted)"
+        );
+        assert_eq!(l.ban(a, at(20), 0), Banned::New);
+        assert!(l.check(a, at(21)));
+        // Outside the window the count starts again.
+        let b = ip("198.18.0.2");
+        assert_eq!(l.ban(b, at(0), 0), Banned::Strike(1));
+        assert_eq!(l.ban(b, at(150), 0), Banned::Strike(1));
+        assert_eq!(l.ban(b, at(160), 0), Banned::Strike(2));
+        // A record of strikes is swept once its window is over.
+        l.expire(at(300));
+        assert!(l.entry(b, at(300)).is_none());
+        // By hand: at once.
+        let c = ip("198.18.0.3");
+        assert_eq!(
+            l.ban_for(c, at(0), Duration::from_secs(5), NO_RULE),
+            Banned::New
+        );
+        assert_eq!(l.stats().strikes.load(Relaxed), 5);
+    }
+
+    #[test]
+    fn repeat_offenders_get_longer_bans_up_to_the_maximum() {
+        let l = offenders(1, 2);
+        let a = ip("198.18.0.1");
+        let mut t = Instant::from_secs(10_000);
+        let mut ttls = Vec::new();
+        for _ in 0..5 {
+            assert_eq!(l.ban(a, t, 0), Banned::New);
+            let ban = l.get(a, t).unwrap();
+            ttls.push(ban.expires_at.saturating_sub(t).secs());
+            // Served: the next conviction comes after the ban ended.
+            t = ban.expires_at.saturating_add(Duration::from_secs(10));
+            assert!(!l.check(a, t));
+            l.expire(t);
+        }
+        assert_eq!(ttls, [60, 120, 240, 300, 300]);
+        assert_eq!(l.entry(a, t).unwrap().offences, 5);
+        // Forgotten `remember` after the last ban ended: a first offence again.
+        let later = t.saturating_add(Duration::from_secs(2_000));
+        l.expire(later);
+        assert!(l.is_empty());
+        assert_eq!(l.ban(a, later, 0), Banned::New);
+        assert_eq!(
+            l.get(a, later)
+                .unwrap()
+                .expires_at
+                .saturating_sub(later)
+                .secs(),
+            60
+        );
+    }
+
+    #[test]
+    fn an_offenders_record_survives_a_restore() {
+        let l = offenders(2, 2);
+        let a = ip("198.18.0.9");
+        let t = Instant::from_secs(5_000);
+        assert_eq!(l.ban(a, t, 0), Banned::Strike(1));
+        let fresh = offenders(2, 2);
+        for r in l.records(t) {
+            assert!(fresh.restore(&r, t));
+        }
+        assert_eq!(
+            fresh.ban(a, t.saturating_add(Duration::from_secs(1)), 0),
+            Banned::New
+        );
+        let served = fresh
+            .get(a, t.saturating_add(Duration::from_secs(1)))
+            .unwrap();
+        let after = served.expires_at.saturating_add(Duration::from_secs(1));
+        let again = offenders(2, 2);
+        for r in fresh.records(after) {
+            assert!(again.restore(&r, after), "a served ban is remembered");
+        }
+        assert_eq!(again.ban(a, after, 0), Banned::Strike(1));
+        assert_eq!(again.ban(a, after, 0), Banned::New);
+        let ttl = again
+            .get(a, after)
+            .unwrap()
+            .expires_at
+            .saturating_sub(after)
+            .secs();
+        assert_eq!(
+            ttl, 120,
+            "the second offence, after two restores, is escalated"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use memchr::memmem::Finder;
 
+use crate::allow::Allowlist;
 use crate::blacklist::{Banned, Blacklist, ListId, RuleId};
 use crate::config::Config;
 use crate::flow::{self, Envelope, Flow, FlowKey, FlowState, Flows, Push, Smtp};
@@ -48,6 +49,12 @@ pub struct Stats {
     pub matches: Vec<u64>,
     pub bans_new: u64,
     pub bans_renewed: u64,
+    /// Convictions counted towards a list's threshold, no ban yet.
+    pub strikes: u64,
+    /// Packets to a protected port from allowlisted sources, and rule matches in them (never
+    /// banned, never dropped or reset).
+    pub allowlisted: u64,
+    pub allowlisted_convictions: u64,
     /// Flows: started, evicted (table full), expired (idle), bypassed, segments refused.
     pub flows_new: u64,
     pub flows_evicted: u64,
@@ -164,6 +171,9 @@ impl Stats {
         self.other_protocol += other.other_protocol;
         self.bans_new += other.bans_new;
         self.bans_renewed += other.bans_renewed;
+        self.strikes += other.strikes;
+        self.allowlisted += other.allowlisted;
+        self.allowlisted_convictions += other.allowlisted_convictions;
         self.flows_new += other.flows_new;
         self.flows_evicted += other.flows_evicted;
         self.flows_expired += other.flows_expired;
@@ -270,6 +280,8 @@ pub struct Engine {
     scratch: Vec<u8>,
     folded: Vec<u8>,
     stats: Stats,
+    /// Sources never banned (shared by the workers, replaced on reload).
+    allow: Arc<Allowlist>,
 }
 
 impl Engine {
@@ -301,7 +313,17 @@ impl Engine {
             scratch: Vec::new(),
             folded: Vec::new(),
             stats,
+            allow: Arc::clone(&config.allow.list),
         }
+    }
+
+    /// Never bans (nor drops, nor resets) sources in `allow`.
+    pub fn set_allowlist(&mut self, allow: Arc<Allowlist>) {
+        self.allow = allow;
+    }
+
+    pub fn allowlist(&self) -> &Arc<Allowlist> {
+        &self.allow
     }
 
     /// A sibling for another worker thread: same rules and blacklist, own scratch and counters.
@@ -319,6 +341,7 @@ impl Engine {
             scratch: Vec::new(),
             folded: Vec::new(),
             stats: Stats::new(self.rules.len(), self.blacklist.lists().len()),
+            allow: Arc::clone(&self.allow),
         }
     }
 
@@ -399,6 +422,13 @@ impl Engine {
             }
         };
         if let Some(chains) = self.chains.as_mut() {
+            if self.allow.contains(packet.src) {
+                self.stats.allowlisted += 1;
+                return Decision {
+                    verdict: Verdict::Accept,
+                    reason: Reason::Clean,
+                };
+            }
             let v = chains.decide(&packet, now);
             return Decision {
                 verdict: v.verdict,
@@ -431,8 +461,10 @@ impl Engine {
                 reason: Reason::Unguarded,
             };
         }
+        let allowed = self.allow.contains(packet.src);
+        self.stats.allowlisted += u64::from(allowed);
         for (id, list) in self.blacklist.lists().iter().enumerate() {
-            if list.check(packet.src, now) {
+            if !allowed && list.check(packet.src, now) {
                 self.stats.banned[id] += 1;
                 // Lists are indexed by ListId (u16) when the config is built.
                 let list = id as ListId;
@@ -458,12 +490,13 @@ impl Engine {
                 now,
                 &self.blacklist,
                 &mut self.stats,
+                allowed,
             );
         }
         if let Transport::Tcp(t) = packet.transport
             && self.follows_flows()
         {
-            return self.flow_client(&packet, t, now);
+            return self.flow_client(&packet, t, now, allowed);
         }
         Decision {
             verdict: Verdict::Accept,
@@ -497,7 +530,13 @@ impl Engine {
 
     /// A client segment of a flow-mode flow. One table lookup in the common case; an in-order
     /// segment with nothing held is read where it lies when no stream rule needs the carry.
-    fn flow_client(&mut self, packet: &Packet<'_>, t: Tcp, now: Instant) -> Decision {
+    fn flow_client(
+        &mut self,
+        packet: &Packet<'_>,
+        t: Tcp,
+        now: Instant,
+        allowed: bool,
+    ) -> Decision {
         let clean = Decision {
             verdict: Verdict::Accept,
             reason: Reason::Clean,
@@ -607,6 +646,7 @@ impl Engine {
                 now,
                 &self.blacklist,
                 &mut self.stats,
+                allowed,
             );
             if decision.verdict != Verdict::Accept {
                 self.end_flow(&key);
@@ -800,14 +840,23 @@ fn convict(
     now: Instant,
     blacklist: &Blacklist,
     stats: &mut Stats,
+    allowed: bool,
 ) -> Decision {
     stats.matches[index] += 1;
     // Rules are indexed by RuleId (u16) when the config is built.
     let rule_id = index as RuleId;
+    if allowed {
+        stats.allowlisted_convictions += 1;
+        return Decision {
+            verdict: Verdict::Accept,
+            reason: Reason::Allowlisted { rule: rule_id },
+        };
+    }
     if let Some(list) = rule.ban {
         match blacklist.list(list).ban(packet.src, now, rule_id) {
             Banned::New => stats.bans_new += 1,
             Banned::Renewed => stats.bans_renewed += 1,
+            Banned::Strike(_) => stats.strikes += 1,
         }
     }
     let verdict = match rule.action {
@@ -886,6 +935,38 @@ mod tests {
         let d = said(&mut e, client(3), 1, b"RCPT TO:<victim@example.com>\r\n");
         assert_eq!(d.verdict, Verdict::Drop);
         assert!(e.blacklist().list(0).get(client(3).0, T0).is_some());
+    }
+
+    /// An allowlisted source sending the string is counted, accepted and never banned, in every
+    /// mode; a ban it already had does not bite; a threshold delays the ban, not the action.
+    #[test]
+    fn allowlisted_sources_are_never_banned() {
+        for mode in ["packet", "stream", "smtp"] {
+            let mut e = engine(mode, "reject", |f| f.allow = vec!["198.19.0.0/30".into()]);
+            e.blacklist().list(0).ban(client(1).0, T0, 0);
+            let syn = tcp_flags_segment(client(1), SERVER, 99, 0, 0x02, b"");
+            assert_eq!(e.decide(&syn, T0).verdict, Verdict::Accept, "{mode}");
+            let d = said(&mut e, client(1), 100, b"RCPT TO:<victim@example.com>\r\n");
+            assert_eq!(
+                (d.verdict, d.reason),
+                (Verdict::Accept, Reason::Allowlisted { rule: 0 }),
+                "{mode}"
+            );
+            assert_eq!(e.stats().allowlisted, 2, "{mode}");
+            assert_eq!(e.stats().allowlisted_convictions, 1, "{mode}");
+            assert_eq!(e.stats().bans_new, 0, "{mode}");
+            // Outside the allowlist: convicted as ever.
+            let d = said(&mut e, client(9), 100, b"RCPT TO:<victim@example.com>\r\n");
+            assert_eq!(d.verdict, Verdict::Reset, "{mode}");
+            assert!(e.blacklist().list(0).get(client(9).0, T0).is_some());
+        }
+        let mut e = engine("packet", "reject", |f| f.threshold = Some(2));
+        let d = said(&mut e, client(3), 1, b"RCPT TO:<v@example.com>\r\n");
+        assert_eq!(d.verdict, Verdict::Reset);
+        assert_eq!((e.stats().strikes, e.stats().bans_new), (1, 0));
+        let d = said(&mut e, client(3), 40, b"RCPT TO:<v@example.com>\r\n");
+        assert_eq!(d.verdict, Verdict::Reset);
+        assert_eq!((e.stats().strikes, e.stats().bans_new), (1, 1));
     }
 
     #[test]

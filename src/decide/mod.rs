@@ -6,6 +6,7 @@
 //! table), `blacklist` (bans with TTLs) → `verdict`. `config` validates what the engine runs;
 //! `time` is the clock's value type.
 
+pub mod allow;
 pub mod blacklist;
 pub mod config;
 pub mod engine;

@@ -45,6 +45,8 @@ impl Verdict {
 pub enum Reason {
     /// The source is in a ban list.
     Banned { list: ListId },
+    /// A rule matched a packet from an allowlisted source: accepted, nobody banned.
+    Allowlisted { rule: RuleId },
     /// Looked at, nothing matched.
     Clean,
     /// A rule matched.

@@ -3,6 +3,7 @@
 //! pure core imports this.
 
 pub mod firewall;
+pub mod ifaddrs;
 pub mod nfqueue;
 pub mod offload;
 pub mod rst;

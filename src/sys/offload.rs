@@ -220,6 +220,8 @@ mod tests {
             expires_at: t.saturating_add(Duration::from_secs(90)),
             hits: 0,
             rule: 0,
+            strikes: 0,
+            offences: 1,
         };
         assert_eq!(
             o.add_line(&ban, t).unwrap(),

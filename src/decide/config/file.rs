@@ -23,6 +23,18 @@ struct RawFile {
     #[serde(default)]
     rule: Vec<Spanned<RawRule>>,
     iptables: Option<RawIptables>,
+    allow: Option<RawAllow>,
+}
+
+/// `[allow]`: sources never banned.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAllow {
+    #[serde(default)]
+    cidrs: Vec<Spanned<String>>,
+    #[serde(default)]
+    files: Vec<String>,
+    defaults: Option<bool>,
 }
 
 /// `[iptables]`: imported rules (`stringban import` writes this).
@@ -53,6 +65,11 @@ struct RawList {
     capacity: Option<Spanned<u64>>,
     prefix_v4: Option<Spanned<u8>>,
     prefix_v6: Option<Spanned<u8>>,
+    threshold: Option<Spanned<u64>>,
+    window: Option<Spanned<DurationValue>>,
+    escalate: Option<Spanned<u64>>,
+    max_ttl: Option<Spanned<DurationValue>>,
+    remember: Option<Spanned<DurationValue>>,
 }
 
 #[derive(Deserialize)]
@@ -171,7 +188,31 @@ pub(super) fn parse_file(origin: &Origin<'_>) -> Result<Config, ConfigError> {
         config.iptables = Some(iptables);
     }
     if let Some(ports) = raw.engine.ports {
+        if ports.contains(&0) {
+            return Err(origin.error(None, "engine.ports", "0", "ports are 1-65535"));
+        }
         config.engine.ports = Ports::list(&ports);
+    }
+    if let Some(allow) = raw.allow {
+        for c in &allow.cidrs {
+            let cidr = c
+                .as_ref()
+                .trim()
+                .parse()
+                .map_err(|e: crate::allow::BadCidr| origin.at(c, "allow.cidrs", c.as_ref(), e))?;
+            let line = origin.text[..c.span().start.min(origin.text.len())]
+                .matches('\n')
+                .count()
+                + 1;
+            config.allow.entries.push(crate::allow::Allowed {
+                cidr,
+                origin: format!("{}:{line}", origin.name),
+            });
+        }
+        config.allow.files = allow.files;
+        if let Some(d) = allow.defaults {
+            config.allow.defaults = d;
+        }
     }
     if let Some(p) = raw.engine.on_unparsed {
         config.engine.on_unparsed = match p.as_ref().as_str() {
@@ -271,6 +312,47 @@ pub(super) fn parse_file(origin: &Origin<'_>) -> Result<Config, ConfigError> {
                 ));
             }
             out.prefix_v6 = *p.as_ref();
+        }
+        if let Some(t) = &list.threshold {
+            out.threshold = match u16::try_from(*t.as_ref()) {
+                Ok(n @ 1..=255) => n as u8,
+                _ => {
+                    let v = t.as_ref().to_string();
+                    return Err(origin.at(t, "list.threshold", &v, "must be 1 to 255"));
+                }
+            };
+        }
+        if let Some(e) = &list.escalate {
+            out.escalate = match u16::try_from(*e.as_ref()) {
+                Ok(n @ 1..=16) => n as u8,
+                _ => {
+                    let v = e.as_ref().to_string();
+                    return Err(origin.at(e, "list.escalate", &v, "must be 1 (off) to 16"));
+                }
+            };
+        }
+        let duration = |d: &Spanned<DurationValue>, key: &str| match d.as_ref() {
+            DurationValue::Secs(0) => Err(origin.at(d, key, "0", "must be more than 0")),
+            DurationValue::Secs(s) => Ok(Duration::from_secs(*s)),
+            DurationValue::Text(t) => match time::parse_duration(t) {
+                Ok(Duration::ZERO) => Err(origin.at(d, key, t, "must be more than 0")),
+                Ok(v) => Ok(v),
+                Err(e) => Err(origin.at(d, key, t, e)),
+            },
+        };
+        if let Some(w) = &list.window {
+            out.window = duration(w, "list.window")?;
+        }
+        if let Some(m) = &list.max_ttl {
+            out.max_ttl = Some(duration(m, "list.max_ttl")?);
+        }
+        if let Some(r) = &list.remember {
+            out.remember = Some(duration(r, "list.remember")?);
+        }
+        if let Some(m) = &list.max_ttl
+            && out.max_ttl < Some(out.ttl)
+        {
+            return Err(origin.at(m, "list.max_ttl", "", "must be at least the list's ttl"));
         }
         config.lists.push(out);
     }

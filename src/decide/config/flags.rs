@@ -44,6 +44,18 @@ pub struct Flags {
     /// smtp (only in MAIL FROM / RCPT TO commands, any case; bodies never match).
     #[arg(long, value_name = "MODE")]
     pub mode: Option<String>,
+    /// Ban after N convictions within --window (first list; default 1: at the first).
+    #[arg(long, value_name = "N")]
+    pub threshold: Option<u64>,
+    /// The window --threshold convictions count in [default: 10m].
+    #[arg(long, value_name = "DURATION")]
+    pub window: Option<String>,
+    /// Multiply a repeat offender's TTL by N, up to --max-ttl (first list; default 1: off).
+    #[arg(long, value_name = "N")]
+    pub escalate: Option<u64>,
+    /// Longest escalated TTL [default: the larger of --ttl and 30d].
+    #[arg(long, value_name = "DURATION")]
+    pub max_ttl: Option<String>,
     /// Most bans the first list holds before evicting the least recently seen.
     #[arg(long, value_name = "N")]
     pub capacity: Option<u64>,
@@ -69,6 +81,16 @@ pub struct Flags {
     /// ip_list_tot (default: unbounded).
     #[arg(long, value_name = "N")]
     pub compat_list_tot: Option<u64>,
+    /// Never ban these sources: CIDRs, v4 or v6 (repeatable, or comma-separated).
+    #[arg(long = "allow", value_name = "CIDR", value_delimiter = ',')]
+    pub allow: Vec<String>,
+    /// Never ban the sources listed in FILE, one CIDR per line, '#' comments (repeatable;
+    /// re-read on SIGHUP).
+    #[arg(long = "allow-file", value_name = "FILE")]
+    pub allow_file: Vec<String>,
+    /// Do not allowlist loopback and the host's own addresses (which `run` does by default).
+    #[arg(long)]
+    pub no_default_allow: bool,
     /// `--iptables FILE`: its name and text (read by the command line).
     #[arg(skip)]
     pub iptables: Option<(String, String)>,
@@ -102,6 +124,25 @@ impl Blame for FlagBlame {
     fn blame(&self, _: &At, key: &str, value: &str, problem: &dyn fmt::Display) -> ConfigError {
         cli(&self.name(key), value, problem)
     }
+}
+
+/// `--allow`, `--allow-file` and `--no-default-allow`, added to what the file says.
+pub(super) fn add_allow(config: &mut Config, flags: &Flags) -> Result<(), ConfigError> {
+    for c in &flags.allow {
+        let cidr = c
+            .trim()
+            .parse()
+            .map_err(|e: crate::allow::BadCidr| cli("--allow", c, &e))?;
+        config.allow.entries.push(crate::allow::Allowed {
+            cidr,
+            origin: format!("{CLI} --allow"),
+        });
+    }
+    config.allow.files.extend(flags.allow_file.iter().cloned());
+    if flags.no_default_allow {
+        config.allow.defaults = false;
+    }
+    Ok(())
 }
 
 /// One rule per `--string`, `--hex-string` and `--rcpt-domain`, with the other rule flags,

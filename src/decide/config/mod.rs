@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+use crate::allow::{Allowed, Allowlist};
 use crate::blacklist::ListConfig;
 use crate::rule::{Mode, Ports, Protocol, Rule};
 use crate::time::{self, Duration};
@@ -21,10 +22,73 @@ pub use flags::Flags;
 #[derive(Clone, Debug, Default, Eq, PartialEq)]
 pub struct Config {
     pub engine: EngineConfig,
+    /// Sources never banned; see [`AllowConfig`].
+    pub allow: AllowConfig,
     pub lists: Vec<ListConfig>,
     pub rules: Vec<Rule>,
     /// Imported iptables rules to run instead of stringban's own (`--iptables FILE`).
     pub iptables: Option<IptablesConfig>,
+}
+
+/// The allowlist as configured: CIDRs from the file and the command line, files to include, and
+/// whether the daemon adds its defaults (loopback, the host's addresses). The shell reads the
+/// files and the host's addresses and calls [`Config::allowlist`].
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct AllowConfig {
+    pub entries: Vec<Allowed>,
+    pub files: Vec<String>,
+    pub defaults: bool,
+    /// What the engines use: `entries` once built; with the files' and the defaults once
+    /// [`Config::resolve_allowlist`] ran.
+    pub list: std::sync::Arc<Allowlist>,
+}
+
+impl Default for AllowConfig {
+    fn default() -> AllowConfig {
+        AllowConfig {
+            entries: Vec::new(),
+            files: Vec::new(),
+            defaults: true,
+            list: std::sync::Arc::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Sets the allowlist the engines use: the configured CIDRs, each file's (read by `read`, which returns the text
+    /// or the reason it could not), and when `host` is given and defaults are on, loopback and
+    /// `host`'s addresses (interface name, address).
+    pub fn resolve_allowlist(
+        &mut self,
+        read: impl FnMut(&str) -> Result<String, String>,
+        host: Option<&[(String, std::net::IpAddr)]>,
+    ) -> Result<(), ConfigError> {
+        let list = self.allowlist(read, host)?;
+        self.allow.list = std::sync::Arc::new(list);
+        Ok(())
+    }
+
+    fn allowlist(
+        &self,
+        mut read: impl FnMut(&str) -> Result<String, String>,
+        host: Option<&[(String, std::net::IpAddr)]>,
+    ) -> Result<Allowlist, ConfigError> {
+        let mut entries = self.allow.entries.clone();
+        for name in &self.allow.files {
+            let text = read(name).map_err(|problem| ConfigError {
+                origin: name.clone(),
+                line: None,
+                key: "allow.files".into(),
+                value: String::new(),
+                problem,
+            })?;
+            entries.extend(crate::allow::parse_list(name, &text)?);
+        }
+        if let (true, Some(host)) = (self.allow.defaults, host) {
+            entries.extend(crate::allow::defaults(host));
+        }
+        Ok(Allowlist::new(entries))
+    }
 }
 
 /// What the engine does with packets it cannot parse.
@@ -160,13 +224,45 @@ impl Config {
             config.lists.push(ListConfig::new("default"));
         }
         if !flags.ports.is_empty() {
+            if flags.ports.contains(&0) {
+                return Err(cli("--port", "0", &"ports are 1-65535"));
+            }
             config.engine.ports = Ports::list(&flags.ports);
         }
+        flags::add_allow(&mut config, flags)?;
+        config.allow.list = std::sync::Arc::new(Allowlist::new(config.allow.entries.clone()));
         if let Some(ttl) = &flags.ttl {
             config.lists[0].ttl = time::parse_duration(ttl).map_err(|e| cli("--ttl", ttl, &e))?;
             if config.lists[0].ttl == Duration::ZERO {
                 return Err(cli("--ttl", ttl, &"must be more than 0"));
             }
+        }
+        let positive = |flag: &str, text: &str| match time::parse_duration(text) {
+            Ok(Duration::ZERO) => Err(cli(flag, text, &"must be more than 0")),
+            Ok(d) => Ok(d),
+            Err(e) => Err(cli(flag, text, &e)),
+        };
+        if let Some(n) = flags.threshold {
+            config.lists[0].threshold = match n {
+                1..=255 => n as u8,
+                _ => return Err(cli("--threshold", &n.to_string(), &"must be 1 to 255")),
+            };
+        }
+        if let Some(w) = &flags.window {
+            config.lists[0].window = positive("--window", w)?;
+        }
+        if let Some(n) = flags.escalate {
+            config.lists[0].escalate = match n {
+                1..=16 => n as u8,
+                _ => return Err(cli("--escalate", &n.to_string(), &"must be 1 (off) to 16")),
+            };
+        }
+        if let Some(m) = &flags.max_ttl {
+            let max = positive("--max-ttl", m)?;
+            if max < config.lists[0].ttl {
+                return Err(cli("--max-ttl", m, &"must be at least the ttl"));
+            }
+            config.lists[0].max_ttl = Some(max);
         }
         if let Some(capacity) = flags.capacity {
             if capacity == 0 {
@@ -361,6 +457,99 @@ mod tests {
 
     fn err(text: &str) -> ConfigError {
         Config::from_toml("t.toml", text).unwrap_err()
+    }
+
+    #[test]
+    fn allowlist_thresholds_and_escalation() {
+        let mut c = Config::from_toml(
+            "t.toml",
+            "[allow]\ncidrs = [\"192.0.2.0/24\", \"2001:db8::/32\"]\nfiles = [\"relays.txt\"]\n\n[[list]]\nname = \"spam\"\nthreshold = 3\nwindow = \"5m\"\nescalate = 4\nmax_ttl = \"30d\"\n\n[[rule]]\nstring = \"x\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.allow.entries.len(), 2);
+        assert_eq!(c.allow.entries[1].origin, "t.toml:2");
+        assert_eq!((c.lists[0].threshold, c.lists[0].escalate), (3, 4));
+        assert_eq!(c.lists[0].window, Duration::from_secs(300));
+        assert_eq!(c.lists[0].ttl_for(2), Duration::from_secs(4 * 86_400));
+        assert_eq!(c.lists[0].ttl_for(9), Duration::from_secs(30 * 86_400));
+        let host = [("eth0".to_string(), "198.18.0.1".parse().unwrap())];
+        c.resolve_allowlist(|_| Ok("198.51.100.7 # smarthost\n".into()), Some(&host))
+            .unwrap();
+        let l = &c.allow.list;
+        for a in [
+            "192.0.2.9",
+            "198.51.100.7",
+            "127.0.0.1",
+            "198.18.0.1",
+            "::1",
+        ] {
+            assert!(l.contains(a.parse().unwrap()), "{a}");
+        }
+        assert!(!l.contains("198.18.0.2".parse().unwrap()));
+        // Defaults off; a file that cannot be read names itself.
+        let mut c = Config::from_toml(
+            "t.toml",
+            "[allow]\ndefaults = false\n[[rule]]\nstring = \"x\"\n",
+        )
+        .unwrap();
+        c.resolve_allowlist(|_| Ok(String::new()), Some(&host))
+            .unwrap();
+        assert!(!c.allow.list.contains("127.0.0.1".parse().unwrap()));
+        let mut c = Config::from_toml(
+            "t.toml",
+            "[allow]\nfiles = [\"/nope\"]\n[[rule]]\nstring = \"x\"\n",
+        )
+        .unwrap();
+        let e = c
+            .resolve_allowlist(|_| Err("No such file".into()), None)
+            .unwrap_err();
+        assert_eq!(e.to_string(), "/nope: allow.files: No such file");
+        // Refusals name the line and value.
+        let e = err("[allow]\ncidrs = [\"10.0.0.1/8\"]\n[[rule]]\nstring = \"x\"\n");
+        assert_eq!((e.line, e.value.as_str()), (Some(2), "10.0.0.1/8"));
+        let e = err("[[list]]\nname = \"a\"\nthreshold = 0\n[[rule]]\nstring = \"x\"\n");
+        assert_eq!((e.line, e.key.as_str()), (Some(3), "list.threshold"));
+        let e = err(
+            "[[list]]\nname = \"a\"\nttl = \"2d\"\nmax_ttl = \"1d\"\n[[rule]]\nstring = \"x\"\n",
+        );
+        assert_eq!(e.key, "list.max_ttl");
+        let e = err("[engine]\nports = [0]\n[[rule]]\nstring = \"x\"\n");
+        assert_eq!(e.key, "engine.ports");
+        let flags = |f: Flags| {
+            Config::build(
+                None,
+                &Flags {
+                    string: vec!["x".into()],
+                    ..f
+                },
+            )
+        };
+        let e = flags(Flags {
+            ports: vec![0],
+            ..Flags::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.to_string(), "command line: --port = 0: ports are 1-65535");
+        let e = flags(Flags {
+            allow: vec!["nope".into()],
+            ..Flags::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.key, "--allow");
+        let c = flags(Flags {
+            threshold: Some(2),
+            escalate: Some(2),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!((c.lists[0].threshold, c.lists[0].escalate), (2, 2));
+        assert!(
+            flags(Flags {
+                threshold: Some(256),
+                ..Flags::default()
+            })
+            .is_err()
+        );
     }
 
     #[test]
