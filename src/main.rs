@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         Command::Rules(args) => run_rules(args),
         Command::List(args) => run_list(args),
         Command::Count(p) => run_count(p),
+        Command::Status(a) => run_status(a),
         Command::Add(a) => run_add(a),
         Command::Del(a) => run_del(a),
         Command::Flush(p) => run_flush(p),

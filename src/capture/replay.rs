@@ -311,7 +311,7 @@ fn progress_line(
 }
 
 /// `1234567` → `1,234,567`.
-fn group(v: u64) -> String {
+pub fn group(v: u64) -> String {
     let digits = v.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {

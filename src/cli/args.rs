@@ -28,7 +28,10 @@ pub(crate) enum Command {
     /// List the running daemon's bans (control socket).
     List(ListArgs),
     /// Count the running daemon's bans.
-    Count(ListPick),
+    Count(CountArgs),
+    /// One screen on the running daemon: uptime, queues and rules, bans per list, the top
+    /// sources, drops and errors.
+    Status(StatusArgs),
     /// Ban an address by hand (ADDR or ADDR/PREFIX, the list's prefix).
     Add(AddArgs),
     /// Lift a ban.
@@ -37,7 +40,8 @@ pub(crate) enum Command {
     Flush(ListPick),
     /// The running daemon's counters, as JSON.
     Stats(Ctl),
-    /// Make the running daemon re-read its configuration (as SIGHUP).
+    /// Make the running daemon re-read its configuration (as SIGHUP) and say how it went
+    /// (exit 2 when it was refused).
     Reload(Ctl),
     /// Ban every address of an xt_recent dump (/proc/net/xt_recent/NAME) in the running daemon.
     ImportRecent(ImportArgs),
@@ -63,7 +67,11 @@ pub(crate) struct IptImportArgs {
 #[derive(Args, Clone, Debug)]
 pub(crate) struct Ctl {
     /// The daemon's control socket.
-    #[arg(long, default_value = "/run/stringban.sock", value_name = "PATH")]
+    #[arg(
+        long,
+        default_value = "/run/stringban/control.sock",
+        value_name = "PATH"
+    )]
     pub(crate) control_socket: PathBuf,
 }
 
@@ -72,6 +80,24 @@ pub(crate) struct ListPick {
     /// One list only (default: all).
     #[arg(long, value_name = "NAME")]
     pub(crate) list: Option<String>,
+    #[command(flatten)]
+    pub(crate) ctl: Ctl,
+}
+
+#[derive(Args)]
+pub(crate) struct CountArgs {
+    /// As JSON: the total and each list's.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) pick: ListPick,
+}
+
+#[derive(Args)]
+pub(crate) struct StatusArgs {
+    /// Everything as one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
     #[command(flatten)]
     pub(crate) ctl: Ctl,
 }
@@ -194,7 +220,11 @@ pub(crate) struct RunArgs {
     #[arg(long, default_value = "10m", value_name = "DURATION")]
     pub(crate) snapshot_interval: String,
     /// The control socket (mode 0600) that `stringban list|count|add|del|flush|stats|reload` use.
-    #[arg(long, default_value = "/run/stringban.sock", value_name = "PATH")]
+    #[arg(
+        long,
+        default_value = "/run/stringban/control.sock",
+        value_name = "PATH"
+    )]
     pub(crate) control_socket: PathBuf,
     /// No control socket.
     #[arg(long)]

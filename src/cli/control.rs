@@ -43,9 +43,257 @@ pub(crate) fn run_add(a: AddArgs) -> anyhow::Result<()> {
     }
 }
 
-pub(crate) fn run_count(p: ListPick) -> anyhow::Result<()> {
-    println!("{}", client(&p.ctl).count(p.list).map_err(ctl_error)?);
+pub(crate) fn run_count(a: CountArgs) -> anyhow::Result<()> {
+    if a.json {
+        let answer = client(&a.pick.ctl)
+            .call(&stringban::daemon::client::Command::Count { list: a.pick.list })
+            .map_err(ctl_error)?;
+        let mut last = answer.last().cloned().unwrap_or_default();
+        if let Some(o) = last.as_object_mut() {
+            o.remove("ok");
+        }
+        println!("{last}");
+        return Ok(());
+    }
+    println!(
+        "{}",
+        client(&a.pick.ctl).count(a.pick.list).map_err(ctl_error)?
+    );
     Ok(())
+}
+
+pub(crate) fn run_status(a: StatusArgs) -> anyhow::Result<()> {
+    let status = client(&a.ctl).status().map_err(ctl_error)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", status_text(&status, unix_now()));
+    }
+    Ok(())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+use stringban::replay::group as n;
+
+/// The screen `stringban status` prints, from the daemon's `status` object.
+pub(crate) fn status_text(s: &serde_json::Value, now: u64) -> String {
+    use std::fmt::Write as _;
+    use stringban::daemon::human_duration as human;
+    let u = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let st = &s["stats"];
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "stringban {} — running for {} (pid {})",
+        s["version"].as_str().unwrap_or("?"),
+        human(u(&s["uptime_s"])),
+        u(&s["pid"])
+    );
+    let q = &s["queues"];
+    let queues = if q[0] == q[1] {
+        format!("queue {}", u(&q[0]))
+    } else {
+        format!("queues {}-{}", u(&q[0]), u(&q[1]))
+    };
+    let rules = if s["rules_installed"] == true {
+        format!(
+            "kernel rules installed ({}, chain {}, fail-{})",
+            s["firewall"].as_str().unwrap_or("?"),
+            s["chain"].as_str().unwrap_or("?"),
+            if s["fail_open"] == true {
+                "open"
+            } else {
+                "closed"
+            }
+        )
+    } else {
+        "kernel rules not installed by the daemon (--install-rules off)".into()
+    };
+    let _ = writeln!(o, "{queues}; {rules}");
+    let offload = match s["offload"].as_array() {
+        Some(sets) => format!(
+            "on (ipsets {})",
+            sets.iter()
+                .filter_map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => "off".into(),
+    };
+    let store = &st["store"];
+    let state = match s["state_dir"].as_str() {
+        None => "none (--no-state: bans are lost on restart)".into(),
+        Some(dir) if store["healthy"] == true => format!(
+            "{dir} (healthy; last snapshot {} ago)",
+            store["last_snapshot_age_s"]
+                .as_u64()
+                .map_or("never".into(), human)
+        ),
+        Some(dir) => format!(
+            "{dir} (FAILING: {}; {} changes not on disk)",
+            store["last_error"].as_str().unwrap_or("?"),
+            u(&store["pending_records"])
+        ),
+    };
+    let _ = writeln!(o, "offload: {offload}; state: {state}");
+    let allow: Vec<String> = s["allowlist"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| e["cidr"].as_str().unwrap_or("?").to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let shown = allow.iter().take(6).cloned().collect::<Vec<_>>().join(", ");
+    let _ = writeln!(
+        o,
+        "allowlist: {} entries{}{}",
+        allow.len(),
+        if allow.is_empty() { "" } else { ": " },
+        if allow.len() > 6 {
+            format!("{shown}, …")
+        } else {
+            shown
+        }
+    );
+    let _ = writeln!(o, "\nrules:");
+    if s["iptables_rules"] == true {
+        let _ = writeln!(o, "  imported iptables rules ([iptables])");
+    }
+    for r in s["rules"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            o,
+            "  {:<28} {:<7} {:<7} {}",
+            format!("{:?}", r["name"].as_str().unwrap_or("?")),
+            r["mode"].as_str().unwrap_or("?"),
+            r["action"].as_str().unwrap_or("?"),
+            r["list"]
+                .as_str()
+                .map_or("bans nobody".into(), |l| format!("bans in list {l}"))
+        );
+    }
+    let _ = writeln!(o, "\nlists:");
+    let _ = writeln!(
+        o,
+        "  {:<16} {:>12} {:>9} {:>10} {:>11} {:>8} {:>10} {:>9}",
+        "LIST", "BANS", "LAST MIN", "LAST HOUR", "REMEMBERED", "TTL", "THRESHOLD", "ESCALATE"
+    );
+    for l in s["lists"].as_array().into_iter().flatten() {
+        let threshold = match u(&l["threshold"]) {
+            0 | 1 => "1".to_string(),
+            t => format!("{t}/{}", human(u(&l["window_s"]))),
+        };
+        let escalate = match u(&l["escalate"]) {
+            0 | 1 => "off".to_string(),
+            e => format!("x{e}≤{}", human(u(&l["max_ttl_s"]))),
+        };
+        let _ = writeln!(
+            o,
+            "  {:<16} {:>12} {:>9} {:>10} {:>11} {:>8} {:>10} {:>9}",
+            l["name"].as_str().unwrap_or("?"),
+            n(u(&l["bans"])),
+            n(u(&l["new_last_minute"])),
+            n(u(&l["new_last_hour"])),
+            n(u(&l["remembered"])),
+            human(u(&l["ttl_s"])),
+            threshold,
+            escalate
+        );
+    }
+    let v = &st["verdicts"];
+    let _ = writeln!(
+        o,
+        "\npackets: {} · accepted {} · dropped {} · reset {} · bypassed {} · allowlisted {} ({} matches not acted on)",
+        n(u(&st["packets"])),
+        n(u(&v["accept"])),
+        n(u(&v["drop"])),
+        n(u(&v["reset"])),
+        n(u(&v["bypass"])),
+        n(u(&st["allowlisted_packets"])),
+        n(u(&st["allowlisted_convictions"]))
+    );
+    let queue_drops: u64 = st["kernel_queues"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|q| u(&q["queue_dropped"]) + u(&q["user_dropped"]))
+        .sum();
+    let errors = [
+        ("unparsed", u(&st["unparsed"])),
+        ("malformed", u(&st["malformed"])),
+        ("kernel queue drops", queue_drops),
+        ("store errors", u(&store["errors"])),
+        ("reload failures", u(&s["reload_failures"])),
+        ("reset failures", u(&st["reset_on_request_failures"])),
+        ("control refused", u(&st["control_refused"])),
+    ];
+    let _ = writeln!(
+        o,
+        "errors: {}",
+        errors
+            .iter()
+            .map(|(what, k)| format!("{what} {}", n(*k)))
+            .collect::<Vec<_>>()
+            .join(" · ")
+    );
+    let top = s["top"].as_array().cloned().unwrap_or_default();
+    if top.is_empty() {
+        let _ = writeln!(o, "\nno bans");
+    } else {
+        let _ = writeln!(o, "\ntop sources by packets dropped:");
+        let _ = writeln!(
+            o,
+            "  {:<40} {:<12} {:<24} {:>9} {:>10} {:>7}",
+            "SOURCE", "LIST", "RULE", "DROPPED", "EXPIRES IN", "OFFENCE"
+        );
+        for b in &top {
+            let _ = writeln!(
+                o,
+                "  {:<40} {:<12} {:<24} {:>9} {:>10} {:>7}",
+                b["key"].as_str().unwrap_or("?"),
+                b["list"].as_str().unwrap_or("?"),
+                rule_text(b["rule_name"].as_str()),
+                n(u(&b["hits"])),
+                human(u(&b["expires_at"]).saturating_sub(now)),
+                u(&b["offences"]).max(1)
+            );
+        }
+    }
+    o
+}
+
+fn rule_text(name: Option<&str>) -> String {
+    match name {
+        Some(r) => format!("{r:?}"),
+        None => "(by hand)".into(),
+    }
+}
+
+/// `2026-11-28 11:30:05Z` (UTC) for Unix seconds.
+pub(crate) fn utc(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm, public domain facts).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60
+    )
 }
 
 pub(crate) fn run_del(a: DelArgs) -> anyhow::Result<()> {
@@ -74,8 +322,8 @@ pub(crate) fn run_stats(c: Ctl) -> anyhow::Result<()> {
 }
 
 pub(crate) fn run_reload(c: Ctl) -> anyhow::Result<()> {
-    client(&c).reload().map_err(ctl_error)?;
-    println!("reload requested");
+    let done = client(&c).reload().map_err(ctl_error)?;
+    println!("reloaded: {done}");
     Ok(())
 }
 
@@ -95,6 +343,24 @@ pub(crate) fn run_list(args: ListArgs) -> anyhow::Result<()> {
         .list(args.pick.list)
         .map_err(ctl_error)?;
     let mut out = io::stdout().lock();
+    if format == "text" {
+        if bans.is_empty() {
+            writeln!(out, "no bans")?;
+            return Ok(());
+        }
+        writeln!(
+            out,
+            "{:<40} {:<12} {:<24} {:>10} {:>9} {:>7}  {:<21} {:<21}",
+            "SOURCE",
+            "LIST",
+            "RULE",
+            "EXPIRES IN",
+            "DROPPED",
+            "OFFENCE",
+            "BANNED AT (UTC)",
+            "EXPIRES AT (UTC)"
+        )?;
+    }
     for ban in &bans {
         match format {
             // Through a JSON value: keys in the order the daemon sends them.
@@ -106,8 +372,15 @@ pub(crate) fn run_list(args: ListArgs) -> anyhow::Result<()> {
             )?,
             _ => writeln!(
                 out,
-                "{:<42} list {:<12} ttl {:>8}s  hits {:>8}  first seen {}",
-                ban.key, ban.list, ban.ttl_left, ban.hits, ban.first_seen
+                "{:<40} {:<12} {:<24} {:>10} {:>9} {:>7}  {:<21} {:<21}",
+                ban.key,
+                ban.list,
+                rule_text(ban.rule_name.as_deref()),
+                stringban::daemon::human_duration(ban.ttl_left),
+                ban.hits,
+                ban.offences.max(1),
+                utc(ban.first_seen),
+                utc(ban.expires_at)
             )?,
         }
     }
@@ -138,4 +411,51 @@ pub(crate) fn run_import_recent(args: ImportArgs) -> anyhow::Result<()> {
         args.file.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00Z");
+        assert_eq!(utc(1_795_865_405), "2026-11-28 11:30:05Z");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00Z");
+    }
+
+    #[test]
+    fn the_status_screen_reads_the_status_object() {
+        let s = serde_json::json!({
+            "version": "0.1.0", "uptime_s": 7_980, "pid": 42, "queues": [0, 1],
+            "rules_installed": true, "firewall": "iptables", "chain": "STRINGBAN", "fail_open": true,
+            "offload": null, "state_dir": "/var/lib/stringban",
+            "allowlist": [{"cidr": "127.0.0.0/8", "origin": "default: loopback"}],
+            "rules": [{"name": "@example.com", "mode": "smtp", "action": "reject", "list": "spam"}],
+            "lists": [{"name": "spam", "bans": 23_992, "new_last_minute": 120, "new_last_hour": 23_992,
+                       "remembered": 0, "ttl_s": 86_400, "threshold": 3, "window_s": 600, "escalate": 2, "max_ttl_s": 2_592_000}],
+            "top": [{"key": "198.18.59.132", "list": "spam", "rule_name": "@example.com", "hits": 103,
+                     "expires_at": 1_000 + 86_000, "offences": 2}],
+            "reload_failures": 1,
+            "stats": {"packets": 1_780_220, "verdicts": {"accept": 1, "drop": 553_987, "reset": 23_992, "bypass": 0},
+                      "store": {"healthy": true, "last_snapshot_age_s": 12, "errors": 0}, "kernel_queues": []},
+        });
+        let text = status_text(&s, 1_000);
+        for want in [
+            "running for 2h13m (pid 42)",
+            "queues 0-1; kernel rules installed (iptables, chain STRINGBAN, fail-open)",
+            "/var/lib/stringban (healthy; last snapshot 12s ago)",
+            "allowlist: 1 entries: 127.0.0.0/8",
+            "\"@example.com\"",
+            "23,992",
+            "3/10m",
+            "x2≤30d",
+            "dropped 553,987",
+            "reload failures 1",
+            "198.18.59.132",
+            "23h53m",
+        ] {
+            assert!(text.contains(want), "{want:?} not in\n{text}");
+        }
+    }
 }

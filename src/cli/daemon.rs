@@ -162,6 +162,9 @@ pub(crate) fn run_rules(args: RulesArgs) -> anyhow::Result<()> {
         None => None,
     };
     let ports = if !args.port.is_empty() {
+        if args.port.contains(&0) {
+            return Err(bad("command line: --port = 0: ports are 1-65535"));
+        }
         args.port.clone()
     } else if let Some(config) = &file {
         config.engine.ports.singles()

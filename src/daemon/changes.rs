@@ -35,6 +35,19 @@ pub(super) fn changes_loop(
         if let Some(disk) = disk.as_mut() {
             disk.append(&c);
         }
+        if !matches!(
+            c,
+            crate::blacklist::Change::Ban(
+                _,
+                _,
+                crate::blacklist::Banned::Renewed | crate::blacklist::Banned::Strike(_)
+            )
+        ) {
+            lock(&shared.banlog).line(|| {
+                super::banlog::change_line(&c, blacklist, &super::rule_names(shared), now())
+                    .unwrap_or_default()
+            });
+        }
         if let Some(o) = &offload {
             *resync |= matches!(c, crate::blacklist::Change::Flush(_));
             script.push_str(&o.change_lines(&c, now()));

@@ -34,6 +34,7 @@ pub enum Command {
         list: Option<String>,
     },
     Stats,
+    Status,
     Reload,
 }
 
@@ -48,6 +49,12 @@ pub struct BanLine {
     pub ttl_left: u64,
     pub hits: u64,
     pub rule: Option<u64>,
+    /// The rule's name (None for a ban by hand, or from an older daemon).
+    #[serde(default)]
+    pub rule_name: Option<String>,
+    /// Bans served or being served by this source (escalation).
+    #[serde(default)]
+    pub offences: u64,
 }
 
 /// The answer to `add`.
@@ -188,8 +195,15 @@ impl Client {
         self.last(&Command::Stats, "stats")
     }
 
-    pub fn reload(&self) -> Result<(), ClientError> {
-        self.call(&Command::Reload).map(|_| ())
+    /// Everything `stringban status` shows (the `status` object).
+    pub fn status(&self) -> Result<Value, ClientError> {
+        self.last(&Command::Status, "status")
+    }
+
+    /// Reloads and waits: what changed, or (refused) why not.
+    pub fn reload(&self) -> Result<String, ClientError> {
+        let done = self.last(&Command::Reload, "reloaded")?;
+        Ok(done.as_str().unwrap_or_default().to_string())
     }
 }
 

@@ -106,6 +106,53 @@ pub fn ban_json(list: &str, ban: &Ban, now: Instant, rules: &[String]) -> Value 
     })
 }
 
+/// A list's part of `status`: its settings, bans, bans made in the last minute and hour, and
+/// offenders remembered without a ban (strikes, served bans).
+fn list_status(l: &List, now: Instant) -> Value {
+    let c = l.config();
+    let (mut bans, mut minute, mut hour, mut remembered) = (0u64, 0u64, 0u64, 0u64);
+    for b in l.records(now) {
+        if !b.is_banned(now) {
+            remembered += 1;
+            continue;
+        }
+        bans += 1;
+        let age = now.saturating_sub(b.first_seen).secs();
+        minute += u64::from(age < 60);
+        hour += u64::from(age < 3600);
+    }
+    json!({
+        "name": c.name,
+        "ttl_s": c.ttl.secs(),
+        "threshold": c.threshold,
+        "window_s": c.window.secs(),
+        "escalate": c.escalate,
+        "max_ttl_s": c.max_ttl().secs(),
+        "capacity": c.capacity,
+        "bans": bans,
+        "new_last_minute": minute,
+        "new_last_hour": hour,
+        "remembered": remembered,
+    })
+}
+
+/// The `n` bans that dropped the most packets, across lists.
+fn top_bans(bl: &Blacklist, now: Instant, n: usize) -> Vec<(String, Ban)> {
+    let mut all: Vec<(String, Ban)> = Vec::new();
+    for l in bl.lists() {
+        let mut bans = l.bans(now);
+        let k = n.min(bans.len());
+        if k > 0 && k < bans.len() {
+            bans.select_nth_unstable_by_key(k - 1, |b| std::cmp::Reverse(b.hits));
+            bans.truncate(k);
+        }
+        all.extend(bans.into_iter().map(|b| (l.name().to_string(), b)));
+    }
+    all.sort_by_key(|(_, b)| (std::cmp::Reverse(b.hits), b.key));
+    all.truncate(n);
+    all
+}
+
 /// Parses `ADDR` or `ADDR/PREFIX` for `list`: the prefix, if given, must be the list's own for
 /// that family (keys are the source masked by it).
 pub fn parse_addr(text: &str, list: &List) -> Result<IpAddr, BadRequest> {
@@ -176,6 +223,11 @@ pub struct Host<'a> {
     pub allowed: &'a dyn Fn(IpAddr) -> Option<String>,
     /// The rules' names, by rule id.
     pub rules: &'a dyn Fn() -> Vec<String>,
+    /// Re-reads the configuration and waits for the outcome: what changed, or why it was
+    /// refused.
+    pub reload: &'a dyn Fn() -> Result<String, String>,
+    /// The daemon's own facts for `status` (queues, rules, uptime, …).
+    pub status: &'a dyn Fn() -> Value,
 }
 
 /// Answers one request line. Each answer line goes to `out`.
@@ -312,13 +364,30 @@ pub fn handle(
             out(json!({"ok": true, "removed": removed}).to_string());
         }
         "stats" => out(json!({"ok": true, "stats": (host.stats)()}).to_string()),
-        "reload" => {
-            out(json!({"ok": true}).to_string());
-            return Effect::Reload;
+        "reload" => match (host.reload)() {
+            Ok(done) => out(json!({"ok": true, "reloaded": done}).to_string()),
+            Err(why) => out(err(why)),
+        },
+        "status" => {
+            let rules = (host.rules)();
+            let mut status = (host.status)();
+            status["lists"] = json!(
+                bl.lists()
+                    .iter()
+                    .map(|l| list_status(l, now))
+                    .collect::<Vec<_>>()
+            );
+            status["top"] = json!(
+                top_bans(bl, now, 10)
+                    .iter()
+                    .map(|(name, b)| ban_json(name, b, now, &rules))
+                    .collect::<Vec<_>>()
+            );
+            out(json!({"ok": true, "status": status}).to_string());
         }
         "" => out(err("missing \"cmd\"")),
         other => out(err(format!(
-            "cmd = {other}: expected list, count, add, del, flush, stats or reload"
+            "cmd = {other}: expected list, count, add, del, flush, stats, status or reload"
         ))),
     }
     Effect::None
@@ -396,6 +465,14 @@ pub fn bind(path: &Path, group: Option<u32>) -> io::Result<UnixListener> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // /run/stringban by default: made here when run by hand (systemd's RuntimeDirectory makes
+    // it for the service).
+    if !parent.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)?;
+    }
     let private = parent.join(format!(".{name}.{}.tmp", std::process::id()));
     let _ = std::fs::remove_dir_all(&private);
     std::fs::DirBuilder::new().mode(0o700).create(&private)?;
@@ -550,6 +627,8 @@ mod tests {
                 (ip == IpAddr::from([192, 0, 2, 1])).then(|| "192.0.2.1/32 (test)".into())
             },
             rules: &|| vec!["r0".into()],
+            reload: &|| Ok("reloaded".into()),
+            status: &|| json!({"uptime_s": 5}),
         };
         let effect = handle(line, bl, T0, &host, &mut |l| {
             out.push(serde_json::from_str(&l).unwrap())
@@ -611,6 +690,8 @@ mod tests {
                 reset: &|_| Value::Null,
                 allowed: &|_| None,
                 rules: &Vec::new,
+                reload: &|| Err("no".into()),
+                status: &|| Value::Null,
             };
             serve(server, &bl(), &|| T0, &host, &|_| {}).unwrap();
         });
@@ -684,7 +765,18 @@ mod tests {
         let (a, _) = ask(&b, r#"{"cmd":"flush"}"#);
         assert_eq!(a[0], json!({"ok": true, "removed": 1}));
         let (a, e) = ask(&b, r#"{"cmd":"reload"}"#);
-        assert_eq!((a[0]["ok"].as_bool(), e), (Some(true), Effect::Reload));
+        assert_eq!((a[0]["ok"].as_bool(), e), (Some(true), Effect::None));
+        assert_eq!(a[0]["reloaded"], "reloaded");
+        let (a, _) = ask(&b, r#"{"cmd":"status"}"#);
+        assert_eq!(a[0]["status"]["uptime_s"], 5);
+        assert!(a[0]["status"]["lists"].is_array() && a[0]["status"]["top"].is_array());
+        let (a, _) = ask(&b, r#"{"cmd":"add","addr":"192.0.2.1"}"#);
+        assert_eq!(a[0]["ok"], false);
+        assert!(
+            a[0]["error"].as_str().unwrap().contains("allowlisted"),
+            "{}",
+            a[0]
+        );
         let (a, _) = ask(&b, r#"{"cmd":"stats"}"#);
         assert_eq!(a[0]["stats"]["packets"], 7);
     }

@@ -36,6 +36,8 @@ use crate::sys::rst::RstInjector;
 use crate::sys::sockdiag::{Destroyed, SockDiag};
 use crate::time::Instant;
 
+mod banlog;
+pub use banlog::human_duration;
 mod changes;
 pub mod client;
 pub mod control;
@@ -112,6 +114,15 @@ struct Shared {
     /// Control connections refused (pool full) or not accepted (an accept error).
     control_refused: AtomicU64,
     store_health: Health,
+    /// The rate limit of the ban/unban log lines.
+    banlog: Mutex<banlog::BanLog>,
+    /// Reloads done and the last one's outcome; `reloaded` is signalled after each.
+    reloads: Mutex<(u64, Result<String, String>)>,
+    reloaded: std::sync::Condvar,
+    reload_failures: AtomicU64,
+    /// What `status` says about the daemon itself (queues, rules, offload, …).
+    facts: serde_json::Value,
+    started: std::time::Instant,
 }
 
 /// Why the daemon could not start (exit code 2 for the caller) or failed (1): what it was
@@ -313,6 +324,24 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
         reset_failures: AtomicU64::new(0),
         control_refused: AtomicU64::new(0),
         store_health: Health::default(),
+        banlog: Mutex::new(banlog::BanLog::new()),
+        reloads: Mutex::new((0, Ok(String::new()))),
+        reloaded: std::sync::Condvar::new(),
+        reload_failures: AtomicU64::new(0),
+        facts: serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "queues": [daemon.queues.0, daemon.queues.1],
+            "rules_installed": daemon.install_rules,
+            "firewall": if daemon.install_rules { format!("{:?}", rules_cfg.backend).to_lowercase() } else { "none (rules installed by hand)".into() },
+            "chain": rules_cfg.chain,
+            "fail_open": daemon.fail_open,
+            "offload": offload.as_ref().map(|o| serde_json::json!([o.v4, o.v6])),
+            "state_dir": daemon.state_dir.as_ref().map(|d| d.display().to_string()),
+            "control_socket": daemon.control_socket.as_ref().map(|d| d.display().to_string()),
+            "metrics": daemon.metrics,
+        }),
+        started: std::time::Instant::now(),
     });
     let store_thread = if store.is_some() || offload.is_some() {
         let (tx, rx) = std::sync::mpsc::channel();
@@ -389,7 +418,8 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
     while !term.load(Relaxed) {
         thread::sleep(StdDuration::from_millis(100));
         if hup.swap(false, Relaxed) {
-            match reload() {
+            notify_systemd("RELOADING=1");
+            let outcome = match reload() {
                 Ok(new)
                     if rule_needs(&new)
                         != (
@@ -399,29 +429,51 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
                         )
                         || ports_of(&new) != rules_cfg.ports =>
                 {
-                    warn!(
-                        "reload refused: the new rules need other kernel rules (ports, or stream/smtp mode's bypass and replies); restart to change them"
-                    )
+                    Err("reload refused: the new rules need other kernel rules (ports, or stream/smtp mode's bypass and replies); restart to change them".to_string())
                 }
                 Ok(new) => match apply_lists(&blacklist, &new) {
                     Ok(changed) => {
                         let n = new.rules.len();
+                        let allowed = new.allow.list.entries().len();
                         *lock(&shared.config) = new;
                         shared.generation.fetch_add(1, Relaxed);
-                        info!(
-                            rules = n,
-                            lists = %if changed.is_empty() { "unchanged".to_string() } else { changed.join(", ") },
-                            "reloaded the rules; bans kept"
-                        );
+                        let lists = if changed.is_empty() {
+                            "unchanged".to_string()
+                        } else {
+                            changed.join(", ")
+                        };
+                        info!(rules = n, allowlist = allowed, lists = %lists, "reloaded the rules; bans kept");
+                        Ok(format!("{n} rules, {allowed} allowlist entries, lists {lists}; bans kept"))
                     }
-                    Err(e) => warn!("reload refused, keeping the old rules and lists: {e}"),
+                    Err(e) => Err(format!("reload refused, keeping the old rules and lists: {e}")),
                 },
-                Err(e) => warn!("reload failed, keeping the old rules: {e}"),
+                Err(e) => Err(format!("reload failed, keeping the old rules: {e}")),
+            };
+            match &outcome {
+                Ok(_) => notify_systemd("READY=1\nSTATUS=running; last reload done"),
+                Err(e) => {
+                    warn!("{e}");
+                    shared.reload_failures.fetch_add(1, Relaxed);
+                    notify_systemd(&format!(
+                        "READY=1\nSTATUS=running; last reload refused: {e}"
+                    ));
+                }
             }
+            let mut r = lock(&shared.reloads);
+            r.0 += 1;
+            r.1 = outcome;
+            shared.reloaded.notify_all();
         }
         if last_expiry.elapsed() >= StdDuration::from_secs(10) {
             last_expiry = std::time::Instant::now();
-            blacklist.expire(now());
+            let rules = rule_names(&shared);
+            let mut log = lock(&shared.banlog);
+            for l in blacklist.lists() {
+                l.expire_reporting(now(), |ban| {
+                    log.line(|| banlog::ended_line(l.name(), &ban, &rules));
+                });
+            }
+            log.flush();
         }
         if last_summary.elapsed() >= daemon.summary_every {
             last_summary = std::time::Instant::now();
@@ -432,6 +484,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
             break;
         }
     }
+    notify_systemd("STOPPING=1");
     shared.stop.store(true, Relaxed);
     for h in handles {
         match h.join() {
@@ -512,6 +565,15 @@ fn open_store(
         "bans restored"
     );
     Ok((store, lock))
+}
+
+/// The rules' names, by rule id.
+fn rule_names(shared: &Shared) -> Vec<String> {
+    lock(&shared.config)
+        .rules
+        .iter()
+        .map(|r| r.name.clone())
+        .collect()
 }
 
 fn ports_of(config: &Config) -> Vec<u16> {

@@ -33,19 +33,11 @@ pub(super) fn control_loop(
                         let list = Arc::clone(&lock(&shared.config).allow.list);
                         list.why(ip).map(|a| format!("{} ({})", a.cidr, a.origin))
                     },
-                    rules: &|| {
-                        lock(&shared.config)
-                            .rules
-                            .iter()
-                            .map(|r| r.name.clone())
-                            .collect()
-                    },
+                    rules: &|| super::rule_names(&shared),
+                    reload: &|| reload_and_wait(&shared, &hup),
+                    status: &|| status_json(&shared, &blacklist),
                 };
-                let on_effect = |e: crate::control::Effect| {
-                    if e == crate::control::Effect::Reload {
-                        hup.store(true, Relaxed);
-                    }
-                };
+                let on_effect = |_: crate::control::Effect| {};
                 loop {
                     let next = lock(&rx).recv();
                     let Ok(stream) = next else { return };
@@ -144,4 +136,61 @@ pub(super) fn reset_sessions(shared: &Shared, ip: std::net::IpAddr) -> serde_jso
     shared.reset_failures.fetch_add(1, Relaxed);
     warn!(addr = %ip, "reset on request failed: {error}");
     json!({"sessions": 0, "error": error})
+}
+
+/// Asks the main thread to reload (as SIGHUP) and waits for its outcome (at most 30 s).
+fn reload_and_wait(shared: &Shared, hup: &AtomicBool) -> Result<String, String> {
+    let mut r = lock(&shared.reloads);
+    let seen = r.0;
+    hup.store(true, Relaxed);
+    let deadline = std::time::Instant::now() + StdDuration::from_secs(30);
+    while r.0 == seen {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err("no reload outcome within 30 s".into());
+        }
+        r = match shared.reloaded.wait_timeout(r, left) {
+            Ok((g, _)) => g,
+            Err(poisoned) => poisoned.into_inner().0,
+        };
+    }
+    r.1.clone()
+}
+
+/// The daemon's part of `status`: its facts, uptime, the allowlist, the rules, and the
+/// counters a person looks at first.
+fn status_json(shared: &Shared, blacklist: &Blacklist) -> serde_json::Value {
+    use serde_json::json;
+    let mut v = shared.facts.clone();
+    v["uptime_s"] = json!(shared.started.elapsed().as_secs());
+    let (rules, allow) = {
+        let c = lock(&shared.config);
+        let rules: Vec<_> = c
+            .rules
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": r.name,
+                    "mode": format!("{:?}", r.mode).to_lowercase(),
+                    "action": format!("{:?}", r.action).to_lowercase(),
+                    "list": r.ban.map(|l| blacklist.list(l).name().to_string()),
+                })
+            })
+            .collect();
+        let allow: Vec<_> = c
+            .allow
+            .list
+            .entries()
+            .iter()
+            .map(|a| json!({"cidr": a.cidr.to_string(), "origin": a.origin}))
+            .collect();
+        (rules, allow)
+    };
+    v["rules"] = json!(rules);
+    v["iptables_rules"] = json!(lock(&shared.config).iptables.is_some());
+    v["allowlist"] = json!(allow);
+    v["reload_failures"] = json!(shared.reload_failures.load(Relaxed));
+    v["log_lines_held_back"] = json!(lock(&shared.banlog).held_total);
+    v["stats"] = stats_json(shared, blacklist);
+    v
 }

@@ -807,7 +807,7 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> usize {
 pub fn encode_change(change: &Change) -> [u8; JOURNAL_RECORD] {
     let mut b = Vec::with_capacity(JOURNAL_RECORD);
     let (kind, list, ban) = match *change {
-        Change::Ban(l, ban) => (KIND_BAN, l, Some(ban)),
+        Change::Ban(l, ban, _) => (KIND_BAN, l, Some(ban)),
         Change::Remove(l, key) => (
             KIND_REMOVE,
             l,
@@ -1264,7 +1264,7 @@ pub fn key_addr(key: Key) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::blacklist::ListConfig;
+    use crate::blacklist::{Banned, ListConfig};
     use crate::time::Duration;
 
     struct Dir(PathBuf);
@@ -1623,7 +1623,10 @@ mod tests {
         for i in 0..50 {
             b.list(0).ban(ip(i), T0, 0);
             let ban = b.list(0).get(ip(i), T0).unwrap();
-            store.journal.append(&Change::Ban(0, ban)).unwrap();
+            store
+                .journal
+                .append(&Change::Ban(0, ban, Banned::New))
+                .unwrap();
         }
         store.journal.sync().unwrap();
         drop(store);
@@ -1661,7 +1664,10 @@ mod tests {
                 strikes: 0,
                 offences: 1,
             };
-            store.journal.append(&Change::Ban(0, ban)).unwrap();
+            store
+                .journal
+                .append(&Change::Ban(0, ban, Banned::New))
+                .unwrap();
         }
         store.journal.sync().unwrap();
         drop(store);

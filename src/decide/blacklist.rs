@@ -308,8 +308,8 @@ impl BuildHasher for Keyed {
 /// A change to a list, for the journal.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 pub enum Change {
-    /// A ban was made or renewed: the entry as it now is.
-    Ban(ListId, Ban),
+    /// A conviction or a ban by hand: the entry as it now is, and what it did.
+    Ban(ListId, Ban, Banned),
     /// An entry was removed by hand.
     Remove(ListId, Key),
     /// A list was flushed.
@@ -707,7 +707,7 @@ impl List {
                 self.stats.renewed.fetch_add(1, Relaxed);
                 let ban = e.snapshot(self.key_of(key));
                 drop(entry);
-                self.record(|id| Change::Ban(id, ban));
+                self.record(|id| Change::Ban(id, ban, Banned::Renewed));
                 return Banned::Renewed;
             }
             let first = e.first_seen.load(Relaxed);
@@ -722,7 +722,7 @@ impl List {
             let outcome = self.strike_or_ban(e, now, by_hand, rule, policy);
             let ban = e.snapshot(self.key_of(key));
             drop(entry);
-            self.record(|id| Change::Ban(id, ban));
+            self.record(|id| Change::Ban(id, ban, outcome));
             return outcome;
         }
         if self.len() >= self.capacity() {
@@ -738,7 +738,7 @@ impl List {
         if map.insert(key, entry).is_none() {
             self.len.fetch_add(1, Relaxed);
         }
-        self.record(|id| Change::Ban(id, ban));
+        self.record(|id| Change::Ban(id, ban, outcome));
         outcome
     }
 

@@ -241,17 +241,38 @@ pub fn rules_for(cfg: &RulesConfig, v6: bool) -> (Vec<Vec<String>>, Vec<Vec<Stri
     (jumps, chain)
 }
 
-/// The commands `install` runs, for one family's tool (`iptables` or `ip6tables`), as text.
+/// The commands `install` runs, for one family's tool (`iptables` or `ip6tables`), as shell
+/// text: every word that the shell would read otherwise (`--u32 0>>22&0x3C=20`) is quoted, so
+/// the output pastes into a shell as the very commands.
 pub fn script(cfg: &RulesConfig, tool: &str) -> String {
     let (jumps, chain) = rules_for(cfg, tool == "ip6tables");
-    let mut out = format!("{tool} -w -N {}\n", cfg.chain);
+    let line = |r: &[String]| {
+        r.iter()
+            .map(|w| shell_word(w))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut out = format!("{tool} -w -N {}\n", shell_word(&cfg.chain));
     for r in &chain {
-        out.push_str(&format!("{tool} -w -A {}\n", r.join(" ")));
+        out.push_str(&format!("{tool} -w -A {}\n", line(r)));
     }
     for j in &jumps {
-        out.push_str(&format!("{tool} -w -I {}\n", j.join(" ")));
+        out.push_str(&format!("{tool} -w -I {}\n", line(j)));
     }
     out
+}
+
+/// `word` as one shell word: as is when it has nothing the shell reads, else single-quoted.
+pub fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-+=:,./@%".contains(&b));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
 }
 
 /// The nftables table that does what the `STRINGBAN` chain does, for both families, as an
@@ -414,7 +435,13 @@ fn must(tool: &str, args: &[String]) -> Result<(), FirewallError> {
     match run(tool, args)? {
         (true, _) => Ok(()),
         (false, stderr) => Err(FirewallError::Failed {
-            command: format!("{tool} -w {}", args.join(" ")),
+            command: format!(
+                "{tool} -w {}",
+                args.iter()
+                    .map(|a| shell_word(a))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
             stderr,
         }),
     }
@@ -520,6 +547,45 @@ pub fn nft_queue_supported() -> bool {
 mod tests {
     use super::*;
 
+    /// What `rules print` prints pastes into a shell as the very commands: a real shell splits
+    /// every line into the words install runs (the smtp rules' `--u32 0>>22&…` included).
+    #[test]
+    fn printed_rules_paste_into_a_shell() {
+        let mut cfg = RulesConfig::new(vec![25, 587], (0, 3));
+        (cfg.bypass, cfg.replies, cfg.skip_pure_acks) = (true, true, true);
+        for tool in ["iptables", "ip6tables"] {
+            let (jumps, chain) = rules_for(&cfg, tool == "ip6tables");
+            let mut want: Vec<Vec<String>> = vec![vec!["-N".into(), cfg.chain.clone()]];
+            want.extend(
+                chain
+                    .iter()
+                    .map(|r| [vec!["-A".to_string()], r.clone()].concat()),
+            );
+            want.extend(
+                jumps
+                    .iter()
+                    .map(|r| [vec!["-I".to_string()], r.clone()].concat()),
+            );
+            let text = script(&cfg, tool);
+            assert!(
+                text.contains("'0>>22&0x3C=20") || tool == "ip6tables",
+                "{text}"
+            );
+            for (line, want) in text.lines().zip(&want) {
+                let out = std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("printf '%s\\n' {line}"))
+                    .output()
+                    .unwrap();
+                let words: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
+                assert_eq!(&words[..2], [tool, "-w"], "{line}");
+                assert_eq!(words[2..], want[..], "{line}");
+            }
+        }
+        assert_eq!(shell_word("it's"), "'it'\\''s'");
+        assert_eq!(shell_word(""), "''");
+    }
+
     #[test]
     fn default_rules() {
         let mut cfg = RulesConfig::new(vec![25], (0, 0));
@@ -621,10 +687,10 @@ table inet stringban {
         let mut cfg = RulesConfig::new(vec![25], (0, 0));
         cfg.skip_pure_acks = true;
         let v4 = script(&cfg, "iptables");
-        assert!(v4.contains("iptables -w -A STRINGBAN -p tcp --tcp-flags SYN,FIN,RST,ACK ACK -m u32 --u32 0>>22&0x3C=20&&0&0xFFFF=52&&32>>28=8 -j RETURN\n"), "{v4}");
+        assert!(v4.contains("iptables -w -A STRINGBAN -p tcp --tcp-flags SYN,FIN,RST,ACK ACK -m u32 --u32 '0>>22&0x3C=20&&0&0xFFFF=52&&32>>28=8' -j RETURN\n"), "{v4}");
         let v6 = script(&cfg, "ip6tables");
         assert!(
-            v6.contains("-m u32 --u32 4>>8&0xFF=6&&4>>16=20&&52>>28=5 -j RETURN\n"),
+            v6.contains("-m u32 --u32 '4>>8&0xFF=6&&4>>16=20&&52>>28=5' -j RETURN\n"),
             "{v6}"
         );
         cfg.backend = Backend::Nft;

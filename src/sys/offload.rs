@@ -59,7 +59,7 @@ impl Offload {
     /// The `ipset restore` lines of a change.
     pub fn change_lines(&self, change: &Change, now: Instant) -> String {
         match change {
-            Change::Ban(_, ban) => self.add_line(ban, now).unwrap_or_default(),
+            Change::Ban(_, ban, _) => self.add_line(ban, now).unwrap_or_default(),
             Change::Remove(_, key) => {
                 let prefix = match key {
                     Key::V4 { prefix, .. } | Key::V6 { prefix, .. } => *prefix,
