@@ -28,6 +28,8 @@ fn main() -> ExitCode {
         Command::Reload(c) => run_reload(c),
         Command::ImportRecent(a) => run_import_recent(a),
         Command::Import(a) => run_import(a),
+        Command::Completions(a) => run_completions(a),
+        Command::ManPages(a) => run_man_pages(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

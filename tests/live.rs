@@ -72,3 +72,18 @@ fn differential_against_the_kernel() {
 fn store_faults_in_a_namespace() {
     live("faults.sh");
 }
+
+/// The allowlist, thresholds and escalation across restarts (tests/live/allow.sh).
+#[test]
+#[ignore = "needs root, iptables, iproute2 and python3; run by scripts/test as root"]
+fn allowlist_and_escalation_in_namespaces() {
+    live("allow.sh");
+}
+
+/// The Debian package: installs, runs as a non-root user with two capabilities, purges
+/// (tests/live/package.sh).
+#[test]
+#[ignore = "needs root, dpkg, cargo-deb, setpriv, systemd-analyze, iptables and iproute2; run by scripts/test as root"]
+fn debian_package_installs_runs_and_purges() {
+    live("package.sh");
+}

@@ -48,6 +48,24 @@ pub(crate) enum Command {
     /// Read an iptables-save file or a shell script of iptables commands; --print shows each
     /// rule in `iptables -S` save form (or the line's error).
     Import(IptImportArgs),
+    /// Print the shell completion script for bash, zsh or fish.
+    Completions(CompletionsArgs),
+    /// Write the man pages (stringban.1 and one per command) into DIR (packaging).
+    #[command(hide = true)]
+    ManPages(ManPagesArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct CompletionsArgs {
+    /// bash, zsh or fish.
+    #[arg(value_name = "SHELL")]
+    pub(crate) shell: String,
+}
+
+#[derive(Args)]
+pub(crate) struct ManPagesArgs {
+    #[arg(value_name = "DIR")]
+    pub(crate) dir: PathBuf,
 }
 
 #[derive(Args)]

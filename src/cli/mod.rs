@@ -21,6 +21,7 @@ use stringban::sys::nfqueue::QueueConfig;
 mod args;
 mod control;
 mod daemon;
+mod docs;
 
 use stringban::daemon as sbdaemon;
 mod offline;
@@ -28,6 +29,7 @@ mod offline;
 pub(crate) use args::*;
 pub(crate) use control::*;
 pub(crate) use daemon::*;
+pub(crate) use docs::*;
 pub(crate) use offline::*;
 
 /// An error that exits with code 2 (bad input), as opposed to 1.

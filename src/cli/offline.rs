@@ -188,7 +188,35 @@ pub(crate) fn run_check(args: CheckArgs) -> anyhow::Result<()> {
             "list {:?}: ttl {} refresh_on_hit {} capacity {} prefix /{} /{}",
             l.name, l.ttl, l.refresh_on_hit, l.capacity, l.prefix_v4, l.prefix_v6
         )?;
+        if l.threshold > 1 {
+            writeln!(
+                out,
+                "  bans after {} convictions within {}",
+                l.threshold, l.window
+            )?;
+        }
+        if l.escalate > 1 {
+            writeln!(
+                out,
+                "  repeat offenders: ttl x{} per offence, at most {}, remembered {} after a ban",
+                l.escalate,
+                l.max_ttl(),
+                l.remember()
+            )?;
+        }
     }
+    for a in config.allow.list.entries() {
+        writeln!(out, "allow {} ({})", a.cidr, a.origin)?;
+    }
+    writeln!(
+        out,
+        "allowlist defaults (run): {}",
+        if config.allow.defaults {
+            "loopback and this host's addresses"
+        } else {
+            "off"
+        }
+    )?;
     if let Some(ipt) = &config.iptables {
         for (family, table) in ipt.ruleset.tables() {
             for line in ipt.ruleset.save(family, &table) {

@@ -215,6 +215,9 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
         Some(dir) => Some(open_store(dir, &blacklist)?),
         None => None,
     };
+    // The baseline of the sweeps that log each ban's end: bans that ended before this start
+    // (kept as records of their offenders) are not logged again.
+    blacklist.expire(now());
 
     let mut queues = Vec::new();
     for num in daemon.queues.0..=daemon.queues.1 {

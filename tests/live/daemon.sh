@@ -124,7 +124,8 @@ check "... and the first still resets spam" test "$(client 198.19.9.34 198.18.0.
 # A start that fails (the metrics port is taken) leaves no rule behind, even fail-closed.
 F=sbF$$; ip netns add "$F"; ip -n "$F" link set lo up
 ip netns exec "$F" python3 -c 'import socket,time; s=socket.socket(); s.bind(("127.0.0.1",9399)); s.listen(); time.sleep(30)' & HOLD=$!
-sleep 0.3
+# Wait until the port is taken (a busy machine starts python slowly), at most 10 s.
+for _ in $(seq 100); do ip netns exec "$F" ss -Hltn 'sport = :9399' | grep -q . && break; sleep 0.1; done
 ip netns exec "$F" "$BIN" run --string @example.com --install-rules --fail-closed --no-state --no-control \
     --pidfile "$T/pidF" --metrics 127.0.0.1:9399 > "$T/failed.out" 2>&1; code=$?
 check "a start that fails (metrics port taken, fail-closed) exits 2 ($code: $(tail -1 "$T/failed.out"))" test "$code" = 2

@@ -24,7 +24,7 @@ CTL=(--control-socket "$T/ctl.sock")
 sb() { "$BIN" "$@" "${CTL[@]}"; }
 start() {
     rm -f "$T/pid"
-    ip netns exec "$S" "$BIN" run --string @example.com --action drop --ttl 24h --install-rules \
+    ip netns exec "$S" "$BIN" run --string @example.com --action drop --ttl 24h --install-rules --no-default-allow \
         --pidfile "$T/pid" --state-dir "$MNT" "${CTL[@]}" --metrics 127.0.0.1:9326 "$@" 2>> "$T/daemon.log" & DPID=$!
     for _ in $(seq 200); do [ -s "$T/pid" ] && [ -S "$T/ctl.sock" ] && return 0; sleep 0.05; done
     echo "daemon did not start:"; tail -20 "$T/daemon.log"; return 1

@@ -15,7 +15,7 @@ N=${BANS:-1000000}
 loopback_ns sbM || exit 1
 
 echo "== memory: $N bans"
-ip netns exec "$S" "$BIN" run --string @example.com --action drop --ttl 24h --state-dir "$T/state" --control-socket "$T/ctl.sock" --install-rules \
+ip netns exec "$S" "$BIN" run --string @example.com --action drop --ttl 24h --no-default-allow --state-dir "$T/state" --control-socket "$T/ctl.sock" --install-rules \
     --pidfile "$T/pid" --summary-interval 1s 2> "$T/daemon.log" & DPID=$!
 for _ in $(seq 100); do [ -s "$T/pid" ] && break; sleep 0.05; done
 [ -s "$T/pid" ] || { echo "daemon did not start:"; cat "$T/daemon.log"; exit 1; }
