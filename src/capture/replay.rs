@@ -208,7 +208,13 @@ impl fmt::Display for Report {
                 n(s.matches.get(i).copied().unwrap_or(0))
             )?;
         }
-        for (i, name) in self.list_names.iter().enumerate() {
+        // Imported iptables rules ban through their recent tables (below), not the lists.
+        for (i, name) in self
+            .list_names
+            .iter()
+            .enumerate()
+            .filter(|_| self.recent.is_empty())
+        {
             writeln!(
                 f,
                 "list {name:?}: {} packets dropped from banned sources",

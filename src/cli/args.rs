@@ -144,7 +144,17 @@ pub(crate) struct AddArgs {
     #[arg(long)]
     pub(crate) reset: bool,
     #[command(flatten)]
-    pub(crate) pick: ListPick,
+    pub(crate) pick: OneList,
+}
+
+/// The one list a ban goes into.
+#[derive(Args)]
+pub(crate) struct OneList {
+    /// The list to ban in (default: the first list of the configuration).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) list: Option<String>,
+    #[command(flatten)]
+    pub(crate) ctl: Ctl,
 }
 
 #[derive(Args)]
@@ -164,7 +174,7 @@ pub(crate) struct ImportArgs {
     #[arg(long, value_name = "DURATION")]
     pub(crate) ttl: Option<String>,
     #[command(flatten)]
-    pub(crate) pick: ListPick,
+    pub(crate) pick: OneList,
 }
 
 /// Queue and mark settings shared by `run` and `rules`.

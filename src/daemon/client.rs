@@ -91,7 +91,8 @@ pub enum ClientError {
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ClientError::Io(e) => write!(f, "control socket: {e}"),
+            // The io error itself is the source (printed after this by `{:#}`).
+            ClientError::Io(_) => f.write_str("control socket"),
             ClientError::Refused(why) => f.write_str(why),
             ClientError::Answer(what) => write!(f, "control socket: unexpected answer: {what}"),
         }

@@ -124,7 +124,8 @@ impl Tables {
         let mut out: Vec<_> = self
             .tables
             .iter()
-            .map(|(name, t)| (name.clone(), t.entries.len()))
+            // The parser marks a name given with --name by a trailing NUL.
+            .map(|(name, t)| (name.trim_end_matches('\u{0}').to_string(), t.entries.len()))
             .collect();
         out.sort();
         out

@@ -50,8 +50,17 @@ def report():
 
 if mode == "spam":
     threading.Thread(target=report, daemon=True).start()
+    started = time.monotonic()
     with ThreadPoolExecutor(int(os.environ.get("FLOOD_CONCURRENCY", "64"))) as pool:
-        print(sum(pool.map(spam, srcs)))
+        resets = sum(pool.map(spam, srcs))
+    if progress_file:
+        # The last word: every session done, and how long the whole flood took.
+        with open(progress_file + ".tmp", "w") as f:
+            f.write(str(done))
+        os.replace(progress_file + ".tmp", progress_file)
+        with open(progress_file + ".secs", "w") as f:
+            f.write("%.1f" % (time.monotonic() - started))
+    print(resets)
 elif mode == "probe":
     sel = selectors.DefaultSelector(); socks = []
     for src in srcs:

@@ -57,7 +57,8 @@ impl Default for AllowConfig {
 impl Config {
     /// Sets the allowlist the engines use: the configured CIDRs, each file's (read by `read`, which returns the text
     /// or the reason it could not), and when `host` is given and defaults are on, loopback and
-    /// `host`'s addresses (interface name, address).
+    /// `host`'s addresses (interface name, address) — except with imported iptables rules, which
+    /// run exactly as the kernel runs them.
     pub fn resolve_allowlist(
         &mut self,
         read: impl FnMut(&str) -> Result<String, String>,
@@ -84,7 +85,8 @@ impl Config {
             })?;
             entries.extend(crate::allow::parse_list(name, &text)?);
         }
-        if let (true, Some(host)) = (self.allow.defaults, host) {
+        // Imported iptables rules run as the kernel runs them: no implicit allowlist there.
+        if let (true, Some(host), None) = (self.allow.defaults, host, &self.iptables) {
             entries.extend(crate::allow::defaults(host));
         }
         Ok(Allowlist::new(entries))
@@ -550,6 +552,18 @@ mod tests {
             })
             .is_err()
         );
+        // Imported iptables rules run as the kernel's: no default allowlist.
+        let mut c = Config::build(
+            None,
+            &Flags {
+                iptables: Some(("r.sh".into(), "iptables -A INPUT -p tcp -j ACCEPT\n".into())),
+                ..Flags::default()
+            },
+        )
+        .unwrap();
+        c.resolve_allowlist(|_| Ok(String::new()), Some(&host))
+            .unwrap();
+        assert!(!c.allow.list.contains("127.0.0.1".parse().unwrap()));
     }
 
     #[test]
