@@ -353,6 +353,8 @@ pub struct List {
     /// Threshold, window, escalation (reloadable): read on convictions and sweeps only.
     offenders: std::sync::RwLock<ListConfig>,
     policy: std::sync::RwLock<Policy>,
+    /// The policy's `escalate`, readable without the lock.
+    escalate: std::sync::atomic::AtomicU8,
     /// Seconds past the last sweep, to report the bans that ended since.
     last_sweep: AtomicU32,
     v4: DashMap<u32, Entry, Keyed>,
@@ -379,6 +381,7 @@ impl List {
             capacity: AtomicUsize::new(config.capacity),
             offenders: std::sync::RwLock::new(config.clone()),
             policy: std::sync::RwLock::new(Policy::of(&config)),
+            escalate: std::sync::atomic::AtomicU8::new(config.escalate),
             last_sweep: AtomicU32::new(0),
             config,
             v4: DashMap::with_hasher_and_shard_amount(Keyed(keys), SHARDS),
@@ -583,6 +586,7 @@ impl List {
             Ok(mut p) => *p = Policy::of(new),
             Err(poisoned) => *poisoned.into_inner() = Policy::of(new),
         }
+        self.escalate.store(new.escalate, Relaxed);
         if new.capacity != old.capacity {
             changed.push(format!("capacity {} -> {}", old.capacity, new.capacity));
             self.capacity.store(new.capacity, Relaxed);
@@ -662,13 +666,13 @@ impl List {
         }
     }
 
-    /// The TTL of an offender's `offence`-th ban (the list's TTL unless escalating).
+    /// The TTL of an offender's `offence`-th ban (the list's TTL unless escalating). On every
+    /// hit that refreshes a ban: the common case reads one atomic, not the policy's lock.
     fn ttl_of(&self, offence: u8) -> Duration {
-        let p = self.policy();
-        if p.escalate <= 1 || offence <= 1 {
+        if offence <= 1 || self.escalate.load(Relaxed) <= 1 {
             return self.ttl();
         }
-        p.ttl_for(self.ttl(), offence)
+        self.policy().ttl_for(self.ttl(), offence)
     }
 
     /// A rule convicted `addr` at `now`: counted towards the threshold, or banned (for the TTL
