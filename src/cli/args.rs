@@ -37,7 +37,7 @@ pub(crate) enum Command {
     /// Lift a ban.
     Del(DelArgs),
     /// Lift every ban of a list (or of all lists).
-    Flush(ListPick),
+    Flush(FlushArgs),
     /// The running daemon's counters, as JSON.
     Stats(Ctl),
     /// Make the running daemon re-read its configuration (as SIGHUP) and say how it went
@@ -143,6 +143,9 @@ pub(crate) struct AddArgs {
     /// port (SOCK_DESTROY): for sessions the queue no longer sees, such as STARTTLS ones.
     #[arg(long)]
     pub(crate) reset: bool,
+    /// The daemon's answer as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
     #[command(flatten)]
     pub(crate) pick: OneList,
 }
@@ -158,9 +161,21 @@ pub(crate) struct OneList {
 }
 
 #[derive(Args)]
+pub(crate) struct FlushArgs {
+    /// The daemon's answer as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) pick: ListPick,
+}
+
+#[derive(Args)]
 pub(crate) struct DelArgs {
     #[arg(value_name = "ADDR")]
     pub(crate) addr: String,
+    /// The daemon's answer as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
     #[command(flatten)]
     pub(crate) pick: ListPick,
 }

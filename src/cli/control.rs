@@ -3,7 +3,7 @@
 //! socket or a broken answer exits 1.
 
 use super::*;
-use stringban::daemon::client::{BanLine, Client, ClientError, ResetOutcome};
+use stringban::daemon::client::{BanLine, Client, ClientError, Command, ResetOutcome};
 
 fn client(ctl: &Ctl) -> Client {
     Client::new(&ctl.control_socket)
@@ -20,6 +20,17 @@ pub(crate) fn ctl_error(e: ClientError) -> anyhow::Error {
 /// `add`: bans, and with `--reset` resets the address's sessions; a reset that could not be
 /// done is an error (exit 1) after the ban is in place.
 pub(crate) fn run_add(a: AddArgs) -> anyhow::Result<()> {
+    if a.json {
+        return print_answer(
+            &a.pick.ctl,
+            &Command::Add {
+                addr: a.addr,
+                ttl: a.ttl,
+                list: a.pick.list,
+                reset: a.reset,
+            },
+        );
+    }
     let added = client(&a.pick.ctl)
         .add(a.addr, a.ttl, a.pick.list, a.reset)
         .map_err(ctl_error)?;
@@ -45,15 +56,7 @@ pub(crate) fn run_add(a: AddArgs) -> anyhow::Result<()> {
 
 pub(crate) fn run_count(a: CountArgs) -> anyhow::Result<()> {
     if a.json {
-        let answer = client(&a.pick.ctl)
-            .call(&stringban::daemon::client::Command::Count { list: a.pick.list })
-            .map_err(ctl_error)?;
-        let mut last = answer.last().cloned().unwrap_or_default();
-        if let Some(o) = last.as_object_mut() {
-            o.remove("ok");
-        }
-        println!("{last}");
-        return Ok(());
+        return print_answer(&a.pick.ctl, &Command::Count { list: a.pick.list });
     }
     println!(
         "{}",
@@ -296,7 +299,27 @@ pub(crate) fn utc(secs: u64) -> String {
     )
 }
 
+/// `--json`: the daemon's final answer line, without its `ok`.
+fn print_answer(ctl: &Ctl, cmd: &Command) -> anyhow::Result<()> {
+    let answer = client(ctl).call(cmd).map_err(ctl_error)?;
+    let mut last = answer.last().cloned().unwrap_or_default();
+    if let Some(o) = last.as_object_mut() {
+        o.remove("ok");
+    }
+    println!("{last}");
+    Ok(())
+}
+
 pub(crate) fn run_del(a: DelArgs) -> anyhow::Result<()> {
+    if a.json {
+        return print_answer(
+            &a.pick.ctl,
+            &Command::Del {
+                addr: a.addr,
+                list: a.pick.list,
+            },
+        );
+    }
     let n = client(&a.pick.ctl)
         .del(a.addr, a.pick.list)
         .map_err(ctl_error)?;
@@ -304,7 +327,11 @@ pub(crate) fn run_del(a: DelArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) fn run_flush(p: ListPick) -> anyhow::Result<()> {
+pub(crate) fn run_flush(a: FlushArgs) -> anyhow::Result<()> {
+    let p = a.pick;
+    if a.json {
+        return print_answer(&p.ctl, &Command::Flush { list: p.list });
+    }
     println!(
         "removed {}",
         client(&p.ctl).flush(p.list).map_err(ctl_error)?

@@ -45,3 +45,14 @@ pub(crate) fn run_man_pages(a: ManPagesArgs) -> anyhow::Result<()> {
     write(top, "stringban")?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command's arguments are consistent (no duplicate flag, …): clap's own check.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

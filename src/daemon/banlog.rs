@@ -90,9 +90,10 @@ pub(super) fn change_line(
             ban.offences.max(1)
         )),
         Change::Ban(_, _, Banned::Strike(_) | Banned::Renewed) => None,
-        Change::Remove(id, key) => {
-            Some(format!("unban {key} list={} (removed by hand)", name(*id)))
-        }
+        Change::Remove(id, key) => Some(format!(
+            "unban {key} list={} (removed: del, or now allowlisted)",
+            name(*id)
+        )),
         Change::Flush(id) => Some(format!(
             "unban every source of list={} (flushed by hand)",
             name(*id)

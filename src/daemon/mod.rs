@@ -218,6 +218,10 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
     // The baseline of the sweeps that log each ban's end: bans that ended before this start
     // (kept as records of their offenders) are not logged again.
     blacklist.expire(now());
+    let lifted = serve::lift_allowlisted(&blacklist, &config.allow.list);
+    if lifted > 0 {
+        info!(lifted, "bans of allowlisted sources lifted at start");
+    }
 
     let mut queues = Vec::new();
     for num in daemon.queues.0..=daemon.queues.1 {
@@ -438,6 +442,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
                     Ok(changed) => {
                         let n = new.rules.len();
                         let allowed = new.allow.list.entries().len();
+                        let lifted = serve::lift_allowlisted(&blacklist, &new.allow.list);
                         *lock(&shared.config) = new;
                         shared.generation.fetch_add(1, Relaxed);
                         let lists = if changed.is_empty() {
@@ -446,7 +451,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
                             changed.join(", ")
                         };
                         info!(rules = n, allowlist = allowed, lists = %lists, "reloaded the rules; bans kept");
-                        Ok(format!("{n} rules, {allowed} allowlist entries, lists {lists}; bans kept"))
+                        Ok(format!("{n} rules, {allowed} allowlist entries, lists {lists}; bans kept ({lifted} of allowlisted sources lifted)"))
                     }
                     Err(e) => Err(format!("reload refused, keeping the old rules and lists: {e}")),
                 },

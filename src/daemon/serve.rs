@@ -115,6 +115,27 @@ pub(super) fn apply_lists(
     Ok(changed)
 }
 
+/// Lifts the bans of sources the allowlist now allows (a ban made before the address was
+/// allowlisted, or restored from disk): removed like `del`, so the journal and the offload sets
+/// follow. Returns how many.
+pub(super) fn lift_allowlisted(blacklist: &Blacklist, allow: &crate::allow::Allowlist) -> usize {
+    if allow.is_empty() {
+        return 0;
+    }
+    let t = now();
+    let mut lifted = 0;
+    for l in blacklist.lists() {
+        for b in l.bans(t) {
+            if allow.contains(b.key.addr()) && l.remove(b.key.addr()) {
+                let why = allow.why(b.key.addr()).map(|a| a.origin.clone());
+                info!(source = %b.key, list = %l.name(), allowed_by = ?why, "ban lifted: the source is allowlisted");
+                lifted += 1;
+            }
+        }
+    }
+    lifted
+}
+
 /// `add ADDR --reset`: destroys every local session with `ip` on a protected port (the MTA sees
 /// `ECONNABORTED`, the client a RST), for sessions that no longer reach the queue (bypassed
 /// after STARTTLS) or are idle. Logged, counted, and answered.

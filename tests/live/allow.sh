@@ -109,14 +109,18 @@ for round in 2 3; do
 done
 
 echo "== reload: the allowlist file is read again; a refused reload says why"
-echo "198.19.1.3" >> "$T/allow.txt"
+ctl add 198.19.1.4 --ttl 1h > /dev/null
+check "198.19.1.4 banned by hand: its mail times out" test "$(client 198.19.1.4 198.18.0.1 "$LEGIT" 1)" = timeout
+printf '198.19.1.3\n198.19.1.4\n' >> "$T/allow.txt"
 out=$(ctl reload 2>&1)
-check "reload reports what it loaded ($out)" grep -q "allowlist entries" <<< "$out"
+check "reload reports what it loaded ($out)" grep -q "allowlist entries.*(1 of allowlisted sources lifted)" <<< "$out"
+check "the ban of 198.19.1.4, now allowlisted, is lifted" test -z "$(ban_of 198.19.1.4 key)"
+check "... and its mail flows" test "$(client 198.19.1.4 198.18.0.1 "$LEGIT")" = ok
 check "198.19.1.3 (just allowlisted) spam goes through" test "$(client 198.19.1.3 198.18.0.1 "$SPAM")" = ok
 check "... twice, never banned" bash -c "[ \"\$(ip netns exec '$C' python3 '$HERE/smtp_client.py' 198.19.1.3 198.18.0.1 '$SPAM')\" = ok ] && [ -z \"\$(ip netns exec '$S' '$BIN' list --json --control-socket '$T/ctl.sock' | grep 198.19.1.3)\" ]"
 echo "not-a-cidr" >> "$T/allow.txt"
 out=$(ctl reload 2>&1); code=$?
-check "a bad allowlist file refuses the reload (exit $code): $out" bash -c "[ $code -eq 2 ] && grep -q 'allow.txt:3' <<< '$out'"
+check "a bad allowlist file refuses the reload (exit $code): $out" bash -c "[ $code -eq 2 ] && grep -q 'allow.txt:4' <<< '$out'"
 check "... and the old allowlist stays" test "$(client 198.19.1.3 198.18.0.1 "$SPAM")" = ok
 
 echo "== status, list and the log"
@@ -124,6 +128,11 @@ ctl status > "$T/status.txt"
 check "status shows the allowlist, the list's threshold and escalation" bash -c "grep -q 'allowlist: .*198.19.1.0/31' '$T/status.txt' && grep -q '2/1m' '$T/status.txt' && grep -q 'x3≤1h' '$T/status.txt'" || cat "$T/status.txt"
 check "status shows the banned source" grep -q "198.19.1.2" "$T/status.txt"
 check "list shows the rule and a header" bash -c "ctl() { ip netns exec '$S' '$BIN' \"\$@\" --control-socket '$T/ctl.sock'; }; ctl list | grep -q '^SOURCE' && ctl list | grep 198.19.1.2 | grep -q '\"@example.com\"'"
+check "count, status, add and del answer JSON with --json" bash -c "ctl() { ip netns exec '$S' '$BIN' \"\$@\" --control-socket '$T/ctl.sock'; }
+    ctl count --json | python3 -c 'import json,sys; assert json.load(sys.stdin)[\"lists\"][\"spam\"] >= 1' &&
+    ctl status --json | python3 -c 'import json,sys; s=json.load(sys.stdin); assert s[\"lists\"][0][\"name\"] == \"spam\"' &&
+    ctl add 198.19.1.7 --ttl 1h --json | python3 -c 'import json,sys; assert json.load(sys.stdin)[\"new\"] is True' &&
+    ctl del 198.19.1.7 --json | python3 -c 'import json,sys; assert json.load(sys.stdin)[\"removed\"] == 1'"
 check "the log has a line per ban" grep -q "ban 198.19.1.2 list=spam rule=\"@example.com\" for" "$T/daemon.log"
 ctl add 198.19.1.8 --ttl 2s > /dev/null
 sleep 13   # the sweep that logs ended bans runs every 10 s

@@ -71,8 +71,9 @@ ip netns exec "$S" unshare -m --propagation private sh -c '
     exec setpriv --reuid=stringban --regid=stringban --init-groups \
         --inh-caps=-all,+net_admin,+net_raw --ambient-caps=-all,+net_admin,+net_raw --bounding-set=-all,+net_admin,+net_raw \
         /usr/bin/stringban run --config /etc/stringban/stringban.toml --install-rules --state-dir "$1/state" \
-        --pidfile /run/stringban/stringban.pid --control-socket "$1/run/control.sock"' sh "$T" 2> "$T/daemon.log" & DPID=$!
-for _ in $(seq 100); do [ -S "$T/run/control.sock" ] && break; sleep 0.05; done
+        --pidfile "$1/run/pid" --control-socket "$1/run/control.sock"' sh "$T" 2> "$T/daemon.log" & DPID=$!
+# The pid is written once the rules are installed (the socket is bound before them).
+for _ in $(seq 200); do [ -S "$T/run/control.sock" ] && [ -s "$T/run/pid" ] && break; sleep 0.05; done
 test -S "$T/run/control.sock" || cat "$T/daemon.log"
 check "it starts (control socket up)" test -S "$T/run/control.sock"
 # `ip netns exec`, `unshare`, `sh` and `setpriv` all exec in place: $DPID is the daemon.
