@@ -4,7 +4,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use proptest::prelude::*;
 
-use stringban::blacklist::{List, ListConfig};
+use stringban::allow::{Allowed, Allowlist, Cidr};
+use stringban::blacklist::{Banned, List, ListConfig};
 use stringban::config::{Config, Flags};
 use stringban::rule::{Algo, StringMatch};
 use stringban::scan::{Choice, Scanner};
@@ -132,6 +133,74 @@ proptest! {
             prop_assert_eq!(a.decide(&packet, t), b.decide(&packet, t));
         }
         prop_assert_eq!(a.stats(), b.stats());
+    }
+
+    /// The merged ranges answer as a linear scan over the CIDRs would, overlaps and adjacent
+    /// ranges included (a small address space, so they overlap often).
+    #[test]
+    fn allowlist_agrees_with_a_linear_scan(
+        cidrs in prop::collection::vec((0u32..256, 20u8..=32), 0..12),
+        v6 in prop::collection::vec((0u128..256, 116u8..=128), 0..6),
+        probes in prop::collection::vec(0u32..300, 1..64),
+    ) {
+        let mut entries = Vec::new();
+        for (a, p) in &cidrs {
+            let addr = IpAddr::V4(Ipv4Addr::from(0xC612_0000 | (a << 4)));
+            entries.push(Allowed { cidr: Cidr::new(addr, *p).unwrap(), origin: "p".into() });
+        }
+        for (a, p) in &v6 {
+            let addr = IpAddr::V6(std::net::Ipv6Addr::from((0x2001_0db8u128 << 96) | (a << 4)));
+            entries.push(Allowed { cidr: Cidr::new(addr, *p).unwrap(), origin: "p".into() });
+        }
+        let list = Allowlist::new(entries.clone());
+        for x in &probes {
+            for addr in [
+                IpAddr::V4(Ipv4Addr::from(0xC612_0000 | (x << 4) | (x & 15))),
+                IpAddr::V6(std::net::Ipv6Addr::from((0x2001_0db8u128 << 96) | u128::from(x << 4 | (x & 15)))),
+            ] {
+                let linear = entries.iter().any(|e| e.cidr.contains(addr));
+                prop_assert_eq!(list.contains(addr), linear, "{}", addr);
+            }
+        }
+    }
+
+    /// A source convicted again after each ban ends gets non-decreasing bans, each the previous
+    /// one times `escalate` until `max_ttl`; the threshold holds every time.
+    #[test]
+    fn escalation_grows_to_the_cap(
+        ttl in 1u64..100,
+        escalate in 1u8..5,
+        threshold in 1u8..4,
+        cap in 1u64..20,
+        gaps in prop::collection::vec(1u64..50, 1..8),
+    ) {
+        let max_ttl = Duration::from_secs(ttl * cap);
+        let list = List::new(ListConfig {
+            ttl: Duration::from_secs(ttl),
+            refresh_on_hit: false,
+            threshold,
+            window: Duration::from_secs(1_000),
+            escalate,
+            max_ttl: Some(max_ttl),
+            // Longer than any gap here: every offender is remembered (the default, max_ttl,
+            // would forget one whose gap after its ban is longer than max_ttl).
+            remember: Some(Duration::from_secs(100_000)),
+            ..ListConfig::new("p")
+        });
+        let a = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
+        let mut t = Instant::from_secs(1_000_000);
+        let mut want = ttl;
+        for gap in gaps {
+            for k in 1..threshold {
+                prop_assert_eq!(list.ban(a, t, 0), Banned::Strike(k));
+                prop_assert!(!list.check(a, t));
+            }
+            prop_assert_eq!(list.ban(a, t, 0), Banned::New);
+            let got = list.get(a, t).unwrap().expires_at.saturating_sub(t).secs();
+            prop_assert_eq!(got, want);
+            want = (want * u64::from(escalate)).min(ttl * cap).max(ttl);
+            t = Instant::from_secs(t.secs_u32() as u64 + got + gap);
+        }
     }
 
     #[test]
