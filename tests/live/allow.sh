@@ -73,8 +73,13 @@ for src in 198.19.1.0 198.19.1.1 198.19.1.5; do
     done
     check "$src is not banned" test -z "$(ban_of $src key)"
 done
-ctl stats > "$T/stats.json"
-check "stats count 9 allowlisted convictions and no ban" python3 -c '
+# Workers publish their counters every 500 ms: poll (at most 5 s) rather than read once.
+for _ in $(seq 50); do
+    ctl stats > "$T/stats.json"
+    python3 -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["allowlisted_convictions"] >= 9 else 1)' "$T/stats.json" && break
+    sleep 0.1
+done
+check "stats count 9 allowlisted convictions and no ban ($(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s["allowlisted_convictions"], s["bans_new"], s["allowlisted_packets"])' "$T/stats.json"))" python3 -c '
 import json,sys; s=json.load(open(sys.argv[1]))
 sys.exit(0 if s["allowlisted_convictions"] == 9 and s["bans_new"] == 0 and s["allowlisted_packets"] >= 9 else 1)' "$T/stats.json"
 

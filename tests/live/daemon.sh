@@ -9,12 +9,12 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
 need ip iptables python3
 
-S=sbS$$; C=sbC$$; T=$(mktemp -d); PIDS=(); DPID=
+S=sbS$$; C=sbC$$; F=sbF$$; T=$(mktemp -d); PIDS=(); DPID=; HOLD=
 cleanup() {
-    for p in $DPID "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+    for p in $DPID $HOLD "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
     sleep 0.3
-    for p in $DPID "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
-    ip netns del "$S" 2>/dev/null; ip netns del "$C" 2>/dev/null
+    for p in $DPID $HOLD "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
+    ip netns del "$S" 2>/dev/null; ip netns del "$C" 2>/dev/null; ip netns del "$F" 2>/dev/null
     rm -rf "$T"
 }
 trap cleanup EXIT
@@ -122,7 +122,7 @@ check "an instance without --install-rules runs beside it and stops cleanly (exi
 check "... leaving the first's rules in place" test "$(chain_count)" = 1
 check "... and the first still resets spam" test "$(client 198.19.9.34 198.18.0.1 "$SPAM")" = reset
 # A start that fails (the metrics port is taken) leaves no rule behind, even fail-closed.
-F=sbF$$; ip netns add "$F"; ip -n "$F" link set lo up
+ip netns add "$F"; ip -n "$F" link set lo up
 ip netns exec "$F" python3 -c 'import socket,time; s=socket.socket(); s.bind(("127.0.0.1",9399)); s.listen(); time.sleep(30)' & HOLD=$!
 # Wait until the port is taken (a busy machine starts python slowly), at most 10 s.
 for _ in $(seq 100); do ip netns exec "$F" ss -Hltn 'sport = :9399' | grep -q . && break; sleep 0.1; done
