@@ -282,6 +282,22 @@ pub(crate) struct RunArgs {
     /// Serve Prometheus metrics at this address (HOST:PORT; --metrics alone: 127.0.0.1:9325).
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9325")]
     pub(crate) metrics: Option<String>,
+    /// Share bans with a fleet through Redis: redis://[USER:PASSWORD@]HOST:PORT[/DB], or
+    /// rediss://… for TLS (overrides [share] url; prefer the file, the command line is public).
+    #[arg(long, value_name = "URL")]
+    pub(crate) share: Option<String>,
+    /// The CA certificate (PEM) that signed the Redis server's (rediss:// URLs).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) share_ca: Option<PathBuf>,
+    /// The fleet's name: its keys are under stringban:{FLEET}: (default: stringban).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) share_fleet: Option<String>,
+    /// This daemon's id in the fleet (default: the host name).
+    #[arg(long, value_name = "ID")]
+    pub(crate) share_node: Option<String>,
+    /// The lists shared (default: all).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub(crate) share_lists: Vec<String>,
     /// error, warn, info or debug.
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     pub(crate) log_level: String,

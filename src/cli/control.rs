@@ -164,6 +164,26 @@ pub(crate) fn status_text(s: &serde_json::Value, now: u64) -> String {
             shown
         }
     );
+    let sh = &st["share"];
+    let _ = match sh["node"].as_str() {
+        None => writeln!(o, "fleet: none (bans are this host's alone)"),
+        Some(node) => writeln!(
+            o,
+            "fleet: {} as node {node} through {} — {}; lag {} entries ({} s); published {}, pending {}; applied {} from peers; {} errors{}",
+            sh["fleet"].as_str().unwrap_or("?"),
+            sh["url"].as_str().unwrap_or("?"),
+            if sh["connected"] == true { "connected" } else { "DISCONNECTED" },
+            u(&sh["lag_entries"]),
+            sh["lag_seconds"].as_f64().unwrap_or(0.0),
+            u(&sh["published"]),
+            u(&sh["pending"]),
+            u(&sh["applied"]),
+            u(&sh["errors"]),
+            sh["last_error"]
+                .as_str()
+                .map_or(String::new(), |e| format!(" (last: {e})"))
+        ),
+    };
     let _ = writeln!(o, "\nrules:");
     if s["iptables_rules"] == true {
         let _ = writeln!(o, "  imported iptables rules ([iptables])");
@@ -260,7 +280,7 @@ pub(crate) fn status_text(s: &serde_json::Value, now: u64) -> String {
                 "  {:<40} {:<12} {:<24} {:>9} {:>10} {:>7}",
                 b["key"].as_str().unwrap_or("?"),
                 b["list"].as_str().unwrap_or("?"),
-                rule_text(b["rule_name"].as_str()),
+                rule_of(b["rule_name"].as_str(), b["node"].as_str()),
                 n(u(&b["hits"])),
                 human(u(&b["expires_at"]).saturating_sub(now)),
                 u(&b["offences"]).max(1)
@@ -274,6 +294,14 @@ fn rule_text(name: Option<&str>) -> String {
     match name {
         Some(r) => format!("{r:?}"),
         None => "(by hand)".into(),
+    }
+}
+
+/// The rule, and the node that banned when the daemon shares bans with a fleet.
+fn rule_of(name: Option<&str>, node: Option<&str>) -> String {
+    match node {
+        Some(n) => format!("{}@{n}", rule_text(name)),
+        None => rule_text(name),
     }
 }
 
@@ -380,7 +408,11 @@ pub(crate) fn run_list(args: ListArgs) -> anyhow::Result<()> {
             "{:<40} {:<12} {:<24} {:>10} {:>9} {:>7}  {:<21} {:<21}",
             "SOURCE",
             "LIST",
-            "RULE",
+            if bans.iter().any(|b| b.node.is_some()) {
+                "RULE@NODE"
+            } else {
+                "RULE"
+            },
             "EXPIRES IN",
             "DROPPED",
             "OFFENCE",
@@ -402,7 +434,7 @@ pub(crate) fn run_list(args: ListArgs) -> anyhow::Result<()> {
                 "{:<40} {:<12} {:<24} {:>10} {:>9} {:>7}  {:<21} {:<21}",
                 ban.key,
                 ban.list,
-                rule_text(ban.rule_name.as_deref()),
+                rule_of(ban.rule_name.as_deref(), ban.node.as_deref()),
                 stringban::daemon::human_duration(ban.ttl_left),
                 ban.hits,
                 ban.offences.max(1),

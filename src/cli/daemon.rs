@@ -136,6 +136,7 @@ pub(crate) fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
         },
         metrics: args.metrics.clone(),
         offload: args.offload,
+        share: share_config(&args, &config)?,
     };
     let rule_args = args.rules.clone();
     let reload: sbdaemon::Reload =
@@ -147,6 +148,65 @@ pub(crate) fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
             anyhow::Error::new(e)
         }
     })
+}
+
+/// The fleet: the file's `[share]` section, overridden by the `--share*` flags; None without a
+/// URL.
+fn share_config(
+    args: &RunArgs,
+    config: &stringban::Config,
+) -> anyhow::Result<Option<sbdaemon::share::ShareConfig>> {
+    use stringban::config::{check_share_name, check_share_url, redact_url};
+    let file = config.share.clone().unwrap_or_default();
+    let Some(url) = args.share.clone().or(file.url.clone()) else {
+        if args.share_ca.is_some()
+            || args.share_fleet.is_some()
+            || args.share_node.is_some()
+            || !args.share_lists.is_empty()
+        {
+            return Err(bad(
+                "command line: --share-ca/--share-fleet/--share-node/--share-lists need --share URL (or [share] url in the file)",
+            ));
+        }
+        return Ok(None);
+    };
+    if args.share.is_some() {
+        check_share_url(&url)
+            .map_err(|e| bad(format!("command line: --share = {}: {e}", redact_url(&url))))?;
+    }
+    let name = |flag: &str, v: Option<String>| -> anyhow::Result<Option<String>> {
+        if let Some(v) = &v {
+            check_share_name(v).map_err(|e| bad(format!("command line: {flag} = {v}: {e}")))?;
+        }
+        Ok(v)
+    };
+    let fleet = name("--share-fleet", args.share_fleet.clone())?
+        .or(file.fleet)
+        .unwrap_or_else(|| "stringban".into());
+    let node = name("--share-node", args.share_node.clone())?
+        .or(file.node)
+        .unwrap_or_else(sbdaemon::share::host_name);
+    let lists = if args.share_lists.is_empty() {
+        file.lists.unwrap_or_default()
+    } else {
+        for l in &args.share_lists {
+            if !config.lists.iter().any(|c| c.name == *l) {
+                return Err(bad(format!("command line: --share-lists = {l}: no such list")));
+            }
+        }
+        args.share_lists.clone()
+    };
+    Ok(Some(sbdaemon::share::ShareConfig {
+        url,
+        ca_file: args
+            .share_ca
+            .clone()
+            .or(file.ca_file.map(std::path::PathBuf::from)),
+        fleet,
+        node,
+        lists,
+        maxlen: file.maxlen.unwrap_or(1_000_000),
+    }))
 }
 
 pub(crate) fn run_rules(args: RulesArgs) -> anyhow::Result<()> {

@@ -3,7 +3,8 @@
 //! what is held back is counted, and the next line that is written says how many.
 
 use super::*;
-use crate::blacklist::{Ban, Banned, Change, NO_RULE};
+use crate::blacklist::{Ban, Banned, Change};
+use crate::control::Names;
 
 /// Lines written at once before the limit applies.
 pub(super) const BURST: f64 = 20.0;
@@ -70,7 +71,7 @@ impl BanLog {
 pub(super) fn change_line(
     change: &Change,
     lists: &Blacklist,
-    rules: &[String],
+    rules: &Names,
     now: Instant,
 ) -> Option<String> {
     let name = |id: crate::blacklist::ListId| {
@@ -89,20 +90,35 @@ pub(super) fn change_line(
             human_duration(ban.expires_at.saturating_sub(now).secs()),
             ban.offences.max(1)
         )),
-        Change::Ban(_, _, Banned::Strike(_) | Banned::Renewed) => None,
-        Change::Remove(id, key) => Some(format!(
-            "unban {key} list={} (removed: del, or now allowlisted)",
-            name(*id)
+        Change::Ban(id, ban, Banned::Shared) => Some(format!(
+            "ban {} list={} rule={} for {} (shared by the fleet)",
+            ban.key,
+            name(*id),
+            rule_name(ban, rules),
+            human_duration(ban.expires_at.saturating_sub(now).secs()),
         )),
-        Change::Flush(id) => Some(format!(
-            "unban every source of list={} (flushed by hand)",
-            name(*id)
+        Change::Ban(_, _, Banned::Strike(_) | Banned::Renewed) => None,
+        Change::Remove(id, key, by) => Some(format!(
+            "unban {key} list={} ({})",
+            name(*id),
+            match by {
+                crate::blacklist::By::Local => "removed: del, or now allowlisted",
+                crate::blacklist::By::Peer => "removed by a peer of the fleet",
+            }
+        )),
+        Change::Flush(id, by) => Some(format!(
+            "unban every source of list={} ({})",
+            name(*id),
+            match by {
+                crate::blacklist::By::Local => "flushed by hand",
+                crate::blacklist::By::Peer => "flushed by a peer of the fleet",
+            }
         )),
     }
 }
 
 /// The line of a ban that ended.
-pub(super) fn ended_line(list: &str, ban: &Ban, rules: &[String]) -> String {
+pub(super) fn ended_line(list: &str, ban: &Ban, rules: &Names) -> String {
     format!(
         "unban {} list={} rule={} (ended after {}, {} packets dropped)",
         ban.key,
@@ -113,14 +129,13 @@ pub(super) fn ended_line(list: &str, ban: &Ban, rules: &[String]) -> String {
     )
 }
 
-fn rule_name(ban: &Ban, rules: &[String]) -> String {
-    if ban.rule == NO_RULE {
-        "by-hand".into()
-    } else {
-        format!(
-            "{:?}",
-            rules.get(usize::from(ban.rule)).map_or("?", String::as_str)
-        )
+/// `"rule"`, or `by-hand`; with `@node` for a peer's ban.
+fn rule_name(ban: &Ban, names: &Names) -> String {
+    let (node, rule) = names.of(ban.rule);
+    let rule = rule.map_or("by-hand".to_string(), |r| format!("{r:?}"));
+    match node {
+        Some(n) if crate::blacklist::peer_index(ban.rule).is_some() => format!("{rule}@{n}"),
+        _ => rule,
     }
 }
 

@@ -6,12 +6,14 @@ use super::*;
 /// The changes thread: appends every change to the journal (if there is a state directory),
 /// fsyncs it every `fsync_every`, folds it into a new snapshot every `snapshot_every` and once
 /// more at exit, and rides out disk faults ([`crate::persist`]); mirrors the changes into the
-/// offload sets in one `ipset restore` per interval and reconciles the sets every 10 s.
+/// offload sets in one `ipset restore` per interval and reconciles the sets every 10 s; hands
+/// this host's own changes to the fleet's publisher (`share`).
 /// Returns the number of bans in the last snapshot.
 pub(super) fn changes_loop(
     store: Option<Store>,
     offload: Option<Offload>,
     rx: std::sync::mpsc::Receiver<crate::blacklist::Change>,
+    share: Option<std::sync::mpsc::Sender<crate::blacklist::Change>>,
     shared: &Shared,
     blacklist: &Blacklist,
     fsync_every: StdDuration,
@@ -35,6 +37,10 @@ pub(super) fn changes_loop(
         if let Some(disk) = disk.as_mut() {
             disk.append(&c);
         }
+        if let Some(tx) = share.as_ref().filter(|_| c.is_local()) {
+            // The publisher gone (stopping): nothing more to share.
+            let _ = tx.send(c);
+        }
         if !matches!(
             c,
             crate::blacklist::Change::Ban(
@@ -44,12 +50,12 @@ pub(super) fn changes_loop(
             )
         ) {
             lock(&shared.banlog).line(|| {
-                super::banlog::change_line(&c, blacklist, &super::rule_names(shared), now())
+                super::banlog::change_line(&c, blacklist, &super::names(shared), now())
                     .unwrap_or_default()
             });
         }
         if let Some(o) = &offload {
-            *resync |= matches!(c, crate::blacklist::Change::Flush(_));
+            *resync |= matches!(c, crate::blacklist::Change::Flush(..));
             script.push_str(&o.change_lines(&c, now()));
         }
     };

@@ -55,6 +55,9 @@ pub struct BanLine {
     /// Bans served or being served by this source (escalation).
     #[serde(default)]
     pub offences: u64,
+    /// The node of the fleet that banned it (None without a fleet).
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 /// The answer to `add`.

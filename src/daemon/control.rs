@@ -24,7 +24,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::blacklist::{Ban, Blacklist, Key, List, NO_RULE};
+use crate::blacklist::{Ban, Blacklist, Key, List, NO_RULE, RuleId, peer_index};
 use crate::time::{self, Instant};
 
 /// Longest request line read; a longer one is refused.
@@ -89,9 +89,51 @@ fn lists<'a>(bl: &'a Blacklist, req: &Value) -> Result<Vec<&'a List>, BadRequest
     }
 }
 
-/// One ban as a JSON object; `rules` names the rule that made it (`rule_name`, null for a ban
-/// by hand).
-pub fn ban_json(list: &str, ban: &Ban, now: Instant, rules: &[String]) -> Value {
+/// Who made a ban, by its rule id: a local rule, a peer of the fleet (node and rule), or a
+/// ban by hand.
+#[derive(Clone, Debug, Default, Eq, PartialEq)]
+pub struct Names {
+    /// The local rules' names, by rule id.
+    pub rules: Vec<String>,
+    /// This daemon's node id when it shares bans with a fleet.
+    pub node: Option<String>,
+    /// The peers' origins, by [`peer_index`]: node, and rule name (empty: by hand).
+    pub origins: Vec<(String, String)>,
+}
+
+impl Names {
+    /// Local rules only (no fleet).
+    pub fn local(rules: Vec<String>) -> Names {
+        Names {
+            rules,
+            ..Names::default()
+        }
+    }
+
+    /// The node that made a ban with `rule` (None without a fleet), and the rule's name (None
+    /// for a ban by hand, `?` for an id not known).
+    pub fn of(&self, rule: RuleId) -> (Option<&str>, Option<&str>) {
+        if let Some(i) = peer_index(rule) {
+            return match self.origins.get(usize::from(i)) {
+                Some((node, r)) => (Some(node), (!r.is_empty()).then_some(r.as_str())),
+                None => (Some("?"), Some("?")),
+            };
+        }
+        let node = self.node.as_deref();
+        if rule == NO_RULE {
+            return (node, None);
+        }
+        (
+            node,
+            Some(self.rules.get(usize::from(rule)).map_or("?", String::as_str)),
+        )
+    }
+}
+
+/// One ban as a JSON object; `names` names the rule that made it (`rule_name`, null for a ban
+/// by hand) and the node (`node`, null without a fleet).
+pub fn ban_json(list: &str, ban: &Ban, now: Instant, names: &Names) -> Value {
+    let (node, rule_name) = names.of(ban.rule);
     json!({
         "list": list,
         "key": ban.key.to_string(),
@@ -100,8 +142,9 @@ pub fn ban_json(list: &str, ban: &Ban, now: Instant, rules: &[String]) -> Value 
         "expires_at": ban.expires_at.micros() / 1_000_000,
         "ttl_left": ban.expires_at.saturating_sub(now).secs(),
         "hits": ban.hits,
-        "rule": if ban.rule == NO_RULE { Value::Null } else { json!(ban.rule) },
-        "rule_name": if ban.rule == NO_RULE { Value::Null } else { json!(rules.get(usize::from(ban.rule))) },
+        "rule": if ban.rule == NO_RULE || peer_index(ban.rule).is_some() { Value::Null } else { json!(ban.rule) },
+        "rule_name": rule_name,
+        "node": node,
         "offences": ban.offences,
     })
 }
@@ -221,8 +264,8 @@ pub struct Host<'a> {
     pub reset: &'a dyn Fn(IpAddr) -> Value,
     /// Why an address is allowlisted (the entry and where it came from), or None.
     pub allowed: &'a dyn Fn(IpAddr) -> Option<String>,
-    /// The rules' names, by rule id.
-    pub rules: &'a dyn Fn() -> Vec<String>,
+    /// The rules' names, by rule id, and the fleet's origins.
+    pub rules: &'a dyn Fn() -> Names,
     /// Re-reads the configuration and waits for the outcome: what changed, or why it was
     /// refused.
     pub reload: &'a dyn Fn() -> Result<String, String>,
@@ -626,7 +669,7 @@ mod tests {
             allowed: &|ip| {
                 (ip == IpAddr::from([192, 0, 2, 1])).then(|| "192.0.2.1/32 (test)".into())
             },
-            rules: &|| vec!["r0".into()],
+            rules: &|| Names::local(vec!["r0".into()]),
             reload: &|| Ok("reloaded".into()),
             status: &|| json!({"uptime_s": 5}),
         };
@@ -689,7 +732,7 @@ mod tests {
                 stats: &|| Value::Null,
                 reset: &|_| Value::Null,
                 allowed: &|_| None,
-                rules: &Vec::new,
+                rules: &Names::default,
                 reload: &|| Err("no".into()),
                 status: &|| Value::Null,
             };

@@ -5,12 +5,31 @@ use super::*;
 
 /// The Prometheus exposition of every counter.
 pub(super) fn metrics_text(shared: &Shared, blacklist: &Blacklist) -> String {
-    with_counters(shared, blacklist, crate::metrics::render)
+    use std::fmt::Write as _;
+    let mut text = with_counters(shared, blacklist, crate::metrics::render);
+    let _ = writeln!(
+        text,
+        "# HELP stringban_reload_failures_total Reloads refused (the old rules kept).\n# TYPE stringban_reload_failures_total counter\nstringban_reload_failures_total {}",
+        shared.reload_failures.load(Relaxed)
+    );
+    let _ = writeln!(
+        text,
+        "# HELP stringban_log_lines_held_back_total Ban/unban log lines held back by the rate limit.\n# TYPE stringban_log_lines_held_back_total counter\nstringban_log_lines_held_back_total {}",
+        lock(&shared.banlog).held_total
+    );
+    if let Some(share) = &shared.share {
+        share.metrics(&mut text);
+    }
+    text
 }
 
 /// Every counter as JSON (`stringban stats`).
 pub(super) fn stats_json(shared: &Shared, blacklist: &Blacklist) -> serde_json::Value {
-    with_counters(shared, blacklist, |s| s.json())
+    let mut stats = with_counters(shared, blacklist, |s| s.json());
+    if let Some(share) = &shared.share {
+        stats["share"] = share.json();
+    }
+    stats
 }
 
 /// Every worker's counters, summed.
@@ -33,7 +52,20 @@ pub(super) fn total_stats(shared: &Shared) -> WorkerStats {
 
 /// The log line of every counter.
 pub(super) fn summary(shared: &Shared, blacklist: &Blacklist) -> String {
-    with_counters(shared, blacklist, |s| s.line())
+    let mut line = with_counters(shared, blacklist, |s| s.line());
+    if let Some(s) = &shared.share {
+        let up = s.out_connected.load(Relaxed) && s.in_connected.load(Relaxed);
+        line.push_str(&format!(
+            " share={} lag={} published={} pending={} applied={} share_errors={}",
+            if up { "connected" } else { "DISCONNECTED" },
+            s.lag_entries.load(Relaxed),
+            s.published.load(Relaxed),
+            s.pending.load(Relaxed),
+            s.applied.load(Relaxed),
+            s.errors.load(Relaxed)
+        ));
+    }
+    line
 }
 
 /// One snapshot of every counter — the workers' summed, the shared ones, the lists, the kernel's

@@ -46,6 +46,7 @@ mod guards;
 pub mod metrics;
 pub mod persist;
 mod serve;
+pub mod share;
 pub mod store;
 mod worker;
 
@@ -86,6 +87,8 @@ pub struct DaemonConfig {
     pub metrics: Option<String>,
     /// Mirror bans into ipsets dropped before the queue.
     pub offload: bool,
+    /// Share bans with a fleet through Redis; None: this host alone.
+    pub share: Option<share::ShareConfig>,
 }
 
 /// Reads the configuration again (SIGHUP).
@@ -123,6 +126,8 @@ struct Shared {
     /// What `status` says about the daemon itself (queues, rules, offload, …).
     facts: serde_json::Value,
     started: std::time::Instant,
+    /// The fleet's state, when bans are shared.
+    share: Option<Arc<share::ShareState>>,
 }
 
 /// Why the daemon could not start (exit code 2 for the caller) or failed (1): what it was
@@ -222,6 +227,21 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
     if lifted > 0 {
         info!(lifted, "bans of allowlisted sources lifted at start");
     }
+    // The fleet: a wrong password, a missing permission or a refused certificate stops the
+    // start here, before anything is bound or installed; Redis down does not.
+    let share = match &daemon.share {
+        Some(cfg) => {
+            let client = share::client(cfg).map_err(DaemonError::start)?;
+            let note = share::check_start(cfg, &client).map_err(DaemonError::start)?;
+            info!(fleet = %cfg.fleet, node = %cfg.node, "{note}");
+            let state = Arc::new(share::ShareState::new(
+                cfg.clone(),
+                daemon.state_dir.as_deref(),
+            ));
+            Some((state, client))
+        }
+        None => None,
+    };
 
     let mut queues = Vec::new();
     for num in daemon.queues.0..=daemon.queues.1 {
@@ -347,10 +367,63 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
             "state_dir": daemon.state_dir.as_ref().map(|d| d.display().to_string()),
             "control_socket": daemon.control_socket.as_ref().map(|d| d.display().to_string()),
             "metrics": daemon.metrics,
+            "share": daemon.share.as_ref().map(|s| serde_json::json!({
+                "url": crate::config::redact_url(&s.url),
+                "fleet": s.fleet,
+                "node": s.node,
+                "lists": if s.lists.is_empty() { serde_json::json!("all") } else { serde_json::json!(s.lists) },
+            })),
         }),
         started: std::time::Instant::now(),
+        share: share.as_ref().map(|(s, _)| Arc::clone(s)),
     });
-    let store_thread = if store.is_some() || offload.is_some() {
+    // The fleet's publisher takes this host's changes from the changes thread.
+    let (share_tx, share_out) = match &share {
+        Some((state, client)) => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (state, client) = (Arc::clone(state), client.clone());
+            let (bl, sh) = (Arc::clone(&blacklist), Arc::clone(&shared));
+            let since = share::republish_since(&state);
+            let t = thread::Builder::new()
+                .name("share-out".into())
+                .spawn(move || {
+                    share::publish_loop(&state, &client, rx, &bl, &|| rule_names(&sh), Some(since));
+                })
+                .map_err(|e| DaemonError::start(format!("spawning the share publisher: {e}")))?;
+            (Some(tx), Some(t))
+        }
+        None => (None, None),
+    };
+    let share_stop = Arc::new(AtomicBool::new(false));
+    let share_in = match &share {
+        Some((state, client)) => {
+            let (state, client) = (Arc::clone(state), client.clone());
+            let (bl, sh, stop) = (
+                Arc::clone(&blacklist),
+                Arc::clone(&shared),
+                Arc::clone(&share_stop),
+            );
+            Some(
+                thread::Builder::new()
+                    .name("share-in".into())
+                    .spawn(move || {
+                        let allowed = |ip: IpAddr| {
+                            let list = Arc::clone(&lock(&sh.config).allow.list);
+                            list.why(ip).is_some()
+                        };
+                        let apply = share::Apply {
+                            blacklist: &bl,
+                            allowed: &allowed,
+                            stop: &stop,
+                        };
+                        share::subscribe_loop(&state, &client, &apply);
+                    })
+                    .map_err(|e| DaemonError::start(format!("spawning the share reader: {e}")))?,
+            )
+        }
+        None => None,
+    };
+    let store_thread = if store.is_some() || offload.is_some() || share_tx.is_some() {
         let (tx, rx) = std::sync::mpsc::channel();
         blacklist.set_journal(&tx);
         drop(tx);
@@ -370,6 +443,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
                         store,
                         offload,
                         rx,
+                        share_tx,
                         &shared,
                         &blacklist,
                         fsync_every,
@@ -427,6 +501,10 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
         if hup.swap(false, Relaxed) {
             notify_systemd("RELOADING=1");
             let outcome = match reload() {
+                Ok(new) if new.share != lock(&shared.config).share => Err(
+                    "reload refused: the [share] section changed; restart to change the fleet"
+                        .to_string(),
+                ),
                 Ok(new)
                     if rule_needs(&new)
                         != (
@@ -474,7 +552,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
         }
         if last_expiry.elapsed() >= StdDuration::from_secs(10) {
             last_expiry = std::time::Instant::now();
-            let rules = rule_names(&shared);
+            let rules = names(&shared);
             let mut log = lock(&shared.banlog);
             for l in blacklist.lists() {
                 l.expire_reporting(now(), |ban| {
@@ -502,6 +580,14 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
         }
     }
     info!("{}", summary(&shared, &blacklist));
+    // The fleet's reader stops first: what it applied is in the changes thread's channel,
+    // which is drained before the state is saved; the publisher stops when that thread ends.
+    share_stop.store(true, Relaxed);
+    if let Some(t) = share_in
+        && t.join().is_err()
+    {
+        failure.get_or_insert("the share reader panicked".into());
+    }
     shared.store_stop.store(true, Relaxed);
     if let Some(t) = store_thread {
         match t.join() {
@@ -514,6 +600,11 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
                 failure.get_or_insert("the store thread panicked".into());
             }
         }
+    }
+    if let Some(t) = share_out
+        && t.join().is_err()
+    {
+        failure.get_or_insert("the share publisher panicked".into());
     }
     drop(socket_guard);
     if let Some(cfg) = rules_guard.0.take() {
@@ -573,6 +664,19 @@ fn open_store(
         "bans restored"
     );
     Ok((store, lock))
+}
+
+/// Who made each ban: the rules' names, and the fleet's node and origins.
+fn names(shared: &Shared) -> crate::control::Names {
+    crate::control::Names {
+        rules: rule_names(shared),
+        node: shared.share.as_ref().map(|s| s.config.node.clone()),
+        origins: shared
+            .share
+            .as_ref()
+            .map(|s| s.origins())
+            .unwrap_or_default(),
+    }
 }
 
 /// The rules' names, by rule id.

@@ -33,7 +33,7 @@ pub(super) fn control_loop(
                         let list = Arc::clone(&lock(&shared.config).allow.list);
                         list.why(ip).map(|a| format!("{} ({})", a.cidr, a.origin))
                     },
-                    rules: &|| super::rule_names(&shared),
+                    rules: &|| super::names(&shared),
                     reload: &|| reload_and_wait(&shared, &hup),
                     status: &|| status_json(&shared, &blacklist),
                 };

@@ -808,7 +808,7 @@ pub fn encode_change(change: &Change) -> [u8; JOURNAL_RECORD] {
     let mut b = Vec::with_capacity(JOURNAL_RECORD);
     let (kind, list, ban) = match *change {
         Change::Ban(l, ban, _) => (KIND_BAN, l, Some(ban)),
-        Change::Remove(l, key) => (
+        Change::Remove(l, key, _) => (
             KIND_REMOVE,
             l,
             Some(Ban {
@@ -822,7 +822,7 @@ pub fn encode_change(change: &Change) -> [u8; JOURNAL_RECORD] {
                 offences: 0,
             }),
         ),
-        Change::Flush(l) => (KIND_FLUSH, l, None),
+        Change::Flush(l, _) => (KIND_FLUSH, l, None),
     };
     b.extend_from_slice(&[kind, 0, 0, 0]);
     match ban {

@@ -38,6 +38,23 @@ pub type RuleId = u16;
 /// The rule id of a ban that no rule made (control `add`, import).
 pub const NO_RULE: RuleId = u16::MAX;
 
+/// Rule ids from here up to (not including) [`NO_RULE`] tag bans a peer of the fleet made:
+/// `rule - PEER_RULE` indexes the daemon's table of (node, rule name) origins. Local rule ids
+/// stay below it (a configuration has far fewer rules).
+pub const PEER_RULE: RuleId = 0x8000;
+
+/// The origin-table index of a ban a peer made, or None for a local one.
+pub fn peer_index(rule: RuleId) -> Option<u16> {
+    (PEER_RULE..NO_RULE).contains(&rule).then(|| rule - PEER_RULE)
+}
+
+/// Who asked for a removal: this host (a rule, `del`, `flush`), or a peer of the fleet.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum By {
+    Local,
+    Peer,
+}
+
 /// A list's settings.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct ListConfig {
@@ -310,10 +327,10 @@ impl BuildHasher for Keyed {
 pub enum Change {
     /// A conviction or a ban by hand: the entry as it now is, and what it did.
     Ban(ListId, Ban, Banned),
-    /// An entry was removed by hand.
-    Remove(ListId, Key),
-    /// A list was flushed.
-    Flush(ListId),
+    /// An entry was removed by hand (here or on a peer).
+    Remove(ListId, Key, By),
+    /// A list was flushed (here or on a peer).
+    Flush(ListId, By),
 }
 
 /// What [`List::ban`] did.
@@ -325,6 +342,24 @@ pub enum Banned {
     Renewed,
     /// Counted towards the list's threshold, not banned yet: convictions so far.
     Strike(u8),
+    /// A ban a peer of the fleet made, applied here ([`List::apply_shared`]).
+    Shared,
+}
+
+impl Change {
+    /// Made on this host (to be shared with the fleet), not applied from a peer.
+    pub fn is_local(&self) -> bool {
+        match self {
+            Change::Ban(_, _, b) => *b != Banned::Shared,
+            Change::Remove(_, _, by) | Change::Flush(_, by) => *by == By::Local,
+        }
+    }
+
+    pub fn list(&self) -> ListId {
+        match *self {
+            Change::Ban(l, _, _) | Change::Remove(l, _, _) | Change::Flush(l, _) => l,
+        }
+    }
 }
 
 /// Counters of one list, shared by all workers.
@@ -705,6 +740,10 @@ impl List {
         if let Some(mut entry) = map.get_mut(&key) {
             let e = &mut *entry;
             if e.is_banned(now) {
+                if peer_index(e.rule).is_some() {
+                    // A peer's ban renewed by a conviction here: this host's now.
+                    e.rule = rule;
+                }
                 let ttl = by_hand.unwrap_or_else(|| self.ttl_of(e.offences));
                 e.expires_at.fetch_max(expiry(now, ttl), Relaxed);
                 e.last_seen.fetch_max(t, Relaxed);
@@ -781,6 +820,11 @@ impl List {
 
     /// Removes `addr`'s entry; true if there was one.
     pub fn remove(&self, addr: IpAddr) -> bool {
+        self.remove_by(addr, By::Local)
+    }
+
+    /// [`List::remove`], recorded as asked `by` this host or a peer.
+    pub fn remove_by(&self, addr: IpAddr, by: By) -> bool {
         let key = self.key(addr);
         let removed = match key {
             Key::V4 { addr, .. } => self.v4.remove(&addr).is_some(),
@@ -789,20 +833,88 @@ impl List {
         if removed {
             self.len.fetch_sub(1, Relaxed);
             self.stats.removed.fetch_add(1, Relaxed);
-            self.record(|id| Change::Remove(id, key));
+            self.record(|id| Change::Remove(id, key, by));
         }
         removed
     }
 
     /// Removes every entry; returns how many there were.
     pub fn clear(&self) -> usize {
+        self.clear_by(By::Local)
+    }
+
+    /// [`List::clear`], recorded as asked `by` this host or a peer.
+    pub fn clear_by(&self, by: By) -> usize {
         let n = self.v4.len() + self.v6.len();
         self.v4.clear();
         self.v6.clear();
         self.len.store(0, Relaxed);
         self.stats.removed.fetch_add(n as u64, Relaxed);
-        self.record(Change::Flush);
+        self.record(|id| Change::Flush(id, by));
         n
+    }
+
+    /// Applies a ban a peer of the fleet made: `key` banned until `until` (absolute time; the
+    /// caller caps it), tagged `rule` (a [`PEER_RULE`] origin). Idempotent and monotonic: an
+    /// entry already banned at least as long is left as it is (and nothing is recorded), a
+    /// shorter ban is extended, a record of an offender becomes a ban (one more offence).
+    /// Returns false when nothing changed, and for a key of another prefix than this list's
+    /// (the caller counts it).
+    pub fn apply_shared(&self, key: Key, until: Instant, now: Instant, rule: RuleId) -> bool {
+        if self.key(key.addr()) != key || until <= now {
+            return false;
+        }
+        match key {
+            Key::V4 { addr, .. } => self.apply_in(&self.v4, addr, until, now, rule),
+            Key::V6 { addr, .. } => self.apply_in(&self.v6, addr, until, now, rule),
+        }
+    }
+
+    fn apply_in<K: Eq + std::hash::Hash + StoredKey>(
+        &self,
+        map: &DashMap<K, Entry, Keyed>,
+        key: K,
+        until: Instant,
+        now: Instant,
+        rule: RuleId,
+    ) -> bool {
+        let until_s = u32::try_from(until.micros().div_ceil(1_000_000)).unwrap_or(u32::MAX);
+        let t = now.secs_u32();
+        if let Some(mut entry) = map.get_mut(&key) {
+            let e = &mut *entry;
+            if e.is_banned(now) {
+                if e.expires_at.fetch_max(until_s, Relaxed) >= until_s {
+                    return false;
+                }
+            } else {
+                e.expires_at.store(until_s, Relaxed);
+                e.offences = e.offences.saturating_add(1);
+                e.strikes = 0;
+                e.hits.store(0, Relaxed);
+                e.first_seen.store(t, Relaxed);
+                e.rule = rule;
+            }
+            e.last_seen.fetch_max(t, Relaxed);
+            let ban = e.snapshot(self.key_of(key));
+            drop(entry);
+            self.stats.renewed.fetch_add(1, Relaxed);
+            self.record(|id| Change::Ban(id, ban, Banned::Shared));
+            return true;
+        }
+        if self.len() >= self.capacity() {
+            self.make_room(now);
+        }
+        let entry = Entry {
+            expires_at: AtomicU32::new(until_s),
+            ..Entry::banned(now, Duration::ZERO, rule)
+        };
+        let ban = entry.snapshot(self.key_of(key));
+        if map.insert(key, entry).is_none() {
+            self.len.fetch_add(1, Relaxed);
+        }
+        self.stats.added.fetch_add(1, Relaxed);
+        self.record(|id| Change::Ban(id, ban, Banned::Shared));
+        true
     }
 
     /// Removes entries no longer kept at `now` (bans that ended, records past their time);

@@ -855,7 +855,7 @@ fn convict(
     if let Some(list) = rule.ban {
         match blacklist.list(list).ban(packet.src, now, rule_id) {
             Banned::New => stats.bans_new += 1,
-            Banned::Renewed => stats.bans_renewed += 1,
+            Banned::Renewed | Banned::Shared => stats.bans_renewed += 1,
             Banned::Strike(_) => stats.strikes += 1,
         }
     }

@@ -26,6 +26,11 @@ impl Instant {
         self.0
     }
 
+    /// Whole seconds since the epoch.
+    pub const fn secs(self) -> u64 {
+        self.0 / 1_000_000
+    }
+
     /// Whole seconds since the epoch, saturating at `u32::MAX` (the year 2106).
     pub fn secs_u32(self) -> u32 {
         u32::try_from(self.0 / 1_000_000).unwrap_or(u32::MAX)

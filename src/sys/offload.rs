@@ -60,14 +60,14 @@ impl Offload {
     pub fn change_lines(&self, change: &Change, now: Instant) -> String {
         match change {
             Change::Ban(_, ban, _) => self.add_line(ban, now).unwrap_or_default(),
-            Change::Remove(_, key) => {
+            Change::Remove(_, key, _) => {
                 let prefix = match key {
                     Key::V4 { prefix, .. } | Key::V6 { prefix, .. } => *prefix,
                 };
                 format!("del {} {}/{prefix}\n", self.set_of(key), key.addr())
             }
             // A list flushed: resync (other lists may still hold bans).
-            Change::Flush(_) => String::new(),
+            Change::Flush(..) => String::new(),
         }
     }
 
@@ -244,7 +244,7 @@ mod tests {
             format!("add stringban-v6 2001:db8:0:1::/64 timeout {MAX_TIMEOUT}\n")
         );
         assert_eq!(
-            o.change_lines(&Change::Remove(0, far.key), t),
+            o.change_lines(&Change::Remove(0, far.key, crate::blacklist::By::Local), t),
             "del stringban-v6 2001:db8:0:1::/64\n"
         );
         assert!(

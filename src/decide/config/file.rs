@@ -24,6 +24,19 @@ struct RawFile {
     rule: Vec<Spanned<RawRule>>,
     iptables: Option<RawIptables>,
     allow: Option<RawAllow>,
+    share: Option<RawShare>,
+}
+
+/// `[share]`: bans shared with a fleet through Redis.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShare {
+    url: Option<Spanned<String>>,
+    ca_file: Option<String>,
+    fleet: Option<Spanned<String>>,
+    node: Option<Spanned<String>>,
+    lists: Option<Vec<Spanned<String>>>,
+    maxlen: Option<Spanned<u64>>,
 }
 
 /// `[allow]`: sources never banned.
@@ -371,6 +384,39 @@ pub(super) fn parse_file(origin: &Origin<'_>) -> Result<Config, ConfigError> {
             return Err(origin.error(Some(span), "rule.protocol", "udp", UDP_PROBLEM));
         }
         config.rules.push(rule);
+    }
+    if let Some(share) = raw.share {
+        let mut spec = super::ShareSpec::default();
+        if let Some(u) = &share.url {
+            super::check_share_url(u.as_ref())
+                .map_err(|p| origin.at(u, "share.url", &super::redact_url(u.as_ref()), p))?;
+            spec.url = Some(u.as_ref().clone());
+        }
+        spec.ca_file = share.ca_file;
+        for (key, v, out) in [
+            ("share.fleet", &share.fleet, &mut spec.fleet),
+            ("share.node", &share.node, &mut spec.node),
+        ] {
+            if let Some(v) = v {
+                super::check_share_name(v.as_ref()).map_err(|p| origin.at(v, key, v.as_ref(), p))?;
+                *out = Some(v.as_ref().clone());
+            }
+        }
+        if let Some(lists) = &share.lists {
+            for l in lists {
+                if !config.lists.iter().any(|c| c.name == *l.as_ref()) {
+                    return Err(origin.at(l, "share.lists", l.as_ref(), "no such list"));
+                }
+            }
+            spec.lists = Some(lists.iter().map(|l| l.as_ref().clone()).collect());
+        }
+        if let Some(m) = &share.maxlen {
+            if *m.as_ref() < 1000 {
+                return Err(origin.at(m, "share.maxlen", &m.as_ref().to_string(), "at least 1000"));
+            }
+            spec.maxlen = Some(*m.as_ref());
+        }
+        config.share = Some(spec);
     }
     Ok(config)
 }

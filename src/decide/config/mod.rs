@@ -28,6 +28,62 @@ pub struct Config {
     pub rules: Vec<Rule>,
     /// Imported iptables rules to run instead of stringban's own (`--iptables FILE`).
     pub iptables: Option<IptablesConfig>,
+    /// The file's `[share]` section (the daemon's `--share*` flags override it at start).
+    pub share: Option<ShareSpec>,
+}
+
+/// `[share]`: bans shared with a fleet of daemons through Redis. Every field is optional here;
+/// the daemon fills in the defaults (fleet `stringban`, node = the host name, every list).
+#[derive(Clone, Debug, Default, Eq, PartialEq)]
+pub struct ShareSpec {
+    /// `redis://[user:password@]HOST:PORT[/DB]` or `rediss://…` (TLS).
+    pub url: Option<String>,
+    /// PEM file of the CA that signed the server's certificate (`rediss://`).
+    pub ca_file: Option<String>,
+    /// The fleet's name: every key is under `stringban:{FLEET}:`.
+    pub fleet: Option<String>,
+    /// This daemon's id in the fleet.
+    pub node: Option<String>,
+    /// The lists shared (by name); None: all.
+    pub lists: Option<Vec<String>>,
+    /// The change log's bound (`XADD … MAXLEN ~ N`).
+    pub maxlen: Option<u64>,
+}
+
+/// A fleet or node name: 1 to 64 of letters, digits, `.`, `_`, `-`, `:`.
+pub fn check_share_name(name: &str) -> Result<(), String> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':');
+    if name.is_empty() || name.len() > 64 || !name.chars().all(ok) {
+        return Err("expected 1 to 64 letters, digits, '.', '_', '-' or ':'".into());
+    }
+    Ok(())
+}
+
+/// A Redis URL's scheme and host are there (the daemon parses it fully at start).
+pub fn check_share_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("redis://")
+        .or_else(|| url.strip_prefix("rediss://"))
+        .ok_or("expected redis://[USER:PASSWORD@]HOST:PORT[/DB] or rediss://…")?;
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    if host.is_empty() || host.starts_with('/') || host.starts_with(':') {
+        return Err("no host in the URL".into());
+    }
+    Ok(())
+}
+
+/// A Redis URL with its password replaced by `***`, for messages and `status`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.rsplit_once('@') {
+        Some((cred, host)) => match cred.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => format!("{scheme}://***@{host}"),
+        },
+        None => url.to_string(),
+    }
 }
 
 /// The allowlist as configured: CIDRs from the file and the command line, files to include, and

@@ -1,0 +1,1216 @@
+//! Bans shared by a fleet of daemons through Redis (README, *A fleet that bans together*).
+//!
+//! ```text
+//!  host A                      Redis                          host B, C, …
+//!  changes ──► share-out ──►  XADD  stringban:{F}:log  ──►  share-in (XREAD BLOCK from
+//!  thread      (journal        ZADD  …:exp:LIST              its own cursor) ──► blacklist
+//!              while down)     HSET  …:ban:LIST              ──► store, offload, as local bans
+//! ```
+//!
+//! Two threads, each with its own connection (the `redis` crate's sync API):
+//! - **share-out** takes this host's own changes from the changes thread (convictions, `add`,
+//!   `del`, `flush`) and writes each, in one `MULTI`/`EXEC` per batch, to the change log (a
+//!   stream, `XADD … MAXLEN ~ N`) and to the list's snapshot (a hash of key → expiry, node, rule,
+//!   and a sorted set by expiry that lets expired bans be pruned). While Redis is away the
+//!   changes wait in memory (bounded: compacted to one change per key), and reconnects back off
+//!   from 100 ms to 5 s.
+//! - **share-in** reads the log with `XREAD BLOCK` from this node's cursor, kept in the state
+//!   directory (`share.cursor`), so a reconnect or a restart reads only what it missed. A node
+//!   without a cursor, or whose cursor points before what the log still holds (trimmed), or a
+//!   log that went backwards (Redis restarted empty), loads the snapshot instead, then reads the
+//!   log from the point the snapshot was taken. Entries of its own node are skipped; applying a
+//!   ban is idempotent and monotonic ([`crate::blacklist::List::apply_shared`]).
+//!
+//! Expiry travels as absolute time (unix seconds). A peer's ban is capped at this host's
+//! `max_ttl` for the list (local TTLs stay authoritative); clock skew between hosts shifts a
+//! ban's end by the skew, which each node measures against Redis' `TIME` at connect
+//! (`clock_offset_ms` in `stats`, warned above 2 s).
+
+pub mod wire;
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration as StdDuration, Instant as StdInstant};
+
+use redis::Value;
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::blacklist::{Blacklist, By, Change, NO_RULE, PEER_RULE, RuleId, peer_index};
+use crate::time::Instant;
+use wire::{Cursor, Keys, Msg, Op, Propagation, StreamId};
+
+/// Connecting (TCP and TLS handshake, AUTH) gives up after this.
+const CONNECT_TIMEOUT: StdDuration = StdDuration::from_secs(3);
+/// A reply not read within this: the connection is dropped and made again.
+const IO_TIMEOUT: StdDuration = StdDuration::from_secs(5);
+/// How long one `XREAD` blocks (the reader checks for a stop in between).
+const BLOCK_MS: u64 = 500;
+/// Entries per `XREAD`, and changes per `MULTI`.
+const READ_COUNT: usize = 5000;
+const WRITE_BATCH: usize = 2000;
+/// Changes kept while Redis is away before they are compacted to one per key.
+const MAX_PENDING: usize = 1_000_000;
+/// Reconnects back off from the first to the last.
+const BACKOFF: (StdDuration, StdDuration) =
+    (StdDuration::from_millis(100), StdDuration::from_secs(5));
+/// Expired bans are pruned from the snapshot this often (by every node; it is idempotent).
+const PRUNE_EVERY: StdDuration = StdDuration::from_secs(30);
+/// The cursor file in the state directory, and the peers' origins.
+pub const CURSOR_FILE: &str = "share.cursor";
+pub const ORIGINS_FILE: &str = "share.origins";
+
+/// The fleet, as the daemon runs it (the `[share]` section and the `--share*` flags resolved).
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct ShareConfig {
+    pub url: String,
+    pub ca_file: Option<PathBuf>,
+    pub fleet: String,
+    pub node: String,
+    /// The lists shared, by name; empty: all.
+    pub lists: Vec<String>,
+    pub maxlen: u64,
+}
+
+impl ShareConfig {
+    /// Is the list named `name` shared?
+    pub fn shares(&self, name: &str) -> bool {
+        self.lists.is_empty() || self.lists.iter().any(|l| l == name)
+    }
+}
+
+/// This host's name (its UTS namespace's), made a valid node id.
+pub fn host_name() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name: String = raw
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    if name.is_empty() {
+        "stringban".into()
+    } else {
+        name
+    }
+}
+
+/// The client of `cfg` (the URL parsed; for TLS, the CA file read).
+pub fn client(cfg: &ShareConfig) -> Result<redis::Client, String> {
+    let url = crate::config::redact_url(&cfg.url);
+    let tls = cfg.url.starts_with("rediss://");
+    if tls {
+        // rustls needs one process-wide crypto provider; a second install is refused, harmlessly.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    match (&cfg.ca_file, tls) {
+        (Some(ca), true) => {
+            let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+            redis::Client::build_with_tls(
+                cfg.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            )
+            .map_err(|e| format!("{url}: {e}"))
+        }
+        (Some(ca), false) => Err(format!(
+            "{}: a CA file is for rediss:// (TLS) URLs; {url} is plain TCP",
+            ca.display()
+        )),
+        (None, _) => redis::Client::open(cfg.url.as_str()).map_err(|e| format!("{url}: {e}")),
+    }
+}
+
+/// Connects with the timeouts set.
+fn connect(client: &redis::Client) -> redis::RedisResult<redis::Connection> {
+    let con = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+    con.set_read_timeout(Some(IO_TIMEOUT))?;
+    con.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(con)
+}
+
+/// Is this a failure that waiting may cure (Redis down, restarting, unreachable), rather than
+/// a wrong password, a missing permission, a certificate refused or a bad URL?
+pub fn transient(e: &redis::RedisError) -> bool {
+    if e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() {
+        return true;
+    }
+    let text = e.to_string();
+    // A server loading its data, or a replica: it will answer.
+    if text.contains("LOADING") || text.contains("BUSY") || text.contains("TRYAGAIN") {
+        return true;
+    }
+    e.kind() == redis::ErrorKind::Io
+        && !text.contains("certificate")
+        && !text.contains("InvalidCertificate")
+        && !text.contains("tls")
+        && !text.contains("TLS")
+}
+
+/// Checks at start that Redis takes this node: connects, authenticates, and runs what the
+/// threads will run (`TIME`, `XINFO STREAM` / `EXISTS` on the log). A wrong password, a
+/// missing ACL permission or a refused certificate is an error (the daemon does not start in
+/// a silent local-only mode); Redis being down is not: filtering starts, and the threads
+/// connect when it is back. Returns the note logged.
+pub fn check_start(cfg: &ShareConfig, client: &redis::Client) -> Result<String, String> {
+    let url = crate::config::redact_url(&cfg.url);
+    let keys = Keys::new(&cfg.fleet);
+    let tried = connect(client).and_then(|mut con| {
+        redis::cmd("PING").query::<String>(&mut con)?;
+        redis::cmd("EXISTS").arg(keys.log()).query::<i64>(&mut con)?;
+        redis::cmd("TIME").query::<(String, String)>(&mut con)?;
+        Ok(())
+    });
+    match tried {
+        Ok(()) => Ok(format!("Redis at {url} reached")),
+        Err(e) if transient(&e) => Ok(format!(
+            "Redis at {url} not reachable now ({e}); filtering starts, bans are shared once it is back"
+        )),
+        Err(e) => Err(format!("sharing through {url}: {e}")),
+    }
+}
+
+/// The peers' origins: (node, rule name) by index, tagged on their bans as
+/// `PEER_RULE + index`; kept in `share.origins` so that a restart names them alike.
+#[derive(Debug, Default)]
+struct Origins {
+    list: Vec<(String, String)>,
+    index: HashMap<(String, String), u16>,
+    file: Option<PathBuf>,
+}
+
+impl Origins {
+    /// The most origins (node × rule pairs); more are all tagged as the last one, `?`.
+    const MAX: usize = (NO_RULE - PEER_RULE) as usize - 1;
+
+    fn load(file: Option<PathBuf>) -> Origins {
+        let mut o = Origins {
+            file,
+            ..Origins::default()
+        };
+        if let Some(text) = o.file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()) {
+            for line in text.lines() {
+                let (node, rule) = line.split_once('\t').unwrap_or((line, ""));
+                o.insert(node, rule);
+            }
+        }
+        o
+    }
+
+    fn insert(&mut self, node: &str, rule: &str) -> u16 {
+        let i = u16::try_from(self.list.len().min(Self::MAX)).unwrap_or(0);
+        if self.list.len() < Self::MAX {
+            self.list.push((node.to_string(), rule.to_string()));
+            self.index.insert((node.to_string(), rule.to_string()), i);
+        }
+        i
+    }
+
+    /// The rule id tagging bans of `node`'s `rule`; a new origin is appended to the file.
+    fn tag(&mut self, node: &str, rule: &str) -> Result<RuleId, String> {
+        if let Some(&i) = self.index.get(&(node.to_string(), rule.to_string())) {
+            return Ok(PEER_RULE + i);
+        }
+        if self.list.len() >= Self::MAX {
+            return Ok(PEER_RULE + Self::MAX as u16);
+        }
+        let i = self.insert(node, rule);
+        if let Some(f) = &self.file {
+            let line = format!("{node}\t{}\n", rule.replace(['\t', '\n'], " "));
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(f)
+                .and_then(|mut file| {
+                    file.write_all(line.as_bytes())?;
+                    file.sync_data()
+                })
+                .map_err(|e| format!("{}: {e}", f.display()))?;
+        }
+        Ok(PEER_RULE + i)
+    }
+}
+
+/// The fleet's state, shared by the share threads, `stats`, `status` and the metrics.
+#[derive(Debug)]
+pub struct ShareState {
+    pub config: ShareConfig,
+    keys: Keys,
+    origins: RwLock<Origins>,
+    dir: Option<PathBuf>,
+    /// Each thread's connection is up.
+    pub out_connected: AtomicBool,
+    pub in_connected: AtomicBool,
+    /// Changes written to the log by this node.
+    pub published: AtomicU64,
+    /// Entries read from the log (own entries included), applied (changed a list), skipped
+    /// (own, a list not shared here, allowlisted, another prefix, expired), bad (unreadable).
+    pub received: AtomicU64,
+    pub applied: AtomicU64,
+    pub skipped: AtomicU64,
+    /// Faults: failed connects and commands, bad entries, files not written.
+    pub errors: AtomicU64,
+    pub reconnects: AtomicU64,
+    /// Local changes waiting for Redis.
+    pub pending: AtomicU64,
+    /// Changes dropped because the wait was full (with every key already compacted).
+    pub dropped: AtomicU64,
+    pub bootstraps: AtomicU64,
+    pub bootstrap_bans: AtomicU64,
+    /// What the last bootstrap and the last catch-up did (entries, seconds).
+    last_sync: Mutex<serde_json::Value>,
+    /// Entries of the log not yet read, and how far behind (ms), at the last check.
+    pub lag_entries: AtomicU64,
+    pub lag_ms: AtomicU64,
+    /// This host's clock minus Redis' (ms), measured at connect.
+    pub clock_offset_ms: AtomicI64,
+    last_error: Mutex<String>,
+    propagation: Mutex<Propagation>,
+    /// Every local change made before this time (unix s) has been published.
+    published_through: AtomicU64,
+    /// Set when the log went backwards (Redis lost its data): publish every local ban again.
+    republish: AtomicBool,
+}
+
+impl ShareState {
+    pub fn new(config: ShareConfig, dir: Option<&Path>) -> ShareState {
+        let keys = Keys::new(&config.fleet);
+        ShareState {
+            keys,
+            origins: RwLock::new(Origins::load(dir.map(|d| d.join(ORIGINS_FILE)))),
+            dir: dir.map(Path::to_path_buf),
+            config,
+            out_connected: AtomicBool::new(false),
+            in_connected: AtomicBool::new(false),
+            published: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            applied: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            bootstraps: AtomicU64::new(0),
+            bootstrap_bans: AtomicU64::new(0),
+            last_sync: Mutex::new(json!(null)),
+            lag_entries: AtomicU64::new(0),
+            lag_ms: AtomicU64::new(0),
+            clock_offset_ms: AtomicI64::new(0),
+            last_error: Mutex::new(String::new()),
+            propagation: Mutex::new(Propagation::default()),
+            published_through: AtomicU64::new(0),
+            republish: AtomicBool::new(false),
+        }
+    }
+
+    /// The peers' origins, by index (for [`crate::control::Names`]).
+    pub fn origins(&self) -> Vec<(String, String)> {
+        read(&self.origins).list.clone()
+    }
+
+    fn fault(&self, what: String) {
+        self.errors.fetch_add(1, Relaxed);
+        warn!("share: {what}");
+        *lock(&self.last_error) = what;
+    }
+
+    /// The `share` object of `stats`.
+    pub fn json(&self) -> serde_json::Value {
+        let p = lock(&self.propagation).clone();
+        let ms = |q: f64| p.quantile(q).map(|us| us as f64 / 1000.0);
+        json!({
+            "url": crate::config::redact_url(&self.config.url),
+            "fleet": self.config.fleet,
+            "node": self.config.node,
+            "lists": if self.config.lists.is_empty() { json!("all") } else { json!(self.config.lists) },
+            "connected": self.out_connected.load(Relaxed) && self.in_connected.load(Relaxed),
+            "publisher_connected": self.out_connected.load(Relaxed),
+            "reader_connected": self.in_connected.load(Relaxed),
+            "lag_entries": self.lag_entries.load(Relaxed),
+            "lag_seconds": self.lag_ms.load(Relaxed) as f64 / 1000.0,
+            "published": self.published.load(Relaxed),
+            "pending": self.pending.load(Relaxed),
+            "dropped": self.dropped.load(Relaxed),
+            "received": self.received.load(Relaxed),
+            "applied": self.applied.load(Relaxed),
+            "skipped": self.skipped.load(Relaxed),
+            "errors": self.errors.load(Relaxed),
+            "reconnects": self.reconnects.load(Relaxed),
+            "bootstraps": self.bootstraps.load(Relaxed),
+            "bootstrap_bans": self.bootstrap_bans.load(Relaxed),
+            "last_sync": *lock(&self.last_sync),
+            "clock_offset_ms": self.clock_offset_ms.load(Relaxed),
+            "last_error": Some(lock(&self.last_error).clone()).filter(|e| !e.is_empty()),
+            "propagation_ms": {"count": p.count, "p50": ms(0.5), "p99": ms(0.99), "max": ms(1.0)},
+        })
+    }
+
+    /// The Prometheus lines of the share state.
+    pub fn metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let gauge = |out: &mut String, name: &str, help: &str, v: f64| {
+            let _ = writeln!(
+                out,
+                "# HELP stringban_share_{name} {help}\n# TYPE stringban_share_{name} gauge\nstringban_share_{name} {v}"
+            );
+        };
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP stringban_share_{name}_total {help}\n# TYPE stringban_share_{name}_total counter\nstringban_share_{name}_total {v}"
+            );
+        };
+        let up = self.out_connected.load(Relaxed) && self.in_connected.load(Relaxed);
+        gauge(out, "connected", "Both connections to Redis are up (1) or not (0).", f64::from(u8::from(up)));
+        gauge(out, "lag_entries", "Entries of the fleet's change log not yet read.", self.lag_entries.load(Relaxed) as f64);
+        gauge(out, "lag_seconds", "How far behind the change log's newest entry the reader is.", self.lag_ms.load(Relaxed) as f64 / 1000.0);
+        gauge(out, "pending", "Local changes waiting for Redis.", self.pending.load(Relaxed) as f64);
+        gauge(out, "clock_offset_seconds", "This host's clock minus Redis' at the last connect.", self.clock_offset_ms.load(Relaxed) as f64 / 1000.0);
+        counter(out, "published", "Local changes written to the change log.", self.published.load(Relaxed));
+        counter(out, "received", "Entries read from the change log.", self.received.load(Relaxed));
+        counter(out, "applied", "Peers' changes applied to the lists.", self.applied.load(Relaxed));
+        counter(out, "skipped", "Entries not applied (own, list not shared, allowlisted, expired, other prefix).", self.skipped.load(Relaxed));
+        counter(out, "errors", "Share faults: connects, commands, bad entries, files.", self.errors.load(Relaxed));
+        counter(out, "dropped", "Local changes dropped because the wait for Redis was full.", self.dropped.load(Relaxed));
+        counter(out, "bootstraps", "Snapshots loaded (new node, cursor too old, log reset).", self.bootstraps.load(Relaxed));
+        let p = lock(&self.propagation).clone();
+        let _ = writeln!(
+            out,
+            "# HELP stringban_share_propagation_seconds From a ban on a peer to its application here.\n# TYPE stringban_share_propagation_seconds histogram"
+        );
+        let mut cum = 0;
+        for (b, n) in Propagation::BUCKETS_MS.iter().zip(p.buckets) {
+            cum += n;
+            let _ = writeln!(
+                out,
+                "stringban_share_propagation_seconds_bucket{{le=\"{}\"}} {cum}",
+                b / 1000.0
+            );
+        }
+        let _ = writeln!(
+            out,
+            "stringban_share_propagation_seconds_bucket{{le=\"+Inf\"}} {}\nstringban_share_propagation_seconds_sum {}\nstringban_share_propagation_seconds_count {}",
+            p.count,
+            p.sum_us as f64 / 1e6,
+            p.count
+        );
+    }
+
+    fn cursor_path(&self) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join(CURSOR_FILE))
+    }
+
+    /// The cursor saved in the state directory, if it is this fleet's.
+    fn load_cursor(&self) -> Option<Cursor> {
+        let path = self.cursor_path()?;
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                self.fault(format!("{}: {e}; loading the snapshot instead", path.display()));
+                return None;
+            }
+        };
+        match Cursor::parse(&text) {
+            Ok(c) if c.fleet == self.config.fleet => Some(c),
+            Ok(c) => {
+                info!(was = %c.fleet, now = %self.config.fleet, "share: the cursor is another fleet's; loading the snapshot");
+                None
+            }
+            Err(e) => {
+                self.fault(format!("{}: {e}; loading the snapshot instead", path.display()));
+                None
+            }
+        }
+    }
+
+    /// Writes the cursor (to a temporary file, fsync'd, renamed over the old one).
+    fn save_cursor(&self, c: &Cursor) {
+        let Some(path) = self.cursor_path() else {
+            return;
+        };
+        let tmp = path.with_extension("tmp");
+        let written = std::fs::File::create(&tmp)
+            .and_then(|mut f| {
+                f.write_all(c.to_text().as_bytes())?;
+                f.sync_data()
+            })
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            self.fault(format!("saving the cursor {}: {e}", path.display()));
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn unix_us() -> u64 {
+    super::now().micros()
+}
+
+/// A connection made again after a failure, backing off.
+struct Link<'a> {
+    client: &'a redis::Client,
+    state: &'a ShareState,
+    con: Option<redis::Connection>,
+    backoff: StdDuration,
+    next_try: StdInstant,
+    up: &'a AtomicBool,
+    name: &'static str,
+    /// A connection was up before (to log the way back).
+    was_up: bool,
+}
+
+impl<'a> Link<'a> {
+    fn new(
+        client: &'a redis::Client,
+        state: &'a ShareState,
+        up: &'a AtomicBool,
+        name: &'static str,
+    ) -> Link<'a> {
+        Link {
+            client,
+            state,
+            con: None,
+            backoff: BACKOFF.0,
+            next_try: StdInstant::now(),
+            up,
+            name,
+            was_up: false,
+        }
+    }
+
+    /// The connection, made now if it is time to try; None while backing off.
+    fn get(&mut self) -> Option<&mut redis::Connection> {
+        if self.con.is_none() && StdInstant::now() >= self.next_try {
+            match connect(self.client).and_then(|mut c| {
+                let t: (String, String) = redis::cmd("TIME").query(&mut c)?;
+                Ok((c, t))
+            }) {
+                Ok((c, (s, us))) => {
+                    let theirs = s.parse::<i64>().unwrap_or(0) * 1000
+                        + us.parse::<i64>().unwrap_or(0) / 1000;
+                    let ours = (unix_us() / 1000) as i64;
+                    let offset = ours - theirs;
+                    self.state.clock_offset_ms.store(offset, Relaxed);
+                    if offset.abs() > 2000 {
+                        warn!(offset_ms = offset, "share: this host's clock and Redis' differ by more than 2 s: shared bans end early or late by as much");
+                    }
+                    if self.was_up {
+                        self.state.reconnects.fetch_add(1, Relaxed);
+                        info!(thread = self.name, "share: Redis reconnected");
+                    } else {
+                        info!(thread = self.name, "share: Redis connected");
+                    }
+                    self.was_up = true;
+                    self.backoff = BACKOFF.0;
+                    self.con = Some(c);
+                    self.up.store(true, Relaxed);
+                }
+                Err(e) => self.failed(format!("connecting: {e}")),
+            }
+        }
+        self.con.as_mut()
+    }
+
+    /// The connection failed: drop it, and try again after the backoff.
+    fn failed(&mut self, what: String) {
+        if self.con.take().is_some() || self.backoff == BACKOFF.0 {
+            self.state.fault(format!(
+                "{} {what}; retrying with backoff (filtering goes on; bans are kept)",
+                self.name
+            ));
+        } else {
+            self.state.errors.fetch_add(1, Relaxed);
+            *lock(&self.state.last_error) = format!("{} {what}", self.name);
+        }
+        self.up.store(false, Relaxed);
+        self.next_try = StdInstant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF.1);
+    }
+}
+
+/// A local change waiting to be written.
+struct Pending {
+    msg: Msg,
+    made_s: u64,
+}
+
+/// share-out: writes this host's changes (from the changes thread, through `rx`) to Redis
+/// until `rx` closes (the daemon stopping), then tries once more to write what waits.
+pub fn publish_loop(
+    state: &ShareState,
+    client: &redis::Client,
+    rx: Receiver<Change>,
+    blacklist: &Blacklist,
+    rule_names: &dyn Fn() -> Vec<String>,
+    republish_since: Option<u64>,
+) {
+    let mut link = Link::new(client, state, &state.out_connected, "publisher");
+    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut last_prune = StdInstant::now() - PRUNE_EVERY / 2;
+    let mut names = rule_names();
+    let own_bans = |pending: &mut VecDeque<Pending>, since: u64, names: &[String]| {
+        let now = super::now();
+        let mut n = 0u64;
+        for l in blacklist.lists() {
+            if !state.config.shares(l.name()) {
+                continue;
+            }
+            for b in l.bans(now) {
+                if peer_index(b.rule).is_none() && b.last_seen.secs() + 2 >= since {
+                    pending.push_back(Pending {
+                        msg: ban_msg(state, l.name(), &b, names),
+                        made_s: now.secs(),
+                    });
+                    n += 1;
+                }
+            }
+        }
+        n
+    };
+    if let Some(since) = republish_since {
+        let n = own_bans(&mut pending, since, &names);
+        if n > 0 {
+            info!(bans = n, "share: publishing this host's bans made since it last published");
+        }
+    }
+    let mut open = true;
+    while open || !pending.is_empty() {
+        let wait = if !pending.is_empty() && link.con.is_some() {
+            StdDuration::ZERO
+        } else if !pending.is_empty() {
+            link.next_try
+                .saturating_duration_since(StdInstant::now())
+                .min(StdDuration::from_secs(1))
+        } else {
+            StdDuration::from_secs(1)
+        };
+        if open {
+            let take = |c: Change, pending: &mut VecDeque<Pending>, names: &[String]| {
+                if let Some(msg) = local_msg(state, blacklist, &c, names) {
+                    pending.push_back(Pending {
+                        msg,
+                        made_s: unix_us() / 1_000_000,
+                    });
+                }
+            };
+            match rx.recv_timeout(wait.max(StdDuration::from_micros(1))) {
+                Ok(c) => {
+                    names = rule_names();
+                    take(c, &mut pending, &names);
+                    for c in rx.try_iter().take(4 * WRITE_BATCH) {
+                        take(c, &mut pending, &names);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => open = false,
+            }
+        }
+        if state.republish.swap(false, Relaxed) {
+            let n = own_bans(&mut pending, 0, &names);
+            info!(bans = n, "share: the change log went backwards (Redis lost its data): publishing this host's bans again");
+        }
+        if pending.len() > MAX_PENDING {
+            compact(&mut pending, state);
+        }
+        state.pending.store(pending.len() as u64, Relaxed);
+        if link.get().is_none() {
+            if !open {
+                if !pending.is_empty() {
+                    state.fault(format!(
+                        "stopping with {} changes not published (Redis away); this host's bans are kept, and published at the next start",
+                        pending.len()
+                    ));
+                }
+                break;
+            }
+            continue;
+        }
+        while !pending.is_empty() {
+            let n = pending.len().min(WRITE_BATCH);
+            let Some(con) = link.con.as_mut() else { break };
+            match write_batch(con, state, pending.range(..n).map(|p| &p.msg)) {
+                Ok(()) => {
+                    pending.drain(..n);
+                    state.published.fetch_add(n as u64, Relaxed);
+                }
+                Err(e) => {
+                    link.failed(format!("publishing: {e}"));
+                    break;
+                }
+            }
+        }
+        state.pending.store(pending.len() as u64, Relaxed);
+        let through = pending
+            .front()
+            .map_or(unix_us() / 1_000_000, |p| p.made_s.saturating_sub(1));
+        state.published_through.store(through, Relaxed);
+        if last_prune.elapsed() >= PRUNE_EVERY
+            && let Some(con) = link.con.as_mut()
+        {
+            last_prune = StdInstant::now();
+            if let Err(e) = prune(con, state, blacklist) {
+                link.failed(format!("pruning expired bans: {e}"));
+            }
+        }
+    }
+    state.pending.store(pending.len() as u64, Relaxed);
+}
+
+/// The log message of a local change of a shared list, if it is one to publish (bans and
+/// renewals, removals and flushes made here; not strikes, not peers' changes).
+fn local_msg(state: &ShareState, bl: &Blacklist, c: &Change, names: &[String]) -> Option<Msg> {
+    if !c.is_local() {
+        return None;
+    }
+    let list = bl.lists().get(usize::from(c.list()))?.name();
+    if !state.config.shares(list) {
+        return None;
+    }
+    let op = match *c {
+        Change::Ban(_, ban, crate::blacklist::Banned::New | crate::blacklist::Banned::Renewed) => {
+            return Some(ban_msg(state, list, &ban, names));
+        }
+        Change::Ban(..) => return None,
+        Change::Remove(_, key, _) => Op::Unban { key },
+        Change::Flush(..) => Op::Flush,
+    };
+    Some(Msg {
+        node: state.config.node.clone(),
+        list: list.to_string(),
+        op,
+        at_us: unix_us(),
+    })
+}
+
+fn ban_msg(state: &ShareState, list: &str, ban: &crate::blacklist::Ban, names: &[String]) -> Msg {
+    let rule = if ban.rule == NO_RULE || peer_index(ban.rule).is_some() {
+        String::new()
+    } else {
+        names.get(usize::from(ban.rule)).cloned().unwrap_or_default()
+    };
+    Msg {
+        node: state.config.node.clone(),
+        list: list.to_string(),
+        op: Op::Ban {
+            key: ban.key,
+            until: ban.expires_at.secs(),
+            rule,
+        },
+        at_us: unix_us(),
+    }
+}
+
+/// Keeps the last change of each key (and nothing of a list before its last flush); if that
+/// is still too much, drops the oldest (counted, logged).
+fn compact(pending: &mut VecDeque<Pending>, state: &ShareState) {
+    let before = pending.len();
+    let mut seen: std::collections::HashSet<(String, Option<crate::blacklist::Key>)> =
+        std::collections::HashSet::new();
+    let mut flushed: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut keep: Vec<Pending> = Vec::with_capacity(before / 2);
+    while let Some(p) = pending.pop_back() {
+        if flushed.contains(&p.msg.list) {
+            continue;
+        }
+        let key = match &p.msg.op {
+            Op::Ban { key, .. } | Op::Unban { key } => Some(*key),
+            Op::Flush => {
+                flushed.insert(p.msg.list.clone());
+                None
+            }
+        };
+        if seen.insert((p.msg.list.clone(), key)) {
+            keep.push(p);
+        }
+    }
+    keep.reverse();
+    let over = keep.len().saturating_sub(MAX_PENDING);
+    if over > 0 {
+        state.dropped.fetch_add(over as u64, Relaxed);
+        state.fault(format!(
+            "{over} changes dropped from the wait for Redis (more than {MAX_PENDING} keys changed while it was away); they stay banned here"
+        ));
+    }
+    pending.extend(keep.into_iter().skip(over));
+    info!(
+        before,
+        after = pending.len(),
+        "share: changes waiting for Redis compacted (one per key)"
+    );
+}
+
+/// One `MULTI`/`EXEC`: each change to the log and to its list's snapshot.
+fn write_batch<'m>(
+    con: &mut redis::Connection,
+    state: &ShareState,
+    msgs: impl Iterator<Item = &'m Msg>,
+) -> redis::RedisResult<()> {
+    let keys = &state.keys;
+    let log = keys.log();
+    let mut p = redis::pipe();
+    p.atomic();
+    for m in msgs {
+        let xadd = p
+            .cmd("XADD")
+            .arg(&log)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(state.config.maxlen)
+            .arg("*");
+        for (k, v) in m.fields() {
+            xadd.arg(k).arg(v);
+        }
+        xadd.ignore();
+        match &m.op {
+            Op::Ban { key, until, rule } => {
+                let k = wire::key_text(*key);
+                p.cmd("ZADD")
+                    .arg(keys.expiry(&m.list))
+                    .arg("GT")
+                    .arg(until)
+                    .arg(&k)
+                    .ignore();
+                p.cmd("HSET")
+                    .arg(keys.bans(&m.list))
+                    .arg(&k)
+                    .arg(wire::snapshot_value(*until, &m.node, rule))
+                    .ignore();
+            }
+            Op::Unban { key } => {
+                let k = wire::key_text(*key);
+                p.cmd("ZREM").arg(keys.expiry(&m.list)).arg(&k).ignore();
+                p.cmd("HDEL").arg(keys.bans(&m.list)).arg(&k).ignore();
+            }
+            Op::Flush => {
+                p.cmd("DEL")
+                    .arg(keys.expiry(&m.list))
+                    .arg(keys.bans(&m.list))
+                    .ignore();
+            }
+        }
+    }
+    p.query::<()>(con)
+}
+
+/// Removes expired bans from each shared list's snapshot, atomically per batch (a script:
+/// a ban renewed meanwhile is not removed).
+fn prune(
+    con: &mut redis::Connection,
+    state: &ShareState,
+    bl: &Blacklist,
+) -> redis::RedisResult<()> {
+    const SCRIPT: &str = "local gone = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, 5000)
+for _, m in ipairs(gone) do redis.call('ZREM', KEYS[1], m); redis.call('HDEL', KEYS[2], m) end
+return #gone";
+    let now = super::now().secs();
+    for l in bl.lists() {
+        if !state.config.shares(l.name()) {
+            continue;
+        }
+        for _ in 0..100 {
+            let n: i64 = redis::cmd("EVAL")
+                .arg(SCRIPT)
+                .arg(2)
+                .arg(state.keys.expiry(l.name()))
+                .arg(state.keys.bans(l.name()))
+                .arg(now)
+                .query(con)?;
+            if n < 5000 {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What `XINFO STREAM` says of the log (all zero when it does not exist yet).
+#[derive(Clone, Debug, Default)]
+struct LogInfo {
+    last: StreamId,
+    added: u64,
+    /// Entries up to this one were trimmed (or deleted).
+    max_deleted: StreamId,
+    /// The fleet's epoch ([`Keys::epoch`]), made here if missing.
+    epoch: String,
+}
+
+fn log_info(con: &mut redis::Connection, keys: &Keys) -> redis::RedisResult<LogInfo> {
+    let mut info = LogInfo::default();
+    let token = format!("{:016x}", crate::blacklist::HashKeys::random().0);
+    let _: Value = redis::cmd("SET")
+        .arg(keys.epoch())
+        .arg(&token)
+        .arg("NX")
+        .query(con)?;
+    info.epoch = redis::cmd("GET")
+        .arg(keys.epoch())
+        .query::<Option<String>>(con)?
+        .unwrap_or_default();
+    let v: Value = match redis::cmd("XINFO").arg("STREAM").arg(keys.log()).query(con) {
+        Ok(v) => v,
+        Err(e) if e.to_string().contains("no such key") => return Ok(info),
+        Err(e) => return Err(e),
+    };
+    let pairs: Vec<(String, &Value)> = match &v {
+        Value::Array(items) => items
+            .chunks_exact(2)
+            .filter_map(|kv| Some((text(&kv[0])?.to_string(), &kv[1])))
+            .collect(),
+        Value::Map(items) => items
+            .iter()
+            .filter_map(|(k, v)| Some((text(k)?.to_string(), v)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    for (k, v) in pairs {
+        match (k.as_str(), v) {
+            ("last-generated-id", v) => {
+                info.last = text(v).and_then(StreamId::parse).unwrap_or_default();
+            }
+            ("max-deleted-entry-id", v) => {
+                info.max_deleted = text(v).and_then(StreamId::parse).unwrap_or_default();
+            }
+            ("entries-added", Value::Int(n)) => info.added = u64::try_from(*n).unwrap_or(0),
+            _ => {}
+        }
+    }
+    Ok(info)
+}
+
+fn text(v: &Value) -> Option<&str> {
+    match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// What applying peers' changes needs of the daemon.
+pub struct Apply<'a> {
+    pub blacklist: &'a Blacklist,
+    /// Why an address is allowlisted here (then a peer's ban of it is not applied).
+    pub allowed: &'a dyn Fn(std::net::IpAddr) -> bool,
+    pub stop: &'a AtomicBool,
+}
+
+/// share-in: reads the log from this node's cursor (or loads the snapshot) and applies what
+/// peers changed, until `stop`.
+pub fn subscribe_loop(state: &ShareState, client: &redis::Client, apply: &Apply<'_>) {
+    let mut link = Link::new(client, state, &state.in_connected, "reader");
+    let mut cursor = state.load_cursor();
+    if let Some(c) = &cursor {
+        info!(cursor = %c.id, "share: reading the fleet's log from the saved cursor");
+    }
+    // The cursor saved is the one of the previous tick: the changes applied up to it have had
+    // (at least) a tick to reach the journal's fsync.
+    let mut to_save: Option<Cursor> = None;
+    let mut last_save = StdInstant::now();
+    let mut last_info = StdInstant::now() - StdDuration::from_secs(2);
+    let mut catching_up: Option<(StdInstant, u64)> = None;
+    while !apply.stop.load(Relaxed) {
+        let Some(con) = link.get() else {
+            std::thread::sleep(StdDuration::from_millis(50));
+            continue;
+        };
+        let step = (|| -> redis::RedisResult<usize> {
+            let c = match &cursor {
+                Some(c) if last_info.elapsed() < StdDuration::from_secs(1) => c.clone(),
+                _ => {
+                    last_info = StdInstant::now();
+                    let info = log_info(con, &state.keys)?;
+                    let reset = cursor.as_ref().is_some_and(|c| {
+                        c.epoch != info.epoch || info.last < c.id || info.added < c.pos
+                    });
+                    let missed = cursor.as_ref().is_some_and(|c| c.id < info.max_deleted);
+                    if reset {
+                        state.republish.store(true, Relaxed);
+                    }
+                    match &cursor {
+                        Some(c) if !reset && !missed => {
+                            state.lag_entries.store(info.added.saturating_sub(c.pos), Relaxed);
+                            state.lag_ms.store(info.last.ms.saturating_sub(c.id.ms), Relaxed);
+                            if catching_up.is_none() && info.added > c.pos + 1 {
+                                catching_up = Some((StdInstant::now(), info.added - c.pos));
+                            }
+                            c.clone()
+                        }
+                        _ => {
+                            let why = if reset {
+                                "the fleet's epoch changed or its log went backwards (Redis lost its data)"
+                            } else if missed {
+                                "the cursor points before what the log still holds"
+                            } else {
+                                "no cursor (a new node)"
+                            };
+                            let c = bootstrap(con, state, apply, &info, why)?;
+                            cursor = Some(c.clone());
+                            c
+                        }
+                    }
+                }
+            };
+            let reply: Value = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("BLOCK")
+                .arg(BLOCK_MS)
+                .arg("STREAMS")
+                .arg(state.keys.log())
+                .arg(c.id.to_string())
+                .query(con)?;
+            let mut n = 0;
+            let mut last = c.id;
+            for_each_entry(&reply, |id, fields| {
+                n += 1;
+                last = id;
+                receive(state, apply, fields);
+            });
+            if let Some(cur) = cursor.as_mut() {
+                cur.id = last;
+                cur.pos += n as u64;
+            }
+            Ok(n)
+        })();
+        match step {
+            Ok(n) => {
+                if n < READ_COUNT {
+                    state.lag_entries.store(0, Relaxed);
+                    state.lag_ms.store(0, Relaxed);
+                    if let Some((t, entries)) = catching_up.take() {
+                        let secs = t.elapsed().as_secs_f64();
+                        info!(
+                            entries,
+                            seconds = (secs * 1000.0).round() / 1000.0,
+                            "share: caught up with the fleet's log"
+                        );
+                        *lock(&state.last_sync) = json!({"kind": "catch-up", "entries": entries, "seconds": secs});
+                    }
+                }
+            }
+            Err(e) => link.failed(format!("reading the log: {e}")),
+        }
+        if last_save.elapsed() >= StdDuration::from_secs(1) {
+            last_save = StdInstant::now();
+            if let Some(c) = to_save.take() {
+                state.save_cursor(&c);
+            }
+            to_save = cursor.clone().map(|mut c| {
+                c.published = state.published_through.load(Relaxed);
+                c
+            });
+        }
+    }
+    // Stopping: every change applied is in the changes thread's channel, which it drains
+    // before it saves the state.
+    if let Some(mut c) = cursor {
+        c.published = state.published_through.load(Relaxed);
+        state.save_cursor(&c);
+    }
+}
+
+/// Calls `f` with each entry (id, fields) of an `XREAD` reply.
+fn for_each_entry(reply: &Value, mut f: impl FnMut(StreamId, &[Value])) {
+    let Value::Array(streams) = reply else { return };
+    for s in streams {
+        let Value::Array(kv) = s else { continue };
+        let Some(Value::Array(entries)) = kv.get(1) else {
+            continue;
+        };
+        for e in entries {
+            let Value::Array(parts) = e else { continue };
+            let (Some(id), Some(Value::Array(fields))) = (
+                parts.first().and_then(text).and_then(StreamId::parse),
+                parts.get(1),
+            ) else {
+                continue;
+            };
+            f(id, fields);
+        }
+    }
+}
+
+/// Applies one entry of the log.
+fn receive(state: &ShareState, apply: &Apply<'_>, fields: &[Value]) {
+    state.received.fetch_add(1, Relaxed);
+    let get = |k: &str| {
+        fields
+            .chunks_exact(2)
+            .find(|kv| text(&kv[0]) == Some(k))
+            .and_then(|kv| text(&kv[1]))
+    };
+    let msg = match Msg::parse(get) {
+        Ok(m) => m,
+        Err(e) => {
+            state.fault(format!("an entry of the log is unreadable: {e}"));
+            return;
+        }
+    };
+    if msg.node == state.config.node {
+        state.skipped.fetch_add(1, Relaxed);
+        return;
+    }
+    let applied = apply_msg(state, apply, &msg);
+    if applied && let Op::Ban { .. } = msg.op {
+        let delay = unix_us().saturating_sub(msg.at_us);
+        lock(&state.propagation).add(delay);
+    }
+}
+
+/// Applies a peer's change; true if it changed a list.
+fn apply_msg(state: &ShareState, apply: &Apply<'_>, msg: &Msg) -> bool {
+    let Some((_, list)) = apply
+        .blacklist
+        .by_name(&msg.list)
+        .filter(|_| state.config.shares(&msg.list))
+    else {
+        state.skipped.fetch_add(1, Relaxed);
+        return false;
+    };
+    let now = super::now();
+    let changed = match &msg.op {
+        Op::Ban { key, until, rule } => {
+            if (apply.allowed)(key.addr()) {
+                state.skipped.fetch_add(1, Relaxed);
+                return false;
+            }
+            let tag = match write(&state.origins).tag(&msg.node, rule) {
+                Ok(t) => t,
+                Err(e) => {
+                    state.fault(format!("recording a peer's origin: {e}"));
+                    PEER_RULE
+                }
+            };
+            let cap = now.saturating_add(list.config().max_ttl());
+            let until = Instant::from_secs(*until).min(cap);
+            let done = list.apply_shared(*key, until, now, tag);
+            if !done && list.key(key.addr()) != *key {
+                state.fault(format!(
+                    "{} banned {} in list {}, whose keys here have another prefix: not applied (give the list the same prefixes on every node)",
+                    msg.node,
+                    wire::key_text(*key),
+                    msg.list
+                ));
+            }
+            done
+        }
+        Op::Unban { key } => list.key(key.addr()) == *key && list.remove_by(key.addr(), By::Peer),
+        Op::Flush => list.clear_by(By::Peer) > 0,
+    };
+    if changed {
+        state.applied.fetch_add(1, Relaxed);
+    } else {
+        state.skipped.fetch_add(1, Relaxed);
+    }
+    changed
+}
+
+/// Loads every shared list's snapshot, then returns the cursor of the log's position taken
+/// just before (`info`): what changed while the snapshot was read is read again from the log
+/// (applying twice is harmless).
+fn bootstrap(
+    con: &mut redis::Connection,
+    state: &ShareState,
+    apply: &Apply<'_>,
+    info: &LogInfo,
+    why: &str,
+) -> redis::RedisResult<Cursor> {
+    let t = StdInstant::now();
+    let now_s = super::now().secs();
+    let mut bans = 0u64;
+    for l in apply.blacklist.lists() {
+        if !state.config.shares(l.name()) {
+            continue;
+        }
+        let key = state.keys.bans(l.name());
+        let mut cursor = 0u64;
+        loop {
+            let (next, items): (u64, Vec<Value>) = redis::cmd("HSCAN")
+                .arg(&key)
+                .cursor_arg(cursor)
+                .arg("COUNT")
+                .arg(10_000)
+                .query(con)?;
+            for kv in items.chunks_exact(2) {
+                let (Some(k), Some(v)) = (text(&kv[0]), text(&kv[1])) else {
+                    continue;
+                };
+                let Some((until, node, rule)) = wire::parse_snapshot_value(v) else {
+                    state.fault(format!("snapshot entry {k} = {v:?}: unreadable"));
+                    continue;
+                };
+                if until <= now_s {
+                    continue;
+                }
+                let Some(k) = wire::parse_key(k) else {
+                    state.fault(format!("snapshot key {k:?}: not ADDR/PREFIX"));
+                    continue;
+                };
+                let msg = Msg {
+                    node: node.to_string(),
+                    list: l.name().to_string(),
+                    op: Op::Ban {
+                        key: k,
+                        until,
+                        rule: rule.to_string(),
+                    },
+                    at_us: 0,
+                };
+                // Own bans come back too: a node whose state was lost gets them again.
+                if apply_msg(state, apply, &msg) {
+                    bans += 1;
+                }
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    state.bootstraps.fetch_add(1, Relaxed);
+    state.bootstrap_bans.store(bans, Relaxed);
+    *lock(&state.last_sync) = json!({"kind": "bootstrap", "bans": bans, "seconds": secs, "why": why});
+    info!(
+        bans,
+        seconds = (secs * 1000.0).round() / 1000.0,
+        from = %info.last,
+        "share: loaded the fleet's snapshot ({why})"
+    );
+    Ok(Cursor {
+        fleet: state.config.fleet.clone(),
+        epoch: info.epoch.clone(),
+        id: info.last,
+        pos: info.added,
+        published: state.published_through.load(Relaxed),
+    })
+}
+
+/// The time a republish after a crash starts from: the saved cursor's mark (0 without one:
+/// every local ban is published).
+pub fn republish_since(state: &ShareState) -> u64 {
+    state.load_cursor().map_or(0, |c| c.published)
+}

@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# Live test of the fleet: bans shared through Redis (root, network namespaces only).
+# Usage: fleet.sh STRINGBAN_BINARY
+# Namespace R holds a bridge, a real redis-server (AOF on) on 198.18.9.1 and the SMTP clients
+# (198.19.1.0-9 on its loopback); hosts A, B, C, D (198.18.9.11-14) each run the line-based SMTP
+# stand-in on port 25 and a daemon sharing the list "spam" through Redis. Checks: a session reset
+# on A is blocked on B and C, `del` on B lifts it everywhere, expiry is the same everywhere; Redis
+# killed -9 and restarted while two hosts ban: nothing lost, every host converges; C stopped and
+# restarted applies exactly what it missed, without the snapshot; a new host D loads it; an ACL
+# user over TLS works, a wrong password or an unknown CA is a clear error at start.
+set -uo pipefail
+BIN=$(realpath "$1")
+HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/lib.sh"
+need ip iptables python3 redis-server redis-cli openssl
+
+R=sbFR$$; HOSTS=(A B C D); T=$(mktemp -d); PIDS=(); RPID=; R2PID=
+declare -A DPID=() ADDR=([A]=198.18.9.11 [B]=198.18.9.12 [C]=198.18.9.13 [D]=198.18.9.14)
+ns() { echo "sbF$1$$"; }
+cleanup() {
+    for h in "${HOSTS[@]}"; do [ -n "${DPID[$h]:-}" ] && kill "${DPID[$h]}" 2>/dev/null; done
+    for p in "${PIDS[@]}" $RPID $R2PID; do kill "$p" 2>/dev/null; done
+    sleep 0.5
+    for h in "${HOSTS[@]}"; do [ -n "${DPID[$h]:-}" ] && kill -9 "${DPID[$h]}" 2>/dev/null; done
+    for p in "${PIDS[@]}" $RPID $R2PID; do kill -9 "$p" 2>/dev/null; done
+    for h in "${HOSTS[@]}"; do ip netns del "$(ns "$h")" 2>/dev/null; done
+    ip netns del "$R" 2>/dev/null
+    rm -rf "$T"
+}
+trap cleanup EXIT
+
+# The network: a bridge in R, one veth per host.
+ip netns add "$R" || exit 1
+ip -n "$R" link set lo up
+ip -n "$R" link add br0 type bridge && ip -n "$R" addr add 198.18.9.1/24 dev br0 && ip -n "$R" link set br0 up
+for i in $(seq 0 9); do ip -n "$R" addr add "198.19.1.$i/32" dev lo; done
+for h in "${HOSTS[@]}"; do
+    n=$(ns "$h")
+    ip netns add "$n" && ip -n "$n" link set lo up
+    ip link add "v$h$$" netns "$R" type veth peer name eth0 netns "$n" || exit 1
+    ip -n "$R" link set "v$h$$" master br0 && ip -n "$R" link set "v$h$$" up
+    ip -n "$n" addr add "${ADDR[$h]}/24" dev eth0 && ip -n "$n" link set eth0 up
+    ip -n "$n" route add 198.19.0.0/16 via 198.18.9.1
+    ip netns exec "$n" python3 "$HERE/smtp_server.py" "${ADDR[$h]}" 25 "$T/server-$h.log" & PIDS+=($!)
+    mkdir -p "$T/$h"
+done
+
+cat > "$T/sb.toml" <<TOML
+[[list]]
+name = "spam"
+ttl = "1h"
+prefix_v6 = 128
+capacity = 2000000
+
+[[rule]]
+string = "@example.com"
+list = "spam"
+TOML
+
+redis_start() { # redis_start DIR ARGS... — sets RPID
+    mkdir -p "$1"
+    local dir=$1; shift
+    ip netns exec "$R" redis-server --bind 198.18.9.1 --appendonly yes --dir "$dir" --save '' \
+        --protected-mode no --logfile "$dir/redis.log" "$@" & RPID=$!
+}
+redis_wait() { # redis_wait ARGS... (redis-cli's)
+    for _ in $(seq 100); do
+        [ "$(ip netns exec "$R" redis-cli -h 198.18.9.1 "$@" ping 2>/dev/null)" = PONG ] && return 0
+        sleep 0.05
+    done
+    echo "redis did not start:"; cat "$T"/redis*/redis.log; return 1
+}
+URL=redis://198.18.9.1:6379
+SHARE=(--share "$URL" --share-fleet test)
+start_host() { # start_host H [ARGS…] — the daemon of host H, sharing (ARGS replace the --share flags)
+    local h=$1; shift
+    local args=("$@"); [ $# -eq 0 ] && args=("${SHARE[@]}")
+    rm -f "$T/$h/pid"
+    ip netns exec "$(ns "$h")" "$BIN" run --config "$T/sb.toml" --install-rules --pidfile "$T/$h/pid" \
+        --state-dir "$T/$h/state" --control-socket "$T/$h/ctl.sock" --metrics 127.0.0.1:9325 --share-node "$h" "${args[@]}" \
+        2>> "$T/$h/daemon.log" & DPID[$h]=$!
+    for _ in $(seq 100); do [ -S "$T/$h/ctl.sock" ] && [ -s "$T/$h/pid" ] && return 0; sleep 0.05; done
+    echo "daemon $h did not start:"; cat "$T/$h/daemon.log"; return 1
+}
+stop_host() { kill "${DPID[$1]}"; wait "${DPID[$1]}" 2>/dev/null; DPID[$1]=; }
+ctl() { local h=$1; shift; ip netns exec "$(ns "$h")" "$BIN" "$@" --control-socket "$T/$h/ctl.sock"; }
+client() { ip netns exec "$R" python3 "$HERE/smtp_client.py" "$@"; }
+count() { ctl "$1" count --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["count"])'; }
+# field H ADDR FIELD: a field of ADDR's ban on H (empty: not banned).
+field() { ctl "$1" list --json | python3 -c 'import json,sys
+for l in sys.stdin:
+    b = json.loads(l)
+    if b["key"] == sys.argv[1]: print(b[sys.argv[2]])' "$2" "$3"; }
+# share H KEY: a value of H's share stats.
+share() { ctl "$1" stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["share"][sys.argv[1]])' "$2"; }
+# until_eq SECONDS WANT COMMAND…: polls COMMAND's output until it is WANT (at most SECONDS).
+until_eq() { local s=$1 want=$2; shift 2; local got; for _ in $(seq $((s * 20))); do got=$("$@" 2>/dev/null); [ "$got" = "$want" ] && return 0; sleep 0.05; done; echo "    (got '$got', want '$want')"; return 1; }
+SPAM='EHLO bot\nMAIL FROM:<x@bot.test>\nRCPT TO:<victim@example.com>'
+LEGIT='EHLO mx\nMAIL FROM:<a@partner.test>\nRCPT TO:<b@hosted.test>\nQUIT'
+
+redis_start "$T/redis" --port 6379; redis_wait || exit 1
+for h in A B C; do start_host "$h" || exit 1; done
+
+echo "== a spam session reset on A is blocked on B and C; del on B lifts it everywhere"
+check "198.19.1.1 spam to A is reset" test "$(client 198.19.1.1 "${ADDR[A]}" "$SPAM")" = reset
+for h in B C; do
+    check "$h has the ban within 2 s, made by node A" until_eq 2 A field "$h" 198.19.1.1 node
+    check "198.19.1.1's mail to $h times out (dropped)" test "$(client 198.19.1.1 "${ADDR[$h]}" "$LEGIT" 1)" = timeout
+done
+check "A lists its own ban as node A, rule \"@example.com\"" test "$(field A 198.19.1.1 node) $(field A 198.19.1.1 rule_name)" = "A @example.com"
+check "del on B" test "$(ctl B del 198.19.1.1 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["removed"])')" = 1
+for h in A C; do check "... lifted on $h within 2 s" until_eq 2 "" field "$h" 198.19.1.1 key; done
+check "198.19.1.1's mail to A flows again" test "$(client 198.19.1.1 "${ADDR[A]}" "$LEGIT")" = ok
+ctl C add 198.19.1.2 --ttl 4s > /dev/null
+exp=$(field C 198.19.1.2 expires_at)
+for h in A B; do check "a 4 s ban by hand on C ends at the same second on $h ($exp)" until_eq 2 "$exp" field "$h" 198.19.1.2 expires_at; done
+sleep 4.5
+for h in A B C; do check "... and has ended on $h" test -z "$(field "$h" 198.19.1.2 key)"; done
+
+echo "== Redis killed -9 and restarted while A and B ban (2 x 3,000 at 2,000/s): nothing lost"
+python3 "$HERE/bulk_add.py" "$T/A/ctl.sock" 3000 2000 0 > "$T/bulkA.out" 2>&1 & BA=$!
+python3 "$HERE/bulk_add.py" "$T/B/ctl.sock" 3000 2000 100000 > "$T/bulkB.out" 2>&1 & BB=$!
+sleep 0.5
+kill -9 "$RPID"; wait "$RPID" 2>/dev/null
+sleep 1
+redis_start "$T/redis" --port 6379; redis_wait || exit 1
+wait "$BA"; wait "$BB"
+check "both hosts made their bans while Redis was away ($(cat "$T/bulkA.out") / $(cat "$T/bulkB.out"))" grep -q "added 3000" "$T/bulkA.out" "$T/bulkB.out"
+for h in A B C; do check "$h converges to 6,000 bans" until_eq 20 6000 count "$h"; done
+check "A shows the fault (errors $(share A errors), reconnects $(share A reconnects)) and is connected again" \
+    bash -c "[ $(share A errors) -ge 1 ] && [ $(share A reconnects) -ge 1 ] && [ $(share A connected) = True ]"
+check "nothing waits, nothing dropped on A (pending $(share A pending), dropped $(share A dropped))" \
+    test "$(share A pending) $(share A dropped)" = "0 0"
+
+echo "== C stopped while A bans 500 more, then restarted: it applies exactly what it missed"
+stop_host C
+before=$(share B applied)
+python3 "$HERE/bulk_add.py" "$T/A/ctl.sock" 500 1000 200000 > /dev/null || no "bulk add on A"
+check "B has them (6,500)" until_eq 10 6500 count B
+start_host C || exit 1
+check "C converges to 6,500 bans" until_eq 10 6500 count C
+check "C applied exactly 500 from its cursor ($(share C applied)), no snapshot loaded ($(share C bootstraps))" \
+    test "$(share C applied) $(share C bootstraps)" = "500 0"
+check "C's log says it caught up ($(grep -o 'caught up.*' "$T/C/daemon.log" | tail -1))" until_eq 3 1 bash -c "grep -c 'entries=500.*caught up\|caught up.*entries=500' '$T/C/daemon.log'"
+check "B applied the 500 too ($((  $(share B applied) - before )))" test $(( $(share B applied) - before )) -eq 500
+
+echo "== a brand-new host D loads the snapshot"
+start_host D || exit 1
+check "D converges to 6,500 bans" until_eq 10 6500 count D
+check "D loaded one snapshot of 6,500 bans ($(share D bootstraps), $(share D bootstrap_bans))" test "$(share D bootstraps) $(share D bootstrap_bans)" = "1 6500"
+nodes=$(ctl D list --json | python3 -c 'import json,sys; print(" ".join(sorted(set(str(json.loads(l).get("node")) for l in sys.stdin))))')
+check "D names the banning nodes ($nodes)" test "$nodes" = "A B"
+ctl D status > "$T/status.txt"
+check "status shows the fleet ($(grep fleet: "$T/status.txt"))" grep -q "^fleet: test as node D through redis://198.18.9.1:6379 — connected; lag 0 entries" "$T/status.txt"
+ctl D list > "$T/list.txt"
+check "list shows the rule and node of each ban" bash -c "grep -q '^SOURCE .*RULE@NODE' '$T/list.txt' && grep -q '(by hand)@A' '$T/list.txt'"
+ip netns exec "$(ns D)" python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:9325/metrics").read().decode())' > "$T/metrics.txt"
+check "metrics show the share state" bash -c "grep -q '^stringban_share_connected 1' '$T/metrics.txt' && grep -q '^stringban_share_lag_entries 0' '$T/metrics.txt' && grep -q '^stringban_share_applied_total' '$T/metrics.txt'"
+
+echo "== flush on A empties the list everywhere"
+ctl A flush > /dev/null
+for h in B C D; do check "$h empty" until_eq 5 0 count "$h"; done
+for h in A B C D; do stop_host "$h"; done
+
+echo "== an ACL user over TLS; a wrong password and an unknown CA are errors at start"
+mkdir -p "$T/tls" && cd "$T/tls" || exit 1
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=stringban-test-ca -keyout ca.key -out ca.pem 2> openssl.out &&
+openssl req -newkey rsa:2048 -nodes -subj /CN=redis -keyout redis.key -out redis.csr 2>> openssl.out &&
+printf 'subjectAltName=IP:198.18.9.1\n' > san.ext &&
+openssl x509 -req -in redis.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out redis.pem 2>> openssl.out || { cat openssl.out; exit 1; }
+cd - > /dev/null || exit 1
+R1PID=$RPID
+redis_start "$T/redis2" --port 0 --tls-port 6380 --tls-cert-file "$T/tls/redis.pem" --tls-key-file "$T/tls/redis.key" \
+    --tls-ca-cert-file "$T/tls/ca.pem" --tls-auth-clients no --user default off --user sb on '>s3cret' '~stringban:*' '+@all'
+R2PID=$RPID; RPID=$R1PID
+redis_wait --tls --cacert "$T/tls/ca.pem" -p 6380 --user sb --pass s3cret || exit 1
+TLS=(--share "rediss://sb:s3cret@198.18.9.1:6380" --share-ca "$T/tls/ca.pem" --share-fleet tls)
+start_host A "${TLS[@]}" || exit 1
+start_host B "${TLS[@]}" || exit 1
+ctl A add 198.19.1.3 > /dev/null
+check "a ban on A reaches B over TLS as ACL user sb" until_eq 3 A field B 198.19.1.3 node || tail -n 5 "$T/A/daemon.log" "$T/B/daemon.log"
+check "B's status shows the URL without the password" bash -c "ip netns exec $(ns B) '$BIN' status --json --control-socket '$T/B/ctl.sock' | grep -q 'rediss://sb:\*\*\*@198.18.9.1:6380' && ! ip netns exec $(ns B) '$BIN' status --json --control-socket '$T/B/ctl.sock' | grep -q s3cret"
+t0=$(date +%s%N)
+ip netns exec "$(ns C)" "$BIN" run --config "$T/sb.toml" --install-rules --state-dir "$T/C/state2" --no-control \
+    --share "rediss://sb:wrong@198.18.9.1:6380" --share-ca "$T/tls/ca.pem" > "$T/wrong.out" 2>&1
+code=$?; ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+check "a wrong password: exit 2 in $ms ms, naming the cause ($(tail -1 "$T/wrong.out" | cut -c1-160))" \
+    bash -c "[ $code -eq 2 ] && [ $ms -lt 10000 ] && grep -qiE 'WRONGPASS|invalid username-password|auth' '$T/wrong.out'"
+check "... and it left no rules behind" bash -c "! ip netns exec $(ns C) iptables-save | grep -q STRINGBAN"
+ip netns exec "$(ns C)" "$BIN" run --config "$T/sb.toml" --install-rules --state-dir "$T/C/state2" --no-control \
+    --share "rediss://sb:s3cret@198.18.9.1:6380" > "$T/noca.out" 2>&1
+code=$?
+check "an unknown CA: exit 2, naming the certificate ($(tail -1 "$T/noca.out" | cut -c1-160))" \
+    bash -c "[ $code -eq 2 ] && grep -qi 'certificate' '$T/noca.out'"
+ip netns exec "$(ns C)" "$BIN" run --config "$T/sb.toml" --state-dir "$T/C/state2" --no-control \
+    --share "rediss://sb:s3cret@198.18.9.1:6380" --share-ca "$T/nope.pem" > "$T/ca-missing.out" 2>&1
+code=$?
+check "a missing CA file: exit 2, naming it" bash -c "[ $code -eq 2 ] && grep -q 'nope.pem' '$T/ca-missing.out'"
+
+echo "fleet: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
