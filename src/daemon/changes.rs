@@ -13,7 +13,7 @@ pub(super) fn changes_loop(
     store: Option<Store>,
     offload: Option<Offload>,
     rx: std::sync::mpsc::Receiver<crate::blacklist::Change>,
-    share: Option<std::sync::mpsc::Sender<crate::blacklist::Change>>,
+    share: Option<std::sync::mpsc::Sender<(crate::blacklist::Change, u64)>>,
     shared: &Shared,
     blacklist: &Blacklist,
     fsync_every: StdDuration,
@@ -37,9 +37,12 @@ pub(super) fn changes_loop(
         if let Some(disk) = disk.as_mut() {
             disk.append(&c);
         }
-        if let Some(tx) = share.as_ref().filter(|_| c.is_local()) {
-            // The publisher gone (stopping): nothing more to share.
-            let _ = tx.send(c);
+        if let (Some(tx), Some(state)) = (share.as_ref().filter(|_| c.is_local()), &shared.share)
+        {
+            // Stamped: propagation is measured from here. The publisher gone (stopping):
+            // nothing more to share.
+            state.queued.fetch_add(1, Relaxed);
+            let _ = tx.send((c, now().micros()));
         }
         if !matches!(
             c,

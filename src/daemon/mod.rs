@@ -407,13 +407,10 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
                 thread::Builder::new()
                     .name("share-in".into())
                     .spawn(move || {
-                        let allowed = |ip: IpAddr| {
-                            let list = Arc::clone(&lock(&sh.config).allow.list);
-                            list.why(ip).is_some()
-                        };
+                        let allowlist = || Arc::clone(&lock(&sh.config).allow.list);
                         let apply = share::Apply {
                             blacklist: &bl,
-                            allowed: &allowed,
+                            allowlist: &allowlist,
                             stop: &stop,
                         };
                         share::subscribe_loop(&state, &client, &apply);

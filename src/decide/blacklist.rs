@@ -501,6 +501,15 @@ impl List {
     }
 
     /// The threshold and escalation settings now.
+    /// [`ListConfig::max_ttl`] as configured now, without copying the configuration.
+    pub fn max_ttl(&self) -> Duration {
+        let max = match self.offenders.read() {
+            Ok(c) => c.max_ttl,
+            Err(poisoned) => poisoned.into_inner().max_ttl,
+        };
+        max.unwrap_or_else(|| self.ttl().max(Duration::from_secs(30 * 86_400)))
+    }
+
     fn policy(&self) -> Policy {
         match self.policy.read() {
             Ok(p) => *p,
@@ -1193,6 +1202,71 @@ mod tests {
             capacity,
             ..ListConfig::new("t")
         })
+    }
+
+    #[test]
+    fn a_peers_ban_applies_once_only_extends_and_is_not_local() {
+        let bl = Blacklist::new(vec![ListConfig {
+            prefix_v4: 24,
+            ..ListConfig::new("spam")
+        }]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        bl.set_journal(&tx);
+        let l = bl.list(0);
+        let t0 = Instant::from_secs(1_000);
+        let key = l.key(ip("198.18.7.9"));
+        let tag = PEER_RULE + 3;
+        assert!(l.apply_shared(key, Instant::from_secs(1_100), t0, tag));
+        assert!(!l.apply_shared(key, Instant::from_secs(1_100), t0, tag), "idempotent");
+        assert!(!l.apply_shared(key, Instant::from_secs(1_050), t0, tag), "never shortens");
+        assert!(l.apply_shared(key, Instant::from_secs(1_200), t0, tag), "extends");
+        assert!(!l.apply_shared(key, Instant::from_secs(900), t0, tag), "already ended");
+        let other = Key::V4 {
+            addr: u32::from(std::net::Ipv4Addr::new(198, 18, 7, 9)),
+            prefix: 32,
+        };
+        assert!(!l.apply_shared(other, Instant::from_secs(1_300), t0, tag), "another prefix");
+        let b = l.get(ip("198.18.7.200"), t0).unwrap();
+        assert_eq!((b.expires_at, b.rule, b.offences), (Instant::from_secs(1_200), tag, 1));
+        assert_eq!(peer_index(b.rule), Some(3));
+        let changes: Vec<Change> = rx.try_iter().collect();
+        assert_eq!(changes.len(), 2);
+        assert!(changes.iter().all(|c| !c.is_local() && c.list() == 0));
+        assert!(matches!(changes[0], Change::Ban(0, _, Banned::Shared)));
+        // A conviction here renews it as this host's own ban.
+        assert_eq!(l.ban(ip("198.18.7.1"), t0, 4), Banned::Renewed);
+        let c = rx.try_recv().unwrap();
+        assert!(c.is_local());
+        assert_eq!(l.get(ip("198.18.7.1"), t0).unwrap().rule, 4);
+        // Removals and flushes say who asked.
+        assert!(l.remove_by(ip("198.18.7.1"), By::Peer));
+        assert_eq!(rx.try_recv().unwrap(), Change::Remove(0, key, By::Peer));
+        assert!(l.apply_shared(key, Instant::from_secs(1_100), t0, tag));
+        let _ = rx.try_recv();
+        assert_eq!(l.clear_by(By::Peer), 1);
+        assert!(!rx.try_recv().unwrap().is_local());
+        l.remove(ip("198.18.7.1"));
+        l.clear();
+        assert!(rx.try_iter().all(|c| c.is_local()));
+        assert_eq!(peer_index(NO_RULE), None);
+        assert_eq!(peer_index(7), None);
+    }
+
+    #[test]
+    fn a_peers_ban_of_a_remembered_offender_is_one_more_offence() {
+        let l = List::new(ListConfig {
+            ttl: Duration::from_secs(10),
+            escalate: 2,
+            ..ListConfig::new("t")
+        });
+        let t0 = Instant::from_secs(1_000);
+        l.ban(ip("198.18.0.1"), t0, 0);
+        let t1 = Instant::from_secs(1_020);
+        assert!(l.get(ip("198.18.0.1"), t1).is_none());
+        let key = l.key(ip("198.18.0.1"));
+        assert!(l.apply_shared(key, Instant::from_secs(1_080), t1, PEER_RULE));
+        let b = l.get(ip("198.18.0.1"), t1).unwrap();
+        assert_eq!((b.offences, b.expires_at), (2, Instant::from_secs(1_080)));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //!
 //! Two threads, each with its own connection (the `redis` crate's sync API):
 //! - **share-out** takes this host's own changes from the changes thread (convictions, `add`,
-//!   `del`, `flush`) and writes each, in one `MULTI`/`EXEC` per batch, to the change log (a
+//!   `del`, `flush`) and writes each, in one atomic script call per batch, to the change log (a
 //!   stream, `XADD … MAXLEN ~ N`) and to the list's snapshot (a hash of key → expiry, node, rule,
 //!   and a sorted set by expiry that lets expired bans be pruned). While Redis is away the
 //!   changes wait in memory (bounded: compacted to one change per key), and reconnects back off
@@ -187,7 +187,8 @@ pub fn check_start(cfg: &ShareConfig, client: &redis::Client) -> Result<String, 
 #[derive(Debug, Default)]
 struct Origins {
     list: Vec<(String, String)>,
-    index: HashMap<(String, String), u16>,
+    /// node → rule → index (looked up with borrowed names: no allocation per entry).
+    index: HashMap<String, HashMap<String, u16>>,
     file: Option<PathBuf>,
 }
 
@@ -213,14 +214,17 @@ impl Origins {
         let i = u16::try_from(self.list.len().min(Self::MAX)).unwrap_or(0);
         if self.list.len() < Self::MAX {
             self.list.push((node.to_string(), rule.to_string()));
-            self.index.insert((node.to_string(), rule.to_string()), i);
+            self.index
+                .entry(node.to_string())
+                .or_default()
+                .insert(rule.to_string(), i);
         }
         i
     }
 
     /// The rule id tagging bans of `node`'s `rule`; a new origin is appended to the file.
     fn tag(&mut self, node: &str, rule: &str) -> Result<RuleId, String> {
-        if let Some(&i) = self.index.get(&(node.to_string(), rule.to_string())) {
+        if let Some(&i) = self.index.get(node).and_then(|r| r.get(rule)) {
             return Ok(PEER_RULE + i);
         }
         if self.list.len() >= Self::MAX {
@@ -263,8 +267,9 @@ pub struct ShareState {
     /// Faults: failed connects and commands, bad entries, files not written.
     pub errors: AtomicU64,
     pub reconnects: AtomicU64,
-    /// Local changes waiting for Redis.
+    /// Local changes waiting for Redis (`queued` of them still on their way to the publisher).
     pub pending: AtomicU64,
+    pub queued: AtomicU64,
     /// Changes dropped because the wait was full (with every key already compacted).
     pub dropped: AtomicU64,
     pub bootstraps: AtomicU64,
@@ -301,6 +306,7 @@ impl ShareState {
             errors: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             pending: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             bootstraps: AtomicU64::new(0),
             bootstrap_bans: AtomicU64::new(0),
@@ -341,7 +347,7 @@ impl ShareState {
             "lag_entries": self.lag_entries.load(Relaxed),
             "lag_seconds": self.lag_ms.load(Relaxed) as f64 / 1000.0,
             "published": self.published.load(Relaxed),
-            "pending": self.pending.load(Relaxed),
+            "pending": self.pending.load(Relaxed) + self.queued.load(Relaxed),
             "dropped": self.dropped.load(Relaxed),
             "received": self.received.load(Relaxed),
             "applied": self.applied.load(Relaxed),
@@ -353,7 +359,13 @@ impl ShareState {
             "last_sync": *lock(&self.last_sync),
             "clock_offset_ms": self.clock_offset_ms.load(Relaxed),
             "last_error": Some(lock(&self.last_error).clone()).filter(|e| !e.is_empty()),
-            "propagation_ms": {"count": p.count, "p50": ms(0.5), "p99": ms(0.99), "max": ms(1.0)},
+            "propagation_ms": {
+                "count": p.count,
+                "p50": ms(0.5),
+                "p99": ms(0.99),
+                "max": ms(1.0),
+                "over_1s": p.count - p.buckets[..10].iter().sum::<u64>(),
+            },
         })
     }
 
@@ -376,7 +388,7 @@ impl ShareState {
         gauge(out, "connected", "Both connections to Redis are up (1) or not (0).", f64::from(u8::from(up)));
         gauge(out, "lag_entries", "Entries of the fleet's change log not yet read.", self.lag_entries.load(Relaxed) as f64);
         gauge(out, "lag_seconds", "How far behind the change log's newest entry the reader is.", self.lag_ms.load(Relaxed) as f64 / 1000.0);
-        gauge(out, "pending", "Local changes waiting for Redis.", self.pending.load(Relaxed) as f64);
+        gauge(out, "pending", "Local changes waiting for Redis.", (self.pending.load(Relaxed) + self.queued.load(Relaxed)) as f64);
         gauge(out, "clock_offset_seconds", "This host's clock minus Redis' at the last connect.", self.clock_offset_ms.load(Relaxed) as f64 / 1000.0);
         counter(out, "published", "Local changes written to the change log.", self.published.load(Relaxed));
         counter(out, "received", "Entries read from the change log.", self.received.load(Relaxed));
@@ -563,12 +575,13 @@ struct Pending {
 pub fn publish_loop(
     state: &ShareState,
     client: &redis::Client,
-    rx: Receiver<Change>,
+    rx: Receiver<(Change, u64)>,
     blacklist: &Blacklist,
     rule_names: &dyn Fn() -> Vec<String>,
     republish_since: Option<u64>,
 ) {
     let mut link = Link::new(client, state, &state.out_connected, "publisher");
+    let script = redis::Script::new(WRITE_SCRIPT);
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut last_prune = StdInstant::now() - PRUNE_EVERY / 2;
     let mut names = rule_names();
@@ -582,7 +595,7 @@ pub fn publish_loop(
             for b in l.bans(now) {
                 if peer_index(b.rule).is_none() && b.last_seen.secs() + 2 >= since {
                     pending.push_back(Pending {
-                        msg: ban_msg(state, l.name(), &b, names),
+                        msg: ban_msg(state, l.name(), &b, names, unix_us()),
                         made_s: now.secs(),
                     });
                     n += 1;
@@ -609,11 +622,12 @@ pub fn publish_loop(
             StdDuration::from_secs(1)
         };
         if open {
-            let take = |c: Change, pending: &mut VecDeque<Pending>, names: &[String]| {
-                if let Some(msg) = local_msg(state, blacklist, &c, names) {
+            let take = |(c, at): (Change, u64), pending: &mut VecDeque<Pending>, names: &[String]| {
+                state.queued.fetch_sub(1, Relaxed);
+                if let Some(msg) = local_msg(state, blacklist, &c, names, at) {
                     pending.push_back(Pending {
                         msg,
-                        made_s: unix_us() / 1_000_000,
+                        made_s: at / 1_000_000,
                     });
                 }
             };
@@ -652,7 +666,7 @@ pub fn publish_loop(
         while !pending.is_empty() {
             let n = pending.len().min(WRITE_BATCH);
             let Some(con) = link.con.as_mut() else { break };
-            match write_batch(con, state, pending.range(..n).map(|p| &p.msg)) {
+            match write_batch(con, state, &script, pending.range(..n).map(|p| &p.msg)) {
                 Ok(()) => {
                     pending.drain(..n);
                     state.published.fetch_add(n as u64, Relaxed);
@@ -682,7 +696,13 @@ pub fn publish_loop(
 
 /// The log message of a local change of a shared list, if it is one to publish (bans and
 /// renewals, removals and flushes made here; not strikes, not peers' changes).
-fn local_msg(state: &ShareState, bl: &Blacklist, c: &Change, names: &[String]) -> Option<Msg> {
+fn local_msg(
+    state: &ShareState,
+    bl: &Blacklist,
+    c: &Change,
+    names: &[String],
+    at_us: u64,
+) -> Option<Msg> {
     if !c.is_local() {
         return None;
     }
@@ -692,7 +712,7 @@ fn local_msg(state: &ShareState, bl: &Blacklist, c: &Change, names: &[String]) -
     }
     let op = match *c {
         Change::Ban(_, ban, crate::blacklist::Banned::New | crate::blacklist::Banned::Renewed) => {
-            return Some(ban_msg(state, list, &ban, names));
+            return Some(ban_msg(state, list, &ban, names, at_us));
         }
         Change::Ban(..) => return None,
         Change::Remove(_, key, _) => Op::Unban { key },
@@ -702,11 +722,17 @@ fn local_msg(state: &ShareState, bl: &Blacklist, c: &Change, names: &[String]) -
         node: state.config.node.clone(),
         list: list.to_string(),
         op,
-        at_us: unix_us(),
+        at_us,
     })
 }
 
-fn ban_msg(state: &ShareState, list: &str, ban: &crate::blacklist::Ban, names: &[String]) -> Msg {
+fn ban_msg(
+    state: &ShareState,
+    list: &str,
+    ban: &crate::blacklist::Ban,
+    names: &[String],
+    at_us: u64,
+) -> Msg {
     let rule = if ban.rule == NO_RULE || peer_index(ban.rule).is_some() {
         String::new()
     } else {
@@ -720,7 +746,7 @@ fn ban_msg(state: &ShareState, list: &str, ban: &crate::blacklist::Ban, names: &
             until: ban.expires_at.secs(),
             rule,
         },
-        at_us: unix_us(),
+        at_us,
     }
 }
 
@@ -763,57 +789,57 @@ fn compact(pending: &mut VecDeque<Pending>, state: &ShareState) {
     );
 }
 
-/// One `MULTI`/`EXEC`: each change to the log and to its list's snapshot.
+/// Writes a batch of changes, atomically (one script): each to the log, and to its list's
+/// snapshot. KEYS: the log, then each list's expiry set and hash; ARGV: the log's bound, the
+/// number of lists, their names, then the messages ([`Msg::to_text`]).
+const WRITE_SCRIPT: &str = r#"
+local lists = {}
+local n = tonumber(ARGV[2])
+for i = 1, n do lists[ARGV[2 + i]] = {KEYS[2 * i], KEYS[2 * i + 1]} end
+for i = 3 + n, #ARGV do
+  local m = ARGV[i]
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', m)
+  local op, list, key, exp, node, _, rule = string.match(m, '^(%a) (%S+) (%S+) (%S+) (%S+) (%S+) ?(.*)$')
+  local k = lists[list]
+  if op == 'b' then
+    redis.call('ZADD', k[1], 'GT', exp, key)
+    redis.call('HSET', k[2], key, exp .. ' ' .. node .. ' ' .. rule)
+  elseif op == 'u' then
+    redis.call('ZREM', k[1], key)
+    redis.call('HDEL', k[2], key)
+  elseif op == 'f' then
+    redis.call('DEL', k[1], k[2])
+  end
+end
+return #ARGV - 2 - n
+"#;
+
 fn write_batch<'m>(
     con: &mut redis::Connection,
     state: &ShareState,
-    msgs: impl Iterator<Item = &'m Msg>,
+    script: &redis::Script,
+    msgs: impl Iterator<Item = &'m Msg> + Clone,
 ) -> redis::RedisResult<()> {
     let keys = &state.keys;
-    let log = keys.log();
-    let mut p = redis::pipe();
-    p.atomic();
-    for m in msgs {
-        let xadd = p
-            .cmd("XADD")
-            .arg(&log)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(state.config.maxlen)
-            .arg("*");
-        for (k, v) in m.fields() {
-            xadd.arg(k).arg(v);
-        }
-        xadd.ignore();
-        match &m.op {
-            Op::Ban { key, until, rule } => {
-                let k = wire::key_text(*key);
-                p.cmd("ZADD")
-                    .arg(keys.expiry(&m.list))
-                    .arg("GT")
-                    .arg(until)
-                    .arg(&k)
-                    .ignore();
-                p.cmd("HSET")
-                    .arg(keys.bans(&m.list))
-                    .arg(&k)
-                    .arg(wire::snapshot_value(*until, &m.node, rule))
-                    .ignore();
-            }
-            Op::Unban { key } => {
-                let k = wire::key_text(*key);
-                p.cmd("ZREM").arg(keys.expiry(&m.list)).arg(&k).ignore();
-                p.cmd("HDEL").arg(keys.bans(&m.list)).arg(&k).ignore();
-            }
-            Op::Flush => {
-                p.cmd("DEL")
-                    .arg(keys.expiry(&m.list))
-                    .arg(keys.bans(&m.list))
-                    .ignore();
-            }
+    let mut lists: Vec<&str> = Vec::new();
+    for m in msgs.clone() {
+        if !lists.contains(&m.list.as_str()) {
+            lists.push(&m.list);
         }
     }
-    p.query::<()>(con)
+    let mut call = script.prepare_invoke();
+    call.key(keys.log());
+    for l in &lists {
+        call.key(keys.expiry(l)).key(keys.bans(l));
+    }
+    call.arg(state.config.maxlen).arg(lists.len());
+    for l in &lists {
+        call.arg(*l);
+    }
+    for m in msgs {
+        call.arg(m.to_text());
+    }
+    call.invoke::<i64>(con).map(|_| ())
 }
 
 /// Removes expired bans from each shared list's snapshot, atomically per batch (a script:
@@ -912,8 +938,8 @@ fn text(v: &Value) -> Option<&str> {
 /// What applying peers' changes needs of the daemon.
 pub struct Apply<'a> {
     pub blacklist: &'a Blacklist,
-    /// Why an address is allowlisted here (then a peer's ban of it is not applied).
-    pub allowed: &'a dyn Fn(std::net::IpAddr) -> bool,
+    /// The allowlist now (a peer's ban of an address on it is not applied).
+    pub allowlist: &'a dyn Fn() -> std::sync::Arc<crate::allow::Allowlist>,
     pub stop: &'a AtomicBool,
 }
 
@@ -984,11 +1010,13 @@ pub fn subscribe_loop(state: &ShareState, client: &redis::Client, apply: &Apply<
                 .query(con)?;
             let mut n = 0;
             let mut last = c.id;
+            let mut batch = Batch::new(state, apply);
             for_each_entry(&reply, |id, fields| {
                 n += 1;
                 last = id;
-                receive(state, apply, fields);
+                receive(state, apply, fields, &mut batch);
             });
+            drop(batch);
             if let Some(cur) = cursor.as_mut() {
                 cur.id = last;
                 cur.pos += n as u64;
@@ -1053,16 +1081,35 @@ fn for_each_entry(reply: &Value, mut f: impl FnMut(StreamId, &[Value])) {
     }
 }
 
+/// What applying a batch of changes reads once: the time, the allowlist, the origins.
+struct Batch<'a> {
+    now: Instant,
+    allowlist: std::sync::Arc<crate::allow::Allowlist>,
+    origins: std::sync::RwLockWriteGuard<'a, Origins>,
+}
+
+impl<'a> Batch<'a> {
+    fn new(state: &'a ShareState, apply: &Apply<'_>) -> Batch<'a> {
+        Batch {
+            now: super::now(),
+            allowlist: (apply.allowlist)(),
+            origins: write(&state.origins),
+        }
+    }
+}
+
 /// Applies one entry of the log.
-fn receive(state: &ShareState, apply: &Apply<'_>, fields: &[Value]) {
+fn receive(state: &ShareState, apply: &Apply<'_>, fields: &[Value], batch: &mut Batch<'_>) {
     state.received.fetch_add(1, Relaxed);
-    let get = |k: &str| {
-        fields
-            .chunks_exact(2)
-            .find(|kv| text(&kv[0]) == Some(k))
-            .and_then(|kv| text(&kv[1]))
+    let m = fields
+        .chunks_exact(2)
+        .find(|kv| text(&kv[0]) == Some("m"))
+        .and_then(|kv| text(&kv[1]));
+    let parsed = match m {
+        Some(m) => Msg::parse(m),
+        None => Err("no field \"m\"".to_string()),
     };
-    let msg = match Msg::parse(get) {
+    let msg = match parsed {
         Ok(m) => m,
         Err(e) => {
             state.fault(format!("an entry of the log is unreadable: {e}"));
@@ -1073,47 +1120,20 @@ fn receive(state: &ShareState, apply: &Apply<'_>, fields: &[Value]) {
         state.skipped.fetch_add(1, Relaxed);
         return;
     }
-    let applied = apply_msg(state, apply, &msg);
-    if applied && let Op::Ban { .. } = msg.op {
-        let delay = unix_us().saturating_sub(msg.at_us);
-        lock(&state.propagation).add(delay);
-    }
-}
-
-/// Applies a peer's change; true if it changed a list.
-fn apply_msg(state: &ShareState, apply: &Apply<'_>, msg: &Msg) -> bool {
     let Some((_, list)) = apply
         .blacklist
         .by_name(&msg.list)
         .filter(|_| state.config.shares(&msg.list))
     else {
         state.skipped.fetch_add(1, Relaxed);
-        return false;
+        return;
     };
-    let now = super::now();
     let changed = match &msg.op {
         Op::Ban { key, until, rule } => {
-            if (apply.allowed)(key.addr()) {
-                state.skipped.fetch_add(1, Relaxed);
-                return false;
-            }
-            let tag = match write(&state.origins).tag(&msg.node, rule) {
-                Ok(t) => t,
-                Err(e) => {
-                    state.fault(format!("recording a peer's origin: {e}"));
-                    PEER_RULE
-                }
-            };
-            let cap = now.saturating_add(list.config().max_ttl());
-            let until = Instant::from_secs(*until).min(cap);
-            let done = list.apply_shared(*key, until, now, tag);
-            if !done && list.key(key.addr()) != *key {
-                state.fault(format!(
-                    "{} banned {} in list {}, whose keys here have another prefix: not applied (give the list the same prefixes on every node)",
-                    msg.node,
-                    wire::key_text(*key),
-                    msg.list
-                ));
+            let done = apply_ban(state, list, &msg.node, rule, *key, *until, batch);
+            if done {
+                let delay = unix_us().saturating_sub(msg.at_us);
+                lock(&state.propagation).add(delay);
             }
             done
         }
@@ -1125,12 +1145,46 @@ fn apply_msg(state: &ShareState, apply: &Apply<'_>, msg: &Msg) -> bool {
     } else {
         state.skipped.fetch_add(1, Relaxed);
     }
-    changed
+}
+
+/// Applies a peer's ban (`node`'s `rule`, until unix second `until`, capped at this list's
+/// `max_ttl`); true if it changed the list. Not counted here.
+fn apply_ban(
+    state: &ShareState,
+    list: &crate::blacklist::List,
+    node: &str,
+    rule: &str,
+    key: crate::blacklist::Key,
+    until: u64,
+    batch: &mut Batch<'_>,
+) -> bool {
+    if batch.allowlist.contains(key.addr()) {
+        return false;
+    }
+    let tag = match batch.origins.tag(node, rule) {
+        Ok(t) => t,
+        Err(e) => {
+            state.fault(format!("recording a peer's origin: {e}"));
+            PEER_RULE
+        }
+    };
+    let now = batch.now;
+    let until = Instant::from_secs(until).min(now.saturating_add(list.max_ttl()));
+    let done = list.apply_shared(key, until, now, tag);
+    if !done && list.key(key.addr()) != key {
+        state.fault(format!(
+            "{node} banned {} in list {}, whose keys here have another prefix: not applied (give the list the same prefixes on every node)",
+            wire::key_text(key),
+            list.name()
+        ));
+    }
+    done
 }
 
 /// Loads every shared list's snapshot, then returns the cursor of the log's position taken
 /// just before (`info`): what changed while the snapshot was read is read again from the log
-/// (applying twice is harmless).
+/// (applying twice is harmless). Own bans come back too: a node whose state was lost gets
+/// them again.
 fn bootstrap(
     con: &mut redis::Connection,
     state: &ShareState,
@@ -1139,7 +1193,6 @@ fn bootstrap(
     why: &str,
 ) -> redis::RedisResult<Cursor> {
     let t = StdInstant::now();
-    let now_s = super::now().secs();
     let mut bans = 0u64;
     for l in apply.blacklist.lists() {
         if !state.config.shares(l.name()) {
@@ -1154,6 +1207,8 @@ fn bootstrap(
                 .arg("COUNT")
                 .arg(10_000)
                 .query(con)?;
+            let mut batch = Batch::new(state, apply);
+            let now_s = batch.now.secs();
             for kv in items.chunks_exact(2) {
                 let (Some(k), Some(v)) = (text(&kv[0]), text(&kv[1])) else {
                     continue;
@@ -1169,21 +1224,11 @@ fn bootstrap(
                     state.fault(format!("snapshot key {k:?}: not ADDR/PREFIX"));
                     continue;
                 };
-                let msg = Msg {
-                    node: node.to_string(),
-                    list: l.name().to_string(),
-                    op: Op::Ban {
-                        key: k,
-                        until,
-                        rule: rule.to_string(),
-                    },
-                    at_us: 0,
-                };
-                // Own bans come back too: a node whose state was lost gets them again.
-                if apply_msg(state, apply, &msg) {
+                if apply_ban(state, l, node, rule, k, until, &mut batch) {
                     bans += 1;
                 }
             }
+            drop(batch);
             cursor = next;
             if cursor == 0 {
                 break;

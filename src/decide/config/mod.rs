@@ -518,6 +518,39 @@ mod tests {
     }
 
     #[test]
+    fn the_share_section_and_its_errors() {
+        let c = Config::from_toml(
+            "t.toml",
+            "[[list]]\nname = \"spam\"\n[[list]]\nname = \"bots\"\n[share]\nurl = \"rediss://sb:pw@10.0.0.5:6380/2\"\nca_file = \"/etc/ca.pem\"\nfleet = \"mx\"\nnode = \"mx1.example.net\"\nlists = [\"spam\"]\nmaxlen = 50000\n[[rule]]\nstring = \"x\"\nlist = \"spam\"\n",
+        )
+        .unwrap();
+        let s = c.share.unwrap();
+        assert_eq!(s.url.as_deref(), Some("rediss://sb:pw@10.0.0.5:6380/2"));
+        assert_eq!(s.ca_file.as_deref(), Some("/etc/ca.pem"));
+        assert_eq!((s.fleet.as_deref(), s.node.as_deref()), (Some("mx"), Some("mx1.example.net")));
+        assert_eq!((s.lists, s.maxlen), (Some(vec!["spam".into()]), Some(50_000)));
+        let e = err("[share]\nurl = \"http://sb:secret@x\"\n");
+        assert_eq!((e.line, e.key.as_str()), (Some(2), "share.url"));
+        assert!(e.problem.contains("redis://"));
+        assert!(!e.to_string().contains("secret"), "{e}");
+        let e = err("[share]\nurl = \"redis://:6379\"\n");
+        assert!(e.problem.contains("no host"), "{e}");
+        let e = err("[share]\nnode = \"a b\"\n");
+        assert_eq!((e.line, e.key.as_str(), e.value.as_str()), (Some(2), "share.node", "a b"));
+        let e = err("[share]\nfleet = \"\"\n");
+        assert_eq!(e.key, "share.fleet");
+        let e = err("[share]\nlists = [\"nope\"]\n");
+        assert_eq!((e.key.as_str(), e.problem.as_str()), ("share.lists", "no such list"));
+        let e = err("[share]\nmaxlen = 10\n");
+        assert_eq!(e.key, "share.maxlen");
+        let e = err("[share]\nurl = \"redis://x\"\npassword = \"p\"\n");
+        assert!(e.problem.contains("unknown field"), "{e}");
+        assert_eq!(redact_url("redis://u:pw@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact_url("rediss://pw@h"), "rediss://***@h");
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+    }
+
+    #[test]
     fn allowlist_thresholds_and_escalation() {
         let mut c = Config::from_toml(
             "t.toml",
