@@ -1194,19 +1194,40 @@ fn bootstrap(
 ) -> redis::RedisResult<Cursor> {
     let t = StdInstant::now();
     let mut bans = 0u64;
-    for l in apply.blacklist.lists() {
-        if !state.config.shares(l.name()) {
-            continue;
-        }
-        let key = state.keys.bans(l.name());
-        let mut cursor = 0u64;
-        loop {
-            let (next, items): (u64, Vec<Value>) = redis::cmd("HSCAN")
-                .arg(&key)
-                .cursor_arg(cursor)
-                .arg("COUNT")
-                .arg(10_000)
-                .query(con)?;
+    let lists: Vec<&crate::blacklist::List> = apply
+        .blacklist
+        .lists()
+        .iter()
+        .filter(|l| state.config.shares(l.name()))
+        .collect();
+    // One thread reads the pages (HSCAN, 10,000 entries each) while this one applies them.
+    std::thread::scope(|scope| -> redis::RedisResult<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Vec<Value>)>(4);
+        let lists = &lists;
+        let fetch = scope.spawn(move || -> redis::RedisResult<()> {
+            for (i, l) in lists.iter().enumerate() {
+                let key = state.keys.bans(l.name());
+                let mut cursor = 0u64;
+                loop {
+                    let (next, items): (u64, Vec<Value>) = redis::cmd("HSCAN")
+                        .arg(&key)
+                        .cursor_arg(cursor)
+                        .arg("COUNT")
+                        .arg(10_000)
+                        .query(con)?;
+                    if tx.send((i, items)).is_err() {
+                        return Ok(());
+                    }
+                    cursor = next;
+                    if cursor == 0 {
+                        break;
+                    }
+                }
+            }
+            Ok(())
+        });
+        for (i, items) in rx {
+            let l = lists[i];
             let mut batch = Batch::new(state, apply);
             let now_s = batch.now.secs();
             for kv in items.chunks_exact(2) {
@@ -1228,13 +1249,14 @@ fn bootstrap(
                     bans += 1;
                 }
             }
-            drop(batch);
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
         }
-    }
+        fetch.join().unwrap_or_else(|_| {
+            Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "the snapshot reader panicked",
+            )))
+        })
+    })?;
     let secs = t.elapsed().as_secs_f64();
     state.bootstraps.fetch_add(1, Relaxed);
     state.bootstrap_bans.store(bans, Relaxed);
