@@ -87,3 +87,12 @@ fn allowlist_and_escalation_in_namespaces() {
 fn debian_package_installs_runs_and_purges() {
     live("package.sh");
 }
+
+/// The fleet: three daemons and a real redis-server in namespaces share bans; Redis killed -9
+/// under bans, a host away and back, a new host, ACL over TLS, a wrong password
+/// (tests/live/fleet.sh).
+#[test]
+#[ignore = "needs root, iptables, iproute2, python3, redis-server, redis-cli and openssl; run by scripts/test as root"]
+fn a_fleet_shares_bans_through_redis() {
+    live("fleet.sh");
+}

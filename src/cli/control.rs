@@ -172,7 +172,11 @@ pub(crate) fn status_text(s: &serde_json::Value, now: u64) -> String {
             "fleet: {} as node {node} through {} — {}; lag {} entries ({} s); published {}, pending {}; applied {} from peers; {} errors{}",
             sh["fleet"].as_str().unwrap_or("?"),
             sh["url"].as_str().unwrap_or("?"),
-            if sh["connected"] == true { "connected" } else { "DISCONNECTED" },
+            if sh["connected"] == true {
+                "connected"
+            } else {
+                "DISCONNECTED"
+            },
             u(&sh["lag_entries"]),
             sh["lag_seconds"].as_f64().unwrap_or(0.0),
             u(&sh["published"]),

@@ -191,7 +191,9 @@ fn share_config(
     } else {
         for l in &args.share_lists {
             if !config.lists.iter().any(|c| c.name == *l) {
-                return Err(bad(format!("command line: --share-lists = {l}: no such list")));
+                return Err(bad(format!(
+                    "command line: --share-lists = {l}: no such list"
+                )));
             }
         }
         args.share_lists.clone()

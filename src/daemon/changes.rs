@@ -16,8 +16,7 @@ pub(super) fn changes_loop(
     share: Option<std::sync::mpsc::Sender<(crate::blacklist::Change, u64)>>,
     shared: &Shared,
     blacklist: &Blacklist,
-    fsync_every: StdDuration,
-    snapshot_every: StdDuration,
+    (fsync_every, snapshot_every): (StdDuration, StdDuration),
 ) -> io::Result<u64> {
     use std::sync::mpsc::RecvTimeoutError;
     let mut disk = store.map(|s| Disk::new(s, &shared.store_health));
@@ -37,8 +36,7 @@ pub(super) fn changes_loop(
         if let Some(disk) = disk.as_mut() {
             disk.append(&c);
         }
-        if let (Some(tx), Some(state)) = (share.as_ref().filter(|_| c.is_local()), &shared.share)
-        {
+        if let (Some(tx), Some(state)) = (share.as_ref().filter(|_| c.is_local()), &shared.share) {
             // Stamped: propagation is measured from here. The publisher gone (stopping):
             // nothing more to share.
             state.queued.fetch_add(1, Relaxed);

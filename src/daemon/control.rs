@@ -125,7 +125,11 @@ impl Names {
         }
         (
             node,
-            Some(self.rules.get(usize::from(rule)).map_or("?", String::as_str)),
+            Some(
+                self.rules
+                    .get(usize::from(rule))
+                    .map_or("?", String::as_str),
+            ),
         )
     }
 }

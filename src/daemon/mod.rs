@@ -443,8 +443,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
                         share_tx,
                         &shared,
                         &blacklist,
-                        fsync_every,
-                        snapshot_every,
+                        (fsync_every, snapshot_every),
                     )
                 })
                 .map_err(|e| DaemonError::start(format!("spawning the store: {e}")))?,

@@ -45,7 +45,9 @@ pub const PEER_RULE: RuleId = 0x8000;
 
 /// The origin-table index of a ban a peer made, or None for a local one.
 pub fn peer_index(rule: RuleId) -> Option<u16> {
-    (PEER_RULE..NO_RULE).contains(&rule).then(|| rule - PEER_RULE)
+    (PEER_RULE..NO_RULE)
+        .contains(&rule)
+        .then(|| rule - PEER_RULE)
 }
 
 /// Who asked for a removal: this host (a rule, `del`, `flush`), or a peer of the fleet.
@@ -1217,17 +1219,35 @@ mod tests {
         let key = l.key(ip("198.18.7.9"));
         let tag = PEER_RULE + 3;
         assert!(l.apply_shared(key, Instant::from_secs(1_100), t0, tag));
-        assert!(!l.apply_shared(key, Instant::from_secs(1_100), t0, tag), "idempotent");
-        assert!(!l.apply_shared(key, Instant::from_secs(1_050), t0, tag), "never shortens");
-        assert!(l.apply_shared(key, Instant::from_secs(1_200), t0, tag), "extends");
-        assert!(!l.apply_shared(key, Instant::from_secs(900), t0, tag), "already ended");
+        assert!(
+            !l.apply_shared(key, Instant::from_secs(1_100), t0, tag),
+            "idempotent"
+        );
+        assert!(
+            !l.apply_shared(key, Instant::from_secs(1_050), t0, tag),
+            "never shortens"
+        );
+        assert!(
+            l.apply_shared(key, Instant::from_secs(1_200), t0, tag),
+            "extends"
+        );
+        assert!(
+            !l.apply_shared(key, Instant::from_secs(900), t0, tag),
+            "already ended"
+        );
         let other = Key::V4 {
             addr: u32::from(std::net::Ipv4Addr::new(198, 18, 7, 9)),
             prefix: 32,
         };
-        assert!(!l.apply_shared(other, Instant::from_secs(1_300), t0, tag), "another prefix");
+        assert!(
+            !l.apply_shared(other, Instant::from_secs(1_300), t0, tag),
+            "another prefix"
+        );
         let b = l.get(ip("198.18.7.200"), t0).unwrap();
-        assert_eq!((b.expires_at, b.rule, b.offences), (Instant::from_secs(1_200), tag, 1));
+        assert_eq!(
+            (b.expires_at, b.rule, b.offences),
+            (Instant::from_secs(1_200), tag, 1)
+        );
         assert_eq!(peer_index(b.rule), Some(3));
         let changes: Vec<Change> = rx.try_iter().collect();
         assert_eq!(changes.len(), 2);

@@ -6,7 +6,8 @@
 # stand-in on port 25 and a daemon sharing the list "spam" through Redis. Checks: a session reset
 # on A is blocked on B and C, `del` on B lifts it everywhere, expiry is the same everywhere; Redis
 # killed -9 and restarted while two hosts ban: nothing lost, every host converges; C stopped and
-# restarted applies exactly what it missed, without the snapshot; a new host D loads it; an ACL
+# restarted applies exactly what it missed, without the snapshot; bans made while Redis is away by
+# a host that then crashes are published when both are back; a new host D loads it; an ACL
 # user over TLS works, a wrong password or an unknown CA is a clear error at start.
 set -uo pipefail
 BIN=$(realpath "$1")
@@ -53,13 +54,25 @@ check "A shows the fault (errors $(share A errors), reconnects $(share A reconne
 check "nothing waits, nothing dropped on A (pending $(share A pending), dropped $(share A dropped))" \
     test "$(share A pending) $(share A dropped)" = "0 0"
 
+echo "== A crashes (kill -9) with bans made while Redis was away: published when both are back"
+kill -9 "$RPID"; wait "$RPID" 2>/dev/null
+python3 "$HERE/bulk_add.py" "$T/A/ctl.sock" 50 1000 20000 1h v4 > /dev/null || no "bulk add on A"
+check "A keeps filtering and holds them (6,050), 50 waiting for Redis ($(share A pending))" \
+    bash -c "[ \"\$(ip netns exec $(ns A) '$BIN' count --json --control-socket '$T/A/ctl.sock' | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"count\"])')\" = 6050 ] && [ $(share A pending) = 50 ]"
+sleep 0.3
+kill -9 "${DPID[A]}"; wait "${DPID[A]}" 2>/dev/null; DPID[A]=
+start_host A || exit 1
+check "A restarts while Redis is down, with its 6,050 bans" until_eq 3 6050 count A
+redis_start "$T/redis" --port 6379; redis_wait || exit 1
+for h in B C; do check "$h gets A's 50 once Redis is back (6,050)" until_eq 15 6050 count "$h"; done
+
 echo "== C stopped while A bans 500 more, then restarted: it applies exactly what it missed"
 stop_host C
 before=$(share B applied)
 python3 "$HERE/bulk_add.py" "$T/A/ctl.sock" 500 1000 200000 > /dev/null || no "bulk add on A"
-check "B has them (6,500)" until_eq 10 6500 count B
+check "B has them (6,550)" until_eq 10 6550 count B
 start_host C || exit 1
-check "C converges to 6,500 bans" until_eq 10 6500 count C
+check "C converges to 6,550 bans" until_eq 10 6550 count C
 check "C applied exactly 500 from its cursor ($(share C applied)), no snapshot loaded ($(share C bootstraps))" \
     test "$(share C applied) $(share C bootstraps)" = "500 0"
 check "C's log says it caught up ($(grep -o 'caught up.*' "$T/C/daemon.log" | tail -1))" until_eq 3 1 bash -c "grep -c 'entries=500.*caught up\|caught up.*entries=500' '$T/C/daemon.log'"
@@ -67,8 +80,8 @@ check "B applied the 500 too ($((  $(share B applied) - before )))" test $(( $(s
 
 echo "== a brand-new host D loads the snapshot"
 start_host D || exit 1
-check "D converges to 6,500 bans" until_eq 10 6500 count D
-check "D loaded one snapshot of 6,500 bans ($(share D bootstraps), $(share D bootstrap_bans))" test "$(share D bootstraps) $(share D bootstrap_bans)" = "1 6500"
+check "D converges to 6,550 bans" until_eq 10 6550 count D
+check "D loaded one snapshot of 6,550 bans ($(share D bootstraps), $(share D bootstrap_bans))" test "$(share D bootstraps) $(share D bootstrap_bans)" = "1 6550"
 nodes=$(ctl D list --json | python3 -c 'import json,sys; print(" ".join(sorted(set(str(json.loads(l).get("node")) for l in sys.stdin))))')
 check "D names the banning nodes ($nodes)" test "$nodes" = "A B"
 ctl D status > "$T/status.txt"

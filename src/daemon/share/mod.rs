@@ -169,7 +169,9 @@ pub fn check_start(cfg: &ShareConfig, client: &redis::Client) -> Result<String, 
     let keys = Keys::new(&cfg.fleet);
     let tried = connect(client).and_then(|mut con| {
         redis::cmd("PING").query::<String>(&mut con)?;
-        redis::cmd("EXISTS").arg(keys.log()).query::<i64>(&mut con)?;
+        redis::cmd("EXISTS")
+            .arg(keys.log())
+            .query::<i64>(&mut con)?;
         redis::cmd("TIME").query::<(String, String)>(&mut con)?;
         Ok(())
     });
@@ -201,7 +203,11 @@ impl Origins {
             file,
             ..Origins::default()
         };
-        if let Some(text) = o.file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()) {
+        if let Some(text) = o
+            .file
+            .as_ref()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+        {
             for line in text.lines() {
                 let (node, rule) = line.split_once('\t').unwrap_or((line, ""));
                 o.insert(node, rule);
@@ -385,18 +391,78 @@ impl ShareState {
             );
         };
         let up = self.out_connected.load(Relaxed) && self.in_connected.load(Relaxed);
-        gauge(out, "connected", "Both connections to Redis are up (1) or not (0).", f64::from(u8::from(up)));
-        gauge(out, "lag_entries", "Entries of the fleet's change log not yet read.", self.lag_entries.load(Relaxed) as f64);
-        gauge(out, "lag_seconds", "How far behind the change log's newest entry the reader is.", self.lag_ms.load(Relaxed) as f64 / 1000.0);
-        gauge(out, "pending", "Local changes waiting for Redis.", (self.pending.load(Relaxed) + self.queued.load(Relaxed)) as f64);
-        gauge(out, "clock_offset_seconds", "This host's clock minus Redis' at the last connect.", self.clock_offset_ms.load(Relaxed) as f64 / 1000.0);
-        counter(out, "published", "Local changes written to the change log.", self.published.load(Relaxed));
-        counter(out, "received", "Entries read from the change log.", self.received.load(Relaxed));
-        counter(out, "applied", "Peers' changes applied to the lists.", self.applied.load(Relaxed));
-        counter(out, "skipped", "Entries not applied (own, list not shared, allowlisted, expired, other prefix).", self.skipped.load(Relaxed));
-        counter(out, "errors", "Share faults: connects, commands, bad entries, files.", self.errors.load(Relaxed));
-        counter(out, "dropped", "Local changes dropped because the wait for Redis was full.", self.dropped.load(Relaxed));
-        counter(out, "bootstraps", "Snapshots loaded (new node, cursor too old, log reset).", self.bootstraps.load(Relaxed));
+        gauge(
+            out,
+            "connected",
+            "Both connections to Redis are up (1) or not (0).",
+            f64::from(u8::from(up)),
+        );
+        gauge(
+            out,
+            "lag_entries",
+            "Entries of the fleet's change log not yet read.",
+            self.lag_entries.load(Relaxed) as f64,
+        );
+        gauge(
+            out,
+            "lag_seconds",
+            "How far behind the change log's newest entry the reader is.",
+            self.lag_ms.load(Relaxed) as f64 / 1000.0,
+        );
+        gauge(
+            out,
+            "pending",
+            "Local changes waiting for Redis.",
+            (self.pending.load(Relaxed) + self.queued.load(Relaxed)) as f64,
+        );
+        gauge(
+            out,
+            "clock_offset_seconds",
+            "This host's clock minus Redis' at the last connect.",
+            self.clock_offset_ms.load(Relaxed) as f64 / 1000.0,
+        );
+        counter(
+            out,
+            "published",
+            "Local changes written to the change log.",
+            self.published.load(Relaxed),
+        );
+        counter(
+            out,
+            "received",
+            "Entries read from the change log.",
+            self.received.load(Relaxed),
+        );
+        counter(
+            out,
+            "applied",
+            "Peers' changes applied to the lists.",
+            self.applied.load(Relaxed),
+        );
+        counter(
+            out,
+            "skipped",
+            "Entries not applied (own, list not shared, allowlisted, expired, other prefix).",
+            self.skipped.load(Relaxed),
+        );
+        counter(
+            out,
+            "errors",
+            "Share faults: connects, commands, bad entries, files.",
+            self.errors.load(Relaxed),
+        );
+        counter(
+            out,
+            "dropped",
+            "Local changes dropped because the wait for Redis was full.",
+            self.dropped.load(Relaxed),
+        );
+        counter(
+            out,
+            "bootstraps",
+            "Snapshots loaded (new node, cursor too old, log reset).",
+            self.bootstraps.load(Relaxed),
+        );
         let p = lock(&self.propagation).clone();
         let _ = writeln!(
             out,
@@ -431,7 +497,10 @@ impl ShareState {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
             Err(e) => {
-                self.fault(format!("{}: {e}; loading the snapshot instead", path.display()));
+                self.fault(format!(
+                    "{}: {e}; loading the snapshot instead",
+                    path.display()
+                ));
                 return None;
             }
         };
@@ -442,7 +511,10 @@ impl ShareState {
                 None
             }
             Err(e) => {
-                self.fault(format!("{}: {e}; loading the snapshot instead", path.display()));
+                self.fault(format!(
+                    "{}: {e}; loading the snapshot instead",
+                    path.display()
+                ));
                 None
             }
         }
@@ -528,7 +600,10 @@ impl<'a> Link<'a> {
                     let offset = ours - theirs;
                     self.state.clock_offset_ms.store(offset, Relaxed);
                     if offset.abs() > 2000 {
-                        warn!(offset_ms = offset, "share: this host's clock and Redis' differ by more than 2 s: shared bans end early or late by as much");
+                        warn!(
+                            offset_ms = offset,
+                            "share: this host's clock and Redis' differ by more than 2 s: shared bans end early or late by as much"
+                        );
                     }
                     if self.was_up {
                         self.state.reconnects.fetch_add(1, Relaxed);
@@ -607,9 +682,14 @@ pub fn publish_loop(
     if let Some(since) = republish_since {
         let n = own_bans(&mut pending, since, &names);
         if n > 0 {
-            info!(bans = n, "share: publishing this host's bans made since it last published");
+            info!(
+                bans = n,
+                "share: publishing this host's bans made since it last published"
+            );
         }
     }
+    // Connected from the start (not at the first change), so that `stats` tells at once.
+    link.get();
     let mut open = true;
     while open || !pending.is_empty() {
         let wait = if !pending.is_empty() && link.con.is_some() {
@@ -622,15 +702,16 @@ pub fn publish_loop(
             StdDuration::from_secs(1)
         };
         if open {
-            let take = |(c, at): (Change, u64), pending: &mut VecDeque<Pending>, names: &[String]| {
-                state.queued.fetch_sub(1, Relaxed);
-                if let Some(msg) = local_msg(state, blacklist, &c, names, at) {
-                    pending.push_back(Pending {
-                        msg,
-                        made_s: at / 1_000_000,
-                    });
-                }
-            };
+            let take =
+                |(c, at): (Change, u64), pending: &mut VecDeque<Pending>, names: &[String]| {
+                    state.queued.fetch_sub(1, Relaxed);
+                    if let Some(msg) = local_msg(state, blacklist, &c, names, at) {
+                        pending.push_back(Pending {
+                            msg,
+                            made_s: at / 1_000_000,
+                        });
+                    }
+                };
             match rx.recv_timeout(wait.max(StdDuration::from_micros(1))) {
                 Ok(c) => {
                     names = rule_names();
@@ -645,7 +726,10 @@ pub fn publish_loop(
         }
         if state.republish.swap(false, Relaxed) {
             let n = own_bans(&mut pending, 0, &names);
-            info!(bans = n, "share: the change log went backwards (Redis lost its data): publishing this host's bans again");
+            info!(
+                bans = n,
+                "share: the change log went backwards (Redis lost its data): publishing this host's bans again"
+            );
         }
         if pending.len() > MAX_PENDING {
             compact(&mut pending, state);
@@ -736,7 +820,10 @@ fn ban_msg(
     let rule = if ban.rule == NO_RULE || peer_index(ban.rule).is_some() {
         String::new()
     } else {
-        names.get(usize::from(ban.rule)).cloned().unwrap_or_default()
+        names
+            .get(usize::from(ban.rule))
+            .cloned()
+            .unwrap_or_default()
     };
     Msg {
         node: state.config.node.clone(),
@@ -849,7 +936,8 @@ fn prune(
     state: &ShareState,
     bl: &Blacklist,
 ) -> redis::RedisResult<()> {
-    const SCRIPT: &str = "local gone = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, 5000)
+    const SCRIPT: &str =
+        "local gone = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, 5000)
 for _, m in ipairs(gone) do redis.call('ZREM', KEYS[1], m); redis.call('HDEL', KEYS[2], m) end
 return #gone";
     let now = super::now().secs();
@@ -977,8 +1065,12 @@ pub fn subscribe_loop(state: &ShareState, client: &redis::Client, apply: &Apply<
                     }
                     match &cursor {
                         Some(c) if !reset && !missed => {
-                            state.lag_entries.store(info.added.saturating_sub(c.pos), Relaxed);
-                            state.lag_ms.store(info.last.ms.saturating_sub(c.id.ms), Relaxed);
+                            state
+                                .lag_entries
+                                .store(info.added.saturating_sub(c.pos), Relaxed);
+                            state
+                                .lag_ms
+                                .store(info.last.ms.saturating_sub(c.id.ms), Relaxed);
                             if catching_up.is_none() && info.added > c.pos + 1 {
                                 catching_up = Some((StdInstant::now(), info.added - c.pos));
                             }
@@ -1035,7 +1127,8 @@ pub fn subscribe_loop(state: &ShareState, client: &redis::Client, apply: &Apply<
                             seconds = (secs * 1000.0).round() / 1000.0,
                             "share: caught up with the fleet's log"
                         );
-                        *lock(&state.last_sync) = json!({"kind": "catch-up", "entries": entries, "seconds": secs});
+                        *lock(&state.last_sync) =
+                            json!({"kind": "catch-up", "entries": entries, "seconds": secs});
                     }
                 }
             }
@@ -1260,7 +1353,8 @@ fn bootstrap(
     let secs = t.elapsed().as_secs_f64();
     state.bootstraps.fetch_add(1, Relaxed);
     state.bootstrap_bans.store(bans, Relaxed);
-    *lock(&state.last_sync) = json!({"kind": "bootstrap", "bans": bans, "seconds": secs, "why": why});
+    *lock(&state.last_sync) =
+        json!({"kind": "bootstrap", "bans": bans, "seconds": secs, "why": why});
     info!(
         bans,
         seconds = (secs * 1000.0).round() / 1000.0,
@@ -1280,4 +1374,123 @@ fn bootstrap(
 /// every local ban is published).
 pub fn republish_since(state: &ShareState) -> u64 {
     state.load_cursor().map_or(0, |c| c.published)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blacklist::Key;
+
+    fn state() -> ShareState {
+        ShareState::new(
+            ShareConfig {
+                url: "redis://127.0.0.1:1".into(),
+                ca_file: None,
+                fleet: "t".into(),
+                node: "mx1".into(),
+                lists: vec!["spam".into()],
+                maxlen: 1000,
+            },
+            None,
+        )
+    }
+
+    fn msg(list: &str, op: Op) -> Pending {
+        Pending {
+            msg: Msg {
+                node: "mx1".into(),
+                list: list.into(),
+                op,
+                at_us: 0,
+            },
+            made_s: 0,
+        }
+    }
+
+    #[test]
+    fn waiting_changes_compact_to_the_last_per_key_and_nothing_before_a_flush() {
+        let k = |i: u32| Key::V4 {
+            addr: 0xC612_0000 + i,
+            prefix: 32,
+        };
+        let ban = |i, until| Op::Ban {
+            key: k(i),
+            until,
+            rule: String::new(),
+        };
+        let mut q: VecDeque<Pending> = VecDeque::new();
+        q.push_back(msg("bots", ban(1, 5)));
+        q.push_back(msg("spam", ban(1, 5)));
+        q.push_back(msg("spam", ban(2, 5)));
+        q.push_back(msg("spam", Op::Flush));
+        q.push_back(msg("spam", ban(1, 9)));
+        q.push_back(msg("spam", ban(1, 10)));
+        q.push_back(msg("spam", Op::Unban { key: k(3) }));
+        q.push_back(msg("bots", ban(1, 7)));
+        let s = state();
+        compact(&mut q, &s);
+        let left: Vec<String> = q.iter().map(|p| p.msg.to_text()).collect();
+        assert_eq!(
+            left,
+            [
+                "f spam - - mx1 0 ",
+                "b spam 198.18.0.1/32 10 mx1 0 ",
+                "u spam 198.18.0.3/32 - mx1 0 ",
+                "b bots 198.18.0.1/32 7 mx1 0 ",
+            ]
+        );
+        assert_eq!(s.dropped.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn origins_are_tagged_once_and_kept_across_restarts() {
+        let dir = std::env::temp_dir().join(format!("sb-origins-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(ORIGINS_FILE);
+        let mut o = Origins::load(Some(file.clone()));
+        let a = o.tag("mx2", "spam to example.com").unwrap();
+        let b = o.tag("mx3", "").unwrap();
+        assert_eq!(o.tag("mx2", "spam to example.com").unwrap(), a);
+        assert_eq!((peer_index(a), peer_index(b)), (Some(0), Some(1)));
+        let again = Origins::load(Some(file));
+        assert_eq!(again.list, o.list);
+        let names = crate::control::Names {
+            rules: vec!["local".into()],
+            node: Some("mx1".into()),
+            origins: again.list.clone(),
+        };
+        assert_eq!(names.of(a), (Some("mx2"), Some("spam to example.com")));
+        assert_eq!(names.of(b), (Some("mx3"), None));
+        assert_eq!(names.of(0), (Some("mx1"), Some("local")));
+        assert_eq!(names.of(NO_RULE), (Some("mx1"), None));
+        assert_eq!(names.of(PEER_RULE + 99), (Some("?"), Some("?")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn failures_that_waiting_cures_are_told_from_those_it_does_not() {
+        let io = |k| redis::RedisError::from(std::io::Error::new(k, "x"));
+        assert!(transient(&io(std::io::ErrorKind::ConnectionRefused)));
+        assert!(transient(&io(std::io::ErrorKind::TimedOut)));
+        assert!(transient(&io(std::io::ErrorKind::ConnectionReset)));
+        let auth = redis::RedisError::from((redis::ErrorKind::AuthenticationFailed, "WRONGPASS"));
+        assert!(!transient(&auth));
+        let cert = redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "invalid peer certificate: UnknownIssuer",
+        ));
+        assert!(!transient(&cert));
+    }
+
+    #[test]
+    fn a_list_not_named_is_not_shared() {
+        let s = state();
+        assert!(s.config.shares("spam") && !s.config.shares("bots"));
+        let all = ShareConfig {
+            lists: vec![],
+            ..s.config.clone()
+        };
+        assert!(all.shares("bots"));
+    }
 }

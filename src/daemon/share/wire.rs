@@ -245,7 +245,7 @@ impl Cursor {
 
 /// Latencies of propagation (microseconds): the last [`Propagation::KEEP`] samples for exact
 /// quantiles, and Prometheus histogram buckets since start.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Propagation {
     ring: Vec<u32>,
     next: usize,
@@ -253,18 +253,6 @@ pub struct Propagation {
     pub sum_us: u64,
     /// Per [`Propagation::BUCKETS_MS`] bound (cumulative when exported).
     pub buckets: [u64; 12],
-}
-
-impl Default for Propagation {
-    fn default() -> Propagation {
-        Propagation {
-            ring: Vec::new(),
-            next: 0,
-            count: 0,
-            sum_us: 0,
-            buckets: [0; 12],
-        }
-    }
 }
 
 impl Propagation {
@@ -330,7 +318,9 @@ mod tests {
             assert_eq!(Msg::parse(&m.to_text()), Ok(m));
         }
         assert_eq!(
-            Msg::parse("b spam 198.18.0.7/32 99 mx2 7 a rule").unwrap().op,
+            Msg::parse("b spam 198.18.0.7/32 99 mx2 7 a rule")
+                .unwrap()
+                .op,
             Op::Ban {
                 key: parse_key("198.18.0.7/32").unwrap(),
                 until: 99,
@@ -345,10 +335,22 @@ mod tests {
             Msg::parse("b x 198.18.0.1/24 9 a 1"),
             Err("key \"198.18.0.1/24\": not ADDR/PREFIX".into())
         );
-        assert!(Msg::parse("b x 198.18.0.1/32").unwrap_err().contains("no expiry"));
+        assert!(
+            Msg::parse("b x 198.18.0.1/32")
+                .unwrap_err()
+                .contains("no expiry")
+        );
         assert!(Msg::parse("").unwrap_err().contains("no list"));
-        assert!(Msg::parse("z x - - a 1").unwrap_err().contains("expected b, u or f"));
-        assert!(Msg::parse("b x 198.18.0.1/32 soon a 1").unwrap_err().contains("not seconds"));
+        assert!(
+            Msg::parse("z x - - a 1")
+                .unwrap_err()
+                .contains("expected b, u or f")
+        );
+        assert!(
+            Msg::parse("b x 198.18.0.1/32 soon a 1")
+                .unwrap_err()
+                .contains("not seconds")
+        );
     }
 
     #[test]

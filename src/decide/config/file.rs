@@ -398,7 +398,8 @@ pub(super) fn parse_file(origin: &Origin<'_>) -> Result<Config, ConfigError> {
             ("share.node", &share.node, &mut spec.node),
         ] {
             if let Some(v) = v {
-                super::check_share_name(v.as_ref()).map_err(|p| origin.at(v, key, v.as_ref(), p))?;
+                super::check_share_name(v.as_ref())
+                    .map_err(|p| origin.at(v, key, v.as_ref(), p))?;
                 *out = Some(v.as_ref().clone());
             }
         }

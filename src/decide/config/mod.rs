@@ -527,8 +527,14 @@ mod tests {
         let s = c.share.unwrap();
         assert_eq!(s.url.as_deref(), Some("rediss://sb:pw@10.0.0.5:6380/2"));
         assert_eq!(s.ca_file.as_deref(), Some("/etc/ca.pem"));
-        assert_eq!((s.fleet.as_deref(), s.node.as_deref()), (Some("mx"), Some("mx1.example.net")));
-        assert_eq!((s.lists, s.maxlen), (Some(vec!["spam".into()]), Some(50_000)));
+        assert_eq!(
+            (s.fleet.as_deref(), s.node.as_deref()),
+            (Some("mx"), Some("mx1.example.net"))
+        );
+        assert_eq!(
+            (s.lists, s.maxlen),
+            (Some(vec!["spam".into()]), Some(50_000))
+        );
         let e = err("[share]\nurl = \"http://sb:secret@x\"\n");
         assert_eq!((e.line, e.key.as_str()), (Some(2), "share.url"));
         assert!(e.problem.contains("redis://"));
@@ -536,11 +542,17 @@ mod tests {
         let e = err("[share]\nurl = \"redis://:6379\"\n");
         assert!(e.problem.contains("no host"), "{e}");
         let e = err("[share]\nnode = \"a b\"\n");
-        assert_eq!((e.line, e.key.as_str(), e.value.as_str()), (Some(2), "share.node", "a b"));
+        assert_eq!(
+            (e.line, e.key.as_str(), e.value.as_str()),
+            (Some(2), "share.node", "a b")
+        );
         let e = err("[share]\nfleet = \"\"\n");
         assert_eq!(e.key, "share.fleet");
         let e = err("[share]\nlists = [\"nope\"]\n");
-        assert_eq!((e.key.as_str(), e.problem.as_str()), ("share.lists", "no such list"));
+        assert_eq!(
+            (e.key.as_str(), e.problem.as_str()),
+            ("share.lists", "no such list")
+        );
         let e = err("[share]\nmaxlen = 10\n");
         assert_eq!(e.key, "share.maxlen");
         let e = err("[share]\nurl = \"redis://x\"\npassword = \"p\"\n");
