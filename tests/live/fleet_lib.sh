@@ -10,7 +10,13 @@ ns() { echo "sbF$1$$"; }
 cleanup() {
     for h in "${HOSTS[@]}"; do [ -n "${DPID[$h]:-}" ] && kill "${DPID[$h]}" 2>/dev/null; done
     for p in "${PIDS[@]}" $RPID $R2PID; do kill "$p" 2>/dev/null; done
-    sleep 0.5
+    # Daemons with a million bans take a few seconds to save them: up to 10 s, then -9.
+    local h
+    for _ in $(seq 100); do
+        for h in "${HOSTS[@]}"; do [ -n "${DPID[$h]:-}" ] && ! kill -0 "${DPID[$h]}" 2>/dev/null && DPID[$h]=; done
+        [ -z "${DPID[A]:-}${DPID[B]:-}${DPID[C]:-}${DPID[D]:-}" ] && break
+        sleep 0.1
+    done
     for h in "${HOSTS[@]}"; do [ -n "${DPID[$h]:-}" ] && kill -9 "${DPID[$h]}" 2>/dev/null; done
     for p in "${PIDS[@]}" $RPID $R2PID; do kill -9 "$p" 2>/dev/null; done
     for h in "${HOSTS[@]}"; do ip netns del "$(ns "$h")" 2>/dev/null; done
