@@ -6,22 +6,28 @@
 # stand-in on port 25 and a daemon sharing the list "spam" through Redis. Checks: a session reset
 # on A is blocked on B and C, `del` on B lifts it everywhere, expiry is the same everywhere; Redis
 # killed -9 and restarted while two hosts ban: nothing lost, every host converges; C stopped and
-# restarted applies exactly what it missed, without the snapshot; bans made while Redis is away by
+# restarted applies exactly what it missed, without the snapshot, and after more changes than the
+# log keeps loads the snapshot; peers' bans reach B's offload ipset; bans made while Redis is away by
 # a host that then crashes are published when both are back; a new host D loads it; an ACL
 # user over TLS works, a wrong password or an unknown CA is a clear error at start.
 set -uo pipefail
 BIN=$(realpath "$1")
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
-need ip iptables python3 redis-server redis-cli openssl
+need ip iptables ipset python3 redis-server redis-cli openssl
 
 . "$HERE/fleet_lib.sh"
+# A short log (Redis trims it to about 1,000 entries), so that a host away long enough must load
+# the snapshot instead.
+printf '\n[share]\nmaxlen = 1000\n' >> "$T/sb.toml"
 
 SPAM='EHLO bot\nMAIL FROM:<x@bot.test>\nRCPT TO:<victim@example.com>'
 LEGIT='EHLO mx\nMAIL FROM:<a@partner.test>\nRCPT TO:<b@hosted.test>\nQUIT'
 
 redis_start "$T/redis" --port 6379; redis_wait || exit 1
-for h in A B C; do start_host "$h" || exit 1; done
+start_host A || exit 1
+start_host B "${SHARE[@]}" --offload || exit 1
+start_host C || exit 1
 
 echo "== a spam session reset on A is blocked on B and C; del on B lifts it everywhere"
 check "198.19.1.1 spam to A is reset" test "$(client 198.19.1.1 "${ADDR[A]}" "$SPAM")" = reset
@@ -30,8 +36,11 @@ for h in B C; do
     check "198.19.1.1's mail to $h times out (dropped)" test "$(client 198.19.1.1 "${ADDR[$h]}" "$LEGIT" 1)" = timeout
 done
 check "A lists its own ban as node A, rule \"@example.com\"" test "$(field A 198.19.1.1 node) $(field A 198.19.1.1 rule_name)" = "A @example.com"
+inset() { ip netns exec "$(ns B)" ipset list stringban-v4 2>/dev/null | grep -c "^$1 timeout"; }
+check "B's offload set holds the peer's ban" until_eq 3 1 inset 198.19.1.1
 check "del on B" test "$(ctl B del 198.19.1.1 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["removed"])')" = 1
 for h in A C; do check "... lifted on $h within 2 s" until_eq 2 "" field "$h" 198.19.1.1 key; done
+check "... and out of B's offload set" until_eq 3 0 inset 198.19.1.1
 check "198.19.1.1's mail to A flows again" test "$(client 198.19.1.1 "${ADDR[A]}" "$LEGIT")" = ok
 ctl C add 198.19.1.2 --ttl 4s > /dev/null
 exp=$(field C 198.19.1.2 expires_at)
@@ -78,10 +87,18 @@ check "C applied exactly 500 from its cursor ($(share C applied)), no snapshot l
 check "C's log says it caught up ($(grep -o 'caught up.*' "$T/C/daemon.log" | tail -1))" until_eq 3 1 bash -c "grep -c 'entries=500.*caught up\|caught up.*entries=500' '$T/C/daemon.log'"
 check "B applied the 500 too ($((  $(share B applied) - before )))" test $(( $(share B applied) - before )) -eq 500
 
+echo "== C away while A makes more changes than the log keeps: it loads the snapshot"
+stop_host C
+python3 "$HERE/bulk_add.py" "$T/A/ctl.sock" 2000 2000 300000 > /dev/null || no "bulk add on A"
+start_host C || exit 1
+check "C converges to 8,550 bans" until_eq 15 8550 count C
+check "C loaded the snapshot, saying why ($(grep -o 'loaded the fleet.*' "$T/C/daemon.log" | tail -1 | cut -c1-120))" \
+    bash -c "grep -q 'the cursor points before what the log still holds' '$T/C/daemon.log'"
+
 echo "== a brand-new host D loads the snapshot"
 start_host D || exit 1
-check "D converges to 6,550 bans" until_eq 10 6550 count D
-check "D loaded one snapshot of 6,550 bans ($(share D bootstraps), $(share D bootstrap_bans))" test "$(share D bootstraps) $(share D bootstrap_bans)" = "1 6550"
+check "D converges to 8,550 bans" until_eq 10 8550 count D
+check "D loaded one snapshot of 8,550 bans ($(share D bootstraps), $(share D bootstrap_bans))" test "$(share D bootstraps) $(share D bootstrap_bans)" = "1 8550"
 nodes=$(ctl D list --json | python3 -c 'import json,sys; print(" ".join(sorted(set(str(json.loads(l).get("node")) for l in sys.stdin))))')
 check "D names the banning nodes ($nodes)" test "$nodes" = "A B"
 ctl D status > "$T/status.txt"

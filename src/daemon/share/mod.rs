@@ -966,8 +966,8 @@ return #gone";
 struct LogInfo {
     last: StreamId,
     added: u64,
-    /// Entries up to this one were trimmed (or deleted).
-    max_deleted: StreamId,
+    /// Entries the log holds now (the last `length` of the `added`).
+    length: u64,
     /// The fleet's epoch ([`Keys::epoch`]), made here if missing.
     epoch: String,
 }
@@ -989,7 +989,16 @@ fn log_info(con: &mut redis::Connection, keys: &Keys) -> redis::RedisResult<LogI
         Err(e) if e.to_string().contains("no such key") => return Ok(info),
         Err(e) => return Err(e),
     };
-    let pairs: Vec<(String, &Value)> = match &v {
+    Ok(LogInfo {
+        epoch: info.epoch,
+        ..parse_info(&v)
+    })
+}
+
+/// What an `XINFO STREAM` reply says (the epoch left empty).
+fn parse_info(v: &Value) -> LogInfo {
+    let mut info = LogInfo::default();
+    let pairs: Vec<(String, &Value)> = match v {
         Value::Array(items) => items
             .chunks_exact(2)
             .filter_map(|kv| Some((text(&kv[0])?.to_string(), &kv[1])))
@@ -1005,14 +1014,12 @@ fn log_info(con: &mut redis::Connection, keys: &Keys) -> redis::RedisResult<LogI
             ("last-generated-id", v) => {
                 info.last = text(v).and_then(StreamId::parse).unwrap_or_default();
             }
-            ("max-deleted-entry-id", v) => {
-                info.max_deleted = text(v).and_then(StreamId::parse).unwrap_or_default();
-            }
+            ("length", Value::Int(n)) => info.length = u64::try_from(*n).unwrap_or(0),
             ("entries-added", Value::Int(n)) => info.added = u64::try_from(*n).unwrap_or(0),
             _ => {}
         }
     }
-    Ok(info)
+    info
 }
 
 fn text(v: &Value) -> Option<&str> {
@@ -1043,93 +1050,30 @@ pub fn subscribe_loop(state: &ShareState, client: &redis::Client, apply: &Apply<
     // (at least) a tick to reach the journal's fsync.
     let mut to_save: Option<Cursor> = None;
     let mut last_save = StdInstant::now();
-    let mut last_info = StdInstant::now() - StdDuration::from_secs(2);
     let mut catching_up: Option<(StdInstant, u64)> = None;
     while !apply.stop.load(Relaxed) {
         let Some(con) = link.get() else {
             std::thread::sleep(StdDuration::from_millis(50));
             continue;
         };
-        let step = (|| -> redis::RedisResult<usize> {
-            let c = match &cursor {
-                Some(c) if last_info.elapsed() < StdDuration::from_secs(1) => c.clone(),
-                _ => {
-                    last_info = StdInstant::now();
-                    let info = log_info(con, &state.keys)?;
-                    let reset = cursor.as_ref().is_some_and(|c| {
-                        c.epoch != info.epoch || info.last < c.id || info.added < c.pos
-                    });
-                    let missed = cursor.as_ref().is_some_and(|c| c.id < info.max_deleted);
-                    if reset {
-                        state.republish.store(true, Relaxed);
-                    }
-                    match &cursor {
-                        Some(c) if !reset && !missed => {
-                            state
-                                .lag_entries
-                                .store(info.added.saturating_sub(c.pos), Relaxed);
-                            state
-                                .lag_ms
-                                .store(info.last.ms.saturating_sub(c.id.ms), Relaxed);
-                            if catching_up.is_none() && info.added > c.pos + 1 {
-                                catching_up = Some((StdInstant::now(), info.added - c.pos));
-                            }
-                            c.clone()
-                        }
-                        _ => {
-                            let why = if reset {
-                                "the fleet's epoch changed or its log went backwards (Redis lost its data)"
-                            } else if missed {
-                                "the cursor points before what the log still holds"
-                            } else {
-                                "no cursor (a new node)"
-                            };
-                            let c = bootstrap(con, state, apply, &info, why)?;
-                            cursor = Some(c.clone());
-                            c
-                        }
-                    }
-                }
-            };
-            let reply: Value = redis::cmd("XREAD")
-                .arg("COUNT")
-                .arg(READ_COUNT)
-                .arg("BLOCK")
-                .arg(BLOCK_MS)
-                .arg("STREAMS")
-                .arg(state.keys.log())
-                .arg(c.id.to_string())
-                .query(con)?;
-            let mut n = 0;
-            let mut last = c.id;
-            let mut batch = Batch::new(state, apply);
-            for_each_entry(&reply, |id, fields| {
-                n += 1;
-                last = id;
-                receive(state, apply, fields, &mut batch);
-            });
-            drop(batch);
-            if let Some(cur) = cursor.as_mut() {
-                cur.id = last;
-                cur.pos += n as u64;
-            }
-            Ok(n)
-        })();
+        let start = StdInstant::now();
+        let step = read_step(con, state, apply, &mut cursor);
         match step {
-            Ok(n) => {
-                if n < READ_COUNT {
-                    state.lag_entries.store(0, Relaxed);
-                    state.lag_ms.store(0, Relaxed);
-                    if let Some((t, entries)) = catching_up.take() {
-                        let secs = t.elapsed().as_secs_f64();
-                        info!(
-                            entries,
-                            seconds = (secs * 1000.0).round() / 1000.0,
-                            "share: caught up with the fleet's log"
-                        );
-                        *lock(&state.last_sync) =
-                            json!({"kind": "catch-up", "entries": entries, "seconds": secs});
-                    }
+            Ok((before, lag)) => {
+                if before > 1 && catching_up.is_none() {
+                    catching_up = Some((start, before));
+                }
+                if lag == 0
+                    && let Some((t, entries)) = catching_up.take()
+                {
+                    let secs = t.elapsed().as_secs_f64();
+                    info!(
+                        entries,
+                        seconds = (secs * 1000.0).round() / 1000.0,
+                        "share: caught up with the fleet's log"
+                    );
+                    *lock(&state.last_sync) =
+                        json!({"kind": "catch-up", "entries": entries, "seconds": secs});
                 }
             }
             Err(e) => link.failed(format!("reading the log: {e}")),
@@ -1151,6 +1095,105 @@ pub fn subscribe_loop(state: &ShareState, client: &redis::Client, apply: &Apply<
         c.published = state.published_through.load(Relaxed);
         state.save_cursor(&c);
     }
+}
+
+/// One read of the log: atomically (one `MULTI`) the fleet's epoch, what the log holds and the
+/// entries after the cursor, so that a gap — entries trimmed before this node read them — is
+/// seen for certain (the log's first entry, `entries-added - length + 1`, past the cursor's
+/// position + 1; the fleet never deletes entries, it only trims), never skipped over. A gap, another
+/// epoch or no cursor loads the snapshot instead. With nothing new, waits (`XREAD BLOCK`) for
+/// the next entry. Returns the entries there were to read, and the entries still to read.
+fn read_step(
+    con: &mut redis::Connection,
+    state: &ShareState,
+    apply: &Apply<'_>,
+    cursor: &mut Option<Cursor>,
+) -> redis::RedisResult<(u64, u64)> {
+    let keys = &state.keys;
+    let from = cursor.as_ref().map_or(StreamId::ZERO, |c| c.id);
+    let token = format!("{:016x}", crate::blacklist::HashKeys::random().0);
+    let read: redis::RedisResult<(Value, Option<String>, Value, Value)> = redis::pipe()
+        .atomic()
+        .cmd("SET")
+        .arg(keys.epoch())
+        .arg(&token)
+        .arg("NX")
+        .cmd("GET")
+        .arg(keys.epoch())
+        .cmd("XINFO")
+        .arg("STREAM")
+        .arg(keys.log())
+        .cmd("XREAD")
+        .arg("COUNT")
+        .arg(READ_COUNT)
+        .arg("STREAMS")
+        .arg(keys.log())
+        .arg(from.to_string())
+        .query(con);
+    let (info, reply) = match read {
+        Ok((_, epoch, info, reply)) => {
+            let mut info = parse_info(&info);
+            info.epoch = epoch.unwrap_or_default();
+            (info, reply)
+        }
+        // No log yet: nothing to read, nothing missed.
+        Err(e) if e.to_string().contains("no such key") => (log_info(con, keys)?, Value::Nil),
+        Err(e) => return Err(e),
+    };
+    let why = match cursor.as_ref() {
+        None => Some("no cursor (a new node)"),
+        Some(c) if c.epoch != info.epoch || info.last < c.id || info.added < c.pos => {
+            state.republish.store(true, Relaxed);
+            Some("the fleet's epoch changed or its log went backwards (Redis lost its data)")
+        }
+        // The log holds entries added - length + 1 to added; this node needs pos + 1 on.
+        Some(c) if c.pos + info.length < info.added => {
+            Some("the cursor points before what the log still holds")
+        }
+        Some(_) => None,
+    };
+    if let Some(why) = why {
+        *cursor = Some(bootstrap(con, state, apply, &info, why)?);
+        return Ok((0, 0));
+    }
+    let mut n = 0u64;
+    let mut last = from;
+    let mut batch = Batch::new(state, apply);
+    for_each_entry(&reply, |id, fields| {
+        n += 1;
+        last = id;
+        receive(state, apply, fields, &mut batch);
+    });
+    drop(batch);
+    let Some(c) = cursor.as_mut() else {
+        return Ok((0, 0));
+    };
+    let before = info.added.saturating_sub(c.pos);
+    c.id = last;
+    c.pos += n;
+    let lag = info.added.saturating_sub(c.pos);
+    state.lag_entries.store(lag, Relaxed);
+    state.lag_ms.store(
+        if lag == 0 {
+            0
+        } else {
+            info.last.ms.saturating_sub(c.id.ms)
+        },
+        Relaxed,
+    );
+    if n == 0 {
+        // Nothing new: wait for the next entry (read, applied and checked by the next step).
+        let _: Value = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(1)
+            .arg("BLOCK")
+            .arg(BLOCK_MS)
+            .arg("STREAMS")
+            .arg(keys.log())
+            .arg(c.id.to_string())
+            .query(con)?;
+    }
+    Ok((before, lag))
 }
 
 /// Calls `f` with each entry (id, fields) of an `XREAD` reply.

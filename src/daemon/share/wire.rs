@@ -221,6 +221,9 @@ impl Cursor {
         }
         let mut c = Cursor::default();
         let mut seen = 0;
+        if text.contains('\r') {
+            return Err("a carriage return: not a file this daemon wrote".into());
+        }
         for line in lines {
             let (k, v) = line
                 .split_once(' ')
