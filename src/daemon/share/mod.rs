@@ -968,31 +968,8 @@ struct LogInfo {
     added: u64,
     /// Entries the log holds now (the last `length` of the `added`).
     length: u64,
-    /// The fleet's epoch ([`Keys::epoch`]), made here if missing.
+    /// The fleet's epoch ([`Keys::epoch`]).
     epoch: String,
-}
-
-fn log_info(con: &mut redis::Connection, keys: &Keys) -> redis::RedisResult<LogInfo> {
-    let mut info = LogInfo::default();
-    let token = format!("{:016x}", crate::blacklist::HashKeys::random().0);
-    let _: Value = redis::cmd("SET")
-        .arg(keys.epoch())
-        .arg(&token)
-        .arg("NX")
-        .query(con)?;
-    info.epoch = redis::cmd("GET")
-        .arg(keys.epoch())
-        .query::<Option<String>>(con)?
-        .unwrap_or_default();
-    let v: Value = match redis::cmd("XINFO").arg("STREAM").arg(keys.log()).query(con) {
-        Ok(v) => v,
-        Err(e) if e.to_string().contains("no such key") => return Ok(info),
-        Err(e) => return Err(e),
-    };
-    Ok(LogInfo {
-        epoch: info.epoch,
-        ..parse_info(&v)
-    })
 }
 
 /// What an `XINFO STREAM` reply says (the epoch left empty).
@@ -1051,13 +1028,14 @@ pub fn subscribe_loop(state: &ShareState, client: &redis::Client, apply: &Apply<
     let mut to_save: Option<Cursor> = None;
     let mut last_save = StdInstant::now();
     let mut catching_up: Option<(StdInstant, u64)> = None;
+    let mut epoch_checked = StdInstant::now() - StdDuration::from_secs(2);
     while !apply.stop.load(Relaxed) {
         let Some(con) = link.get() else {
             std::thread::sleep(StdDuration::from_millis(50));
             continue;
         };
         let start = StdInstant::now();
-        let step = read_step(con, state, apply, &mut cursor);
+        let step = read_step(con, state, apply, &mut cursor, &mut epoch_checked);
         match step {
             Ok((before, lag)) => {
                 if before > 1 && catching_up.is_none() {
@@ -1108,18 +1086,29 @@ fn read_step(
     state: &ShareState,
     apply: &Apply<'_>,
     cursor: &mut Option<Cursor>,
+    epoch_checked: &mut StdInstant,
 ) -> redis::RedisResult<(u64, u64)> {
     let keys = &state.keys;
     let from = cursor.as_ref().map_or(StreamId::ZERO, |c| c.id);
-    let token = format!("{:016x}", crate::blacklist::HashKeys::random().0);
-    let read: redis::RedisResult<(Value, Option<String>, Value, Value)> = redis::pipe()
+    // The epoch (made if missing) once a second: it changes only when Redis lost its data, and
+    // a log that restarted is also seen by its counts below.
+    let epoch = if epoch_checked.elapsed() >= StdDuration::from_secs(1) || cursor.is_none() {
+        *epoch_checked = StdInstant::now();
+        let token = format!("{:016x}", crate::blacklist::HashKeys::random().0);
+        let (_, e): (Value, Option<String>) = redis::pipe()
+            .cmd("SET")
+            .arg(keys.epoch())
+            .arg(&token)
+            .arg("NX")
+            .cmd("GET")
+            .arg(keys.epoch())
+            .query(con)?;
+        e.unwrap_or_default()
+    } else {
+        cursor.as_ref().map(|c| c.epoch.clone()).unwrap_or_default()
+    };
+    let read: redis::RedisResult<(Value, Value)> = redis::pipe()
         .atomic()
-        .cmd("SET")
-        .arg(keys.epoch())
-        .arg(&token)
-        .arg("NX")
-        .cmd("GET")
-        .arg(keys.epoch())
         .cmd("XINFO")
         .arg("STREAM")
         .arg(keys.log())
@@ -1131,13 +1120,21 @@ fn read_step(
         .arg(from.to_string())
         .query(con);
     let (info, reply) = match read {
-        Ok((_, epoch, info, reply)) => {
-            let mut info = parse_info(&info);
-            info.epoch = epoch.unwrap_or_default();
-            (info, reply)
-        }
+        Ok((info, reply)) => (
+            LogInfo {
+                epoch,
+                ..parse_info(&info)
+            },
+            reply,
+        ),
         // No log yet: nothing to read, nothing missed.
-        Err(e) if e.to_string().contains("no such key") => (log_info(con, keys)?, Value::Nil),
+        Err(e) if e.to_string().contains("no such key") => (
+            LogInfo {
+                epoch,
+                ..LogInfo::default()
+            },
+            Value::Nil,
+        ),
         Err(e) => return Err(e),
     };
     let why = match cursor.as_ref() {
