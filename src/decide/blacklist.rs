@@ -1081,14 +1081,16 @@ impl StoredKey for u128 {
     }
 }
 
-fn mask32(addr: u32, prefix: u8) -> u32 {
+/// `addr` with the bits past `prefix` cleared.
+pub fn mask32(addr: u32, prefix: u8) -> u32 {
     match prefix {
         0 => 0,
         p => addr & (u32::MAX << (32 - u32::from(p.min(32)))),
     }
 }
 
-fn mask128(addr: u128, prefix: u8) -> u128 {
+/// `addr` with the bits past `prefix` cleared.
+pub fn mask128(addr: u128, prefix: u8) -> u128 {
     match prefix {
         0 => 0,
         p => addr & (u128::MAX << (128 - u32::from(p.min(128)))),

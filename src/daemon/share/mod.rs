@@ -14,7 +14,8 @@
 //!   and a sorted set by expiry that lets expired bans be pruned). While Redis is away the
 //!   changes wait in memory (bounded: compacted to one change per key), and reconnects back off
 //!   from 100 ms to 5 s.
-//! - **share-in** reads the log with `XREAD BLOCK` from this node's cursor, kept in the state
+//! - **share-in** reads the log (one `MULTI` of `XINFO STREAM` + `XREAD`, `XREAD BLOCK` to wait
+//!   when nothing is new) from this node's cursor, kept in the state
 //!   directory (`share.cursor`), so a reconnect or a restart reads only what it missed. A node
 //!   without a cursor, or whose cursor points before what the log still holds (trimmed), or a
 //!   log that went backwards (Redis restarted empty), loads the snapshot instead, then reads the

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use crate::blacklist::Key;
+use crate::blacklist::{Key, mask32, mask128};
 
 /// The keys of a fleet, all under `stringban:{FLEET}:` (the braces are a Redis Cluster hash
 /// tag: every key of a fleet is in one slot).
@@ -158,21 +158,11 @@ pub fn parse_key(text: &str) -> Option<Key> {
     match addr.parse::<IpAddr>().ok()? {
         IpAddr::V4(a) if prefix <= 32 => {
             let bits = a.to_bits();
-            let mask = if prefix == 0 {
-                0
-            } else {
-                u32::MAX << (32 - prefix)
-            };
-            (bits & !mask == 0).then_some(Key::V4 { addr: bits, prefix })
+            (mask32(bits, prefix) == bits).then_some(Key::V4 { addr: bits, prefix })
         }
         IpAddr::V6(a) if prefix <= 128 => {
             let bits = a.to_bits();
-            let mask = if prefix == 0 {
-                0
-            } else {
-                u128::MAX << (128 - prefix)
-            };
-            (bits & !mask == 0).then_some(Key::V6 { addr: bits, prefix })
+            (mask128(bits, prefix) == bits).then_some(Key::V6 { addr: bits, prefix })
         }
         _ => None,
     }
