@@ -31,6 +31,8 @@ pub struct Options {
     pub verdicts: Option<Box<dyn Write>>,
     /// Print progress on stderr (only honoured when stderr is a terminal).
     pub progress: bool,
+    /// Where the packets met the filter: imported iptables rules run this hook's chain.
+    pub hook: crate::verdict::Hook,
 }
 
 /// One replayed file.
@@ -230,7 +232,12 @@ impl fmt::Display for Report {
         }
         let live = self.banned.iter().filter(|c| c.live_at_end).count() as u64;
         if !self.recent.is_empty() && self.rule_names.is_empty() {
-            // Imported rules ban through their recent tables, reported above.
+            writeln!(
+                f,
+                "banned:   {} sources held by the recent tables the rules read ({} still acted on when the capture ends)",
+                n(self.banned.len() as u64),
+                n(live)
+            )?;
         } else {
             writeln!(
                 f,
@@ -245,10 +252,15 @@ impl fmt::Display for Report {
         for c in self.banned.iter().take(10) {
             writeln!(
                 f,
-                "  {:<40} {:>8} dropped  list {}",
+                "  {:<40} {:>8} dropped  {} {}",
                 c.key.to_string(),
                 n(c.dropped),
-                c.list
+                if c.list.starts_with("recent:") {
+                    "table"
+                } else {
+                    "list"
+                },
+                c.list.strip_prefix("recent:").unwrap_or(&c.list)
             )?;
         }
         if s.flows_new > 0 {
@@ -362,6 +374,8 @@ struct Batch {
     frames: Vec<(u64, Instant, std::ops::Range<usize>)>,
     decisions: Vec<Decision>,
     convicted: HashMap<(ListId, Key), Convicted>,
+    /// Imported iptables rules: packets dropped or reset, by source.
+    ipt_dropped: HashMap<IpAddr, u64>,
 }
 
 /// Replays `files` in order through `engine`.
@@ -412,13 +426,61 @@ pub fn replay(
         .collect();
     banned.sort_by(|a, b| b.dropped.cmp(&a.dropped).then(a.key.cmp(&b.key)));
     report.banned = banned;
-    if let Some(tables) = engine.recent_tables() {
-        report.recent = match tables.lock() {
-            Ok(t) => t.sizes(),
-            Err(poisoned) => poisoned.into_inner().sizes(),
-        };
+    if let (Some(tables), Some(chains)) = (engine.recent_tables(), engine.chains()) {
+        let t = tables
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        report.recent = t.sizes();
+        report.banned = held_as_banned(&t, &chains.recent_windows(), &batch.ipt_dropped, end);
     }
     Ok(report)
+}
+
+/// Imported iptables rules ban through their recent tables: every source a table that the rules
+/// read holds, with the packets dropped or reset from it, live at the end when a reading rule's
+/// `--seconds` (if any) still covers its newest stamp. Most dropped first.
+fn held_as_banned(
+    tables: &crate::recent::Tables,
+    windows: &HashMap<String, Option<u32>>,
+    dropped: &HashMap<IpAddr, u64>,
+    end: Instant,
+) -> Vec<Convicted> {
+    let mut out: Vec<Convicted> = tables
+        .held()
+        .into_iter()
+        .filter_map(|h| {
+            let window = windows.get(&h.table)?;
+            let key = match h.addr {
+                IpAddr::V4(a) => Key::V4 {
+                    addr: a.to_bits(),
+                    prefix: h.prefix,
+                },
+                IpAddr::V6(a) => Key::V6 {
+                    addr: a.to_bits(),
+                    prefix: h.prefix,
+                },
+            };
+            let dropped = dropped
+                .iter()
+                .filter(|(src, _)| tables.masked(&h.table, **src) == Some(h.addr))
+                .map(|(_, n)| n)
+                .sum();
+            let live = window.is_none_or(|secs| {
+                end.micros().saturating_sub(h.last.micros())
+                    <= crate::time::Duration::from_secs(u64::from(secs)).micros()
+            });
+            Some(Convicted {
+                key,
+                list: format!("recent:{}", h.table),
+                first: h.first,
+                convictions: h.stamps as u64,
+                dropped,
+                live_at_end: live,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| b.dropped.cmp(&a.dropped).then(a.key.cmp(&b.key)));
+    out
 }
 
 fn replay_file(
@@ -488,7 +550,7 @@ fn replay_file(
                 Err(e) => return Err(capture_err(e)),
             }
         }
-        decide_batch(engine, batch, report);
+        decide_batch(engine, options.hook, batch, report);
         if let Some(w) = options.verdicts.as_mut() {
             write_verdicts(w, batch, engine).map_err(|source| ReplayError::Verdicts { source })?;
         }
@@ -510,16 +572,27 @@ fn replay_file(
     Ok(out)
 }
 
-fn decide_batch(engine: &mut Engine, batch: &mut Batch, report: &mut Report) {
+fn decide_batch(
+    engine: &mut Engine,
+    hook: crate::verdict::Hook,
+    batch: &mut Batch,
+    report: &mut Report,
+) {
     batch.decisions.clear();
     let started = std::time::Instant::now();
     for (_, ts, range) in &batch.frames {
-        let decision = engine.decide(&batch.data[range.clone()], *ts);
+        let decision = engine.decide_at(&batch.data[range.clone()], hook, *ts);
         batch.decisions.push(decision);
     }
     report.engine_secs += started.elapsed().as_secs_f64();
     // Outside the timed loop: attribute convictions and drops to their sources.
     for ((_, ts, range), d) in batch.frames.iter().zip(&batch.decisions) {
+        if let (Reason::Iptables { .. }, Verdict::Drop | Verdict::Reset) = (d.reason, d.verdict)
+            && let Ok(p) = parse::packet(&batch.data[range.clone()])
+        {
+            *batch.ipt_dropped.entry(p.src).or_default() += 1;
+            continue;
+        }
         let (list_id, convicting) = match d.reason {
             Reason::Banned { list } => (list, false),
             Reason::Matched { rule } => match engine.rules()[usize::from(rule)].ban {

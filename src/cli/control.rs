@@ -103,11 +103,33 @@ pub(crate) fn status_text(s: &serde_json::Value, now: u64) -> String {
     } else {
         format!("queues {}-{}", u(&q[0]), u(&q[1]))
     };
+    let hooks: Vec<&str> = s["hooks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h.as_str())
+        .collect();
+    let protect: Vec<&str> = s["protect"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h.as_str())
+        .collect();
     let rules = if s["rules_installed"] == true {
         format!(
-            "kernel rules installed ({}, chain {}, fail-{})",
+            "kernel rules installed ({}, chain {} from {}{}, fail-{})",
             s["firewall"].as_str().unwrap_or("?"),
             s["chain"].as_str().unwrap_or("?"),
+            if hooks.is_empty() {
+                "INPUT".to_string()
+            } else {
+                hooks.join(" and ")
+            },
+            if protect.is_empty() {
+                String::new()
+            } else {
+                format!(" protecting {}", protect.join(", "))
+            },
             if s["fail_open"] == true {
                 "open"
             } else {
@@ -190,7 +212,19 @@ pub(crate) fn status_text(s: &serde_json::Value, now: u64) -> String {
     };
     let _ = writeln!(o, "\nrules:");
     if s["iptables_rules"] == true {
-        let _ = writeln!(o, "  imported iptables rules ([iptables])");
+        let _ = writeln!(
+            o,
+            "  imported iptables rules ([iptables]), packets each matched:"
+        );
+        for r in st["iptables_rules"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                o,
+                "  {:>12}  line {:<4} {}",
+                n(u(&r["packets"])),
+                u(&r["line"]),
+                r["rule"].as_str().unwrap_or("?")
+            );
+        }
     }
     for r in s["rules"].as_array().into_iter().flatten() {
         let _ = writeln!(
@@ -503,10 +537,24 @@ mod tests {
             "stats": {"packets": 1_780_220, "verdicts": {"accept": 1, "drop": 553_987, "reset": 23_992, "bypass": 0},
                       "store": {"healthy": true, "last_snapshot_age_s": 12, "errors": 0}, "kernel_queues": []},
         });
+        let mut gateway = s.clone();
+        gateway["hooks"] = serde_json::json!(["FORWARD"]);
+        gateway["protect"] = serde_json::json!(["198.18.2.0/24"]);
+        gateway["iptables_rules"] = serde_json::json!(true);
+        gateway["stats"]["iptables_rules"] = serde_json::json!([{"line": 3, "rule": "-A FORWARD -p tcp -m tcp --dport 25", "packets": 1234}]);
+        let text = status_text(&gateway, 1_000);
+        assert!(
+            text.contains("chain STRINGBAN from FORWARD protecting 198.18.2.0/24, fail-open"),
+            "{text}"
+        );
+        assert!(
+            text.contains("       1,234  line 3    -A FORWARD -p tcp -m tcp --dport 25\n"),
+            "{text}"
+        );
         let text = status_text(&s, 1_000);
         for want in [
             "running for 2h13m (pid 42)",
-            "queues 0-1; kernel rules installed (iptables, chain STRINGBAN, fail-open)",
+            "queues 0-1; kernel rules installed (iptables, chain STRINGBAN from INPUT, fail-open)",
             "/var/lib/stringban (healthy; last snapshot 12s ago)",
             "allowlist: 1 entries: 127.0.0.0/8",
             "\"@example.com\"",

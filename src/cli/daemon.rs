@@ -33,6 +33,60 @@ pub(crate) fn parse_queues(text: &str) -> anyhow::Result<(u16, u16)> {
     Ok((a, b))
 }
 
+/// `--chain` and `--protect`: where traffic is queued, and which networks behind a gateway are
+/// protected. With imported iptables rules the chains default to the built-in ones the file
+/// has rules in, and a chain asked for must be one of them.
+pub(crate) fn hooks(
+    q: &QueueArgs,
+    config: Option<&stringban::Config>,
+) -> anyhow::Result<(Vec<Hook>, Vec<Cidr>)> {
+    let mut hooks = Vec::new();
+    for c in &q.chain {
+        let h = Hook::parse(c).ok_or_else(|| {
+            bad(format!(
+                "command line: --chain = {c}: expected input or forward"
+            ))
+        })?;
+        if !hooks.contains(&h) {
+            hooks.push(h);
+        }
+    }
+    if let Some(ipt) = config.and_then(|c| c.iptables.as_ref()) {
+        let has = ipt.chains.hooks();
+        if has.is_empty() {
+            return Err(bad(
+                "--iptables: the file has no rules in the filter table's INPUT or FORWARD chain: nothing to run",
+            ));
+        }
+        if let Some(h) = hooks.iter().find(|h| !has.contains(h)) {
+            return Err(bad(format!(
+                "command line: --chain = {}: the iptables rules have no {} rule",
+                h.chain().to_ascii_lowercase(),
+                h.chain()
+            )));
+        }
+        if hooks.is_empty() {
+            hooks = has;
+        }
+    }
+    if hooks.is_empty() {
+        hooks.push(Hook::Input);
+    }
+    let mut protect = Vec::new();
+    for p in &q.protect {
+        protect.push(
+            p.parse::<Cidr>()
+                .map_err(|e| bad(format!("command line: --protect = {p}: {e}")))?,
+        );
+    }
+    if !protect.is_empty() && !hooks.contains(&Hook::Forward) {
+        return Err(bad(
+            "command line: --protect applies to --chain forward (the servers behind a gateway)",
+        ));
+    }
+    Ok((hooks, protect))
+}
+
 pub(crate) fn marks(q: &QueueArgs) -> anyhow::Result<Marks> {
     let m = Marks {
         bypass: parse_u32("--bypass-mark", &q.bypass_mark)?,
@@ -102,7 +156,10 @@ pub(crate) fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
         ))
     })?;
     let queues = parse_queues(&args.queue.queues)?;
+    let (hooks, protect) = hooks(&args.queue, Some(&config))?;
     let daemon = DaemonConfig {
+        hooks,
+        protect,
         queues,
         queue: QueueConfig {
             copy_range: args.copy_range,
@@ -246,7 +303,10 @@ pub(crate) fn run_rules(args: RulesArgs) -> anyhow::Result<()> {
         },
     };
     let requested = backend(&args.queue)?;
+    let (hooks, protect) = hooks(&args.queue, file.as_ref())?;
     let mut cfg = RulesConfig {
+        hooks,
+        protect,
         fail_open: !args.queue.fail_closed,
         marks: marks(&args.queue)?,
         bypass,

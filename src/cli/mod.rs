@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use stringban::Engine;
+use stringban::allow::Cidr;
 use stringban::attack::{self, GenConfig, GenError, Kind};
 use stringban::config::{Config, Flags};
 use stringban::daemon::DaemonConfig;
@@ -17,6 +18,7 @@ use stringban::replay::{self, Options, ReplayError};
 use stringban::rule::Mode;
 use stringban::sys::firewall::{self, Marks, RulesConfig};
 use stringban::sys::nfqueue::QueueConfig;
+use stringban::verdict::Hook;
 
 mod args;
 mod control;

@@ -19,6 +19,7 @@ pub(crate) fn load_config(args: &RuleArgs, host: bool) -> anyhow::Result<Config>
             )),
             None => None,
         },
+        iptables_family: family_arg(args.family)?,
         ..args.flags.clone()
     };
     let name = args.config.as_ref().map(|p| p.display().to_string());
@@ -51,9 +52,33 @@ pub(crate) fn run_replay(args: ReplayArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // Imported rules: the chain the capture is judged in (a file with FORWARD rules only: there).
+    let has = config
+        .iptables
+        .as_ref()
+        .map_or(Vec::new(), |i| i.chains.hooks());
+    let hook = match &args.chain {
+        Some(c) => {
+            let h = Hook::parse(c).ok_or_else(|| {
+                bad(format!(
+                    "command line: --chain = {c}: expected input or forward"
+                ))
+            })?;
+            if config.iptables.is_some() && !has.contains(&h) {
+                return Err(bad(format!(
+                    "command line: --chain = {c}: the iptables rules have no {} rule",
+                    h.chain()
+                )));
+            }
+            h
+        }
+        None if has == [Hook::Forward] => Hook::Forward,
+        None => Hook::Input,
+    };
     let options = Options {
         verdicts,
         progress: !args.quiet,
+        hook,
     };
     let report = replay::replay(&mut engine, &args.files, options).map_err(|e| match e {
         ReplayError::Verdicts { .. } => anyhow::Error::new(e),
@@ -264,10 +289,25 @@ pub(crate) fn run_check(args: CheckArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--family 4|6` as the family of a save file's lines.
+pub(crate) fn family_arg(
+    family: Option<u8>,
+) -> anyhow::Result<Option<stringban::iptables::Family>> {
+    use stringban::iptables::Family;
+    match family {
+        None => Ok(None),
+        Some(4) => Ok(Some(Family::V4)),
+        Some(6) => Ok(Some(Family::V6)),
+        Some(n) => Err(bad(format!(
+            "command line: --family = {n}: expected 4 or 6"
+        ))),
+    }
+}
+
 pub(crate) fn run_import(args: IptImportArgs) -> anyhow::Result<()> {
     let text =
         fs::read_to_string(&args.file).map_err(|e| bad(format!("{}: {e}", args.file.display())))?;
-    let set = stringban::iptables::parse(&text)
+    let set = stringban::iptables::parse_as(&text, family_arg(args.family)?)
         .map_err(|e| bad(format!("{}:{e}", args.file.display())))?;
     if !args.print {
         let toml = format!(

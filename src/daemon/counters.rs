@@ -42,6 +42,8 @@ pub(super) fn total_stats(shared: &Shared) -> WorkerStats {
         total.destroyed += s.destroyed;
         total.reset_by_mark += s.reset_by_mark;
         total.crafted += s.crafted;
+        total.forwarded += s.forwarded;
+        total.forwarded_resets += s.forwarded_resets;
         total.gso += s.gso;
         total.csum_not_ready += s.csum_not_ready;
         total.wakeups += s.wakeups;
@@ -77,11 +79,19 @@ pub(super) fn with_counters<R>(
     f: impl FnOnce(&crate::metrics::Snapshot<'_>) -> R,
 ) -> R {
     let total = total_stats(shared);
-    let names: Vec<String> = lock(&shared.config)
-        .rules
-        .iter()
-        .map(|r| r.name.clone())
-        .collect();
+    let (names, iptables_rules): (Vec<String>, Vec<(usize, String)>) = {
+        let config = lock(&shared.config);
+        (
+            config.rules.iter().map(|r| r.name.clone()).collect(),
+            config.iptables.as_ref().map_or(Vec::new(), |i| {
+                i.ruleset
+                    .rules
+                    .iter()
+                    .map(|r| (r.line, r.to_string()))
+                    .collect()
+            }),
+        )
+    };
     let queues = kernel_counters();
     f(&crate::metrics::Snapshot {
         engine: &total.engine,
@@ -94,6 +104,9 @@ pub(super) fn with_counters<R>(
         sockets_destroyed: total.destroyed,
         reset_by_mark: total.reset_by_mark,
         crafted: total.crafted,
+        forwarded: total.forwarded,
+        forwarded_resets: total.forwarded_resets,
+        iptables_rules: &iptables_rules,
         gso: total.gso,
         csum_not_ready: total.csum_not_ready,
         reset_on_request: shared.reset_on_request.load(Relaxed),

@@ -55,8 +55,15 @@ pub struct Snapshot<'a> {
     pub wakeups: u64,
     pub sockets_destroyed: u64,
     pub reset_by_mark: u64,
-    /// RSTs crafted toward the local side (with `reset_by_mark`, where SOCK_DESTROY cannot).
+    /// RSTs crafted toward the protected side (with `reset_by_mark`, where SOCK_DESTROY cannot
+    /// or, on a gateway, toward the server behind it).
     pub crafted: u64,
+    /// Packets met in `FORWARD` (a gateway's), and the resets among them.
+    pub forwarded: u64,
+    pub forwarded_resets: u64,
+    /// Imported iptables rules: each one's file line and save form, by place in the file (the
+    /// engine's `iptables_rules` counters follow the same order).
+    pub iptables_rules: &'a [(usize, String)],
     /// Packets the kernel queued as GSO super-packets, and with their checksum not yet filled
     /// in (both normal on locally generated traffic; shown for diagnosis).
     pub gso: u64,
@@ -170,6 +177,13 @@ impl Snapshot<'_> {
             "sockets_destroyed": self.sockets_destroyed,
             "reset_by_mark": self.reset_by_mark,
             "crafted_local_rsts": self.crafted,
+            "forwarded_packets": self.forwarded,
+            "forwarded_resets": self.forwarded_resets,
+            "iptables_rules": self.iptables_rules.iter().zip(&e.iptables_rules).map(|((line, rule), n)| json!({
+                "line": line,
+                "rule": rule,
+                "packets": n,
+            })).collect::<Vec<_>>(),
             "gso_packets": self.gso,
             "csum_not_ready_packets": self.csum_not_ready,
             "wakeups": self.wakeups,
@@ -478,6 +492,34 @@ pub fn render(s: &Snapshot<'_>) -> String {
     let _ = writeln!(o, "stringban_crafted_local_rsts_total {}", s.crafted);
     head(
         &mut o,
+        "stringban_forwarded_packets_total",
+        "counter",
+        "Packets queued from FORWARD (a gateway's traffic to the servers behind it).",
+    );
+    let _ = writeln!(o, "stringban_forwarded_packets_total {}", s.forwarded);
+    head(
+        &mut o,
+        "stringban_forwarded_resets_total",
+        "counter",
+        "Forwarded flows reset: the kernel's RST to the client, a crafted one to the server.",
+    );
+    let _ = writeln!(o, "stringban_forwarded_resets_total {}", s.forwarded_resets);
+    if !s.iptables_rules.is_empty() {
+        head(
+            &mut o,
+            "stringban_iptables_rule_packets_total",
+            "counter",
+            "Packets each imported iptables rule matched (rules without a target only count).",
+        );
+        for ((line, _), n) in s.iptables_rules.iter().zip(&s.engine.iptables_rules) {
+            let _ = writeln!(
+                o,
+                "stringban_iptables_rule_packets_total{{line=\"{line}\"}} {n}"
+            );
+        }
+    }
+    head(
+        &mut o,
         "stringban_gso_packets_total",
         "counter",
         "Packets queued as GSO super-packets.",
@@ -678,6 +720,9 @@ mod tests {
             control_refused: 3,
             wakeups: 2,
             crafted: 4,
+            forwarded: 8,
+            forwarded_resets: 1,
+            iptables_rules: &[],
             gso: 5,
             csum_not_ready: 6,
             store: crate::persist::Status {

@@ -24,7 +24,7 @@ use tracing::{error, info, warn};
 
 use crate::blacklist::Blacklist;
 use crate::config::Config;
-use crate::engine::{Engine, Stats, Verdict};
+use crate::engine::{Engine, Hook, Stats, Verdict};
 use crate::parse::{self, Transport};
 use crate::persist::{Disk, Health};
 use crate::store::Store;
@@ -89,6 +89,10 @@ pub struct DaemonConfig {
     pub offload: bool,
     /// Share bans with a fleet through Redis; None: this host alone.
     pub share: Option<share::ShareConfig>,
+    /// Where traffic is queued (`INPUT`, and/or `FORWARD` on a gateway).
+    pub hooks: Vec<crate::verdict::Hook>,
+    /// `FORWARD`: the protected networks behind this host (empty: every destination).
+    pub protect: Vec<crate::allow::Cidr>,
 }
 
 /// Reads the configuration again (SIGHUP).
@@ -282,6 +286,8 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
         fail_open: daemon.fail_open,
         marks: daemon.marks,
         offload_sets: offload.as_ref().map(|o| (o.v4.clone(), o.v6.clone())),
+        hooks: daemon.hooks.clone(),
+        protect: daemon.protect.clone(),
         ..RulesConfig::new(ports_of(&config), daemon.queues)
     };
     (
@@ -362,6 +368,8 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
             "rules_installed": daemon.install_rules,
             "firewall": if daemon.install_rules { format!("{:?}", rules_cfg.backend).to_lowercase() } else { "none (rules installed by hand)".into() },
             "chain": rules_cfg.chain,
+            "hooks": rules_cfg.hooks.iter().map(|h| h.chain()).collect::<Vec<_>>(),
+            "protect": rules_cfg.protect.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
             "fail_open": daemon.fail_open,
             "offload": offload.as_ref().map(|o| serde_json::json!([o.v4, o.v6])),
             "state_dir": daemon.state_dir.as_ref().map(|d| d.display().to_string()),
@@ -511,6 +519,16 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
                         || ports_of(&new) != rules_cfg.ports =>
                 {
                     Err("reload refused: the new rules need other kernel rules (ports, or stream/smtp mode's bypass and replies); restart to change them".to_string())
+                }
+                Ok(new)
+                    if new.iptables.as_ref().is_some_and(|i| {
+                        i.chains.hooks().iter().any(|h| !rules_cfg.hooks.contains(h))
+                    }) =>
+                {
+                    Err(format!(
+                        "reload refused: the new iptables rules use a chain that is not queued (queued: {}); restart to queue it",
+                        rules_cfg.hooks.iter().map(|h| h.chain()).collect::<Vec<_>>().join(", ")
+                    ))
                 }
                 Ok(new) => match apply_lists(&blacklist, &new) {
                     Ok(changed) => {

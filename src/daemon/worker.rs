@@ -10,8 +10,12 @@ pub struct WorkerStats {
     pub wakeups: u64,
     pub destroyed: u64,
     pub reset_by_mark: u64,
-    /// Crafted RSTs sent toward the local side (with `reset_by_mark`).
+    /// Crafted RSTs sent toward the protected side (with `reset_by_mark`): this host's socket,
+    /// or the server behind a gateway.
     pub crafted: u64,
+    /// Packets met in `FORWARD` (a gateway's), and the resets among them.
+    pub forwarded: u64,
+    pub forwarded_resets: u64,
     pub gso: u64,
     pub csum_not_ready: u64,
     /// Time in `decide`, every 16th packet.
@@ -91,21 +95,35 @@ pub(super) fn worker(
                 carried.gso += u64::from(q.skb_info & codec::SKB_GSO != 0);
                 carried.csum_not_ready += u64::from(q.skb_info & codec::SKB_CSUMNOTREADY != 0);
                 sampled = sampled.wrapping_add(1);
+                let hook = if q.hook == codec::HOOK_FORWARD {
+                    carried.forwarded += 1;
+                    Hook::Forward
+                } else {
+                    Hook::Input
+                };
                 let decision = if sampled.is_multiple_of(16) {
                     let t = std::time::Instant::now();
-                    let d = engine.decide(q.payload, now);
+                    let d = engine.decide_at(q.payload, hook, now);
                     carried
                         .latency
                         .observe(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
                     d
                 } else {
-                    engine.decide(q.payload, now)
+                    engine.decide_at(q.payload, hook, now)
                 };
                 match decision.verdict {
                     Verdict::Accept => runs.push(&mut out, codec::NF_ACCEPT, q.id),
                     Verdict::Drop => runs.push(&mut out, codec::NF_DROP, q.id),
                     Verdict::Bypass => {
                         repeat_marked(&mut out, &mut runs, q.id, q.mark, marks.bypass)
+                    }
+                    // A forwarded flow has no socket here: the client gets the kernel's RST
+                    // (REJECT, by the mark) and the server behind a crafted one.
+                    Verdict::Reset if hook == Hook::Forward => {
+                        carried.forwarded_resets += 1;
+                        carried.reset_by_mark += 1;
+                        repeat_marked(&mut out, &mut runs, q.id, q.mark, marks.reset);
+                        carried.crafted += u64::from(reset_local(injector.as_ref(), q.payload));
                     }
                     Verdict::Reset => match destroy_local(diag.as_mut(), q.payload) {
                         Destroyed::Yes => {
@@ -180,7 +198,8 @@ pub(super) fn publish(shared: &Shared, index: usize, carried: &WorkerStats, engi
     *lock(&shared.stats[index]) = s;
 }
 
-/// Sends the local side of the packet's flow (remote → local) a RST as if from the remote.
+/// Sends the packet's destination (this host's socket, or the server behind a gateway) a RST
+/// as if from the packet's source.
 pub(super) fn reset_local(injector: Option<&RstInjector>, packet: &[u8]) -> bool {
     let Some(injector) = injector else {
         return false;

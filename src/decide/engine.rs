@@ -27,7 +27,7 @@ use crate::rule::{Action, Domain, Mode, Rule, StringMatch};
 use crate::scan::{self, Scanner};
 use crate::time::Instant;
 
-pub use crate::verdict::{Decision, Reason, Verdict};
+pub use crate::verdict::{Decision, Hook, Reason, Verdict};
 
 pub use crate::config::{EngineConfig, UnparsedPolicy};
 
@@ -47,6 +47,8 @@ pub struct Stats {
     pub banned: Vec<u64>,
     /// Matches by rule.
     pub matches: Vec<u64>,
+    /// Imported iptables rules: packets each rule matched, by its place in the file.
+    pub iptables_rules: Vec<u64>,
     pub bans_new: u64,
     pub bans_renewed: u64,
     /// Convictions counted towards a list's threshold, no ban yet.
@@ -190,6 +192,7 @@ impl Stats {
             *a += b;
         }
         add_vec(&mut self.matches, &other.matches);
+        add_vec(&mut self.iptables_rules, &other.iptables_rules);
         add_vec(&mut self.banned, &other.banned);
     }
 }
@@ -297,7 +300,9 @@ impl Engine {
         let rules: Arc<[Rule]> = config.rules.clone().into();
         let matchers: Vec<_> = rules.iter().map(|r| &r.matcher).collect();
         let scanner = Scanner::new(&matchers);
-        let stats = Stats::new(rules.len(), blacklist.lists().len());
+        let mut stats = Stats::new(rules.len(), blacklist.lists().len());
+        let chains = config.iptables.as_ref().map(|i| i.chains.with_own_tables());
+        stats.iptables_rules = vec![0; chains.as_ref().map_or(0, |c| c.rule_count())];
         let (flow_rules, stream_scanner) = FlowRules::new(&rules);
         let flow_rules = Arc::new(flow_rules);
         Engine {
@@ -309,7 +314,7 @@ impl Engine {
             flows: Flows::new(config.engine.max_flows),
             flow_rules,
             stream_scanner,
-            chains: config.iptables.as_ref().map(|i| i.chains.with_own_tables()),
+            chains,
             scratch: Vec::new(),
             folded: Vec::new(),
             stats,
@@ -340,9 +345,17 @@ impl Engine {
             flows: Flows::new(self.config.max_flows),
             scratch: Vec::new(),
             folded: Vec::new(),
-            stats: Stats::new(self.rules.len(), self.blacklist.lists().len()),
+            stats: Stats {
+                iptables_rules: vec![0; self.stats.iptables_rules.len()],
+                ..Stats::new(self.rules.len(), self.blacklist.lists().len())
+            },
             allow: Arc::clone(&self.allow),
         }
+    }
+
+    /// Imported iptables rules, if any.
+    pub fn chains(&self) -> Option<&crate::chains::Chains> {
+        self.chains.as_ref()
     }
 
     /// The recent tables of imported iptables rules, if any.
@@ -399,14 +412,20 @@ impl Engine {
     /// Side effects, all in memory: a match bans the source in the rule's list; a packet from a
     /// banned source counts as a hit on the ban (and refreshes it if the list says so).
     pub fn decide(&mut self, packet: &[u8], now: Instant) -> Decision {
-        let decision = self.judge(packet, now);
+        self.decide_at(packet, Hook::Input, now)
+    }
+
+    /// [`Engine::decide`] for a packet met at `hook`: imported iptables rules run that hook's
+    /// chain (stringban's own rules judge a forwarded packet as one to this host).
+    pub fn decide_at(&mut self, packet: &[u8], hook: Hook, now: Instant) -> Decision {
+        let decision = self.judge(packet, hook, now);
         self.stats.packets += 1;
         self.stats.bytes += packet.len() as u64;
         self.stats.verdicts[decision.verdict.index()] += 1;
         decision
     }
 
-    fn judge(&mut self, bytes: &[u8], now: Instant) -> Decision {
+    fn judge(&mut self, bytes: &[u8], hook: Hook, now: Instant) -> Decision {
         let packet = match parse::packet(bytes) {
             Ok(p) => p,
             Err(e) => {
@@ -429,7 +448,7 @@ impl Engine {
                     reason: Reason::Clean,
                 };
             }
-            let v = chains.decide(&packet, now);
+            let v = chains.decide(&packet, hook, now, &mut self.stats.iptables_rules);
             return Decision {
                 verdict: v.verdict,
                 reason: Reason::Iptables {

@@ -5,6 +5,35 @@
 use crate::blacklist::{ListId, RuleId};
 use crate::parse;
 
+/// Where a packet met the filter: addressed to this host (`INPUT`), or passing through it
+/// to a host behind it (`FORWARD`, a gateway). The daemon reads it from the queue; a replay
+/// says it (`--chain`).
+#[derive(Clone, Copy, Debug, Default, Eq, Hash, PartialEq)]
+pub enum Hook {
+    #[default]
+    Input,
+    Forward,
+}
+
+impl Hook {
+    /// The built-in chain's name: `INPUT` or `FORWARD`.
+    pub fn chain(self) -> &'static str {
+        match self {
+            Hook::Input => "INPUT",
+            Hook::Forward => "FORWARD",
+        }
+    }
+
+    /// `input` or `forward` (any case).
+    pub fn parse(s: &str) -> Option<Hook> {
+        match s.to_ascii_lowercase().as_str() {
+            "input" => Some(Hook::Input),
+            "forward" => Some(Hook::Forward),
+            _ => None,
+        }
+    }
+}
+
 /// What the shell does with the packet.
 #[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
 pub enum Verdict {

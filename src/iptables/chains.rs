@@ -1,8 +1,10 @@
-//! Imported iptables rules, run: a packet enters the family's `filter` `INPUT` chain
-//! and goes rule by rule as in the kernel — the protocol first, then each match in order (a
+//! Imported iptables rules, run: a packet enters the family's `filter` `INPUT` chain (or
+//! `FORWARD`, on a gateway: [`Hook`]) and goes rule by rule as in the kernel — the protocol first, then each match in order (a
 //! match that fails ends the rule, so a later `-m recent --set` only acts when the earlier
 //! matches held), then the target: ACCEPT, DROP, REJECT, RETURN, or a jump into a user chain.
-//! The end of a user chain returns; the end of `INPUT` applies its policy.
+//! The end of a user chain returns; the end of `INPUT` / `FORWARD` applies its policy. A rule
+//! without a target only counts the packets it matches, as in the kernel: every rule's count is
+//! kept (by its place in the file) for `stats`.
 //!
 //! Verdicts: ACCEPT → accept; DROP → drop; `REJECT --reject-with tcp-reset` → reset; any other
 //! REJECT → drop (stringban sends no ICMP errors: a documented divergence).
@@ -13,11 +15,12 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use crate::iptables::{Family, Match, Refusal, Rule, Ruleset, Target, refuse};
+use crate::iptables::{Family, Match, RecentCmd, Refusal, Rule, Ruleset, Target, refuse};
 use crate::parse::{Packet, Transport};
 use crate::recent::Tables;
 use crate::scan::Scanner;
 use crate::time::Instant;
+use crate::verdict::Hook;
 
 /// The verdict of an imported rule set, and the file line of the rule that gave it (None: the
 /// chain's policy).
@@ -34,9 +37,14 @@ pub struct Chains {
     chains: Vec<Vec<Rule>>,
     /// For each chain's rules, the chain number a `-j CHAIN` target jumps to.
     jumps: Vec<Vec<Option<usize>>>,
-    /// The chain number of `INPUT` for IPv4 and for IPv6, if it has rules.
-    input: [Option<usize>; 2],
-    policies: HashMap<Family, bool>,
+    /// The chain number of `INPUT` and of `FORWARD` ([hook][family]), if it has rules.
+    starts: [[Option<usize>; 2]; 2],
+    /// Built-in chains whose policy is DROP.
+    dropping: Vec<(Family, Hook)>,
+    /// For each chain's rules, the rule's place in the file's rule list (its counter).
+    index: Vec<Vec<usize>>,
+    /// The file's rules (every table): the counters' length.
+    total: usize,
     recent: Arc<Mutex<Tables>>,
     /// For each chain's rules, a prebuilt scanner per `-m string` match, in order (the engine's
     /// xt_string: windows, Latin-1 case folding, invert; no allocation per packet).
@@ -51,15 +59,20 @@ impl Chains {
     /// applied; recent tables are created in rule order, as the kernel's rule checks do.
     /// `list_tot` bounds each recent table (the kernel's `ip_list_tot`); None: unbounded.
     pub fn new(set: &Ruleset, list_tot: Option<usize>) -> Result<Chains, Refusal> {
-        let mut by_name: HashMap<(Family, String), Vec<Rule>> = HashMap::new();
-        for r in set.rules.iter().filter(|r| r.table == "filter") {
+        let mut by_name: HashMap<(Family, String), Vec<(usize, Rule)>> = HashMap::new();
+        for (n, r) in set
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.table == "filter")
+        {
             let list = by_name.entry((r.family, r.chain.clone())).or_default();
             match r.insert {
                 Some(pos) => {
                     let at = (pos as usize).saturating_sub(1).min(list.len());
-                    list.insert(at, r.clone());
+                    list.insert(at, (n, r.clone()));
                 }
-                None => list.push(r.clone()),
+                None => list.push((n, r.clone())),
             }
         }
         let mut tables = match list_tot {
@@ -73,12 +86,22 @@ impl Chains {
                 }
             }
         }
-        let mut policies = HashMap::new();
+        // The last word on each built-in chain's policy.
+        let mut policies: HashMap<(Family, Hook), bool> = HashMap::new();
         for (family, table, chain, policy) in &set.policies {
-            if table == "filter" && chain == "INPUT" {
-                policies.insert(*family, policy == "ACCEPT");
+            let hook = [Hook::Input, Hook::Forward]
+                .into_iter()
+                .find(|h| h.chain() == chain);
+            if let (true, Some(hook)) = (table == "filter", hook) {
+                policies.insert((*family, hook), policy == "DROP");
             }
         }
+        let mut dropping: Vec<(Family, Hook)> = policies
+            .into_iter()
+            .filter(|(_, drop)| *drop)
+            .map(|(k, _)| k)
+            .collect();
+        dropping.sort_by_key(|(f, h)| (*f == Family::V6, *h == Hook::Forward));
         // Number the chains and resolve every jump once.
         let names: Vec<(Family, String)> = by_name.keys().cloned().collect();
         let number = |f: Family, c: &str| names.iter().position(|(nf, nc)| *nf == f && nc == c);
@@ -87,15 +110,23 @@ impl Chains {
             .map(|k| {
                 by_name[k]
                     .iter()
-                    .map(|r| match &r.target {
+                    .map(|(_, r)| match &r.target {
                         Some(Target::Chain(next)) => number(k.0, next),
                         _ => None,
                     })
                     .collect()
             })
             .collect();
-        let input = [number(Family::V4, "INPUT"), number(Family::V6, "INPUT")];
-        let chains: Vec<Vec<Rule>> = names.iter().map(|k| by_name[k].clone()).collect();
+        let starts = [Hook::Input, Hook::Forward]
+            .map(|h| [number(Family::V4, h.chain()), number(Family::V6, h.chain())]);
+        let index = names
+            .iter()
+            .map(|k| by_name[k].iter().map(|(n, _)| *n).collect())
+            .collect();
+        let chains: Vec<Vec<Rule>> = names
+            .iter()
+            .map(|k| by_name[k].iter().map(|(_, r)| r.clone()).collect())
+            .collect();
         let scanners = chains
             .iter()
             .map(|rules| {
@@ -116,12 +147,14 @@ impl Chains {
         let c = Chains {
             chains,
             jumps,
-            input,
-            policies,
+            starts,
+            dropping,
+            index,
+            total: set.rules.len(),
             recent: Arc::new(Mutex::new(tables)),
             scanners,
         };
-        for start in c.input.into_iter().flatten() {
+        for start in c.starts.into_iter().flatten().flatten() {
             c.check_loops(start, &mut Vec::new(), &names)?;
         }
         Ok(c)
@@ -149,8 +182,50 @@ impl Chains {
         Ok(())
     }
 
-    /// Decides a packet arriving at `INPUT`.
-    pub fn decide(&mut self, p: &Packet<'_>, now: Instant) -> ChainVerdict {
+    /// For each recent table that a `--rcheck` / `--update` rule reads: the longest
+    /// `--seconds` of those rules (None: one reads it without `--seconds`, so an entry counts
+    /// for ever). A source held there within that window is one the rules still act on.
+    pub fn recent_windows(&self) -> HashMap<String, Option<u32>> {
+        let mut out: HashMap<String, Option<u32>> = HashMap::new();
+        for r in self.chains.iter().flatten() {
+            for m in &r.matches {
+                let Match::Recent(rc) = m else { continue };
+                if !matches!(rc.cmd, RecentCmd::Rcheck | RecentCmd::Update) || rc.invert {
+                    continue;
+                }
+                let name = rc.name.trim_end_matches('\u{0}').to_string();
+                let w = out.entry(name).or_insert(Some(0));
+                *w = match (*w, rc.seconds) {
+                    (None, _) | (_, None) => None,
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                };
+            }
+        }
+        out
+    }
+
+    /// How many rules the file has: the length of the counters [`Chains::decide`] fills.
+    pub fn rule_count(&self) -> usize {
+        self.total
+    }
+
+    /// The built-in chains that have rules (either family): `INPUT`, `FORWARD`, both or none.
+    pub fn hooks(&self) -> Vec<Hook> {
+        [Hook::Input, Hook::Forward]
+            .into_iter()
+            .filter(|h| self.starts[*h as usize].iter().any(Option::is_some))
+            .collect()
+    }
+
+    /// Decides a packet met at `hook`; `packets` counts, by the rule's place in the file, every
+    /// rule that matched it (the caller's counters, sized to the file's rules).
+    pub fn decide(
+        &mut self,
+        p: &Packet<'_>,
+        hook: Hook,
+        now: Instant,
+        packets: &mut [u64],
+    ) -> ChainVerdict {
         use crate::verdict::Verdict;
         let family = if p.src.is_ipv4() {
             Family::V4
@@ -161,39 +236,41 @@ impl Chains {
             Some(4) => p.bytes.get(8).copied().unwrap_or(0),
             _ => p.bytes.get(7).copied().unwrap_or(0),
         };
-        if let Some(v) = self.walk(family, p, ttl, now) {
+        if let Some(v) = self.walk(family, hook, p, ttl, now, packets) {
             return v;
         }
-        let accept = self.policies.get(&family).copied().unwrap_or(true);
         ChainVerdict {
-            verdict: if accept {
-                Verdict::Accept
-            } else {
+            verdict: if self.dropping.contains(&(family, hook)) {
                 Verdict::Drop
+            } else {
+                Verdict::Accept
             },
             line: None,
         }
     }
 
-    /// Walks `INPUT` and the chains it jumps to: the verdict of the rule that decides, or None
-    /// for the policy. Frames live in a fixed array: no allocation per packet.
+    /// Walks the hook's chain and the chains it jumps to: the verdict of the rule that decides,
+    /// or None for the policy. Frames live in a fixed array: no allocation per packet.
     fn walk(
         &mut self,
         family: Family,
+        hook: Hook,
         p: &Packet<'_>,
         ttl: u8,
         now: Instant,
+        packets: &mut [u64],
     ) -> Option<ChainVerdict> {
         use crate::verdict::Verdict;
         let Chains {
             chains,
             jumps,
-            input,
+            starts,
+            index,
             recent,
             scanners,
             ..
         } = self;
-        let start = input[usize::from(family == Family::V6)]?;
+        let start = starts[hook as usize][usize::from(family == Family::V6)]?;
         // (chain, next rule) frames.
         let mut stack = [(0usize, 0usize); MAX_DEPTH];
         stack[0] = (start, 0);
@@ -204,6 +281,9 @@ impl Chains {
             for (i, r) in chains[chain].iter().enumerate().skip(from) {
                 if !matches(r, &mut scanners[chain][i], recent, p, ttl, now) {
                     continue;
+                }
+                if let Some(n) = packets.get_mut(index[chain][i]) {
+                    *n += 1;
                 }
                 let line = Some(r.line);
                 let verdict = match &r.target {
@@ -344,7 +424,7 @@ mod tests {
 
     fn run(c: &mut Chains, bytes: &[u8], s: u64) -> ChainVerdict {
         let p = crate::parse::packet(bytes).unwrap();
-        c.decide(&p, Instant::from_secs(1_000 + s))
+        c.decide(&p, Hook::Input, Instant::from_secs(1_000 + s), &mut [0; 16])
     }
 
     #[test]
@@ -403,6 +483,40 @@ mod tests {
                 .0
                 .contains("loop")
         );
+    }
+
+    #[test]
+    fn forward_runs_its_own_chain_and_policy_and_rules_without_target_count() {
+        let text = "iptables -N spam\niptables -P FORWARD DROP\niptables -A FORWARD -p tcp --dport 25\niptables -A FORWARD -p tcp --dport 25 -m string --string example.com --algo bm -j spam\niptables -A FORWARD -p tcp --dport 25 -j ACCEPT\niptables -A spam -p tcp -j REJECT --reject-with tcp-reset\niptables -A INPUT -p tcp --dport 25 -j DROP\n";
+        let mut c = Chains::new(&parse(text).unwrap(), None).unwrap();
+        assert_eq!(c.hooks(), [Hook::Input, Hook::Forward]);
+        let mut counts = [0u64; 6];
+        let mut at = |c: &mut Chains, hook, payload: &str, dport| {
+            let bytes = seg("198.19.1.1", dport, payload);
+            let p = crate::parse::packet(&bytes).unwrap();
+            c.decide(&p, hook, Instant::from_secs(1), &mut counts)
+                .verdict
+        };
+        assert_eq!(at(&mut c, Hook::Forward, "HELO x", 25), Verdict::Accept);
+        assert_eq!(
+            at(&mut c, Hook::Forward, "RCPT TO:<a@example.com>", 25),
+            Verdict::Reset
+        );
+        assert_eq!(
+            at(&mut c, Hook::Forward, "x", 80),
+            Verdict::Drop,
+            "FORWARD's policy"
+        );
+        assert_eq!(
+            at(&mut c, Hook::Input, "x", 80),
+            Verdict::Accept,
+            "INPUT's policy"
+        );
+        assert_eq!(at(&mut c, Hook::Input, "x", 25), Verdict::Drop);
+        // By file order: the counting rule saw both port-25 packets.
+        assert_eq!(counts, [2, 1, 1, 1, 1, 0]);
+        let only_input = Chains::new(&parse(RECIPE).unwrap(), None).unwrap();
+        assert_eq!(only_input.hooks(), [Hook::Input]);
     }
 
     #[test]

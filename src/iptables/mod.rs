@@ -18,11 +18,13 @@ use crate::rule::{self, Algo, StringMatch};
 pub mod chains;
 mod lexer;
 mod parser;
+#[cfg(test)]
+mod peer;
 pub mod recent;
 mod save;
 
 pub use lexer::MAX_EXPANDED;
-pub use parser::parse;
+pub use parser::{parse, parse_as};
 
 /// IPv4 (`iptables`) or IPv6 (`ip6tables`).
 #[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
@@ -343,7 +345,6 @@ $IPTABLES -A blackchain -m recent --set --name blacklist -p tcp -j REJECT --reje
                 "needs -p tcp",
             ),
             ("iptables -A INPUT -j LOG\n", "unsupported target -j LOG"),
-            ("iptables -A INPUT -p tcp\n", "no target"),
             (
                 "iptables -A INPUT -m string --string x --algo fsm -j DROP\n",
                 "unknown --algo",

@@ -38,6 +38,20 @@ struct Table {
     next_seq: u64,
 }
 
+/// One address a table holds (for reports: `replay --iptables`).
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct Held {
+    pub table: String,
+    /// The masked address, and the mask's prefix length when the mask is a prefix (else the
+    /// family's full length).
+    pub addr: IpAddr,
+    pub prefix: u8,
+    /// Its oldest and newest stored stamps, and how many are stored.
+    pub first: Instant,
+    pub last: Instant,
+    pub stamps: usize,
+}
+
 /// Every table, by name.
 #[derive(Clone, Debug)]
 pub struct Tables {
@@ -129,6 +143,54 @@ impl Tables {
             .collect();
         out.sort();
         out
+    }
+
+    /// Every address every table holds, by table name then address.
+    pub fn held(&self) -> Vec<Held> {
+        let mut out = Vec::new();
+        for (name, t) in &self.tables {
+            let m = mask_bytes(t.mask);
+            for (&(v6, bits), e) in &t.entries {
+                let (addr, prefix) = if v6 {
+                    let p = if m.leading_ones() + m.trailing_zeros() == 128 {
+                        m.leading_ones()
+                    } else {
+                        128
+                    };
+                    (IpAddr::V6(std::net::Ipv6Addr::from(bits)), p as u8)
+                } else {
+                    let m4 = (m >> 96) as u32;
+                    let p = if m4.leading_ones() + m4.trailing_zeros() == 32 {
+                        m4.leading_ones()
+                    } else {
+                        32
+                    };
+                    (IpAddr::V4(std::net::Ipv4Addr::from(bits as u32)), p as u8)
+                };
+                let stored = &e.stamps[..e.nstamps];
+                out.push(Held {
+                    table: name.trim_end_matches('\u{0}').to_string(),
+                    addr,
+                    prefix,
+                    first: stored.iter().copied().min().unwrap_or(Instant::ZERO),
+                    last: stored.iter().copied().max().unwrap_or(Instant::ZERO),
+                    stamps: e.nstamps,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.table.cmp(&b.table).then(a.addr.cmp(&b.addr)));
+        out
+    }
+
+    /// `addr` masked by table `name`'s mask (None: no such table).
+    pub fn masked(&self, name: &str, addr: IpAddr) -> Option<IpAddr> {
+        let t = self.tables.get(name)?;
+        let (v6, bits) = apply_mask(addr, t.mask);
+        Some(if v6 {
+            IpAddr::V6(std::net::Ipv6Addr::from(bits))
+        } else {
+            IpAddr::V4(std::net::Ipv4Addr::from(bits as u32))
+        })
     }
 
     /// Does the table hold `addr` (masked by the table's mask)?
@@ -246,6 +308,27 @@ impl Tables {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_lists_every_masked_address_with_its_stamps() {
+        let mut t = Tables::default();
+        let mut r = rule(RecentCmd::Set);
+        r.mask = Some("255.255.255.0".parse().unwrap());
+        for (a, s) in [("198.19.1.7", 5), ("198.19.1.9", 9), ("198.19.2.1", 7)] {
+            t.eval(&r, a.parse().unwrap(), 64, Instant::from_secs(s));
+        }
+        let held = t.held();
+        assert_eq!(held.len(), 2);
+        assert_eq!(
+            (held[0].addr.to_string(), held[0].prefix, held[0].stamps),
+            ("198.19.1.0".to_string(), 24, 2)
+        );
+        assert_eq!(
+            (held[0].first, held[0].last),
+            (Instant::from_secs(5), Instant::from_secs(9))
+        );
+        assert_eq!(held[1].addr.to_string(), "198.19.2.0");
+    }
 
     fn rule(cmd: RecentCmd) -> Recent {
         Recent {

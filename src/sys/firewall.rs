@@ -4,6 +4,9 @@
 //! ```text
 //! -I INPUT -p tcp -m multiport --dports 25 -j STRINGBAN
 //! -I OUTPUT -p tcp -m multiport --sports 25 -j STRINGBAN        smtp mode: the server's replies
+//! (a gateway, `--chain forward [--protect CIDR]`: the servers behind this host)
+//! -I FORWARD -d CIDR -p tcp -m multiport --dports 25 -j STRINGBAN
+//! -I FORWARD -s CIDR -p tcp -m multiport --sports 25 -j STRINGBAN   smtp mode: their replies
 //! -A STRINGBAN -m mark --mark INJECT/MASK -j RETURN             the daemon's own crafted RSTs
 //! (the next three only when a matching mode can bypass a flow; not in packet mode)
 //! -A STRINGBAN -m connmark --mark BYPASS/MASK -j RETURN        flow already judged clean
@@ -22,6 +25,9 @@
 use std::fmt;
 use std::io;
 use std::process::{Command, Stdio};
+
+use crate::allow::Cidr;
+use crate::verdict::Hook;
 
 /// Marks the daemon's verdicts set, and the bits of the packet mark they own.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
@@ -72,6 +78,11 @@ pub struct RulesConfig {
     /// Kernel offload: the IPv4 and IPv6 ipsets whose sources are dropped before the queue.
     pub offload_sets: Option<(String, String)>,
     pub backend: Backend,
+    /// Where traffic is queued: `INPUT` (this host's servers) and/or `FORWARD` (a gateway's).
+    pub hooks: Vec<Hook>,
+    /// `FORWARD` only: the destination networks protected (empty: every forwarded packet to
+    /// the ports). A family without one is not queued in `FORWARD` at all.
+    pub protect: Vec<Cidr>,
 }
 
 /// Which tool writes the rules.
@@ -147,7 +158,22 @@ impl RulesConfig {
             skip_pure_acks: false,
             offload_sets: None,
             backend: Backend::Iptables,
+            hooks: vec![Hook::Input],
+            protect: Vec::new(),
         }
+    }
+
+    /// The protected networks of one family, as `-d`/`-s` values; `[None]` when none is given
+    /// at all (every destination), `[]` when only the other family's are.
+    fn protected(&self, v6: bool) -> Vec<Option<String>> {
+        if self.protect.is_empty() {
+            return vec![None];
+        }
+        self.protect
+            .iter()
+            .filter(|c| c.addr().is_ipv6() == v6)
+            .map(|c| Some(c.to_string()))
+            .collect()
     }
 }
 
@@ -169,29 +195,46 @@ pub fn rules(cfg: &RulesConfig) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
 /// The rules for one family (`ip6tables` when `v6`).
 pub fn rules_for(cfg: &RulesConfig, v6: bool) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
     let words = |s: String| s.split_whitespace().map(String::from).collect::<Vec<_>>();
-    let mut jumps = if cfg.ports.is_empty() {
-        vec![words(format!("INPUT -p tcp -j {}", cfg.chain))]
-    } else {
+    // `-m multiport --dports 25,587` in chunks of 15 (multiport's most), or nothing: every port.
+    let port_matches = |dir: &str| -> Vec<String> {
+        if cfg.ports.is_empty() {
+            return vec![String::new()];
+        }
         cfg.ports
-            .chunks(15) // multiport takes at most 15 ports
+            .chunks(15)
             .map(|chunk| {
                 let list: Vec<String> = chunk.iter().map(u16::to_string).collect();
-                words(format!(
-                    "INPUT -p tcp -m multiport --dports {} -j {}",
-                    list.join(","),
-                    cfg.chain
-                ))
+                format!(" -m multiport --{dir}ports {}", list.join(","))
             })
             .collect()
     };
-    if cfg.replies {
-        for chunk in cfg.ports.chunks(15) {
-            let list: Vec<String> = chunk.iter().map(u16::to_string).collect();
-            jumps.push(words(format!(
-                "OUTPUT -p tcp -m multiport --sports {} -j {}",
-                list.join(","),
-                cfg.chain
-            )));
+    let mut jumps = Vec::new();
+    for hook in &cfg.hooks {
+        match hook {
+            Hook::Input => {
+                for m in port_matches("d") {
+                    jumps.push(words(format!("INPUT -p tcp{m} -j {}", cfg.chain)));
+                }
+                if cfg.replies && !cfg.ports.is_empty() {
+                    for m in port_matches("s") {
+                        jumps.push(words(format!("OUTPUT -p tcp{m} -j {}", cfg.chain)));
+                    }
+                }
+            }
+            Hook::Forward => {
+                for net in cfg.protected(v6) {
+                    let to = net.as_ref().map_or(String::new(), |n| format!(" -d {n}"));
+                    for m in port_matches("d") {
+                        jumps.push(words(format!("FORWARD{to} -p tcp{m} -j {}", cfg.chain)));
+                    }
+                    if cfg.replies && !cfg.ports.is_empty() {
+                        let from = net.as_ref().map_or(String::new(), |n| format!(" -s {n}"));
+                        for m in port_matches("s") {
+                            jumps.push(words(format!("FORWARD{from} -p tcp{m} -j {}", cfg.chain)));
+                        }
+                    }
+                }
+            }
         }
     }
     let Marks {
@@ -327,16 +370,53 @@ pub fn nft_ruleset(cfg: &RulesConfig) -> String {
     ));
     guard.push(queue);
     let mut out = format!("table inet {t}\ndelete table inet {t}\ntable inet {t} {{\n");
-    out.push_str("\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n");
-    out.push_str(&format!("\t\t{ports} jump guard\n\t}}\n"));
-    if cfg.replies && !cfg.ports.is_empty() {
+    let replies = cfg.replies && !cfg.ports.is_empty();
+    if cfg.hooks.contains(&Hook::Input) {
         out.push_str(
-            "\tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n",
+            "\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n",
         );
-        out.push_str(&format!(
-            "\t\t{} jump guard\n\t}}\n",
-            ports.replace("dport", "sport")
-        ));
+        out.push_str(&format!("\t\t{ports} jump guard\n\t}}\n"));
+        if replies {
+            out.push_str(
+                "\tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n",
+            );
+            out.push_str(&format!(
+                "\t\t{} jump guard\n\t}}\n",
+                ports.replace("dport", "sport")
+            ));
+        }
+    }
+    if cfg.hooks.contains(&Hook::Forward) {
+        out.push_str(
+            "\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n",
+        );
+        let mut nets: Vec<(&str, Option<String>)> = Vec::new();
+        if cfg.protect.is_empty() {
+            nets.push(("", None));
+        }
+        for (family, v6) in [("ip", false), ("ip6", true)] {
+            let list: Vec<String> = cfg.protected(v6).into_iter().flatten().collect();
+            if !list.is_empty() {
+                nets.push((family, Some(list.join(", "))));
+            }
+        }
+        for (family, list) in &nets {
+            let (to, from) = match list {
+                Some(l) => (
+                    format!("{family} daddr {{ {l} }} "),
+                    format!("{family} saddr {{ {l} }} "),
+                ),
+                None => (String::new(), String::new()),
+            };
+            out.push_str(&format!("\t\t{to}{ports} jump guard\n"));
+            if replies {
+                out.push_str(&format!(
+                    "\t\t{from}{} jump guard\n",
+                    ports.replace("dport", "sport")
+                ));
+            }
+        }
+        out.push_str("\t}\n");
     }
     out.push_str("\tchain guard {\n");
     for g in guard {
@@ -508,8 +588,8 @@ pub fn remove(cfg: &RulesConfig) -> Result<(), FirewallError> {
         )?;
         return Ok(());
     }
-    let (jumps, _) = rules(cfg);
     for tool in tools() {
+        let (jumps, _) = rules_for(cfg, tool == "ip6tables");
         for j in &jumps {
             // A jump may have been added more than once by hand; remove every copy (bounded).
             for _ in 0..16 {
@@ -697,6 +777,59 @@ table inet stringban {
         assert!(nft_ruleset(&cfg).contains("ip6 nexthdr tcp ip6 length 32 tcp doff 8 return"));
         cfg.skip_pure_acks = false;
         assert!(!script(&cfg, "iptables").contains("u32"));
+    }
+
+    #[test]
+    fn a_gateway_queues_forwarded_traffic_to_the_protected_networks() {
+        let mut cfg = RulesConfig::new(vec![25], (0, 0));
+        cfg.hooks = vec![Hook::Forward];
+        cfg.replies = true;
+        let jumps = |cfg: &RulesConfig, v6| {
+            rules_for(cfg, v6)
+                .0
+                .iter()
+                .map(|j| j.join(" "))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            jumps(&cfg, false),
+            [
+                "FORWARD -p tcp -m multiport --dports 25 -j STRINGBAN",
+                "FORWARD -p tcp -m multiport --sports 25 -j STRINGBAN"
+            ]
+        );
+        cfg.protect = vec![
+            Cidr::new("198.18.2.0".parse().unwrap(), 24).unwrap(),
+            Cidr::new("198.18.3.7".parse().unwrap(), 32).unwrap(),
+        ];
+        assert_eq!(
+            jumps(&cfg, false),
+            [
+                "FORWARD -d 198.18.2.0/24 -p tcp -m multiport --dports 25 -j STRINGBAN",
+                "FORWARD -s 198.18.2.0/24 -p tcp -m multiport --sports 25 -j STRINGBAN",
+                "FORWARD -d 198.18.3.7/32 -p tcp -m multiport --dports 25 -j STRINGBAN",
+                "FORWARD -s 198.18.3.7/32 -p tcp -m multiport --sports 25 -j STRINGBAN"
+            ]
+        );
+        assert!(jumps(&cfg, true).is_empty(), "no IPv6 network protected");
+        cfg.hooks = vec![Hook::Input, Hook::Forward];
+        cfg.replies = false;
+        cfg.ports.clear();
+        assert_eq!(
+            jumps(&cfg, false),
+            [
+                "INPUT -p tcp -j STRINGBAN",
+                "FORWARD -d 198.18.2.0/24 -p tcp -j STRINGBAN",
+                "FORWARD -d 198.18.3.7/32 -p tcp -j STRINGBAN"
+            ]
+        );
+        cfg.backend = Backend::Nft;
+        cfg.ports = vec![25];
+        cfg.replies = true;
+        cfg.protect
+            .push(Cidr::new("2001:db8::".parse().unwrap(), 32).unwrap());
+        let nft = nft_ruleset(&cfg);
+        assert!(nft.contains("\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tip daddr { 198.18.2.0/24, 198.18.3.7/32 } tcp dport { 25 } jump guard\n\t\tip saddr { 198.18.2.0/24, 198.18.3.7/32 } tcp sport { 25 } jump guard\n\t\tip6 daddr { 2001:db8::/32 } tcp dport { 25 } jump guard\n"), "{nft}");
     }
 
     #[test]

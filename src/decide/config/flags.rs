@@ -94,6 +94,9 @@ pub struct Flags {
     /// `--iptables FILE`: its name and text (read by the command line).
     #[arg(skip)]
     pub iptables: Option<(String, String)>,
+    /// `--family`: the family of the file's save-format lines (None: its header's, else IPv4).
+    #[arg(skip)]
+    pub iptables_family: Option<crate::iptables::Family>,
 }
 
 impl Flags {

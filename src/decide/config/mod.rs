@@ -368,12 +368,14 @@ impl Config {
             return Ok(config);
         }
         if let Some((name, text)) = &flags.iptables {
-            let ruleset = crate::iptables::parse(text).map_err(|e| ConfigError {
-                origin: name.clone(),
-                line: Some(e.line),
-                key: String::new(),
-                value: e.text.trim().to_string(),
-                problem: e.problem.clone(),
+            let ruleset = crate::iptables::parse_as(text, flags.iptables_family).map_err(|e| {
+                ConfigError {
+                    origin: name.clone(),
+                    line: Some(e.line),
+                    key: String::new(),
+                    value: e.text.trim().to_string(),
+                    problem: e.problem.clone(),
+                }
             })?;
             let iptables =
                 IptablesConfig::new(ruleset, flags.compat_list_tot).map_err(|problem| {

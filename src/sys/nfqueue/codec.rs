@@ -20,6 +20,10 @@ pub const MSG_VERDICT: u16 = 1;
 pub const MSG_CONFIG: u16 = 2;
 pub const MSG_VERDICT_BATCH: u16 = 3;
 
+/// The netfilter hooks a queued packet's header names (`NF_INET_LOCAL_IN`, `NF_INET_FORWARD`).
+pub const HOOK_INPUT: u8 = 1;
+pub const HOOK_FORWARD: u8 = 2;
+
 /// Netlink control messages and flags.
 pub const NLMSG_NOOP: u16 = 1;
 pub const NLMSG_ERROR: u16 = 2;
