@@ -96,3 +96,11 @@ fn debian_package_installs_runs_and_purges() {
 fn a_fleet_shares_bans_through_redis() {
     live("fleet.sh");
 }
+
+/// Gateway mode: a real Exim behind a router running stringban in FORWARD — the seed's recipe
+/// through `--iptables`, and `--chain forward --protect` in smtp mode (tests/live/gateway.sh).
+#[test]
+#[ignore = "needs root, iptables, iproute2, python3, exim4-daemon-light and swaks; run by scripts/test as root"]
+fn a_gateway_protects_the_mail_server_behind_it() {
+    live("gateway.sh");
+}

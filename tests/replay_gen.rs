@@ -224,6 +224,64 @@ fn the_imported_kernel_recipe_decides_as_the_kernel_would() {
     assert_eq!(s.verdict(Verdict::Accept), want.accept, "accept");
     assert_eq!(s.verdict(Verdict::Drop), want.drop, "drop");
     assert_eq!(s.verdict(Verdict::Reset), want.reset, "reset");
+    // The sources the recent table holds are reported as banned: every client that sent the
+    // pattern (its first such packet was reset), each still banned at the end.
+    let mut spammers: Vec<String> = truth
+        .rows
+        .iter()
+        .filter(|r| r.pattern_packet.is_some())
+        .map(|r| r.client.to_string())
+        .collect();
+    spammers.sort();
+    spammers.dedup();
+    let mut banned: Vec<String> = report
+        .banned
+        .iter()
+        .map(|c| c.key.addr().to_string())
+        .collect();
+    banned.sort();
+    assert_eq!(banned, spammers);
+    assert!(
+        report
+            .banned
+            .iter()
+            .all(|c| c.live_at_end && c.list == "recent:blacklist")
+    );
+    let dropped: u64 = report.banned.iter().map(|c| c.dropped).sum();
+    assert_eq!(
+        dropped,
+        want.drop + want.reset,
+        "every drop and reset is a held source's"
+    );
+    let text = report.to_string();
+    assert!(
+        text.contains(&format!(
+            "banned:   {} sources held by the recent tables the rules read ({} still acted on",
+            banned.len(),
+            banned.len()
+        )),
+        "{text}"
+    );
+
+    // The same recipe in FORWARD (a gateway's): the capture is judged there, alike.
+    let forward = dir.path().join("forward.sh");
+    std::fs::write(&forward, recipe.replace("-A INPUT", "-A FORWARD")).unwrap();
+    let out = ok(stringban()
+        .args(["replay", "--json", "--quiet", "--iptables"])
+        .arg(&forward)
+        .arg(dir.path().join("attack.pcap")));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["verdicts"]["reset"], want.reset);
+    assert_eq!(j["verdicts"]["drop"], want.drop);
+    assert_eq!(j["banned_count"], spammers.len());
+    let out = stringban()
+        .args(["replay", "--quiet", "--chain", "input", "--iptables"])
+        .arg(&forward)
+        .arg(dir.path().join("attack.pcap"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the iptables rules have no INPUT rule"));
 
     // `stringban import` turns the script into a configuration that decides alike.
     let script = dir.path().join("recipe.sh");

@@ -182,9 +182,13 @@ impl Tables {
         out
     }
 
-    /// `addr` masked by table `name`'s mask (None: no such table).
+    /// `addr` masked by table `name`'s mask (None: no such table). `name` as reported (the
+    /// parser's marker of a given `--name` is not needed).
     pub fn masked(&self, name: &str, addr: IpAddr) -> Option<IpAddr> {
-        let t = self.tables.get(name)?;
+        let t = self
+            .tables
+            .get(name)
+            .or_else(|| self.tables.get(&format!("{name}\u{0}")))?;
         let (v6, bits) = apply_mask(addr, t.mask);
         Some(if v6 {
             IpAddr::V6(std::net::Ipv6Addr::from(bits))
