@@ -28,6 +28,27 @@ for f in "$HERE"/import/*.sh; do
     fi
 done
 
+echo "== save files (iptables-save / ip6tables-save) equal the kernel's -S once restored"
+for f in "$HERE"/import/*.save4 "$HERE"/import/*.save6; do
+    fresh
+    tool=iptables; case $f in *.save6) tool=ip6tables ;; esac
+    ip netns exec "$N" "$tool-restore" < "$f" > "$T/run.out" 2>&1 || { no "$(basename "$f"): $tool-restore refused it: $(cat "$T/run.out")"; continue; }
+    ip netns exec "$N" "$tool" -S > "$T/kernel.txt"
+    "$BIN" import --print "$f" > "$T/ours.txt" 2>&1
+    if diff -u "$T/kernel.txt" "$T/ours.txt" > "$T/diff.txt"; then
+        ok "$(basename "$f"): $(wc -l < "$T/ours.txt") lines identical to $tool -S (the header says the family)"
+    else
+        no "$(basename "$f") differs from $tool -S:"; cat "$T/diff.txt"
+    fi
+    if [ "$tool" = ip6tables ]; then
+        grep -v '^#' "$f" > "$T/headerless"
+        "$BIN" import --print --family 6 "$T/headerless" > "$T/ours6.txt" 2>&1
+        check "$(basename "$f") without its header, read with --family 6: identical too" diff -q "$T/kernel.txt" "$T/ours6.txt"
+        "$BIN" import --print "$T/headerless" > /dev/null 2>&1; rc=$?
+        check "... and without --family 6 it is refused (IPv6 masks in an IPv4 file: exit $rc)" test "$rc" = 2
+    fi
+done
+
 echo "== what iptables refuses, stringban refuses (exit 2, naming the line)"
 while IFS= read -r rule; do
     [ -z "$rule" ] && continue
@@ -50,6 +71,11 @@ iptables -A INPUT -m multiport --dports 25 -j DROP
 iptables -A INPUT -p tcp -m multiport --dports 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16 -j DROP
 iptables -A INPUT -j REJECT --reject-with tcp-reset
 iptables -A INPUT -p tcp -j NOSUCHCHAIN
+iptables -A FORWARD -m string --string "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx" --algo bm
+iptables -A FORWARD -m string --algo wrong
+iptables -A OUTPUT -m recent --set --rttl
+iptables -A INPUT -m recent --rcheck --hitcount 65536 --name foo
+ip6tables -A FORWARD -m recent --rcheck --hitcount 65536 --name foo --mask ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff --rsource
 RULES
 
 echo
