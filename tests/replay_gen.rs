@@ -525,6 +525,50 @@ fn config_file_and_check_command() {
 }
 
 #[test]
+fn check_reads_ip6tables_save_files() {
+    let save =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/live/import/t-lines.save6");
+    let out = ok(stringban().args(["check", "--iptables"]).arg(&save));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("ip6tables -t filter -S: -P FORWARD DROP\n"),
+        "{text}"
+    );
+    assert!(text.contains("ip6tables -t filter -S: -A OUTPUT -m recent --rcheck --hitcount 12 --name foo --mask ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff --rsource\n"), "{text}");
+    assert!(
+        text.contains("iptables rules run in: INPUT and FORWARD\n"),
+        "{text}"
+    );
+    // Without its header, the family must be given.
+    let dir = TempDir::new("save6");
+    let bare = dir.path().join("bare");
+    let body: String = std::fs::read_to_string(&save)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&bare, body).unwrap();
+    let out = stringban()
+        .args(["check", "--iptables"])
+        .arg(&bare)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not of this family"));
+    ok(stringban()
+        .args(["check", "--family", "6", "--iptables"])
+        .arg(&bare));
+    let out = stringban()
+        .args(["check", "--family", "5", "--iptables"])
+        .arg(&bare)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--family = 5: expected 4 or 6"));
+}
+
+#[test]
 fn rules_print_shows_the_chain() {
     let out = ok(stringban().args(["rules", "print", "--port", "25,587", "--queues", "0:1"]));
     let text = String::from_utf8_lossy(&out.stdout);
@@ -556,6 +600,52 @@ fn rules_print_shows_the_chain() {
     );
     // Packet mode never bypasses a flow: no connmark rules, so conntrack stays out of the path.
     assert!(!text.contains("connmark"), "{text}");
+    // A gateway: FORWARD to the protected networks, each family its own; smtp mode also queues
+    // the servers' replies on their way back.
+    let out = ok(stringban().args([
+        "rules",
+        "print",
+        "--chain",
+        "forward",
+        "--protect",
+        "198.18.0.0/24,2001:db8::/48",
+        "--mode",
+        "smtp",
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "iptables -w -I FORWARD -d 198.18.0.0/24 -p tcp -m multiport --dports 25 -j STRINGBAN\n",
+        "iptables -w -I FORWARD -s 198.18.0.0/24 -p tcp -m multiport --sports 25 -j STRINGBAN\n",
+        "ip6tables -w -I FORWARD -d 2001:db8::/48 -p tcp -m multiport --dports 25 -j STRINGBAN\n",
+    ] {
+        assert!(text.contains(want), "{want}\n{text}");
+    }
+    assert!(!text.contains("INPUT"), "{text}");
+    let bad = |args: &[&str], want: &str| {
+        let out = stringban().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    };
+    bad(
+        &["rules", "print", "--protect", "198.18.0.0/24"],
+        "--protect applies to --chain forward",
+    );
+    bad(
+        &["rules", "print", "--chain", "output"],
+        "--chain = output: expected input or forward",
+    );
+    bad(
+        &[
+            "rules",
+            "print",
+            "--chain",
+            "forward",
+            "--protect",
+            "198.18.0.1/24",
+        ],
+        "--protect = 198.18.0.1/24",
+    );
 }
 
 #[test]

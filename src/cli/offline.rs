@@ -244,10 +244,24 @@ pub(crate) fn run_check(args: CheckArgs) -> anyhow::Result<()> {
     )?;
     if let Some(ipt) = &config.iptables {
         for (family, table) in ipt.ruleset.tables() {
+            let tool = match family {
+                stringban::iptables::Family::V4 => "iptables",
+                stringban::iptables::Family::V6 => "ip6tables",
+            };
             for line in ipt.ruleset.save(family, &table) {
-                writeln!(out, "iptables ({family:?}, {table}): {line}")?;
+                writeln!(out, "{tool} -t {table} -S: {line}")?;
             }
         }
+        let hooks: Vec<&str> = ipt.chains.hooks().iter().map(|h| h.chain()).collect();
+        writeln!(
+            out,
+            "iptables rules run in: {}",
+            if hooks.is_empty() {
+                "no chain (the file has no INPUT or FORWARD rule in the filter table)".to_string()
+            } else {
+                hooks.join(" and ")
+            }
+        )?;
         if let Some(n) = ipt.list_tot {
             writeln!(
                 out,
