@@ -300,6 +300,11 @@ $IPTABLES -A blackchain -m recent --set --name blacklist -p tcp -j REJECT --reje
             ),
             ("iptables -A 'a$b' -j DROP\n", "is not taken"),
             (
+                "iptables -A nochain -j DROP\n",
+                "no chain \"nochain\" in the filter table",
+            ),
+            ("-I @\n", "no chain \"@\""),
+            (
                 "iptables -A INPUT -s 10.0.0.1 -j DROP\n",
                 "unsupported option \"-s\"",
             ),

@@ -159,6 +159,25 @@ pub fn parse_as(text: &str, family: Option<Family>) -> Result<Ruleset, ImportErr
             }
         }
     }
+    // A rule in a chain that is neither built in nor declared: iptables says "No chain/target/
+    // match by that name".
+    for r in &set.rules {
+        if !builtins(&r.table).contains(&r.chain.as_str())
+            && !set
+                .chains
+                .iter()
+                .any(|(f, t, n)| *f == r.family && *t == r.table && *n == r.chain)
+        {
+            return Err(ImportError {
+                line: r.line,
+                text: r.to_string(),
+                problem: format!(
+                    "no chain {:?} in the {} table (declare it first: -N {} or :{} - [0:0])",
+                    r.chain, r.table, r.chain, r.chain
+                ),
+            });
+        }
+    }
     // A jump to a name that is neither built in nor declared: a target we do not support.
     for r in &set.rules {
         if let Some(Target::Chain(c)) = &r.target

@@ -71,6 +71,7 @@ iptables -A INPUT -m multiport --dports 25 -j DROP
 iptables -A INPUT -p tcp -m multiport --dports 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16 -j DROP
 iptables -A INPUT -j REJECT --reject-with tcp-reset
 iptables -A INPUT -p tcp -j NOSUCHCHAIN
+iptables -A NOSUCHCHAIN -p tcp -j DROP
 iptables -A FORWARD -m string --string "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx" --algo bm
 iptables -A FORWARD -m string --algo wrong
 iptables -A OUTPUT -m recent --set --rttl
