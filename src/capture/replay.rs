@@ -445,6 +445,16 @@ fn held_as_banned(
     dropped: &HashMap<IpAddr, u64>,
     end: Instant,
 ) -> Vec<Convicted> {
+    // Packets dropped, by table and masked source: one pass over the sources per table.
+    let mut by_table: HashMap<&str, HashMap<IpAddr, u64>> = HashMap::new();
+    for name in windows.keys() {
+        let per = by_table.entry(name.as_str()).or_default();
+        for (src, n) in dropped {
+            if let Some(m) = tables.masked(name, *src) {
+                *per.entry(m).or_default() += n;
+            }
+        }
+    }
     let mut out: Vec<Convicted> = tables
         .held()
         .into_iter()
@@ -460,11 +470,11 @@ fn held_as_banned(
                     prefix: h.prefix,
                 },
             };
-            let dropped = dropped
-                .iter()
-                .filter(|(src, _)| tables.masked(&h.table, **src) == Some(h.addr))
-                .map(|(_, n)| n)
-                .sum();
+            let dropped = by_table
+                .get(h.table.as_str())
+                .and_then(|m| m.get(&h.addr))
+                .copied()
+                .unwrap_or(0);
             let live = window.is_none_or(|secs| {
                 end.micros().saturating_sub(h.last.micros())
                     <= crate::time::Duration::from_secs(u64::from(secs)).micros()

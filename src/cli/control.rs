@@ -291,6 +291,7 @@ pub(crate) fn status_text(s: &serde_json::Value, now: u64) -> String {
         ("store errors", u(&store["errors"])),
         ("reload failures", u(&s["reload_failures"])),
         ("reset failures", u(&st["reset_on_request_failures"])),
+        ("crafted RSTs not sent", u(&st["crafted_rst_failures"])),
         ("control refused", u(&st["control_refused"])),
     ];
     let _ = writeln!(

@@ -42,6 +42,7 @@ pub(super) fn total_stats(shared: &Shared) -> WorkerStats {
         total.destroyed += s.destroyed;
         total.reset_by_mark += s.reset_by_mark;
         total.crafted += s.crafted;
+        total.crafted_failed += s.crafted_failed;
         total.forwarded += s.forwarded;
         total.forwarded_resets += s.forwarded_resets;
         total.gso += s.gso;
@@ -104,6 +105,7 @@ pub(super) fn with_counters<R>(
         sockets_destroyed: total.destroyed,
         reset_by_mark: total.reset_by_mark,
         crafted: total.crafted,
+        crafted_failed: total.crafted_failed,
         forwarded: total.forwarded,
         forwarded_resets: total.forwarded_resets,
         iptables_rules: &iptables_rules,

@@ -58,6 +58,8 @@ pub struct Snapshot<'a> {
     /// RSTs crafted toward the protected side (with `reset_by_mark`, where SOCK_DESTROY cannot
     /// or, on a gateway, toward the server behind it).
     pub crafted: u64,
+    /// Crafted RSTs that could not be sent (that side of the session was not reset).
+    pub crafted_failed: u64,
     /// Packets met in `FORWARD` (a gateway's), and the resets among them.
     pub forwarded: u64,
     pub forwarded_resets: u64,
@@ -89,7 +91,8 @@ impl Snapshot<'_> {
             "packets {} accept {} drop {} reset {} (sockets destroyed {}, by REJECT {} with {} \
              crafted local RSTs) bypass {} bans {} banned-now {} unparsed {} malformed {} kernel \
              queue_dropped {} user_dropped {} avg-batch {:.1} flows {} bypassed {} sessions {} \
-             packets/session mean {:.1} max {} gso {} csum-not-ready {} store {}",
+             packets/session mean {:.1} max {} gso {} csum-not-ready {} forwarded {} (reset {}) \
+             crafted-rst-failures {} store {}",
             e.packets,
             e.verdict(Verdict::Accept),
             e.verdict(Verdict::Drop),
@@ -112,6 +115,9 @@ impl Snapshot<'_> {
             e.session_packets_max,
             self.gso,
             self.csum_not_ready,
+            self.forwarded,
+            self.forwarded_resets,
+            self.crafted_failed,
             match (&self.store.enabled, self.store.healthy) {
                 (false, _) => "none",
                 (true, true) => "healthy",
@@ -177,6 +183,7 @@ impl Snapshot<'_> {
             "sockets_destroyed": self.sockets_destroyed,
             "reset_by_mark": self.reset_by_mark,
             "crafted_local_rsts": self.crafted,
+            "crafted_rst_failures": self.crafted_failed,
             "forwarded_packets": self.forwarded,
             "forwarded_resets": self.forwarded_resets,
             "iptables_rules": self.iptables_rules.iter().zip(&e.iptables_rules).map(|((line, rule), n)| json!({
@@ -492,6 +499,17 @@ pub fn render(s: &Snapshot<'_>) -> String {
     let _ = writeln!(o, "stringban_crafted_local_rsts_total {}", s.crafted);
     head(
         &mut o,
+        "stringban_crafted_rst_failures_total",
+        "counter",
+        "Crafted RSTs that could not be sent: that side of the session was not reset.",
+    );
+    let _ = writeln!(
+        o,
+        "stringban_crafted_rst_failures_total {}",
+        s.crafted_failed
+    );
+    head(
+        &mut o,
         "stringban_forwarded_packets_total",
         "counter",
         "Packets queued from FORWARD (a gateway's traffic to the servers behind it).",
@@ -720,6 +738,7 @@ mod tests {
             control_refused: 3,
             wakeups: 2,
             crafted: 4,
+            crafted_failed: 0,
             forwarded: 8,
             forwarded_resets: 1,
             iptables_rules: &[],
@@ -746,7 +765,7 @@ mod tests {
         for want in [
             "packets 10 ",
             "with 4 crafted local RSTs",
-            "gso 5 csum-not-ready 6 store FAILING",
+            "gso 5 csum-not-ready 6 forwarded 8 (reset 1) crafted-rst-failures 0 store FAILING",
             "queue_dropped 3 user_dropped 4",
         ] {
             assert!(line.contains(want), "missing {want:?} in {line}");

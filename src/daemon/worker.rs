@@ -13,6 +13,9 @@ pub struct WorkerStats {
     /// Crafted RSTs sent toward the protected side (with `reset_by_mark`): this host's socket,
     /// or the server behind a gateway.
     pub crafted: u64,
+    /// Crafted RSTs that could not be sent (no raw socket, or the send failed): that side's
+    /// session lingers until its own timeout.
+    pub crafted_failed: u64,
     /// Packets met in `FORWARD` (a gateway's), and the resets among them.
     pub forwarded: u64,
     pub forwarded_resets: u64,
@@ -123,7 +126,7 @@ pub(super) fn worker(
                         carried.forwarded_resets += 1;
                         carried.reset_by_mark += 1;
                         repeat_marked(&mut out, &mut runs, q.id, q.mark, marks.reset);
-                        carried.crafted += u64::from(reset_local(injector.as_ref(), q.payload));
+                        count_crafted(&mut carried, reset_local(injector.as_ref(), q.payload));
                     }
                     Verdict::Reset => match destroy_local(diag.as_mut(), q.payload) {
                         Destroyed::Yes => {
@@ -133,7 +136,7 @@ pub(super) fn worker(
                         Destroyed::NoSocket | Destroyed::Unsupported => {
                             carried.reset_by_mark += 1;
                             repeat_marked(&mut out, &mut runs, q.id, q.mark, marks.reset);
-                            carried.crafted += u64::from(reset_local(injector.as_ref(), q.payload));
+                            count_crafted(&mut carried, reset_local(injector.as_ref(), q.payload));
                         }
                     },
                 }
@@ -198,23 +201,53 @@ pub(super) fn publish(shared: &Shared, index: usize, carried: &WorkerStats, engi
     *lock(&shared.stats[index]) = s;
 }
 
+/// What became of a crafted RST.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub(super) enum Crafted {
+    Sent,
+    /// Nothing to send: not TCP, or a RST (never answered with a RST, as the kernel's REJECT).
+    NotNeeded,
+    /// No raw socket, or the send failed.
+    Failed,
+}
+
+fn count_crafted(s: &mut WorkerStats, c: Crafted) {
+    match c {
+        Crafted::Sent => s.crafted += 1,
+        Crafted::NotNeeded => {}
+        Crafted::Failed => {
+            s.crafted_failed += 1;
+            // The first of each thousand failures is logged (the counter has them all).
+            if s.crafted_failed % 1000 == 1 {
+                warn!(
+                    failures = s.crafted_failed,
+                    "a crafted RST could not be sent: that side of the session is not reset"
+                );
+            }
+        }
+    }
+}
+
 /// Sends the packet's destination (this host's socket, or the server behind a gateway) a RST
 /// as if from the packet's source.
-pub(super) fn reset_local(injector: Option<&RstInjector>, packet: &[u8]) -> bool {
-    let Some(injector) = injector else {
-        return false;
-    };
+pub(super) fn reset_local(injector: Option<&RstInjector>, packet: &[u8]) -> Crafted {
     let Ok(p) = parse::packet(packet) else {
-        return false;
+        return Crafted::NotNeeded;
     };
     let Transport::Tcp(t) = p.transport else {
-        return false;
+        return Crafted::NotNeeded;
     };
     // A RST is never answered with a RST (as the kernel's REJECT: `nf_send_reset`).
     if t.flags & crate::parse::tcp_flags::RST != 0 {
-        return false;
+        return Crafted::NotNeeded;
     }
-    injector.send(p.src, t.sport, p.dst, t.dport, t.seq).is_ok()
+    let Some(injector) = injector else {
+        return Crafted::Failed;
+    };
+    match injector.send(p.src, t.sport, p.dst, t.dport, t.seq) {
+        Ok(()) => Crafted::Sent,
+        Err(_) => Crafted::Failed,
+    }
 }
 
 /// Destroys the local socket the packet (remote → local) belongs to.

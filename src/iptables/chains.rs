@@ -278,11 +278,12 @@ impl Chains {
         while depth > 0 {
             depth -= 1;
             let (chain, from) = stack[depth];
-            for (i, r) in chains[chain].iter().enumerate().skip(from) {
+            let rules = chains[chain].iter().zip(&index[chain]).enumerate();
+            for (i, (r, &counter)) in rules.skip(from) {
                 if !matches(r, &mut scanners[chain][i], recent, p, ttl, now) {
                     continue;
                 }
-                if let Some(n) = packets.get_mut(index[chain][i]) {
+                if let Some(n) = packets.get_mut(counter) {
                     *n += 1;
                 }
                 let line = Some(r.line);

@@ -97,6 +97,13 @@ check "stats count each imported rule's packets ($counts)" test "$counts" = "lin
 ing "$BIN" status --control-socket "$T/ctl.sock" > "$T/status.txt"
 check "status shows the chain queued from FORWARD and the rules' packet counts" \
     bash -c "grep -q 'chain STRINGBAN from FORWARD' '$T/status.txt' && grep -qE '301  line 4 +-A FORWARD -p tcp -m tcp --dport 25 -m string' '$T/status.txt'"
+cp "$T/recipe.sh" "$T/recipe.orig"
+echo 'iptables -A INPUT -p tcp --dport 22 -j ACCEPT' >> "$T/recipe.sh"
+out=$(ing "$BIN" reload --control-socket "$T/ctl.sock" 2>&1); rc=$?
+check "a reload whose file adds INPUT rules (not queued) is refused, exit $rc: $out" bash -c "test $rc = 2 && grep -q 'not queued' <<< \"\$1\"" _ "$out"
+cp "$T/recipe.orig" "$T/recipe.sh"
+check "... and the old rules still run: the banned source stays blocked" \
+    test "$(inc python3 "$HERE/smtp_client.py" 198.19.1.1 198.18.0.1 'EHLO x' 1.5)" = timeout
 stop
 check "the queue rule is removed at exit" bash -c "! ip netns exec '$G' iptables -S FORWARD | grep -q STRINGBAN"
 
