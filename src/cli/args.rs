@@ -220,7 +220,7 @@ pub(crate) struct QueueArgs {
     pub(crate) firewall: String,
     /// Where traffic is queued: input (servers on this host), forward (a gateway: servers
     /// behind this host), or both (repeatable, or comma-separated). Default: input; with
-    /// --iptables, the built-in chains the file has rules in.
+    /// --iptables, the built-in chains the file has rules (or a DROP policy) in.
     #[arg(long = "chain", value_name = "input|forward", value_delimiter = ',')]
     pub(crate) chain: Vec<String>,
     /// With --chain forward: the destination networks behind this host that are protected

@@ -209,11 +209,15 @@ impl Chains {
         self.total
     }
 
-    /// The built-in chains that have rules (either family): `INPUT`, `FORWARD`, both or none.
+    /// The built-in chains that have rules or a DROP policy (either family): `INPUT`,
+    /// `FORWARD`, both or none.
     pub fn hooks(&self) -> Vec<Hook> {
         [Hook::Input, Hook::Forward]
             .into_iter()
-            .filter(|h| self.starts[*h as usize].iter().any(Option::is_some))
+            .filter(|h| {
+                self.starts[*h as usize].iter().any(Option::is_some)
+                    || self.dropping.iter().any(|(_, d)| d == h)
+            })
             .collect()
     }
 
@@ -518,6 +522,11 @@ mod tests {
         assert_eq!(counts, [2, 1, 1, 1, 1, 0]);
         let only_input = Chains::new(&parse(RECIPE).unwrap(), None).unwrap();
         assert_eq!(only_input.hooks(), [Hook::Input]);
+        let policy_only = parse("iptables -P FORWARD DROP\n").unwrap();
+        assert_eq!(
+            Chains::new(&policy_only, None).unwrap().hooks(),
+            [Hook::Forward]
+        );
     }
 
     #[test]
