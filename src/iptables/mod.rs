@@ -1,12 +1,13 @@
-//! iptables rules as users have them: an `iptables-save` file, or a shell script of
-//! `iptables` / `ip6tables` commands. Parsed into [`Rule`]s that print back in `iptables -S`
+//! iptables rules as users have them: an `iptables-save` or `ip6tables-save` file (the header
+//! says the family, or `--family`), or a shell script of `iptables` / `ip6tables` commands.
+//! Parsed into [`Rule`]s that print back in `iptables -S` / `ip6tables -S`
 //! save form (docs/KERNEL.md §2.3, §3.1); option combinations iptables refuses are refused with
 //! its reasons; anything outside the supported set is an error naming the line and the part.
 //!
 //! Supported: `-N`, `-A`, `-I [N]` (and, in scripts, `-F`/`-X`/`-Z`/`-P` as no-ops), `-t TABLE`,
 //! `-w`; `[!] -p tcp|udp|all`; `[!] --dport` / `--sport` (with `-p tcp|udp`, ranges `a:b`);
 //! `-m tcp|udp|multiport|string|recent|comment` with every option of each; `-j ACCEPT | DROP |
-//! RETURN | REJECT [--reject-with R] | CHAIN`. Scripts: comments, `\` continuations, quotes, and
+//! RETURN | REJECT [--reject-with R] | CHAIN`, or no target (the rule only counts). Scripts: comments, `\` continuations, quotes, and
 //! `NAME=value` assignments expanded as `$NAME` / `${NAME}` the way the shell would.
 
 use std::collections::HashMap;
