@@ -103,18 +103,14 @@ pub(crate) fn status_text(s: &serde_json::Value, now: u64) -> String {
     } else {
         format!("queues {}-{}", u(&q[0]), u(&q[1]))
     };
-    let hooks: Vec<&str> = s["hooks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|h| h.as_str())
-        .collect();
-    let protect: Vec<&str> = s["protect"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|h| h.as_str())
-        .collect();
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|h| h.as_str().map(String::from))
+            .collect()
+    };
+    let (hooks, protect) = (strings(&s["hooks"]), strings(&s["protect"]));
     let rules = if s["rules_installed"] == true {
         format!(
             "kernel rules installed ({}, chain {} from {}{}, fail-{})",

@@ -80,19 +80,15 @@ def main():
         if p.get("pause"):
             # A timed sequence: wait, reading what arrives meanwhile.
             drain(time.monotonic() + p["pause"])
-        v6 = p["v6"]
-        dst = "::1" if v6 else "127.0.0.1"
         payload = bytes.fromhex(p["payload"])
-        seg = tcp(p["src"], dst, p["sport"], p["dport"], ident(p["id"]), ident(p["id"]) + 1, payload, v6)
-        if v6:
+        if p["v6"]:
+            dst = "::1"
+            seg = tcp(p["src"], dst, p["sport"], p["dport"], ident(p["id"]), ident(p["id"]) + 1, payload, True)
             ip = struct.pack("!IHBB16s16s", 0x60000000, len(seg), 6, p["ttl"],
                              socket.inet_pton(socket.AF_INET6, p["src"]), socket.inet_pton(socket.AF_INET6, dst))
             s6.sendto(ip + seg, (dst, 0))
         else:
-            ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(seg), p["id"] & 0xFFFF, 0x4000, p["ttl"], 6, 0,
-                             socket.inet_aton(p["src"]), socket.inet_aton(dst))
-            ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
-            s4.sendto(ip + seg, (dst, 0))
+            s4.sendto(ipv4(p, "127.0.0.1", payload), ("127.0.0.1", 0))
         drain(time.monotonic() + 0.0003)
     drain(time.monotonic() + 1.0)
     with open(sys.argv[2], "w") as out:
