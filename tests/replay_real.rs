@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use stringban::config::{Config, Flags};
+use stringban::engine::Unproven;
 use stringban::replay::{self, Options, Report};
 use stringban::{Engine, Verdict};
 
@@ -184,6 +185,12 @@ fn ipv6_client_banned_by_prefix() {
     assert!(replay::is_convicted(&report, "::1".parse().unwrap()));
 }
 
+/// Captures of the client's side only (no SYN-ACK, no reply): no handshake to prove an address.
+const ONE_SIDED: [&str; 2] = [
+    "zeek_smtp-one-side-only.pcap",
+    "zeek_smtp-attachment-msg.pcap",
+];
+
 fn smtp_flags(string: &str, port: u16, bypass: bool) -> Flags {
     Flags {
         string: vec![string.to_string()],
@@ -230,10 +237,20 @@ fn smtp_mode_convicts_exactly_the_envelope_domains() {
                 .filter(|r| r.domains().any(|x| x.starts_with(d.as_str())))
                 .map(|r| r.client)
                 .collect();
+            // A capture of the client's side alone shows no handshake: nothing proves the
+            // client's address, so nobody is convicted and the refusal is counted.
+            let one_sided = ONE_SIDED.contains(&row.file.as_str());
+            if one_sided && !want.is_empty() {
+                assert!(
+                    report.stats.unproven[Unproven::NoHandshake as usize] > 0,
+                    "{}: @{d}",
+                    row.file
+                );
+            }
             for r in &here {
                 assert_eq!(
                     replay::is_convicted(&report, r.client),
-                    want.contains(&r.client),
+                    want.contains(&r.client) && !one_sided,
                     "{} port {}: @{d} and client {}",
                     r.file,
                     r.port,
@@ -255,7 +272,10 @@ fn smtp_mode_with_bypass_reads_every_transaction() {
     else {
         return;
     };
-    for row in expected(&dir).iter().filter(|r| !r.rcpt_domains.is_empty()) {
+    for row in expected(&dir)
+        .iter()
+        .filter(|r| !r.rcpt_domains.is_empty() && !ONE_SIDED.contains(&r.file.as_str()))
+    {
         for d in &row.rcpt_domains {
             let d = format!("@{d}");
             let with = run_with(&dir, &[&row.file], smtp_flags(&d, row.port, true));

@@ -133,6 +133,7 @@ impl Report {
             "verdicts": verdicts,
             "matches": matches,
             "bans_added": s.bans_new,
+            "unproven": crate::engine::Unproven::ALL.iter().map(|c| (c.name().to_string(), serde_json::json!(s.unproven[*c as usize]))).collect::<serde_json::Map<_, _>>(),
             "banned_count": self.banned.len(),
             "banned_at_end": self.banned.iter().filter(|c| c.live_at_end).count(),
             "banned": banned_sources(self),
@@ -261,6 +262,18 @@ impl fmt::Display for Report {
                     "list"
                 },
                 c.list.strip_prefix("recent:").unwrap_or(&c.list)
+            )?;
+        }
+        let unproven: u64 = s.unproven.iter().sum();
+        if unproven > 0 {
+            writeln!(
+                f,
+                "unproven: {} matches convicted nobody: no connection {}, no handshake {}, out of window {}, mid-stream {}",
+                n(unproven),
+                n(s.unproven[0]),
+                n(s.unproven[1]),
+                n(s.unproven[2]),
+                n(s.unproven[3])
             )?;
         }
         if s.flows_new > 0 {
@@ -676,6 +689,11 @@ pub fn reason_text(reason: Reason, engine: &Engine) -> String {
             format!("allowlisted:{}", engine.rules()[usize::from(rule)].name)
         }
         Reason::Matched { rule } => format!("matched:{}", engine.rules()[usize::from(rule)].name),
+        Reason::Unproven { rule, cause } => format!(
+            "unproven:{}:{}",
+            engine.rules()[usize::from(rule)].name,
+            cause.name()
+        ),
         Reason::Unguarded => "unguarded".into(),
         Reason::Reply => "reply".into(),
         Reason::Bypassed => "bypassed".into(),

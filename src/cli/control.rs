@@ -274,6 +274,27 @@ pub(crate) fn status_text(s: &serde_json::Value, now: u64) -> String {
         n(u(&st["allowlisted_packets"])),
         n(u(&st["allowlisted_convictions"]))
     );
+    let un = &st["unproven"];
+    let _ = writeln!(
+        o,
+        "proof of address: {} matches convicted nobody (no connection {} · no handshake {} · out of window {} · mid-stream {}) · resets with no session {} · socket lookups {} ({} over budget)",
+        n([
+            "no_connection",
+            "no_handshake",
+            "out_of_window",
+            "mid_stream"
+        ]
+        .iter()
+        .map(|c| u(&un[*c]))
+        .sum()),
+        n(u(&un["no_connection"])),
+        n(u(&un["no_handshake"])),
+        n(u(&un["out_of_window"])),
+        n(u(&un["mid_stream"])),
+        n(u(&st["reset_no_socket"])),
+        n(u(&st["socket_lookups"]["lookups"])),
+        n(u(&st["socket_lookups"]["over_budget"]))
+    );
     let queue_drops: u64 = st["kernel_queues"]
         .as_array()
         .into_iter()
@@ -288,6 +309,7 @@ pub(crate) fn status_text(s: &serde_json::Value, now: u64) -> String {
         ("reload failures", u(&s["reload_failures"])),
         ("reset failures", u(&st["reset_on_request_failures"])),
         ("crafted RSTs not sent", u(&st["crafted_rst_failures"])),
+        ("socket lookups failed", u(&st["socket_lookups"]["errors"])),
         ("control refused", u(&st["control_refused"])),
     ];
     let _ = writeln!(

@@ -293,7 +293,7 @@ pub(crate) fn run_rules(args: RulesArgs) -> anyhow::Result<()> {
     let (bypass, replies, skip_pure_acks) = match &file {
         Some(config) => sbdaemon::rule_needs(config),
         None => match Mode::parse(&args.mode) {
-            Some(m) => (m.is_flow(), m == Mode::Smtp, m.is_flow()),
+            Some(m) => (m.is_flow(), m.is_flow(), m.is_flow()),
             None => {
                 return Err(bad(format!(
                     "command line: --mode = {}: expected packet, stream or smtp",

@@ -45,6 +45,10 @@ pub(super) fn total_stats(shared: &Shared) -> WorkerStats {
         total.crafted_failed += s.crafted_failed;
         total.forwarded += s.forwarded;
         total.forwarded_resets += s.forwarded_resets;
+        total.reset_no_socket += s.reset_no_socket;
+        total.lookups += s.lookups;
+        total.lookups_over_budget += s.lookups_over_budget;
+        total.lookup_errors += s.lookup_errors;
         total.gso += s.gso;
         total.csum_not_ready += s.csum_not_ready;
         total.wakeups += s.wakeups;
@@ -108,6 +112,10 @@ pub(super) fn with_counters<R>(
         crafted_failed: total.crafted_failed,
         forwarded: total.forwarded,
         forwarded_resets: total.forwarded_resets,
+        reset_no_socket: total.reset_no_socket,
+        lookups: total.lookups,
+        lookups_over_budget: total.lookups_over_budget,
+        lookup_errors: total.lookup_errors,
         iptables_rules: &iptables_rules,
         gso: total.gso,
         csum_not_ready: total.csum_not_ready,

@@ -63,6 +63,12 @@ pub struct Snapshot<'a> {
     /// Packets met in `FORWARD` (a gateway's), and the resets among them.
     pub forwarded: u64,
     pub forwarded_resets: u64,
+    /// Resets with no local session of the packet's exact tuple: dropped, nothing destroyed.
+    pub reset_no_socket: u64,
+    /// Socket lookups for proof of address; refused over the budget; failed.
+    pub lookups: u64,
+    pub lookups_over_budget: u64,
+    pub lookup_errors: u64,
     /// Imported iptables rules: each one's file line and save form, by place in the file (the
     /// engine's `iptables_rules` counters follow the same order).
     pub iptables_rules: &'a [(usize, String)],
@@ -92,7 +98,8 @@ impl Snapshot<'_> {
              crafted local RSTs) bypass {} bans {} banned-now {} unparsed {} malformed {} kernel \
              queue_dropped {} user_dropped {} avg-batch {:.1} flows {} bypassed {} sessions {} \
              packets/session mean {:.1} max {} gso {} csum-not-ready {} forwarded {} (reset {}) \
-             crafted-rst-failures {} store {}",
+             crafted-rst-failures {} unproven {} (no-connection {} no-handshake {} \
+             out-of-window {} mid-stream {}) reset-no-socket {} store {}",
             e.packets,
             e.verdict(Verdict::Accept),
             e.verdict(Verdict::Drop),
@@ -118,6 +125,12 @@ impl Snapshot<'_> {
             self.forwarded,
             self.forwarded_resets,
             self.crafted_failed,
+            e.unproven.iter().sum::<u64>(),
+            e.unproven[0],
+            e.unproven[1],
+            e.unproven[2],
+            e.unproven[3],
+            self.reset_no_socket,
             match (&self.store.enabled, self.store.healthy) {
                 (false, _) => "none",
                 (true, true) => "healthy",
@@ -186,6 +199,13 @@ impl Snapshot<'_> {
             "crafted_rst_failures": self.crafted_failed,
             "forwarded_packets": self.forwarded,
             "forwarded_resets": self.forwarded_resets,
+            "unproven": crate::engine::Unproven::ALL.iter().map(|c| (c.name().to_string(), json!(e.unproven[*c as usize]))).collect::<serde_json::Map<_, _>>(),
+            "reset_no_socket": self.reset_no_socket,
+            "socket_lookups": {
+                "lookups": self.lookups,
+                "over_budget": self.lookups_over_budget,
+                "errors": self.lookup_errors,
+            },
             "iptables_rules": self.iptables_rules.iter().zip(&e.iptables_rules).map(|((line, rule), n)| json!({
                 "line": line,
                 "rule": rule,
@@ -522,6 +542,43 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "Forwarded flows reset: the kernel's RST to the client, a crafted one to the server.",
     );
     let _ = writeln!(o, "stringban_forwarded_resets_total {}", s.forwarded_resets);
+    head(
+        &mut o,
+        "stringban_unproven_total",
+        "counter",
+        "Matches that convicted nobody: the source did not prove its address, by cause.",
+    );
+    for c in crate::engine::Unproven::ALL {
+        let _ = writeln!(
+            o,
+            "stringban_unproven_total{{cause=\"{}\"}} {}",
+            c.name(),
+            e.unproven[c as usize]
+        );
+    }
+    head(
+        &mut o,
+        "stringban_reset_no_socket_total",
+        "counter",
+        "Resets for which no local session had the exact tuple: dropped, nothing destroyed.",
+    );
+    let _ = writeln!(o, "stringban_reset_no_socket_total {}", s.reset_no_socket);
+    head(
+        &mut o,
+        "stringban_socket_lookups_total",
+        "counter",
+        "Socket lookups for proof of address, by outcome (over_budget: refused, no lookup made).",
+    );
+    for (what, n) in [
+        ("made", s.lookups),
+        ("over_budget", s.lookups_over_budget),
+        ("failed", s.lookup_errors),
+    ] {
+        let _ = writeln!(
+            o,
+            "stringban_socket_lookups_total{{outcome=\"{what}\"}} {n}"
+        );
+    }
     if !s.iptables_rules.is_empty() {
         head(
             &mut o,
@@ -741,6 +798,10 @@ mod tests {
             crafted_failed: 0,
             forwarded: 8,
             forwarded_resets: 1,
+            reset_no_socket: 9,
+            lookups: 11,
+            lookups_over_budget: 12,
+            lookup_errors: 13,
             iptables_rules: &[],
             gso: 5,
             csum_not_ready: 6,
@@ -761,17 +822,24 @@ mod tests {
         assert_eq!(json["csum_not_ready_packets"], 6);
         assert_eq!(json["store"]["pending_records"], 7);
         assert_eq!(json["kernel_queues"][0]["queue_dropped"], 3);
+        assert_eq!(json["reset_no_socket"], 9);
+        assert_eq!(json["socket_lookups"]["errors"], 13);
+        assert_eq!(json["unproven"]["no_connection"], 0);
         let line = snap.line();
         for want in [
             "packets 10 ",
             "with 4 crafted local RSTs",
-            "gso 5 csum-not-ready 6 forwarded 8 (reset 1) crafted-rst-failures 0 store FAILING",
+            "gso 5 csum-not-ready 6 forwarded 8 (reset 1) crafted-rst-failures 0 unproven 0 ",
+            "reset-no-socket 9 store FAILING",
             "queue_dropped 3 user_dropped 4",
         ] {
             assert!(line.contains(want), "missing {want:?} in {line}");
         }
         for want in [
             "stringban_packets_total 10\n",
+            "stringban_reset_no_socket_total 9\n",
+            "stringban_unproven_total{cause=\"mid_stream\"} 0\n",
+            "stringban_socket_lookups_total{outcome=\"over_budget\"} 12\n",
             "stringban_resets_total{how=\"on_request\"} 2\n",
             "stringban_control_refused_total 3\n",
             "stringban_store_healthy 0\n",

@@ -707,17 +707,17 @@ fn ports_of(config: &Config) -> Vec<u16> {
 }
 
 /// What the rules need of the kernel rules: the BYPASS connmark rules (a flow mode that may
-/// bypass), the server's replies queued too (smtp mode), and whether pure ACKs may skip the
+/// bypass), the server's side queued too (a flow mode), and whether pure ACKs may skip the
 /// queue (every rule follows flows).
 pub fn rule_needs(config: &Config) -> (bool, bool, bool) {
-    use crate::rule::Mode;
     let flow = config.rules.iter().any(|r| r.mode.is_flow());
-    let smtp = config.rules.iter().any(|r| r.mode == Mode::Smtp);
     // Imported iptables rules see every packet, as the kernel's do.
     let all_flow = config.iptables.is_none()
         && !config.rules.is_empty()
         && config.rules.iter().all(|r| r.mode.is_flow());
-    (flow && config.engine.bypass, smtp, all_flow)
+    // Every flow mode reads the server's side: the SYN-ACK and the sequence numbers it sends
+    // are what a client must acknowledge to prove its address (smtp mode also reads replies).
+    (flow && config.engine.bypass, flow, all_flow)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -1,6 +1,8 @@
 //! A worker: one NFQUEUE queue, its own engine, run-length batch verdicts, resets.
 
 use super::*;
+use crate::engine::{Reason, Sighting, Unproven, Witness};
+use crate::sys::sockdiag::TcpSocket;
 
 /// Counters of one worker that the engine does not keep.
 #[derive(Clone, Debug, Default)]
@@ -19,10 +21,120 @@ pub struct WorkerStats {
     /// Packets met in `FORWARD` (a gateway's), and the resets among them.
     pub forwarded: u64,
     pub forwarded_resets: u64,
+    /// Resets for which no local session had the packet's exact tuple: the packet was dropped
+    /// and nothing else done (no listener destroyed, no RST crafted).
+    pub reset_no_socket: u64,
+    /// Socket lookups for proof of address, those refused over the per-second budget, and
+    /// those that failed (an error from the kernel: counted as no proof).
+    pub lookups: u64,
+    pub lookups_over_budget: u64,
+    pub lookup_errors: u64,
     pub gso: u64,
     pub csum_not_ready: u64,
     /// Time in `decide`, every 16th packet.
     pub latency: crate::metrics::Latency,
+}
+
+/// Most socket lookups a worker makes per second for proof of address (and in a burst): a flood
+/// of forged matches costs at most this many netlink round trips (~10 µs each); beyond it a
+/// match convicts nobody (dropped, counted), so a flood can never buy a ban.
+const LOOKUPS_PER_SECOND: u64 = 2_000;
+
+/// The daemon's witness: this host's sockets, looked up by a packet's exact tuple over
+/// sock_diag, within a budget. The session found is kept for the reset that follows.
+pub(super) struct Sockets {
+    diag: Option<SockDiag>,
+    /// The last session found (the reset of the same packet destroys it by its cookie).
+    found: Option<TcpSocket>,
+    /// Token bucket: lookups left, refilled to the budget each second.
+    tokens: u64,
+    second: u64,
+    now: Instant,
+    lookups: u64,
+    over_budget: u64,
+    errors: u64,
+}
+
+impl Sockets {
+    pub(super) fn new(diag: Option<SockDiag>) -> Sockets {
+        Sockets {
+            diag,
+            found: None,
+            tokens: LOOKUPS_PER_SECOND,
+            second: 0,
+            now: Instant::from_secs(0),
+            lookups: 0,
+            over_budget: 0,
+            errors: 0,
+        }
+    }
+
+    /// The local session of `packet` (remote → local): the one the proof found, or a fresh
+    /// lookup. None: no session with that exact tuple takes data.
+    fn session_of(&mut self, packet: &[u8]) -> Result<Option<TcpSocket>, ()> {
+        let Ok(p) = parse::packet(packet) else {
+            return Ok(None);
+        };
+        let Transport::Tcp(t) = p.transport else {
+            return Ok(None);
+        };
+        if let Some(s) = self.found.take()
+            && same_tuple(&s, &p, &t)
+        {
+            return Ok(Some(s));
+        }
+        let diag = self.diag.as_mut().ok_or(())?;
+        self.lookups += 1;
+        diag.session(p.dst, t.dport, p.src, t.sport).map_err(|_| {
+            self.errors += 1;
+        })
+    }
+}
+
+/// Is `s` the local end of `p`'s connection (v4-mapped on a dual-stack socket too)?
+fn same_tuple(s: &TcpSocket, p: &parse::Packet<'_>, t: &crate::parse::Tcp) -> bool {
+    let canon = |a: IpAddr| match a {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, IpAddr::V4),
+        v4 => v4,
+    };
+    (canon(s.local), s.lport, canon(s.remote), s.rport)
+        == (canon(p.dst), t.dport, canon(p.src), t.sport)
+}
+
+impl Witness for Sockets {
+    fn sighting(&mut self, packet: &parse::Packet<'_>, hook: Hook) -> Sighting {
+        // A gateway has no socket of the flows it forwards; UDP has no connection to prove.
+        let Transport::Tcp(t) = packet.transport else {
+            return Sighting::Unknown;
+        };
+        if hook == Hook::Forward {
+            return Sighting::Unknown;
+        }
+        let Some(diag) = self.diag.as_mut() else {
+            return Sighting::Unknown;
+        };
+        let second = self.now.secs();
+        if second != self.second {
+            (self.second, self.tokens) = (second, LOOKUPS_PER_SECOND);
+        }
+        if self.tokens == 0 {
+            self.over_budget += 1;
+            return Sighting::Absent;
+        }
+        self.tokens -= 1;
+        self.lookups += 1;
+        match diag.session(packet.dst, t.dport, packet.src, t.sport) {
+            Ok(Some(s)) => {
+                self.found = Some(s);
+                Sighting::Established
+            }
+            Ok(None) => Sighting::Absent,
+            Err(_) => {
+                self.errors += 1;
+                Sighting::Absent
+            }
+        }
+    }
 }
 
 pub(super) fn worker(
@@ -38,11 +150,18 @@ pub(super) fn worker(
     share_recent(shared, &mut engine);
     let mut carried = WorkerStats::default();
     let mut out = Builder::new();
-    let mut diag = if sock_destroy {
-        SockDiag::open().ok()
-    } else {
-        None
-    };
+    // Opened whatever `sock_destroy` says: the lookups prove addresses and find what a
+    // reset may abort; `sock_destroy` only says whether it is aborted or reset by the marks.
+    let mut sockets = Sockets::new(match SockDiag::open() {
+        Ok(d) => Some(d),
+        Err(e) => {
+            warn!(
+                "no sock_diag socket ({e}): proof of address falls back to the flow tracker, resets to the kernel's REJECT"
+            );
+            None
+        }
+    });
+    let iptables_mode = lock(&shared.config).iptables.is_some();
     let injector = match RstInjector::open(marks.inject()) {
         Ok(i) => Some(i),
         Err(e) => {
@@ -69,6 +188,7 @@ pub(super) fn worker(
         carried.wakeups += 1;
         out.clear();
         let now = now();
+        sockets.now = now;
         let mut runs = Runs::new(num);
         // A verdict that sets one of our marks (keeping the packet's other mark bits) and
         // repeats the packet, so that the chain acts on the mark.
@@ -104,16 +224,20 @@ pub(super) fn worker(
                 } else {
                     Hook::Input
                 };
+                sockets.found = None;
                 let decision = if sampled.is_multiple_of(16) {
                     let t = std::time::Instant::now();
-                    let d = engine.decide_at(q.payload, hook, now);
+                    let d = engine.decide_seen(q.payload, hook, now, &mut sockets);
                     carried
                         .latency
                         .observe(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
                     d
                 } else {
-                    engine.decide_at(q.payload, hook, now)
+                    engine.decide_seen(q.payload, hook, now, &mut sockets)
                 };
+                if let Reason::Unproven { cause, .. } = decision.reason {
+                    note_unproven(&mut carried, &engine, cause, q.payload);
+                }
                 match decision.verdict {
                     Verdict::Accept => runs.push(&mut out, codec::NF_ACCEPT, q.id),
                     Verdict::Drop => runs.push(&mut out, codec::NF_DROP, q.id),
@@ -128,15 +252,52 @@ pub(super) fn worker(
                         repeat_marked(&mut out, &mut runs, q.id, q.mark, marks.reset);
                         count_crafted(&mut carried, reset_local(injector.as_ref(), q.payload));
                     }
-                    Verdict::Reset => match destroy_local(diag.as_mut(), q.payload) {
-                        Destroyed::Yes => {
-                            carried.destroyed += 1;
-                            runs.push(&mut out, codec::NF_DROP, q.id);
+                    // Only a session that exists is reset: looked up by the exact tuple (the
+                    // proof's lookup, reused), destroyed by its cookie — never a listener.
+                    Verdict::Reset => match sockets.session_of(q.payload) {
+                        Ok(Some(session)) => {
+                            let destroyed = match sockets.diag.as_mut() {
+                                Some(diag) if sock_destroy => diag
+                                    .destroy_session(&session)
+                                    .unwrap_or(Destroyed::Unsupported),
+                                _ => Destroyed::Unsupported,
+                            };
+                            match destroyed {
+                                Destroyed::Yes => {
+                                    carried.destroyed += 1;
+                                    runs.push(&mut out, codec::NF_DROP, q.id);
+                                }
+                                // Gone between lookup and destroy: nothing left to reset.
+                                Destroyed::NoSocket => {
+                                    carried.reset_no_socket += 1;
+                                    runs.push(&mut out, codec::NF_DROP, q.id);
+                                }
+                                Destroyed::Unsupported => {
+                                    carried.reset_by_mark += 1;
+                                    repeat_marked(&mut out, &mut runs, q.id, q.mark, marks.reset);
+                                    count_crafted(
+                                        &mut carried,
+                                        reset_local(injector.as_ref(), q.payload),
+                                    );
+                                }
+                            }
                         }
-                        Destroyed::NoSocket | Destroyed::Unsupported => {
+                        // No session: dropped and counted, nothing else. Imported iptables
+                        // rules keep the kernel's REJECT (a RST to the source, as the kernel
+                        // recipe sends), never a crafted RST toward the listener.
+                        Ok(None) => {
+                            carried.reset_no_socket += 1;
+                            if iptables_mode {
+                                carried.reset_by_mark += 1;
+                                repeat_marked(&mut out, &mut runs, q.id, q.mark, marks.reset);
+                            } else {
+                                runs.push(&mut out, codec::NF_DROP, q.id);
+                            }
+                        }
+                        // No sock_diag at all: the kernel's REJECT for the remote only.
+                        Err(()) => {
                             carried.reset_by_mark += 1;
                             repeat_marked(&mut out, &mut runs, q.id, q.mark, marks.reset);
-                            count_crafted(&mut carried, reset_local(injector.as_ref(), q.payload));
                         }
                     },
                 }
@@ -148,9 +309,14 @@ pub(super) fn worker(
             published = std::time::Instant::now();
             publish(shared, index, &carried, &engine);
         }
-        if diag.is_none() && sock_destroy {
-            diag = SockDiag::open().ok();
+        if sockets.diag.is_none() {
+            sockets.diag = SockDiag::open().ok();
         }
+        (
+            carried.lookups,
+            carried.lookups_over_budget,
+            carried.lookup_errors,
+        ) = (sockets.lookups, sockets.over_budget, sockets.errors);
     }
     publish(shared, index, &carried, &engine);
     Ok(())
@@ -250,20 +416,31 @@ pub(super) fn reset_local(injector: Option<&RstInjector>, packet: &[u8]) -> Craf
     }
 }
 
-/// Destroys the local socket the packet (remote → local) belongs to.
-pub(super) fn destroy_local(diag: Option<&mut SockDiag>, packet: &[u8]) -> Destroyed {
-    let Some(diag) = diag else {
-        return Destroyed::Unsupported;
+/// Counts and logs (the first of each thousand, so a poisoning attempt is visible and a flood
+/// cannot fill the log) a match that convicted nobody for want of proof of address.
+fn note_unproven(s: &mut WorkerStats, engine: &Engine, cause: Unproven, packet: &[u8]) {
+    let total: u64 =
+        engine.stats().unproven.iter().sum::<u64>() + s.engine.unproven.iter().sum::<u64>();
+    if total % 1000 != 1 {
+        return;
+    }
+    let (src, sport) = match parse::packet(packet) {
+        Ok(p) => (
+            p.src.to_string(),
+            match p.transport {
+                Transport::Tcp(t) => t.sport,
+                _ => 0,
+            },
+        ),
+        Err(_) => ("?".into(), 0),
     };
-    let Ok(p) = parse::packet(packet) else {
-        return Destroyed::NoSocket;
-    };
-    let Transport::Tcp(t) = p.transport else {
-        return Destroyed::NoSocket;
-    };
-    let (local, remote): (IpAddr, IpAddr) = (p.dst, p.src);
-    diag.destroy(local, t.dport, remote, t.sport)
-        .unwrap_or(Destroyed::Unsupported)
+    warn!(
+        source = %src,
+        port = sport,
+        cause = cause.name(),
+        refused = total,
+        "a match from an address that did not prove it is its own: nobody banned (a forged source?)"
+    );
 }
 
 #[cfg(test)]

@@ -21,13 +21,13 @@ use memchr::memmem::Finder;
 use crate::allow::Allowlist;
 use crate::blacklist::{Banned, Blacklist, ListId, RuleId};
 use crate::config::Config;
-use crate::flow::{self, Envelope, Flow, FlowKey, FlowState, Flows, Push, Smtp};
+use crate::flow::{self, Envelope, Flow, FlowKey, FlowState, Flows, Handshake, Push, Smtp};
 use crate::parse::{self, Packet, Tcp, Transport, tcp_flags};
 use crate::rule::{Action, Domain, Mode, Rule, StringMatch};
 use crate::scan::{self, Scanner};
 use crate::time::Instant;
 
-pub use crate::verdict::{Decision, Hook, Reason, Verdict};
+pub use crate::verdict::{Decision, Hook, Reason, Unproven, Verdict};
 
 pub use crate::config::{EngineConfig, UnparsedPolicy};
 
@@ -51,6 +51,8 @@ pub struct Stats {
     pub iptables_rules: Vec<u64>,
     pub bans_new: u64,
     pub bans_renewed: u64,
+    /// Matches that convicted nobody for want of proof of address, by [`Unproven`] cause.
+    pub unproven: [u64; 4],
     /// Convictions counted towards a list's threshold, no ban yet.
     pub strikes: u64,
     /// Packets to a protected port from allowlisted sources, and rule matches in them (never
@@ -81,6 +83,36 @@ pub struct Stats {
 
 /// Most sources kept in [`Stats::smtp_bare_sources`].
 pub const BARE_SOURCES: usize = 32;
+
+/// What the shell can see of a packet's connection.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Sighting {
+    /// A local socket with exactly this packet's tuple has completed its handshake and takes
+    /// the peer's data: the address is the peer's own.
+    Established,
+    /// No such socket (or the shell will not look: over its lookup budget, a failed lookup).
+    Absent,
+    /// There is no socket table to ask (a replay; a gateway's `FORWARD`): the flow tracker's
+    /// handshake and sequence checks decide.
+    Unknown,
+}
+
+/// The shell's side of proof of address: asked only when a rule that bans or acts has matched
+/// a packet from a source that is not allowlisted — never per packet. The daemon looks the
+/// local socket up by the packet's exact tuple (sock_diag); a replay knows no sockets.
+pub trait Witness {
+    fn sighting(&mut self, packet: &Packet<'_>, hook: Hook) -> Sighting;
+}
+
+/// A witness that knows no sockets (replays, tests): the tracker alone proves.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoSockets;
+
+impl Witness for NoSockets {
+    fn sighting(&mut self, _: &Packet<'_>, _: Hook) -> Sighting {
+        Sighting::Unknown
+    }
+}
 
 impl Stats {
     fn new(rules: usize, lists: usize) -> Stats {
@@ -173,6 +205,9 @@ impl Stats {
         self.other_protocol += other.other_protocol;
         self.bans_new += other.bans_new;
         self.bans_renewed += other.bans_renewed;
+        for (a, b) in self.unproven.iter_mut().zip(other.unproven) {
+            *a += b;
+        }
         self.strikes += other.strikes;
         self.allowlisted += other.allowlisted;
         self.allowlisted_convictions += other.allowlisted_convictions;
@@ -418,14 +453,33 @@ impl Engine {
     /// [`Engine::decide`] for a packet met at `hook`: imported iptables rules run that hook's
     /// chain (stringban's own rules judge a forwarded packet as one to this host).
     pub fn decide_at(&mut self, packet: &[u8], hook: Hook, now: Instant) -> Decision {
-        let decision = self.judge(packet, hook, now);
+        self.decide_seen(packet, hook, now, &mut NoSockets)
+    }
+
+    /// [`Engine::decide_at`] with a witness of this host's sockets: a match convicts only a
+    /// source that proved its address (the witness's established socket, or a handshake the
+    /// tracker saw it complete); the witness is asked only then.
+    pub fn decide_seen(
+        &mut self,
+        packet: &[u8],
+        hook: Hook,
+        now: Instant,
+        witness: &mut dyn Witness,
+    ) -> Decision {
+        let decision = self.judge(packet, hook, now, witness);
         self.stats.packets += 1;
         self.stats.bytes += packet.len() as u64;
         self.stats.verdicts[decision.verdict.index()] += 1;
         decision
     }
 
-    fn judge(&mut self, bytes: &[u8], hook: Hook, now: Instant) -> Decision {
+    fn judge(
+        &mut self,
+        bytes: &[u8],
+        hook: Hook,
+        now: Instant,
+        witness: &mut dyn Witness,
+    ) -> Decision {
         let packet = match parse::packet(bytes) {
             Ok(p) => p,
             Err(e) => {
@@ -459,10 +513,7 @@ impl Engine {
         let guarded = match packet.transport {
             Transport::Tcp(t) => {
                 let to_guarded = self.config.ports.contains(t.dport);
-                if !to_guarded
-                    && !self.flow_rules.smtp.is_empty()
-                    && self.config.ports.contains(t.sport)
-                {
+                if !to_guarded && self.follows_flows() && self.config.ports.contains(t.sport) {
                     return self.flow_server(&packet, t, now);
                 }
                 to_guarded
@@ -502,20 +553,39 @@ impl Engine {
             None
         };
         if let Some(index) = hit {
-            return convict(
-                &self.rules[index],
-                index,
-                &packet,
-                now,
-                &self.blacklist,
-                &mut self.stats,
-                allowed,
-            );
+            let rule = &self.rules[index];
+            // Packet mode has no tracker: only a socket can vouch, and a segment without ACK
+            // belongs to no established connection. With no socket table (a replay, FORWARD)
+            // the match convicts as the kernel's would.
+            let proof = if allowed || !rule.acts() {
+                Ok(())
+            } else if let Transport::Tcp(t) = packet.transport
+                && t.flags & tcp_flags::ACK == 0
+            {
+                Err(Unproven::NoConnection)
+            } else {
+                match witness.sighting(&packet, hook) {
+                    Sighting::Absent => Err(Unproven::NoConnection),
+                    Sighting::Established | Sighting::Unknown => Ok(()),
+                }
+            };
+            return match proof {
+                Ok(()) => convict(
+                    rule,
+                    index,
+                    &packet,
+                    now,
+                    &self.blacklist,
+                    &mut self.stats,
+                    allowed,
+                ),
+                Err(cause) => unproven(index, cause, &mut self.stats),
+            };
         }
         if let Transport::Tcp(t) = packet.transport
             && self.follows_flows()
         {
-            return self.flow_client(&packet, t, now, allowed);
+            return self.flow_client(&packet, t, hook, now, allowed, witness);
         }
         Decision {
             verdict: Verdict::Accept,
@@ -553,8 +623,10 @@ impl Engine {
         &mut self,
         packet: &Packet<'_>,
         t: Tcp,
+        hook: Hook,
         now: Instant,
         allowed: bool,
+        witness: &mut dyn Witness,
     ) -> Decision {
         let clean = Decision {
             verdict: Verdict::Accept,
@@ -585,7 +657,7 @@ impl Engine {
                     return clean;
                 }
                 let smtp = (!fr.smtp.is_empty()).then(|| Smtp::new(syn));
-                if let Some(old) = flows.insert(key, Flow::new(now, smtp)) {
+                if let Some(old) = flows.insert(key, Flow::new(now, smtp, syn)) {
                     stats.flows_evicted += 1;
                     if old.state == FlowState::Open {
                         stats.end_session(old.packets);
@@ -598,12 +670,47 @@ impl Engine {
                 }
             }
         };
+        if let FlowState::Refused(cause) = flow.state {
+            flow.last_seen = now;
+            let pos = flow.matched.trailing_zeros() as usize;
+            let rule = fr.rules.get(pos).copied().unwrap_or(0);
+            return Decision {
+                verdict: Verdict::Drop,
+                // Rules are indexed by RuleId (u16) when the config is built.
+                reason: Reason::Unproven {
+                    rule: rule as RuleId,
+                    cause,
+                },
+            };
+        }
         if let Err(decided) = touch(flow, now) {
             return decided;
         }
         if syn {
-            flow.client.syn(t.seq);
+            // A SYN (re)starts a flow not yet proven; on a proven one it is a stray (the
+            // server's stack answers it with a challenge ACK), never a reason to forget.
+            if flow.handshake < Handshake::SynAck
+                || (flow.handshake == Handshake::SynAck
+                    && flow.client.next() != Some(t.seq.wrapping_add(1)))
+            {
+                flow.client.syn(t.seq);
+                flow.handshake = Handshake::Syn;
+            }
         }
+        let flow = if !syn
+            && flow.handshake == Handshake::SynAck
+            && t.flags & tcp_flags::ACK != 0
+            && flow.acks_what_the_server_sent(t.ack)
+        {
+            // Proven: from now on it outlives every flow that is not.
+            flow.handshake = Handshake::Done;
+            match flows.promote(&key) {
+                Some(flow) => flow,
+                None => return clean,
+            }
+        } else {
+            flow
+        };
         let mut hit = None;
         if !payload.is_empty() {
             let seq = data_seq(&t);
@@ -658,6 +765,18 @@ impl Engine {
         if let Some(pos) = hit {
             flow.matched |= 1 << pos;
             let index = fr.rules[pos];
+            let rule = &self.rules[index];
+            if !allowed
+                && rule.acts()
+                && let Err(cause) = prove(flow, &t, || witness.sighting(packet, hook))
+            {
+                if cause != Unproven::MidStream {
+                    flow.state = FlowState::Refused(cause);
+                    flow.shed();
+                    self.stats.end_session(flow.packets);
+                }
+                return unproven(index, cause, &mut self.stats);
+            }
             let decision = convict(
                 &self.rules[index],
                 index,
@@ -708,10 +827,28 @@ impl Engine {
         if let Err(decided) = touch(flow, now) {
             return decided;
         }
-        if t.flags & tcp_flags::SYN != 0 {
-            flow.server.syn(t.seq);
-        }
         let payload = packet.payload();
+        if t.flags & tcp_flags::SYN != 0 {
+            // The SYN-ACK must acknowledge the client's SYN; its ISN is what the client must
+            // then acknowledge to prove its address.
+            if flow.handshake == Handshake::Syn
+                && t.flags & tcp_flags::ACK != 0
+                && flow.client.next() == Some(t.ack)
+            {
+                flow.server.syn(t.seq);
+                flow.handshake = Handshake::SynAck;
+                flow.server_isn = t.seq;
+                flow.server_high = t.seq.wrapping_add(1);
+            }
+        } else if flow.handshake >= Handshake::SynAck {
+            let end = t
+                .seq
+                .wrapping_add(payload.len() as u32)
+                .wrapping_add(u32::from(t.flags & tcp_flags::FIN != 0));
+            if flow::before(flow.server_high, end) {
+                flow.server_high = end;
+            }
+        }
         if !payload.is_empty()
             && let Some(smtp) = flow.smtp.as_mut()
         {
@@ -850,6 +987,46 @@ fn smtp_match(
     None
 }
 
+/// Has the client of `flow` proven its address for segment `t`? The flow must be followed from
+/// its SYN (else its bytes may be a body); then an established local socket proves it, and
+/// where there is no socket table to ask, the handshake the tracker saw it complete does —
+/// with a segment that acknowledges only what the server sent.
+fn prove(flow: &Flow, t: &Tcp, witness: impl FnOnce() -> Sighting) -> Result<(), Unproven> {
+    if flow.handshake == Handshake::MidStream {
+        return Err(Unproven::MidStream);
+    }
+    let tracked = flow.handshake == Handshake::Done;
+    if tracked && (t.flags & tcp_flags::ACK == 0 || !flow.acks_what_the_server_sent(t.ack)) {
+        return Err(Unproven::OutOfWindow);
+    }
+    match witness() {
+        Sighting::Established => Ok(()),
+        Sighting::Absent => Err(Unproven::NoConnection),
+        Sighting::Unknown if tracked => Ok(()),
+        Sighting::Unknown => Err(Unproven::NoHandshake),
+    }
+}
+
+/// A rule matched, but the source did not prove its address: counted, nobody banned or reset.
+/// The packet is dropped (its sender may be forging it), except mid-stream, where its bytes
+/// may be a body of a real session: accepted.
+fn unproven(index: usize, cause: Unproven, stats: &mut Stats) -> Decision {
+    stats.matches[index] += 1;
+    stats.unproven[cause as usize] += 1;
+    Decision {
+        verdict: if cause == Unproven::MidStream {
+            Verdict::Accept
+        } else {
+            Verdict::Drop
+        },
+        // Rules are indexed by RuleId (u16) when the config is built.
+        reason: Reason::Unproven {
+            rule: index as RuleId,
+            cause,
+        },
+    }
+}
+
 /// A rule matched `packet`: ban its source (if the rule bans) and turn the action into a
 /// verdict.
 fn convict(
@@ -916,8 +1093,38 @@ mod tests {
         Engine::new(&Config::build(None, &flags).expect("valid flags"))
     }
 
+    /// The server's initial sequence number in [`handshake`].
+    const SERVER_ISN: u32 = 5_000;
+
     fn said(e: &mut Engine, from: (IpAddr, u16), seq: u32, payload: &[u8]) -> Decision {
-        e.decide(&tcp_segment(from, SERVER, seq, 1, payload), T0)
+        e.decide(&tcp_segment(from, SERVER, seq, SERVER_ISN + 1, payload), T0)
+    }
+
+    /// A handshake the client completes: SYN (`isn`), the server's SYN-ACK, the client's ACK.
+    fn handshake(e: &mut Engine, from: (IpAddr, u16), isn: u32) {
+        let syn = tcp_flags_segment(from, SERVER, isn, 0, tcp_flags::SYN, b"");
+        assert_eq!(e.decide(&syn, T0).verdict, Verdict::Accept);
+        let syn_ack = tcp_flags_segment(
+            SERVER,
+            from,
+            SERVER_ISN,
+            isn + 1,
+            tcp_flags::SYN | tcp_flags::ACK,
+            b"",
+        );
+        let _ = e.decide(&syn_ack, T0);
+        let ack = tcp_flags_segment(from, SERVER, isn + 1, SERVER_ISN + 1, tcp_flags::ACK, b"");
+        assert_eq!(e.decide(&ack, T0).verdict, Verdict::Accept);
+    }
+
+    /// A witness that answers the same for every packet (the daemon's sockets, in a test).
+    struct Says(Sighting, u32);
+
+    impl Witness for Says {
+        fn sighting(&mut self, _: &Packet<'_>, _: Hook) -> Sighting {
+            self.1 += 1;
+            self.0
+        }
     }
 
     #[test]
@@ -963,18 +1170,18 @@ mod tests {
         for mode in ["packet", "stream", "smtp"] {
             let mut e = engine(mode, "reject", |f| f.allow = vec!["198.19.0.0/30".into()]);
             e.blacklist().list(0).ban(client(1).0, T0, 0);
-            let syn = tcp_flags_segment(client(1), SERVER, 99, 0, 0x02, b"");
-            assert_eq!(e.decide(&syn, T0).verdict, Verdict::Accept, "{mode}");
+            handshake(&mut e, client(1), 99);
             let d = said(&mut e, client(1), 100, b"RCPT TO:<victim@example.com>\r\n");
             assert_eq!(
                 (d.verdict, d.reason),
                 (Verdict::Accept, Reason::Allowlisted { rule: 0 }),
                 "{mode}"
             );
-            assert_eq!(e.stats().allowlisted, 2, "{mode}");
+            assert_eq!(e.stats().allowlisted, 3, "{mode}");
             assert_eq!(e.stats().allowlisted_convictions, 1, "{mode}");
             assert_eq!(e.stats().bans_new, 0, "{mode}");
             // Outside the allowlist: convicted as ever.
+            handshake(&mut e, client(9), 99);
             let d = said(&mut e, client(9), 100, b"RCPT TO:<victim@example.com>\r\n");
             assert_eq!(d.verdict, Verdict::Reset, "{mode}");
             assert!(e.blacklist().list(0).get(client(9).0, T0).is_some());
@@ -1048,8 +1255,7 @@ mod tests {
     #[test]
     fn stream_mode_joins_segments_and_bounds_what_it_holds() {
         let mut e = engine("stream", "reject", |_| {});
-        let syn = tcp_flags_segment(client(5), SERVER, 99, 0, 0x02, b"");
-        assert_eq!(e.decide(&syn, T0).verdict, Verdict::Accept);
+        handshake(&mut e, client(5), 99);
         let d = said(&mut e, client(5), 100, b"RCPT TO:<v@exam");
         assert_eq!(d.verdict, Verdict::Accept);
         let d = said(&mut e, client(5), 115, b"ple.com>\r\n");
@@ -1065,5 +1271,170 @@ mod tests {
         let d = said(&mut e, client(6), far, b"later bytes");
         assert_eq!((d.verdict, d.reason), (Verdict::Drop, Reason::FlowLimit));
         assert!(e.blacklist().list(0).get(client(6).0, T0).is_none());
+    }
+
+    /// One segment with the string from a forged source, no connection behind it, convicts
+    /// nobody in any mode: packet mode asks the witness (no socket: dropped, counted), the flow
+    /// modes never saw the flow start (mid-stream: accepted, its bytes may be a body).
+    #[test]
+    fn a_segment_with_no_connection_convicts_nobody() {
+        for mode in ["packet", "stream", "smtp"] {
+            let mut e = engine(mode, "reject", |_| {});
+            let mut w = Says(Sighting::Absent, 0);
+            let seg = tcp_segment(client(7), SERVER, 1234, 99, b"RCPT TO:<v@example.com>\r\n");
+            let d = e.decide_seen(&seg, Hook::Input, T0, &mut w);
+            assert!(
+                matches!(d.reason, Reason::Unproven { rule: 0, .. }),
+                "{mode}: {d:?}"
+            );
+            assert_ne!(d.verdict, Verdict::Reset, "{mode}");
+            assert!(
+                e.blacklist().list(0).get(client(7).0, T0).is_none(),
+                "{mode}"
+            );
+            assert_eq!(e.stats().bans_new, 0, "{mode}");
+            assert_eq!(e.stats().unproven.iter().sum::<u64>(), 1, "{mode}");
+        }
+        // A segment without ACK belongs to no established connection: no lookup is made.
+        let mut e = engine("packet", "reject", |_| {});
+        let mut w = Says(Sighting::Established, 0);
+        let syn_data = tcp_flags_segment(client(7), SERVER, 1, 0, tcp_flags::SYN, b"@example.com");
+        let d = e.decide_seen(&syn_data, Hook::Input, T0, &mut w);
+        assert_eq!(
+            d.reason,
+            Reason::Unproven {
+                rule: 0,
+                cause: Unproven::NoConnection
+            }
+        );
+        assert_eq!(w.1, 0);
+    }
+
+    /// A blind handshake — SYN, then an ACK that guesses the server's sequence number, then
+    /// data — proves nothing: without a socket to ask, only a client that acknowledged the
+    /// SYN-ACK it received is convicted.
+    #[test]
+    fn a_blind_handshake_proves_nothing() {
+        for mode in ["stream", "smtp"] {
+            let mut e = engine(mode, "reject", |_| {});
+            let from = client(8);
+            let syn = tcp_flags_segment(from, SERVER, 99, 0, tcp_flags::SYN, b"");
+            let _ = e.decide(&syn, T0);
+            let syn_ack = tcp_flags_segment(
+                SERVER,
+                from,
+                SERVER_ISN,
+                100,
+                tcp_flags::SYN | tcp_flags::ACK,
+                b"",
+            );
+            let _ = e.decide(&syn_ack, T0);
+            // The forger never saw the SYN-ACK: its ACK guesses.
+            let guess = SERVER_ISN.wrapping_add(1_000_000);
+            let d = e.decide(
+                &tcp_segment(from, SERVER, 100, guess, b"RCPT TO:<v@example.com>\r\n"),
+                T0,
+            );
+            assert_eq!(
+                d.reason,
+                Reason::Unproven {
+                    rule: 0,
+                    cause: Unproven::NoHandshake
+                },
+                "{mode}"
+            );
+            assert_eq!(d.verdict, Verdict::Drop, "{mode}");
+            assert!(e.blacklist().list(0).get(from.0, T0).is_none(), "{mode}");
+            // The same bytes from a client that completed the handshake: convicted.
+            let mut e = engine(mode, "reject", |_| {});
+            handshake(&mut e, from, 99);
+            let d = said(&mut e, from, 100, b"RCPT TO:<v@example.com>\r\n");
+            assert_eq!(
+                (d.verdict, d.reason),
+                (Verdict::Reset, Reason::Matched { rule: 0 }),
+                "{mode}"
+            );
+        }
+    }
+
+    /// In INPUT the local socket is the proof: a flow-mode client whose SYN-ACK the tracker
+    /// never saw is convicted when its socket is established, and not when there is none.
+    #[test]
+    fn an_established_socket_is_the_proof_where_there_is_one() {
+        for (sighting, convicted) in [(Sighting::Established, true), (Sighting::Absent, false)] {
+            let mut e = engine("stream", "reject", |_| {});
+            let mut w = Says(sighting, 0);
+            let syn = tcp_flags_segment(client(9), SERVER, 99, 0, tcp_flags::SYN, b"");
+            let _ = e.decide_seen(&syn, Hook::Input, T0, &mut w);
+            let seg = tcp_segment(client(9), SERVER, 100, 77, b"RCPT TO:<v@example.com>\r\n");
+            let d = e.decide_seen(&seg, Hook::Input, T0, &mut w);
+            assert_eq!(
+                d.verdict == Verdict::Reset,
+                convicted,
+                "{sighting:?}: {d:?}"
+            );
+            assert_eq!(w.1, 1, "asked once, at the match");
+        }
+    }
+
+    /// Data acknowledging what the server never sent is outside the connection's window: a
+    /// forger who knows the tuple but not the sequence numbers convicts nobody.
+    #[test]
+    fn a_guessed_sequence_number_convicts_nobody() {
+        let mut e = engine("smtp", "reject", |_| {});
+        let from = client(10);
+        handshake(&mut e, from, 99);
+        let far = SERVER_ISN.wrapping_add(1 << 30);
+        let d = e.decide(
+            &tcp_segment(from, SERVER, 100, far, b"RCPT TO:<v@example.com>\r\n"),
+            T0,
+        );
+        assert_eq!(
+            d.reason,
+            Reason::Unproven {
+                rule: 0,
+                cause: Unproven::OutOfWindow
+            }
+        );
+        assert!(e.blacklist().list(0).get(from.0, T0).is_none());
+    }
+
+    /// A flood of forged one-packet flows fills the table with unproven flows; a full table
+    /// evicts those first, so a session whose client proved its address is kept, and a body
+    /// line that reads like a command in it is still body text.
+    #[test]
+    fn a_flood_of_forged_flows_never_evicts_a_proven_session() {
+        let mut e = engine("smtp", "reject", |f| f.max_flows = Some(64));
+        let from = client(11);
+        handshake(&mut e, from, 99);
+        let (mut seq, mut seen) = (100, SERVER_ISN + 1);
+        let server = |e: &mut Engine, seen: &mut u32, seq: u32, text: &[u8]| {
+            let _ = e.decide(&tcp_segment(SERVER, from, *seen, seq, text), T0);
+            *seen += text.len() as u32;
+        };
+        server(&mut e, &mut seen, seq, b"220 hi\r\n");
+        for (c, reply) in [
+            (&b"MAIL FROM:<a@b.test>\r\n"[..], &b"250 ok\r\n"[..]),
+            (b"RCPT TO:<c@hosted.test>\r\n", b"250 ok\r\n"),
+            (b"DATA\r\n", b"354 go\r\n"),
+        ] {
+            let d = e.decide(&tcp_segment(from, SERVER, seq, seen, c), T0);
+            assert_eq!(d.verdict, Verdict::Accept);
+            seq += c.len() as u32;
+            server(&mut e, &mut seen, seq, reply);
+        }
+        for i in 0..1000u32 {
+            let forged = (
+                IpAddr::V4(Ipv4Addr::from(0xC613_0000 + i)),
+                1024 + (i % 60000) as u16,
+            );
+            let _ = e.decide(&tcp_segment(forged, SERVER, i, i, b"x"), T0);
+        }
+        assert!(e.stats().flows_evicted >= 900);
+        assert_eq!(e.flows().proven_evicted(), 0);
+        let body = b"RCPT TO:<quoted@example.com> is just text\r\n";
+        let d = e.decide(&tcp_segment(from, SERVER, seq, seen, body), T0);
+        assert_eq!((d.verdict, d.reason), (Verdict::Accept, Reason::Clean));
+        assert!(e.blacklist().list(0).get(from.0, T0).is_none());
     }
 }

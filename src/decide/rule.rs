@@ -507,6 +507,12 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// Does a match do anything to its sender (ban, drop, reset)? Only then is proof of its
+    /// address asked for: a `log` rule without a list only counts.
+    pub fn acts(&self) -> bool {
+        self.ban.is_some() || self.action != Action::Log
+    }
+
     /// Do the rule's protocol and port filters admit `packet`?
     pub fn admits(&self, packet: &crate::parse::Packet<'_>) -> bool {
         use crate::parse::Transport;

@@ -80,6 +80,10 @@ pub enum Reason {
     Clean,
     /// A rule matched.
     Matched { rule: RuleId },
+    /// A rule matched, but the source has not proven that the address is its own: nobody is
+    /// banned or reset. Dropped, except [`Unproven::MidStream`] (accepted: its bytes may be a
+    /// body).
+    Unproven { rule: RuleId, cause: Unproven },
     /// Not to a protected port: not the engine's business.
     Unguarded,
     /// The server's side of a flow followed in smtp mode (read for its replies).
@@ -92,6 +96,40 @@ pub enum Reason {
     Iptables { line: Option<u32> },
     /// The bytes are not a packet we can read.
     Unparsed(parse::Error),
+}
+
+/// Why a match convicted nobody (docs/ARCHITECTURE.md, *Proof of address*).
+#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
+pub enum Unproven {
+    /// No local socket with the packet's exact tuple has completed its handshake: a packet with
+    /// no connection behind it (a forged source, a guessed tuple).
+    NoConnection = 0,
+    /// The tracker saw no handshake completed by the source (a blind one: the ACK did not
+    /// acknowledge the server's SYN-ACK), and no socket could vouch for it.
+    NoHandshake = 1,
+    /// The segment acknowledges what the server never sent: outside the connection's window.
+    OutOfWindow = 2,
+    /// The flow was not followed from its start (first seen mid-stream, or evicted and seen
+    /// again): its bytes may be a body.
+    MidStream = 3,
+}
+
+impl Unproven {
+    pub const ALL: [Unproven; 4] = [
+        Unproven::NoConnection,
+        Unproven::NoHandshake,
+        Unproven::OutOfWindow,
+        Unproven::MidStream,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Unproven::NoConnection => "no_connection",
+            Unproven::NoHandshake => "no_handshake",
+            Unproven::OutOfWindow => "out_of_window",
+            Unproven::MidStream => "mid_stream",
+        }
+    }
 }
 
 /// The engine's answer for one packet.

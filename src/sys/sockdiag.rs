@@ -4,6 +4,13 @@
 //! session at once, and the kernel sends the peer a RST with correct sequence numbers. Needs
 //! `CONFIG_INET_DIAG_DESTROY` and CAP_NET_ADMIN; without them the kernel answers `EOPNOTSUPP` /
 //! `EPERM` and the caller falls back to the kernel REJECT rule.
+//!
+//! Never destroy by tuple alone: for a tuple that matches no connection the kernel's lookup
+//! falls back to the *listening* socket, and destroying that takes the server off the air. So
+//! a session is first looked up by its exact tuple ([`SockDiag::session`]), kept only if the
+//! answer is that very tuple in a state that has completed its handshake, and then destroyed by
+//! the cookie the kernel gave it ([`SockDiag::destroy_session`]): if the session is gone by
+//! then, the kernel finds the listener again, its cookie differs, and it answers `ESTALE`.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -21,6 +28,12 @@ const NLM_F_DUMP: u16 = 0x300;
 const SESSION_STATES: u32 =
     (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 8) | (1 << 9) | (1 << 11);
 const IPPROTO_TCP: u8 = 6;
+
+/// TCP states in which the peer has completed the handshake and the socket still takes its
+/// data: ESTABLISHED, FIN_WAIT1, FIN_WAIT2. The proof that a source is who it says it is.
+const TAKES_DATA: [u8; 3] = [1, 4, 5];
+/// `inet_diag_sockid.idiag_cookie` meaning "any socket".
+const NO_COOKIE: [u8; 8] = [0xff; 8];
 
 /// The outcome of a destroy request.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
@@ -41,6 +54,17 @@ pub struct TcpSocket {
     pub lport: u16,
     pub remote: IpAddr,
     pub rport: u16,
+    /// `TCP_ESTABLISHED` (1) … `TCP_NEW_SYN_RECV` (12), as the kernel numbers them.
+    pub state: u8,
+    /// The kernel's identity of this very socket (`sock_gen_cookie`), as the dump gave it.
+    pub cookie: [u8; 8],
+}
+
+impl TcpSocket {
+    /// Has the peer completed the handshake, and does the socket still take its data?
+    pub fn takes_data(&self) -> bool {
+        TAKES_DATA.contains(&self.state)
+    }
 }
 
 /// A `NETLINK_SOCK_DIAG` socket.
@@ -67,28 +91,111 @@ impl SockDiag {
         })
     }
 
-    /// Destroys the local TCP socket `local:lport` ↔ `remote:rport`. For IPv4, also tries the
+    /// The local session `local:lport` ↔ `remote:rport`, found by that exact tuple, if it has
+    /// completed its handshake and still takes the peer's data ([`TcpSocket::takes_data`]).
+    /// Never a listener, a half-open request or a closing socket. For IPv4, also looks for the
     /// IPv4-mapped form on AF_INET6 sockets (dual-stack listeners).
-    pub fn destroy(
+    pub fn session(
         &mut self,
         local: IpAddr,
         lport: u16,
         remote: IpAddr,
         rport: u16,
-    ) -> io::Result<Destroyed> {
-        let first = self.destroy_one(local, lport, remote, rport)?;
-        if first != Destroyed::NoSocket {
-            return Ok(first);
+    ) -> io::Result<Option<TcpSocket>> {
+        if let Some(s) = self.exact(local, lport, remote, rport)? {
+            return Ok(Some(s));
         }
         match (local, remote) {
-            (IpAddr::V4(l), IpAddr::V4(r)) => {
-                let (l6, r6) = (
-                    IpAddr::V6(l.to_ipv6_mapped()),
-                    IpAddr::V6(r.to_ipv6_mapped()),
-                );
-                self.destroy_one(l6, lport, r6, rport)
+            (IpAddr::V4(l), IpAddr::V4(r)) => self.exact(
+                IpAddr::V6(l.to_ipv6_mapped()),
+                lport,
+                IpAddr::V6(r.to_ipv6_mapped()),
+                rport,
+            ),
+            _ => Ok(None),
+        }
+    }
+
+    /// One exact lookup (`SOCK_DIAG_BY_FAMILY` without `NLM_F_DUMP`). The kernel answers with
+    /// whatever socket its lookup finds — the listener, when no connection has the tuple — so
+    /// the answer is kept only if it *is* the tuple, in a state that takes data.
+    fn exact(
+        &mut self,
+        local: IpAddr,
+        lport: u16,
+        remote: IpAddr,
+        rport: u16,
+    ) -> io::Result<Option<TcpSocket>> {
+        self.seq = self.seq.wrapping_add(1);
+        let request = sockid_request(
+            self.seq,
+            SOCK_DIAG_BY_FAMILY,
+            NLM_F_REQUEST,
+            (local, lport, remote, rport),
+            NO_COOKIE,
+        );
+        send_to_kernel(&self.fd, &request)?;
+        loop {
+            let n = recv_one(&self.fd, &mut self.buf)?;
+            for msg in codec::messages(&self.buf[..n]) {
+                let Ok(msg) = msg else {
+                    return Err(io::Error::other("malformed sock_diag reply"));
+                };
+                if msg.seq != self.seq {
+                    continue;
+                }
+                match msg.kind {
+                    SOCK_DIAG_BY_FAMILY => {
+                        return Ok(parse_diag_msg(msg.payload).filter(|s| {
+                            s.takes_data()
+                                && (s.local, s.lport, s.remote, s.rport)
+                                    == (local, lport, remote, rport)
+                        }));
+                    }
+                    codec::NLMSG_ERROR => {
+                        let errno =
+                            codec::error_code(&msg).map_err(|e| io::Error::other(e.to_string()))?;
+                        return match errno {
+                            0 | libc::ENOENT => Ok(None),
+                            e => Err(io::Error::from_raw_os_error(e)),
+                        };
+                    }
+                    _ => {}
+                }
             }
-            _ => Ok(first),
+        }
+    }
+
+    /// Destroys `session` (found by [`SockDiag::session`] or a dump) by its tuple *and* cookie:
+    /// if it is gone, the kernel's lookup falls back to the listener, whose cookie differs, and
+    /// nothing is destroyed ([`Destroyed::NoSocket`]).
+    pub fn destroy_session(&mut self, session: &TcpSocket) -> io::Result<Destroyed> {
+        self.seq = self.seq.wrapping_add(1);
+        let request = sockid_request(
+            self.seq,
+            SOCK_DESTROY,
+            NLM_F_REQUEST | NLM_F_ACK,
+            (session.local, session.lport, session.remote, session.rport),
+            session.cookie,
+        );
+        send_to_kernel(&self.fd, &request)?;
+        loop {
+            let n = recv_one(&self.fd, &mut self.buf)?;
+            for msg in codec::messages(&self.buf[..n]) {
+                let Ok(msg) = msg else {
+                    return Err(io::Error::other("malformed sock_diag reply"));
+                };
+                if msg.kind != codec::NLMSG_ERROR || msg.seq != self.seq {
+                    continue;
+                }
+                let errno = codec::error_code(&msg).map_err(|e| io::Error::other(e.to_string()))?;
+                return Ok(match errno {
+                    0 => Destroyed::Yes,
+                    libc::ENOENT | libc::ESTALE => Destroyed::NoSocket,
+                    libc::EOPNOTSUPP | libc::EPERM | libc::EACCES => Destroyed::Unsupported,
+                    e => return Err(io::Error::from_raw_os_error(e)),
+                });
+            }
         }
     }
 
@@ -148,46 +255,18 @@ impl SockDiag {
     ) -> io::Result<Result<u32, Destroyed>> {
         let mut n = 0;
         for s in self.sessions_with(remote)? {
-            if !guarded(s.lport) {
+            // A session that has not completed its handshake is no proof of anything, and
+            // aborting a half-open request would hand its tuple to whoever raced for it.
+            if !guarded(s.lport) || !s.takes_data() {
                 continue;
             }
-            match self.destroy_one(s.local, s.lport, s.remote, s.rport)? {
+            match self.destroy_session(&s)? {
                 Destroyed::Yes => n += 1,
                 Destroyed::NoSocket => {}
                 Destroyed::Unsupported => return Ok(Err(Destroyed::Unsupported)),
             }
         }
         Ok(Ok(n))
-    }
-
-    fn destroy_one(
-        &mut self,
-        local: IpAddr,
-        lport: u16,
-        remote: IpAddr,
-        rport: u16,
-    ) -> io::Result<Destroyed> {
-        self.seq = self.seq.wrapping_add(1);
-        let request = destroy_request(self.seq, local, lport, remote, rport);
-        send_to_kernel(&self.fd, &request)?;
-        loop {
-            let n = recv_one(&self.fd, &mut self.buf)?;
-            for msg in codec::messages(&self.buf[..n]) {
-                let Ok(msg) = msg else {
-                    return Err(io::Error::other("malformed sock_diag reply"));
-                };
-                if msg.kind != codec::NLMSG_ERROR || msg.seq != self.seq {
-                    continue;
-                }
-                let errno = codec::error_code(&msg).map_err(|e| io::Error::other(e.to_string()))?;
-                return Ok(match errno {
-                    0 => Destroyed::Yes,
-                    libc::ENOENT => Destroyed::NoSocket,
-                    libc::EOPNOTSUPP | libc::EPERM | libc::EACCES => Destroyed::Unsupported,
-                    e => return Err(io::Error::from_raw_os_error(e)),
-                });
-            }
-        }
     }
 }
 
@@ -228,11 +307,20 @@ pub fn parse_diag_msg(p: &[u8]) -> Option<TcpSocket> {
         lport,
         remote: addr(&p[24..40])?,
         rport,
+        state: p[1],
+        cookie: p[44..52].try_into().ok()?,
     })
 }
 
-/// The `SOCK_DESTROY` request: nlmsghdr + `inet_diag_req_v2` with the exact 4-tuple and no cookie.
-pub fn destroy_request(seq: u32, local: IpAddr, lport: u16, remote: IpAddr, rport: u16) -> Vec<u8> {
+/// A request naming one socket: nlmsghdr (`kind`, `flags`) + `inet_diag_req_v2` with the exact
+/// 4-tuple (local, local port, remote, remote port) and `cookie` ([`NO_COOKIE`]: any socket).
+pub fn sockid_request(
+    seq: u32,
+    kind: u16,
+    flags: u16,
+    (local, lport, remote, rport): (IpAddr, u16, IpAddr, u16),
+    cookie: [u8; 8],
+) -> Vec<u8> {
     let family = if local.is_ipv4() {
         libc::AF_INET as u8
     } else {
@@ -240,8 +328,8 @@ pub fn destroy_request(seq: u32, local: IpAddr, lport: u16, remote: IpAddr, rpor
     };
     let mut m = Vec::with_capacity(72);
     m.extend(72u32.to_ne_bytes());
-    m.extend(SOCK_DESTROY.to_ne_bytes());
-    m.extend((NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+    m.extend(kind.to_ne_bytes());
+    m.extend(flags.to_ne_bytes());
     m.extend(seq.to_ne_bytes());
     m.extend(0u32.to_ne_bytes());
     // inet_diag_req_v2: family, protocol, ext, pad, states (all).
@@ -253,8 +341,7 @@ pub fn destroy_request(seq: u32, local: IpAddr, lport: u16, remote: IpAddr, rpor
     m.extend(addr16(local));
     m.extend(addr16(remote));
     m.extend(0u32.to_ne_bytes());
-    m.extend(u32::MAX.to_ne_bytes());
-    m.extend(u32::MAX.to_ne_bytes());
+    m.extend(cookie);
     m
 }
 
@@ -297,14 +384,19 @@ mod tests {
         assert_eq!(parse_diag_msg(&m), None);
     }
 
+    fn tuple(l: &str, lp: u16, r: &str, rp: u16) -> (IpAddr, u16, IpAddr, u16) {
+        (l.parse().unwrap(), lp, r.parse().unwrap(), rp)
+    }
+
     #[test]
     fn request_layout() {
-        let r = destroy_request(
+        let cookie = [1, 2, 3, 4, 5, 6, 7, 8];
+        let r = sockid_request(
             9,
-            "198.19.0.1".parse().unwrap(),
-            25,
-            "198.19.1.2".parse().unwrap(),
-            40000,
+            SOCK_DESTROY,
+            NLM_F_REQUEST | NLM_F_ACK,
+            tuple("198.19.0.1", 25, "198.19.1.2", 40000),
+            cookie,
         );
         assert_eq!(r.len(), 72);
         assert_eq!(u16::from_ne_bytes([r[4], r[5]]), SOCK_DESTROY);
@@ -314,18 +406,58 @@ mod tests {
         assert_eq!(&r[26..28], &40000u16.to_be_bytes());
         assert_eq!(&r[28..32], &[198, 19, 0, 1]);
         assert_eq!(&r[44..48], &[198, 19, 1, 2]);
-        assert_eq!(&r[64..72], &[0xff; 8]);
-        let v6 = destroy_request(
-            1,
-            "2001:db8::1".parse().unwrap(),
-            25,
-            "2001:db8::2".parse().unwrap(),
-            1,
+        assert_eq!(
+            &r[64..72],
+            &cookie,
+            "destroyed by cookie, never by tuple alone"
         );
+        let v6 = sockid_request(
+            1,
+            SOCK_DIAG_BY_FAMILY,
+            NLM_F_REQUEST,
+            tuple("2001:db8::1", 25, "2001:db8::2", 1),
+            NO_COOKIE,
+        );
+        assert_eq!(u16::from_ne_bytes([v6[6], v6[7]]), NLM_F_REQUEST, "no dump");
         assert_eq!(v6[16], libc::AF_INET6 as u8);
         assert_eq!(
             v6[28..44],
             "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets()
         );
+    }
+
+    /// The fields a lookup's answer is judged by: the listener the kernel falls back to is in
+    /// state LISTEN with an empty remote end, so it is never taken for the session.
+    #[test]
+    fn only_sessions_that_completed_their_handshake_take_data() {
+        let mut m = vec![libc::AF_INET as u8, 10, 0, 0];
+        m.extend(25u16.to_be_bytes());
+        m.extend(0u16.to_be_bytes());
+        m.extend([198, 18, 0, 1]);
+        m.extend([0; 12]);
+        m.extend([0; 16]);
+        m.extend([0; 4]);
+        m.extend([9, 9, 9, 9, 9, 9, 9, 9]);
+        m.extend([0; 20]);
+        let listener = parse_diag_msg(&m).unwrap();
+        assert_eq!(listener.cookie, [9; 8]);
+        assert!(!listener.takes_data(), "LISTEN");
+        for (state, takes) in [
+            (1, true),
+            (3, false),
+            (4, true),
+            (5, true),
+            (6, false),
+            (8, false),
+            (12, false),
+        ] {
+            let mut s = m.clone();
+            s[1] = state;
+            assert_eq!(
+                parse_diag_msg(&s).unwrap().takes_data(),
+                takes,
+                "state {state}"
+            );
+        }
     }
 }

@@ -28,7 +28,7 @@ mod table;
 
 pub use reasm::{Push, Reasm};
 pub use smtp::{Envelope, Smtp, SmtpEvents, domain, path};
-pub use table::{Flow, FlowKey, FlowState, Flows};
+pub use table::{Flow, FlowKey, FlowState, Flows, Handshake};
 
 /// Most out-of-order segments held per flow side.
 pub const MAX_HELD: usize = 8;
@@ -45,7 +45,7 @@ pub const MAX_PENDING: usize = 21;
 
 /// `a` before `b` in sequence space.
 #[inline]
-fn before(a: u32, b: u32) -> bool {
+pub fn before(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) < 0
 }
 
@@ -466,10 +466,10 @@ mod tests {
         };
         let mut t = Flows::new(3);
         for p in 1..=3 {
-            assert!(t.insert(key(p), Flow::new(now, None)).is_none());
+            assert!(t.insert(key(p), Flow::new(now, None, true)).is_none());
         }
         t.get(&key(1)).unwrap().packets = 7; // 1 is now the most recent
-        let evicted = t.insert(key(4), Flow::new(now, None));
+        let evicted = t.insert(key(4), Flow::new(now, None, true));
         assert!(evicted.is_some());
         assert!(t.get(&key(2)).is_none(), "2 was the least recently seen");
         assert_eq!(t.get(&key(1)).unwrap().packets, 7);

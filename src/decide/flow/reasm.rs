@@ -39,6 +39,11 @@ impl Reasm {
         self.held = None;
     }
 
+    /// The next expected sequence number, once known.
+    pub fn next(&self) -> Option<u32> {
+        self.known.then_some(self.next)
+    }
+
     /// Bytes held out of order.
     pub fn held_bytes(&self) -> usize {
         self.held.as_ref().map_or(0, |h| h.bytes)

@@ -49,8 +49,25 @@ pub enum FlowState {
     Open,
     /// Past its envelope (or budget): the rest is let through uninspected.
     Bypassed,
-    /// A rule matched.
-    Convicted,
+    /// A rule matched but its client could not prove its address: the rest of the client's
+    /// data is dropped (a forger's flow; a real client's retransmission meets the same refusal,
+    /// never an unscanned pass).
+    Refused(crate::verdict::Unproven),
+}
+
+/// How much of the TCP handshake the tracker has seen: the proof that the client's address is
+/// its own (it received the server's SYN-ACK, so it answered from that address).
+#[derive(Clone, Copy, Debug, Eq, Ord, PartialEq, PartialOrd)]
+pub enum Handshake {
+    /// Picked up after its start (first seen on a data segment, or its state was lost): where
+    /// its bytes stand (command or body) is unknown, so it never convicts.
+    MidStream,
+    /// The client's SYN.
+    Syn,
+    /// The server's SYN-ACK, acknowledging that SYN.
+    SynAck,
+    /// The client acknowledged the SYN-ACK (or bytes the server sent after it).
+    Done,
 }
 
 /// One tracked flow.
@@ -72,11 +89,24 @@ pub struct Flow {
     pub carry: Vec<u8>,
     /// Smtp mode.
     pub smtp: Option<Smtp>,
+    pub handshake: Handshake,
+    /// The server's initial sequence number (from its SYN-ACK) and the sequence number after
+    /// the last byte it has sent: a client can acknowledge only what lies between.
+    pub server_isn: u32,
+    pub server_high: u32,
 }
 
 impl Flow {
-    pub fn new(now: Instant, smtp: Option<Smtp>) -> Flow {
+    /// A flow first seen at `now`: on the client's SYN (`from_syn`), or mid-stream.
+    pub fn new(now: Instant, smtp: Option<Smtp>, from_syn: bool) -> Flow {
         Flow {
+            handshake: if from_syn {
+                Handshake::Syn
+            } else {
+                Handshake::MidStream
+            },
+            server_isn: 0,
+            server_high: 0,
             last_seen: now,
             matched: 0,
             packets: 0,
@@ -99,6 +129,14 @@ impl Flow {
             + self.smtp.as_ref().map_or(0, Smtp::line_capacity)
     }
 
+    /// Could the server have sent what `ack` acknowledges? (After its SYN-ACK, up to the last
+    /// byte it sent.)
+    pub fn acks_what_the_server_sent(&self, ack: u32) -> bool {
+        self.handshake >= Handshake::SynAck
+            && !before(ack, self.server_isn.wrapping_add(1))
+            && !before(self.server_high, ack)
+    }
+
     /// Drops what a bypassed flow no longer needs.
     pub fn shed(&mut self) {
         self.carry = Vec::new();
@@ -117,23 +155,35 @@ pub(super) struct Slot {
     key: FlowKey,
     prev: u32,
     next: u32,
+    /// Which recency list the slot is on: [`UNPROVEN`] or [`PROVEN`].
+    tier: u8,
     flow: Flow,
 }
+
+/// Flows whose client has not (yet) completed a handshake the tracker saw: evicted first.
+const UNPROVEN: u8 = 0;
+/// Handshake-proven flows: evicted only when no unproven flow is left.
+const PROVEN: u8 = 1;
 
 /// The bounded flow table: see the module documentation. The index is a `hashbrown`
 /// `HashTable` of slot numbers (4 bytes and a control byte per flow), hashed with SipHash
 /// under a random key (flow keys are chosen by remote hosts); the key lives once, in the slot.
+/// Two recency lists: unproven flows (a forged source can open any number) and proven ones;
+/// a full table evicts the least recently seen unproven flow, so a flood of forged flows
+/// never pushes out a session whose client proved its address.
 pub struct Flows {
     index: hashbrown::HashTable<u32>,
     hasher: std::collections::hash_map::RandomState,
     pages: Vec<Box<[Option<Slot>]>>,
     used: usize,
     free: Vec<u32>,
-    /// Most recently seen.
-    head: u32,
-    /// Least recently seen.
-    tail: u32,
+    /// Most recently seen, per tier.
+    head: [u32; 2],
+    /// Least recently seen, per tier.
+    tail: [u32; 2],
     max: usize,
+    /// Proven flows evicted (the table held nothing else).
+    proven_evicted: u64,
 }
 
 impl std::fmt::Debug for Flows {
@@ -153,9 +203,10 @@ impl Flows {
             pages: Vec::new(),
             used: 0,
             free: Vec::new(),
-            head: NIL,
-            tail: NIL,
+            head: [NIL; 2],
+            tail: [NIL; 2],
             max: max.clamp(1, NIL as usize - 1),
+            proven_evicted: 0,
         }
     }
 
@@ -190,24 +241,25 @@ impl Flows {
     }
 
     fn unlink(&mut self, i: u32) {
-        let (prev, next) = {
+        let (prev, next, tier) = {
             let s = self.slot(i);
-            (s.prev, s.next)
+            (s.prev, s.next, usize::from(s.tier))
         };
         if prev == NIL {
-            self.head = next;
+            self.head[tier] = next;
         } else {
             self.slot(prev).next = next;
         }
         if next == NIL {
-            self.tail = prev;
+            self.tail[tier] = prev;
         } else {
             self.slot(next).prev = prev;
         }
     }
 
     fn link_front(&mut self, i: u32) {
-        let head = self.head;
+        let tier = usize::from(self.slot(i).tier);
+        let head = self.head[tier];
         {
             let s = self.slot(i);
             s.prev = NIL;
@@ -216,26 +268,46 @@ impl Flows {
         if head != NIL {
             self.slot(head).prev = i;
         } else {
-            self.tail = i;
+            self.tail[tier] = i;
         }
-        self.head = i;
+        self.head[tier] = i;
     }
 
     /// The flow of `key`, marked most recently seen.
     pub fn get(&mut self, key: &FlowKey) -> Option<&mut Flow> {
         let i = self.find(key)?;
-        if self.head != i {
+        let tier = usize::from(self.at(i).tier);
+        if self.head[tier] != i {
             self.unlink(i);
             self.link_front(i);
         }
         Some(&mut self.slot(i).flow)
     }
 
+    /// Moves the flow of `key` among the proven (most recently seen there).
+    pub fn promote(&mut self, key: &FlowKey) -> Option<&mut Flow> {
+        let i = self.find(key)?;
+        if self.at(i).tier != PROVEN {
+            self.unlink(i);
+            self.slot(i).tier = PROVEN;
+            self.link_front(i);
+        }
+        Some(&mut self.slot(i).flow)
+    }
+
+    /// Proven flows evicted so far (a full table with no unproven flow left to evict).
+    pub fn proven_evicted(&self) -> u64 {
+        self.proven_evicted
+    }
+
     /// Adds a flow for a key not in the table; when the table is full, first evicts and
     /// returns the least recently seen.
     pub fn insert(&mut self, key: FlowKey, flow: Flow) -> Option<Flow> {
         let evicted = if self.index.len() >= self.max {
-            self.pop_oldest()
+            if self.tail[usize::from(UNPROVEN)] == NIL {
+                self.proven_evicted += 1;
+            }
+            self.pop_evictable()
         } else {
             None
         };
@@ -254,10 +326,16 @@ impl Flows {
                 (self.used - 1) as u32
             }
         };
+        let tier = if flow.handshake == Handshake::Done {
+            PROVEN
+        } else {
+            UNPROVEN
+        };
         self.pages[i as usize / PAGE][i as usize % PAGE] = Some(Slot {
             key,
             prev: NIL,
             next: NIL,
+            tier,
             flow,
         });
         self.link_front(i);
@@ -298,18 +376,46 @@ impl Flows {
             .map(|s| s.flow)
     }
 
-    /// Removes the least recently seen flow.
+    /// The least recently seen flow of either tier: the one idle longest.
+    fn oldest(&self) -> u32 {
+        match self
+            .tail
+            .map(|t| (t != NIL).then(|| self.at(t).flow.last_seen))
+        {
+            [Some(a), Some(b)] if b < a => self.tail[1],
+            [Some(_), _] => self.tail[0],
+            [None, _] => self.tail[1],
+        }
+    }
+
+    /// Removes the least recently seen flow (of either tier).
     pub fn pop_oldest(&mut self) -> Option<Flow> {
-        if self.tail == NIL {
+        let i = self.oldest();
+        if i == NIL {
             return None;
         }
-        let key = self.at(self.tail).key;
+        let key = self.at(i).key;
         self.remove(&key)
     }
 
-    /// When the least recently seen flow was last seen.
+    /// Removes the flow to evict: the least recently seen unproven one, else the least
+    /// recently seen proven one.
+    pub fn pop_evictable(&mut self) -> Option<Flow> {
+        let i = match self.tail {
+            [NIL, t] => t,
+            [t, _] => t,
+        };
+        if i == NIL {
+            return None;
+        }
+        let key = self.at(i).key;
+        self.remove(&key)
+    }
+
+    /// When the least recently seen flow (of either tier) was last seen.
     pub fn oldest_seen(&self) -> Option<Instant> {
-        (self.tail != NIL).then(|| self.at(self.tail).flow.last_seen)
+        let i = self.oldest();
+        (i != NIL).then(|| self.at(i).flow.last_seen)
     }
 
     /// Bytes the table itself holds: slot pages, the index, the free list.
