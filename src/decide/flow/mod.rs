@@ -411,9 +411,14 @@ mod tests {
         assert!(s.in_body());
     }
 
+    /// A server that offered CHUNKING reads a BDAT's chunk as data whatever it answers (RFC
+    /// 3030: a refusal discards the chunk); the chunk may share a segment with the next command.
     #[test]
-    fn bdat_chunks_are_skipped_whatever_the_reply() {
-        let mut s = Smtp::new(false);
+    fn bdat_chunks_are_data_where_the_server_offered_chunking() {
+        let mut s = Smtp::new(true);
+        s.server(b"220 hi\r\n");
+        envelope(&mut s, "EHLO x\r\n");
+        s.server(b"250-mx\r\n250-PIPELINING\r\n250-chunking\r\n250 SIZE\r\n");
         let seen = envelope(
             &mut s,
             "MAIL FROM:<a@b>\r\nBDAT 25\r\nRCPT TO:<x@example.com>\r\nRCPT TO:<y@z>\r\nBDAT 0 LAST\r\n",
@@ -421,8 +426,56 @@ mod tests {
         assert_eq!(seen.len(), 2, "the chunk's 25 bytes are data: {seen:?}");
         assert_eq!(seen[1].1, "<y@z>");
         // A bad BDAT size is no chunk.
-        let mut s = Smtp::new(false);
         assert_eq!(envelope(&mut s, "BDAT x\r\nRCPT TO:<a@b>\r\n").len(), 1);
+        // Pipelined: the chunk, then a command, in one segment.
+        let seen = envelope(
+            &mut s,
+            "BDAT 10 LAST\r\n0123456789RCPT TO:<p@example.com>\r\n",
+        );
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(seen[0].1, "<p@example.com>");
+    }
+
+    /// A server that did not offer CHUNKING refuses BDAT (`502`/`503`) and reads what follows
+    /// as commands: so does the reader. And a new EHLO answered without it withdraws it.
+    #[test]
+    fn bdat_is_a_command_where_the_server_offered_no_chunking() {
+        let mut s = Smtp::new(true);
+        s.server(b"220 hi\r\n");
+        envelope(&mut s, "EHLO x\r\n");
+        s.server(b"250-mx\r\n250-PIPELINING\r\n250 SIZE\r\n");
+        let seen = envelope(
+            &mut s,
+            "MAIL FROM:<a@b>\r\nBDAT 999999999999999999\r\nRCPT TO:<x@example.com>\r\n",
+        );
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[1].1, "<x@example.com>");
+        // CHUNKING offered, then a second EHLO's answer without it.
+        let mut s = Smtp::new(true);
+        s.server(b"220 hi\r\n");
+        envelope(&mut s, "EHLO x\r\n");
+        s.server(b"250-mx\r\n250 CHUNKING\r\n");
+        envelope(&mut s, "EHLO again\r\n");
+        s.server(b"250 mx\r\n");
+        assert_eq!(
+            envelope(&mut s, "BDAT 5\r\nRCPT TO:<x@example.com>\r\n").len(),
+            1
+        );
+        // A refused EHLO offers nothing; CHUNKINGX is not the keyword.
+        let mut s = Smtp::new(true);
+        s.server(b"220 hi\r\n");
+        envelope(&mut s, "EHLO x\r\n");
+        s.server(b"250-mx\r\n250 CHUNKINGX\r\n");
+        assert_eq!(
+            envelope(&mut s, "BDAT 5\r\nRCPT TO:<x@example.com>\r\n").len(),
+            1
+        );
+        // A reader that never saw the greeting's answer knows no CHUNKING: reads commands.
+        let mut s = Smtp::new(false);
+        assert_eq!(
+            envelope(&mut s, "BDAT 5\r\nRCPT TO:<x@example.com>\r\n").len(),
+            1
+        );
     }
 
     #[test]

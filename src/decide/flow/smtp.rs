@@ -19,6 +19,8 @@ pub(super) enum Cmd {
     StartTls = 4,
     /// The `CRLF.CRLF` that ended a message body (answered 250 or an error).
     EndOfData = 5,
+    /// EHLO or HELO: its reply says whether the server offers CHUNKING.
+    Hello = 6,
 }
 
 impl Cmd {
@@ -29,6 +31,7 @@ impl Cmd {
             3 => Cmd::Bdat,
             4 => Cmd::StartTls,
             5 => Cmd::EndOfData,
+            6 => Cmd::Hello,
             _ => Cmd::Other,
         }
     }
@@ -145,6 +148,10 @@ impl Pending {
         Some(c)
     }
 
+    fn front(&self) -> Option<Cmd> {
+        (self.len > 0).then(|| Cmd::from_bits(self.bits))
+    }
+
     fn holds(&self, c: Cmd) -> bool {
         (0..u32::from(self.len)).any(|k| Cmd::from_bits(self.bits >> (3 * k)) == c)
     }
@@ -191,8 +198,21 @@ pub struct Smtp {
     code: u16,
     code_ok: bool,
     more: bool,
+    /// The server offered CHUNKING in its answer to the last EHLO: only then is a BDAT's chunk
+    /// data (a server that does not know BDAT reads what follows as commands, and so do we).
+    chunking: bool,
+    /// The EHLO reply being read has a `CHUNKING` line; how much of the keyword the current
+    /// reply line has matched (`CHUNKING_MATCHED`: all, then its end).
+    chunking_offered: bool,
+    kw: u8,
     events: SmtpEvents,
 }
+
+const CHUNKING: &[u8] = b"CHUNKING";
+/// [`Smtp::kw`] once the whole keyword and the end of the word were seen.
+const CHUNKING_MATCHED: u8 = CHUNKING.len() as u8 + 1;
+/// [`Smtp::kw`] once the line can no longer be the keyword.
+const KW_NO: u8 = u8::MAX;
 
 impl Smtp {
     /// A session; `from_start` when its SYN was seen (the server's greeting comes first).
@@ -211,6 +231,9 @@ impl Smtp {
             code: 0,
             code_ok: true,
             more: false,
+            chunking: false,
+            chunking_offered: false,
+            kw: 0,
             events: SmtpEvents::default(),
         }
     }
@@ -341,13 +364,19 @@ impl Smtp {
             cmd = Cmd::Data;
         } else if line.eq_ignore_ascii_case(b"STARTTLS") {
             cmd = Cmd::StartTls;
-        } else if let Some(size) = bdat_size(line) {
-            // The chunk follows the command at once, whatever the server answers.
+        } else if let Some(size) = bdat_size(line).filter(|_| self.chunking) {
+            // The chunk follows the command at once, whatever the server answers: a server
+            // that offered CHUNKING reads (and, refusing, discards) exactly `size` bytes
+            // (RFC 3030). One that did not refuses the verb and reads what follows as commands.
             cmd = Cmd::Bdat;
             self.events.messages = self.events.messages.saturating_add(1);
             if size > 0 {
                 self.phase = Phase::Chunk(size);
             }
+        } else if verb(line, b"EHLO") || verb(line, b"HELO") {
+            // A new greeting: what the server offers is what its answer to this one says.
+            cmd = Cmd::Hello;
+            self.chunking = false;
         }
         self.expect(cmd);
         (hit, cmd)
@@ -357,6 +386,17 @@ impl Smtp {
     pub fn server(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() && self.phase != Phase::Opaque {
             if self.rpos >= 4 {
+                if self.kw != KW_NO && !self.desync && self.pending.front() == Some(Cmd::Hello) {
+                    // A line of the EHLO reply: is it the CHUNKING keyword?
+                    let b = bytes[0];
+                    bytes = &bytes[1..];
+                    if b == b'\n' {
+                        self.end_reply_line();
+                    } else {
+                        self.keyword(b);
+                    }
+                    continue;
+                }
                 // Past the code: skip to the end of the line.
                 match memchr(b'\n', bytes) {
                     Some(i) => {
@@ -382,13 +422,36 @@ impl Smtp {
         }
     }
 
+    /// One byte of an EHLO reply line after its code: matches `CHUNKING` (any case), then the
+    /// end of the word.
+    fn keyword(&mut self, b: u8) {
+        self.kw = match self.kw {
+            k if usize::from(k) < CHUNKING.len()
+                && b.to_ascii_uppercase() == CHUNKING[usize::from(k)] =>
+            {
+                k + 1
+            }
+            k if usize::from(k) == CHUNKING.len() && (b == b' ' || b == b'\r') => CHUNKING_MATCHED,
+            CHUNKING_MATCHED => CHUNKING_MATCHED,
+            _ => KW_NO,
+        };
+    }
+
     fn end_reply_line(&mut self) {
         let (rpos, code, ok, more) = (self.rpos, self.code, self.code_ok, self.more);
+        let keyword = std::mem::take(&mut self.kw);
         self.rpos = 0;
         self.code = 0;
         self.code_ok = true;
         self.more = false;
-        if rpos < 3 || !ok || more {
+        if rpos < 3 || !ok {
+            return;
+        }
+        if code == 250 && !self.desync && self.pending.front() == Some(Cmd::Hello) {
+            self.chunking_offered |=
+                keyword == CHUNKING_MATCHED || (usize::from(keyword) == CHUNKING.len());
+        }
+        if more {
             return;
         }
         if let Phase::Body(_) = self.phase {
@@ -411,6 +474,10 @@ impl Smtp {
             Some(Cmd::StartTls) if code == 220 => {
                 self.phase = Phase::Opaque;
                 self.line = Vec::new();
+            }
+            Some(Cmd::Hello) => {
+                self.chunking = code == 250 && std::mem::take(&mut self.chunking_offered);
+                self.chunking_offered = false;
             }
             _ => {}
         }
@@ -519,6 +586,13 @@ pub fn domain(path: &[u8]) -> Option<&[u8]> {
     let at = p.iter().rposition(|b| *b == b'@')?;
     let d = trim(&p[at + 1..]);
     (!d.is_empty()).then_some(d)
+}
+
+/// Is `line` the command `v` (any case), alone or followed by a blank?
+fn verb(line: &[u8], v: &[u8]) -> bool {
+    line.get(..v.len())
+        .is_some_and(|h| h.eq_ignore_ascii_case(v))
+        && matches!(line.get(v.len()), None | Some(b' ' | b'\t'))
 }
 
 /// `BDAT <size> [LAST]`: the chunk size.
