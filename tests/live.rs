@@ -104,3 +104,12 @@ fn a_fleet_shares_bans_through_redis() {
 fn a_gateway_protects_the_mail_server_behind_it() {
     live("gateway.sh");
 }
+
+/// The attacker: forged segments with no connection, forged sources, blind handshakes, guessed
+/// sequence numbers, flow floods (peak RSS), the eviction flood and BDAT, against a real Exim
+/// in every mode, IPv4 and IPv6 (tests/live/attack.sh).
+#[test]
+#[ignore = "needs root, iptables, iproute2, python3, exim4-daemon-light, swaks and ss; run by scripts/test as root"]
+fn an_attacker_gets_nothing() {
+    live("attack.sh");
+}

@@ -698,6 +698,7 @@ pub fn reason_text(reason: Reason, engine: &Engine) -> String {
         Reason::Reply => "reply".into(),
         Reason::Bypassed => "bypassed".into(),
         Reason::FlowLimit => "flow-limit".into(),
+        Reason::OutOfWindow => "out-of-window".into(),
         Reason::Iptables { line: Some(l) } => format!("iptables:line{l}"),
         Reason::Iptables { line: None } => "iptables:policy".into(),
         Reason::Unparsed(e) => format!(

@@ -295,6 +295,17 @@ pub(crate) fn status_text(s: &serde_json::Value, now: u64) -> String {
         n(u(&st["socket_lookups"]["lookups"])),
         n(u(&st["socket_lookups"]["over_budget"]))
     );
+    let fm = &st["flow_memory"];
+    let _ = writeln!(
+        o,
+        "flow memory: {} of {} MiB (peak {}) · flows evicted {} ({} for the budget, {} proven)",
+        u(&fm["used_bytes"]) >> 20,
+        u(&fm["limit_bytes"]) >> 20,
+        u(&fm["peak_bytes"]) >> 20,
+        n(u(&st["flows_evicted"])),
+        n(u(&st["flows_budget_evicted"])),
+        n(u(&st["flows_proven_evicted"]))
+    );
     let queue_drops: u64 = st["kernel_queues"]
         .as_array()
         .into_iter()

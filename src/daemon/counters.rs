@@ -113,6 +113,11 @@ pub(super) fn with_counters<R>(
         forwarded: total.forwarded,
         forwarded_resets: total.forwarded_resets,
         reset_no_socket: total.reset_no_socket,
+        flow_memory: (
+            shared.flow_budget.used(),
+            shared.flow_budget.peak(),
+            shared.flow_budget.limit(),
+        ),
         lookups: total.lookups,
         lookups_over_budget: total.lookups_over_budget,
         lookup_errors: total.lookup_errors,

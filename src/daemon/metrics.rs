@@ -65,6 +65,8 @@ pub struct Snapshot<'a> {
     pub forwarded_resets: u64,
     /// Resets with no local session of the packet's exact tuple: dropped, nothing destroyed.
     pub reset_no_socket: u64,
+    /// The flow memory budget: bytes charged now, the most ever, the limit.
+    pub flow_memory: (usize, usize, usize),
     /// Socket lookups for proof of address; refused over the budget; failed.
     pub lookups: u64,
     pub lookups_over_budget: u64,
@@ -201,6 +203,7 @@ impl Snapshot<'_> {
             "forwarded_resets": self.forwarded_resets,
             "unproven": crate::engine::Unproven::ALL.iter().map(|c| (c.name().to_string(), json!(e.unproven[*c as usize]))).collect::<serde_json::Map<_, _>>(),
             "reset_no_socket": self.reset_no_socket,
+            "out_of_window_segments": e.out_of_window,
             "socket_lookups": {
                 "lookups": self.lookups,
                 "over_budget": self.lookups_over_budget,
@@ -215,6 +218,14 @@ impl Snapshot<'_> {
             "csum_not_ready_packets": self.csum_not_ready,
             "wakeups": self.wakeups,
             "flows_new": e.flows_new,
+            "flows_evicted": e.flows_evicted,
+            "flows_proven_evicted": e.flows_proven_evicted,
+            "flows_budget_evicted": e.flows_budget_evicted,
+            "flow_memory": {
+                "used_bytes": self.flow_memory.0,
+                "peak_bytes": self.flow_memory.1,
+                "limit_bytes": self.flow_memory.2,
+            },
             "flows_bypassed": e.flows_bypassed,
             "sessions": e.sessions,
             "session_packets": e.session_packets,
@@ -317,6 +328,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
         ("unparsed", e.unparsed_total()),
         ("bypassed", e.verdict(Verdict::Bypass)),
         ("flow_limit", e.flow_refused),
+        ("out_of_window", e.out_of_window),
     ] {
         let _ = writeln!(o, "stringban_decisions_total{{reason=\"{reason}\"}} {n}");
     }
@@ -556,6 +568,40 @@ pub fn render(s: &Snapshot<'_>) -> String {
             e.unproven[c as usize]
         );
     }
+    head(
+        &mut o,
+        "stringban_flow_memory_bytes",
+        "gauge",
+        "The flow memory budget: bytes charged now, the most ever charged, the limit.",
+    );
+    for (what, n) in [
+        ("used", s.flow_memory.0),
+        ("peak", s.flow_memory.1),
+        ("limit", s.flow_memory.2),
+    ] {
+        let _ = writeln!(o, "stringban_flow_memory_bytes{{what=\"{what}\"}} {n}");
+    }
+    head(
+        &mut o,
+        "stringban_flows_evicted_total",
+        "counter",
+        "Flows evicted: table full or budget, and of those, proven ones.",
+    );
+    let _ = writeln!(
+        o,
+        "stringban_flows_evicted_total{{kind=\"all\"}} {}",
+        e.flows_evicted
+    );
+    let _ = writeln!(
+        o,
+        "stringban_flows_evicted_total{{kind=\"budget\"}} {}",
+        e.flows_budget_evicted
+    );
+    let _ = writeln!(
+        o,
+        "stringban_flows_evicted_total{{kind=\"proven\"}} {}",
+        e.flows_proven_evicted
+    );
     head(
         &mut o,
         "stringban_reset_no_socket_total",
@@ -799,6 +845,7 @@ mod tests {
             forwarded: 8,
             forwarded_resets: 1,
             reset_no_socket: 9,
+            flow_memory: (1, 2, 3),
             lookups: 11,
             lookups_over_budget: 12,
             lookup_errors: 13,
@@ -838,6 +885,7 @@ mod tests {
         for want in [
             "stringban_packets_total 10\n",
             "stringban_reset_no_socket_total 9\n",
+            "stringban_flow_memory_bytes{what=\"limit\"} 3\n",
             "stringban_unproven_total{cause=\"mid_stream\"} 0\n",
             "stringban_socket_lookups_total{outcome=\"over_budget\"} 12\n",
             "stringban_resets_total{how=\"on_request\"} 2\n",

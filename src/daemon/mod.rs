@@ -132,6 +132,8 @@ struct Shared {
     started: std::time::Instant,
     /// The fleet's state, when bans are shared.
     share: Option<Arc<share::ShareState>>,
+    /// One memory budget for the flow state of every worker (its limit follows reloads).
+    flow_budget: Arc<crate::flow::FlowBudget>,
 }
 
 /// Why the daemon could not start (exit code 2 for the caller) or failed (1): what it was
@@ -343,7 +345,9 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
     notify_systemd("READY=1");
     info!(queues = ?daemon.queues, rules = config.rules.len(), "stringban running");
 
+    let flow_budget = Arc::new(crate::flow::FlowBudget::new(config.engine.flow_memory));
     let shared = Arc::new(Shared {
+        flow_budget,
         recent: Mutex::new(None),
         stop: AtomicBool::new(false),
         store_stop: AtomicBool::new(false),
@@ -535,6 +539,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
                         let n = new.rules.len();
                         let allowed = new.allow.list.entries().len();
                         let lifted = serve::lift_allowlisted(&blacklist, &new.allow.list);
+                        shared.flow_budget.set_limit(new.engine.flow_memory);
                         *lock(&shared.config) = new;
                         shared.generation.fetch_add(1, Relaxed);
                         let lists = if changed.is_empty() {

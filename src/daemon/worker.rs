@@ -148,6 +148,7 @@ pub(super) fn worker(
     let mut generation = shared.generation.load(Relaxed);
     let mut engine = Engine::with_blacklist(&lock(&shared.config), Arc::clone(&blacklist));
     share_recent(shared, &mut engine);
+    engine.share_flow_budget(Arc::clone(&shared.flow_budget));
     let mut carried = WorkerStats::default();
     let mut out = Builder::new();
     // Opened whatever `sock_destroy` says: the lookups prove addresses and find what a
@@ -179,6 +180,7 @@ pub(super) fn worker(
             carried.engine.merge(engine.stats());
             engine = Engine::with_blacklist(&lock(&shared.config), Arc::clone(&blacklist));
             share_recent(shared, &mut engine);
+            engine.share_flow_budget(Arc::clone(&shared.flow_budget));
         }
         let n = queue.recv()?;
         if n == 0 {

@@ -21,7 +21,9 @@ use memchr::memmem::Finder;
 use crate::allow::Allowlist;
 use crate::blacklist::{Banned, Blacklist, ListId, RuleId};
 use crate::config::Config;
-use crate::flow::{self, Envelope, Flow, FlowKey, FlowState, Flows, Handshake, Push, Smtp};
+use crate::flow::{
+    self, Envelope, Flow, FlowBudget, FlowKey, FlowState, Flows, Handshake, Push, Smtp, slot_bytes,
+};
 use crate::parse::{self, Packet, Tcp, Transport, tcp_flags};
 use crate::rule::{Action, Domain, Mode, Rule, StringMatch};
 use crate::scan::{self, Scanner};
@@ -53,6 +55,9 @@ pub struct Stats {
     pub bans_renewed: u64,
     /// Matches that convicted nobody for want of proof of address, by [`Unproven`] cause.
     pub unproven: [u64; 4],
+    /// Client segments of a proven flow acknowledging what the server never sent: dropped
+    /// unread (the server's stack drops them too).
+    pub out_of_window: u64,
     /// Convictions counted towards a list's threshold, no ban yet.
     pub strikes: u64,
     /// Packets to a protected port from allowlisted sources, and rule matches in them (never
@@ -62,6 +67,10 @@ pub struct Stats {
     /// Flows: started, evicted (table full), expired (idle), bypassed, segments refused.
     pub flows_new: u64,
     pub flows_evicted: u64,
+    /// Evicted flows whose client had proven its address (the table held no unproven one).
+    pub flows_proven_evicted: u64,
+    /// Evicted flows (of `flows_evicted`) to keep all flow state within its memory budget.
+    pub flows_budget_evicted: u64,
     pub flows_expired: u64,
     pub flows_bypassed: u64,
     pub flow_refused: u64,
@@ -205,6 +214,7 @@ impl Stats {
         self.other_protocol += other.other_protocol;
         self.bans_new += other.bans_new;
         self.bans_renewed += other.bans_renewed;
+        self.out_of_window += other.out_of_window;
         for (a, b) in self.unproven.iter_mut().zip(other.unproven) {
             *a += b;
         }
@@ -213,6 +223,8 @@ impl Stats {
         self.allowlisted_convictions += other.allowlisted_convictions;
         self.flows_new += other.flows_new;
         self.flows_evicted += other.flows_evicted;
+        self.flows_proven_evicted += other.flows_proven_evicted;
+        self.flows_budget_evicted += other.flows_budget_evicted;
         self.flows_expired += other.flows_expired;
         self.flows_bypassed += other.flows_bypassed;
         self.flow_refused += other.flow_refused;
@@ -312,6 +324,9 @@ pub struct Engine {
     flow_rules: Arc<FlowRules>,
     stream_scanner: Option<Scanner>,
     flows: Flows,
+    /// The memory budget of all flow state (shared by the workers: [`Engine::worker`],
+    /// [`Engine::share_flow_budget`]); the same `Arc` as `flows`'.
+    budget: Arc<FlowBudget>,
     /// Imported iptables rules (`--iptables`), run instead of the rules above.
     chains: Option<crate::chains::Chains>,
     /// Scratch: a flow's carry plus its new in-order bytes; a folded SMTP path.
@@ -340,13 +355,15 @@ impl Engine {
         stats.iptables_rules = vec![0; chains.as_ref().map_or(0, |c| c.rule_count())];
         let (flow_rules, stream_scanner) = FlowRules::new(&rules);
         let flow_rules = Arc::new(flow_rules);
+        let budget = Arc::new(FlowBudget::new(config.engine.flow_memory));
         Engine {
             config: config.engine.clone(),
             packet_rules: rules.iter().any(|r| r.mode == Mode::Packet),
             rules,
             blacklist,
             scanner,
-            flows: Flows::new(config.engine.max_flows),
+            flows: Flows::new(config.engine.max_flows, Arc::clone(&budget)),
+            budget,
             flow_rules,
             stream_scanner,
             chains,
@@ -377,7 +394,8 @@ impl Engine {
             flow_rules: Arc::clone(&self.flow_rules),
             stream_scanner: self.stream_scanner.clone(),
             chains: self.chains.clone(),
-            flows: Flows::new(self.config.max_flows),
+            flows: Flows::new(self.config.max_flows, Arc::clone(&self.budget)),
+            budget: Arc::clone(&self.budget),
             scratch: Vec::new(),
             folded: Vec::new(),
             stats: Stats {
@@ -404,6 +422,19 @@ impl Engine {
         if let Some(c) = self.chains.as_mut() {
             c.share_recent(tables);
         }
+    }
+
+    /// Makes this engine's flow state count against `budget`, shared with other engines (the
+    /// daemon's workers, across reloads). Call it before the first packet: flows tracked so far
+    /// are forgotten.
+    pub fn share_flow_budget(&mut self, budget: Arc<FlowBudget>) {
+        self.flows = Flows::new(self.config.max_flows, Arc::clone(&budget));
+        self.budget = budget;
+    }
+
+    /// The flow memory budget this engine charges.
+    pub fn flow_budget(&self) -> &Arc<FlowBudget> {
+        &self.budget
     }
 
     /// Flows tracked now.
@@ -628,6 +659,44 @@ impl Engine {
         allowed: bool,
         witness: &mut dyn Witness,
     ) -> Decision {
+        let decision = self.flow_client_segment(packet, t, hook, now, allowed, witness);
+        self.within_budget();
+        decision
+    }
+
+    /// A server segment of a followed flow (see [`Engine::flow_server_segment`]).
+    fn flow_server(&mut self, packet: &Packet<'_>, t: Tcp, now: Instant) -> Decision {
+        let decision = self.flow_server_segment(packet, t, now);
+        self.within_budget();
+        decision
+    }
+
+    /// Over the memory budget (this worker's flows grew, or another's): evicts this worker's
+    /// flows, unproven first, until it is back within.
+    fn within_budget(&mut self) {
+        if !self.budget.over() {
+            return;
+        }
+        let stats = &mut self.stats;
+        self.flows.make_room(0, |old| {
+            stats.flows_evicted += 1;
+            stats.flows_budget_evicted += 1;
+            stats.flows_proven_evicted += u64::from(old.handshake == Handshake::Done);
+            if old.state == FlowState::Open {
+                stats.end_session(old.packets);
+            }
+        });
+    }
+
+    fn flow_client_segment(
+        &mut self,
+        packet: &Packet<'_>,
+        t: Tcp,
+        hook: Hook,
+        now: Instant,
+        allowed: bool,
+        witness: &mut dyn Witness,
+    ) -> Decision {
         let clean = Decision {
             verdict: Verdict::Accept,
             reason: Reason::Clean,
@@ -646,6 +715,7 @@ impl Engine {
             stream_scanner,
             flow_rules,
             config,
+            budget,
             ..
         } = self;
         let fr: &FlowRules = flow_rules;
@@ -657,8 +727,18 @@ impl Engine {
                     return clean;
                 }
                 let smtp = (!fr.smtp.is_empty()).then(|| Smtp::new(syn));
+                // A full budget makes room: unproven flows go first.
+                flows.make_room(slot_bytes(), |old| {
+                    stats.flows_evicted += 1;
+                    stats.flows_budget_evicted += 1;
+                    stats.flows_proven_evicted += u64::from(old.handshake == Handshake::Done);
+                    if old.state == FlowState::Open {
+                        stats.end_session(old.packets);
+                    }
+                });
                 if let Some(old) = flows.insert(key, Flow::new(now, smtp, syn)) {
                     stats.flows_evicted += 1;
+                    stats.flows_proven_evicted += u64::from(old.handshake == Handshake::Done);
                     if old.state == FlowState::Open {
                         stats.end_session(old.packets);
                     }
@@ -711,6 +791,19 @@ impl Engine {
         } else {
             flow
         };
+        // A proven flow's data must acknowledge only what the server sent, or its stack drops
+        // it: so do we, unread, leaving the flow as it was (a forger who knows the tuple and
+        // guesses the sequence neither convicts the client nor moves the stream under it).
+        if !payload.is_empty()
+            && flow.handshake == Handshake::Done
+            && (t.flags & tcp_flags::ACK == 0 || !flow.acks_what_the_server_sent(t.ack))
+        {
+            stats.out_of_window += 1;
+            return Decision {
+                verdict: Verdict::Drop,
+                reason: Reason::OutOfWindow,
+            };
+        }
         let mut hit = None;
         if !payload.is_empty() {
             let seq = data_seq(&t);
@@ -722,7 +815,10 @@ impl Engine {
                 scratch.clear();
                 scratch.extend_from_slice(&flow.carry);
                 let carry_len = scratch.len();
-                match flow.client.push(seq, payload, scratch) {
+                // Only a proven client may make us hold bytes ahead of a gap (a forger's flows
+                // hold nothing), and only within the budget; refused, TCP sends them again.
+                let may_hold = flow.handshake == Handshake::Done && budget.fits(payload.len());
+                match flow.client.push_within(seq, payload, scratch, may_hold) {
                     Push::Refused => {
                         stats.flow_refused += 1;
                         return Decision {
@@ -761,6 +857,7 @@ impl Engine {
                 });
                 stats.smtp_events(packet.src, smtp.take_events());
             }
+            budget.recharge(flow);
         }
         if let Some(pos) = hit {
             flow.matched |= 1 << pos;
@@ -773,6 +870,7 @@ impl Engine {
                 if cause != Unproven::MidStream {
                     flow.state = FlowState::Refused(cause);
                     flow.shed();
+                    self.budget.recharge(flow);
                     self.stats.end_session(flow.packets);
                 }
                 return unproven(index, cause, &mut self.stats);
@@ -803,8 +901,9 @@ impl Engine {
         clean
     }
 
-    /// A server segment of a flow followed in smtp mode: its replies.
-    fn flow_server(&mut self, packet: &Packet<'_>, t: Tcp, now: Instant) -> Decision {
+    /// A server segment of a followed flow: its handshake and sequence numbers, and in smtp
+    /// mode its replies.
+    fn flow_server_segment(&mut self, packet: &Packet<'_>, t: Tcp, now: Instant) -> Decision {
         let reply = Decision {
             verdict: Verdict::Accept,
             reason: Reason::Reply,
@@ -819,6 +918,7 @@ impl Engine {
             stats,
             flow_rules,
             config,
+            budget,
             ..
         } = self;
         let Some(flow) = flows.get(&key) else {
@@ -857,7 +957,10 @@ impl Engine {
                 Some(bytes) => bytes,
                 None => {
                     scratch.clear();
-                    match flow.server.push(seq, payload, scratch) {
+                    match flow
+                        .server
+                        .push_within(seq, payload, scratch, budget.fits(payload.len()))
+                    {
                         Push::Data => scratch,
                         // The server's stream has a gap we will not fill: stop pairing replies.
                         Push::Refused => {
@@ -872,6 +975,7 @@ impl Engine {
                 smtp.server(fresh);
                 stats.smtp_events(packet.dst, smtp.take_events());
             }
+            budget.recharge(flow);
         }
         if rst || (fin && flow.client_fin) {
             self.end_flow(&key);
@@ -889,6 +993,7 @@ impl Engine {
         if let Some(flow) = self.flows.get(key) {
             flow.state = FlowState::Bypassed;
             flow.shed();
+            self.budget.recharge(flow);
             let packets = flow.packets;
             self.stats.flows_bypassed += 1;
             self.stats.end_session(packets);
@@ -1385,17 +1490,17 @@ mod tests {
         let from = client(10);
         handshake(&mut e, from, 99);
         let far = SERVER_ISN.wrapping_add(1 << 30);
-        let d = e.decide(
-            &tcp_segment(from, SERVER, 100, far, b"RCPT TO:<v@example.com>\r\n"),
-            T0,
-        );
-        assert_eq!(
-            d.reason,
-            Reason::Unproven {
-                rule: 0,
-                cause: Unproven::OutOfWindow
-            }
-        );
+        let rcpt = b"RCPT TO:<v@example.com>\r\n";
+        let d = e.decide(&tcp_segment(from, SERVER, 100, far, rcpt), T0);
+        assert_eq!((d.verdict, d.reason), (Verdict::Drop, Reason::OutOfWindow));
+        assert!(e.blacklist().list(0).get(from.0, T0).is_none());
+        assert_eq!(e.stats().out_of_window, 1);
+        // The stream did not move: the client's own segment at that sequence is read.
+        let d = said(&mut e, from, 100, b"RCPT TO:<w@hosted.test>\r\n");
+        assert_eq!((d.verdict, d.reason), (Verdict::Accept, Reason::Clean));
+        // A guessed sequence number far from the stream is never read either.
+        let d = said(&mut e, from, 100u32.wrapping_add(1 << 31), rcpt);
+        assert_eq!(d.verdict, Verdict::Drop);
         assert!(e.blacklist().list(0).get(from.0, T0).is_none());
     }
 
@@ -1436,5 +1541,44 @@ mod tests {
         let d = e.decide(&tcp_segment(from, SERVER, seq, seen, body), T0);
         assert_eq!((d.verdict, d.reason), (Verdict::Accept, Reason::Clean));
         assert!(e.blacklist().list(0).get(from.0, T0).is_none());
+    }
+
+    /// All flow state stays within its memory budget: a flood of forged flows holding partial
+    /// lines is evicted (unproven first), out-of-order bytes from flows that never completed a
+    /// handshake are never held, and the proven session survives it all.
+    #[test]
+    fn flow_state_stays_within_its_memory_budget() {
+        let mut e = engine("smtp", "reject", |f| {
+            f.flow_memory = Some("1M".into());
+            f.max_flows = Some(1 << 20);
+        });
+        let from = client(12);
+        handshake(&mut e, from, 99);
+        let line = [b'a'; 1400];
+        for i in 0..20_000u32 {
+            let forged = (IpAddr::V4(Ipv4Addr::from(0xC613_0000 + i)), 2000);
+            // The SYN fixes the sequence; a segment ahead of it would be held: refused.
+            let syn = tcp_flags_segment(forged, SERVER, i, 0, tcp_flags::SYN, b"");
+            let _ = e.decide(&syn, T0);
+            let ahead = tcp_segment(forged, SERVER, i + 5000, 0, &line);
+            assert_eq!(e.decide(&ahead, T0).verdict, Verdict::Drop);
+            // In order: a partial command line, kept until the budget evicts the flow.
+            let _ = e.decide(&tcp_segment(forged, SERVER, i + 1, 0, &line), T0);
+            assert!(
+                e.flow_budget().used() <= (1 << 20) + 4096,
+                "{i}: {}",
+                e.flow_budget().used()
+            );
+        }
+        assert!(e.stats().flows_budget_evicted > 15_000);
+        assert_eq!(e.stats().flows_proven_evicted, 0);
+        assert!(e.flow_budget().peak() <= (1 << 20) + 4096);
+        // The proven client is still followed from its start: its RCPT convicts.
+        let d = said(&mut e, from, 100, b"RCPT TO:<v@example.com>\r\n");
+        assert_eq!(d.verdict, Verdict::Reset);
+        // Every byte charged is given back when the engine goes.
+        let budget = Arc::clone(e.flow_budget());
+        drop(e);
+        assert_eq!(budget.used(), 0);
     }
 }

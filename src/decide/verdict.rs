@@ -92,6 +92,9 @@ pub enum Reason {
     Bypassed,
     /// Out of order beyond what a flow holds: dropped so that TCP sends it again later.
     FlowLimit,
+    /// Data of a proven flow that acknowledges what the server never sent: outside the
+    /// connection's window (a forger guessing), dropped unread.
+    OutOfWindow,
     /// Imported iptables rules decided: the file line of the rule, or None for the policy.
     Iptables { line: Option<u32> },
     /// The bytes are not a packet we can read.

@@ -37,7 +37,8 @@ netns_pair() {
 # exim_start SERVER TMPDIR — a fresh Exim (tests/live/exim.conf.in) on 198.18.0.1:25 in SERVER,
 # empty inbox at TMPDIR/mail/inbox, STARTTLS with a self-signed certificate made here, and an
 # ACL that bans a sender of mail to example.com through `$SB_ACL_BIN add ADDR --reset` on the
-# control socket TMPDIR/ctl.sock (SB_ACL_BIN unset: /bin/false). Sets EPID. Fails if Exim does
+# control socket TMPDIR/ctl.sock (SB_ACL_BIN unset: /bin/false), CHUNKING offered to
+# $EXIM_CHUNKING (default: every host; empty: nobody). Sets EPID. Fails if Exim does
 # not start within 5 s.
 exim_start() {
     local s=$1 tmp=$2 here
@@ -49,7 +50,8 @@ exim_start() {
         -keyout "$tmp/tls/key.pem" -out "$tmp/tls/cert.pem" 2> "$tmp/tls/openssl.out" || { cat "$tmp/tls/openssl.out"; return 1; }
     chgrp Debian-exim "$tmp/tls/key.pem"; chmod 640 "$tmp/tls/key.pem"
     sed -e "s|SPOOLDIR|$tmp/spool|; s|LOGDIR|$tmp/log|g; s|MAILDIR|$tmp/mail|; s|TLSDIR|$tmp/tls|g" \
-        -e "s|SBBIN|${SB_ACL_BIN:-/bin/false}|; s|CTLSOCK|$tmp/ctl.sock|" "$here/exim.conf.in" > "$tmp/exim.conf"
+        -e "s|SBBIN|${SB_ACL_BIN:-/bin/false}|; s|CTLSOCK|$tmp/ctl.sock|" \
+        -e "s|CHUNKINGHOSTS|${EXIM_CHUNKING-*}|" "$here/exim.conf.in" > "$tmp/exim.conf"
     ip netns exec "$s" exim4 -C "$tmp/exim.conf" -bdf > "$tmp/exim.out" 2>&1 & EPID=$!
     for _ in $(seq 50); do grep -q "listening for SMTP" "$tmp/log/mainlog" 2>/dev/null && return 0; sleep 0.1; done
     echo "Exim did not start:"; cat "$tmp/exim.out" "$tmp/log/"* 2>/dev/null; return 1

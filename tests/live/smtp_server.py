@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A tiny line-based SMTP-ish server for the live tests: answers every line, and logs, per
 connection, how it ended and how long after its last input. One thread per connection.
-Usage: smtp_server.py ADDR PORT LOGFILE"""
+Usage: smtp_server.py ADDR PORT LOGFILE   (ADDR IPv4 or IPv6)"""
 import socket, sys, threading, time
 
 addr, port, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -32,7 +32,7 @@ def serve(conn, peer):
     finally:
         conn.close()
 
-srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+srv = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 srv.bind((addr, port))
 srv.listen(512)

@@ -67,6 +67,15 @@ struct RawEngine {
     bypass_after: Option<u64>,
     max_flows: Option<Spanned<u64>>,
     flow_idle: Option<Spanned<DurationValue>>,
+    flow_memory: Option<Spanned<SizeValue>>,
+}
+
+/// A size: bytes as an integer, or text with a suffix (`"64M"`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
 }
 
 #[derive(Deserialize)]
@@ -247,6 +256,22 @@ pub(super) fn parse_file(origin: &Origin<'_>) -> Result<Config, ConfigError> {
             return Err(origin.at(m, "engine.max_flows", "0", "must be at least 1"));
         }
         config.engine.max_flows = usize::try_from(*m.as_ref()).unwrap_or(usize::MAX);
+    }
+    if let Some(m) = &raw.engine.flow_memory {
+        let text = match m.as_ref() {
+            SizeValue::Bytes(b) => b.to_string(),
+            SizeValue::Text(t) => t.clone(),
+        };
+        config.engine.flow_memory = super::parse_size(&text)
+            .filter(|&b| b >= super::MIN_FLOW_MEMORY)
+            .ok_or_else(|| {
+                origin.at(
+                    m,
+                    "engine.flow_memory",
+                    &text,
+                    "expected a size of at least 1M: bytes, or text with K, M or G (\"64M\")",
+                )
+            })?;
     }
     if let Some(idle) = &raw.engine.flow_idle {
         config.engine.flow_idle = match idle.as_ref() {

@@ -74,6 +74,10 @@ pub struct Flags {
     /// Most flows tracked per worker, least recently seen evicted [default: 65536].
     #[arg(long, value_name = "N")]
     pub max_flows: Option<u64>,
+    /// Memory for the state of all flows, every worker together (e.g. 64M, 1G); full, unproven
+    /// flows are evicted first [default: 64M].
+    #[arg(long, value_name = "SIZE")]
+    pub flow_memory: Option<String>,
     /// Forget a flow unseen this long [default: 300s].
     #[arg(long, value_name = "DURATION")]
     pub flow_idle: Option<String>,

@@ -149,6 +149,30 @@ impl Config {
     }
 }
 
+/// The least [`EngineConfig::flow_memory`] taken: room for a few thousand flows.
+pub const MIN_FLOW_MEMORY: usize = 1 << 20;
+const FLOW_MEMORY_HINT: &str =
+    "expected a size of at least 1M: bytes, or with K, M or G (KiB, MiB, GiB)";
+
+/// `64M`, `65536K`, `1G`, `67108864`: a size in bytes (binary suffixes K, M, G, optionally
+/// followed by `iB` or `B`).
+pub fn parse_size(text: &str) -> Option<usize> {
+    let t = text.trim();
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return None;
+    }
+    let n: usize = t[..digits].parse().ok()?;
+    let shift = match t[digits..].trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        _ => return None,
+    };
+    n.checked_mul(1usize << shift)
+}
+
 /// What the engine does with packets it cannot parse.
 #[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
 pub enum UnparsedPolicy {
@@ -171,7 +195,14 @@ pub struct EngineConfig {
     pub max_flows: usize,
     /// A flow unseen this long is forgotten.
     pub flow_idle: crate::time::Duration,
+    /// One memory budget, in bytes, for the state of every flow of every worker (slots, held
+    /// segments, partial lines); full, it evicts unproven flows first.
+    pub flow_memory: usize,
 }
+
+/// [`EngineConfig::flow_memory`]'s default: 64 MiB, enough for ~300,000 flows of a small mail
+/// server.
+pub const DEFAULT_FLOW_MEMORY: usize = 64 << 20;
 
 impl Default for EngineConfig {
     /// Protects SMTP: TCP port 25.
@@ -183,6 +214,7 @@ impl Default for EngineConfig {
             bypass_after: 0,
             max_flows: 65_536,
             flow_idle: crate::time::Duration::from_secs(300),
+            flow_memory: DEFAULT_FLOW_MEMORY,
         }
     }
 }
@@ -340,6 +372,11 @@ impl Config {
                 return Err(cli("--max-flows", "0", &"must be at least 1"));
             }
             config.engine.max_flows = usize::try_from(m).unwrap_or(usize::MAX);
+        }
+        if let Some(m) = &flags.flow_memory {
+            config.engine.flow_memory = parse_size(m)
+                .filter(|&b| b >= MIN_FLOW_MEMORY)
+                .ok_or_else(|| cli("--flow-memory", m, &FLOW_MEMORY_HINT))?;
         }
         if let Some(idle) = &flags.flow_idle {
             config.engine.flow_idle =
@@ -902,6 +939,64 @@ ban = false
                 ..Flags::default()
             })
             .contains("--action = nuke")
+        );
+    }
+
+    #[test]
+    fn flow_memory_sizes_and_their_errors() {
+        assert_eq!(parse_size("64M"), Some(64 << 20));
+        assert_eq!(parse_size("65536 KiB"), Some(64 << 20));
+        assert_eq!(parse_size("1g"), Some(1 << 30));
+        assert_eq!(parse_size("1048576"), Some(1 << 20));
+        for bad in ["", "M", "12X", "-1M", "99999999999999999999G"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+        let c = Config::build(
+            Some((
+                "f.toml",
+                "[engine]\nflow_memory = \"8M\"\n[[rule]]\nstring = \"x\"\n",
+            )),
+            &Flags::default(),
+        )
+        .expect("valid");
+        assert_eq!(c.engine.flow_memory, 8 << 20);
+        assert_eq!(
+            Config::build(
+                None,
+                &Flags {
+                    string: vec!["x".into()],
+                    ..Flags::default()
+                }
+            )
+            .expect("valid")
+            .engine
+            .flow_memory,
+            DEFAULT_FLOW_MEMORY
+        );
+        let e = Config::build(
+            Some((
+                "f.toml",
+                "[engine]\nflow_memory = \"1K\"\n[[rule]]\nstring = \"x\"\n",
+            )),
+            &Flags::default(),
+        )
+        .expect_err("too small");
+        let text = e.to_string();
+        assert!(
+            text.contains("f.toml:2") && text.contains("engine.flow_memory") && text.contains("1K"),
+            "{text}"
+        );
+        let flags = Flags {
+            string: vec!["x".into()],
+            flow_memory: Some("lots".into()),
+            ..Flags::default()
+        };
+        let text = Config::build(None, &flags)
+            .expect_err("not a size")
+            .to_string();
+        assert!(
+            text.contains("--flow-memory") && text.contains("lots"),
+            "{text}"
         );
     }
 }

@@ -28,7 +28,7 @@ mod table;
 
 pub use reasm::{Push, Reasm};
 pub use smtp::{Envelope, Smtp, SmtpEvents, domain, path};
-pub use table::{Flow, FlowKey, FlowState, Flows, Handshake};
+pub use table::{Flow, FlowBudget, FlowKey, FlowState, Flows, Handshake, slot_bytes};
 
 /// Most out-of-order segments held per flow side.
 pub const MAX_HELD: usize = 8;
@@ -517,7 +517,7 @@ mod tests {
                 25,
             )
         };
-        let mut t = Flows::new(3);
+        let mut t = Flows::new(3, std::sync::Arc::new(FlowBudget::new(usize::MAX)));
         for p in 1..=3 {
             assert!(t.insert(key(p), Flow::new(now, None, true)).is_none());
         }

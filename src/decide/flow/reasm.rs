@@ -52,6 +52,18 @@ impl Reasm {
     /// Takes segment `seq`/`payload`, appending every byte that is now in order and new to
     /// `out`. A flow picked up mid-stream starts at its first segment.
     pub fn push(&mut self, seq: u32, payload: &[u8], out: &mut Vec<u8>) -> Push {
+        self.push_within(seq, payload, out, true)
+    }
+
+    /// [`Reasm::push`], holding a segment ahead of a gap only if `may_hold` (the memory budget
+    /// has room): otherwise it is refused, and TCP sends it again.
+    pub fn push_within(
+        &mut self,
+        seq: u32,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+        may_hold: bool,
+    ) -> Push {
         if payload.is_empty() {
             return Push::Old;
         }
@@ -60,6 +72,9 @@ impl Reasm {
             self.next = seq;
         }
         if before(self.next, seq) {
+            if !may_hold {
+                return Push::Refused;
+            }
             return self.hold(seq, payload);
         }
         let skip = self.next.wrapping_sub(seq) as usize;

@@ -1,5 +1,8 @@
 //! The bounded flow table: one slot per flow, least-recently-seen eviction, idle expiry.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
 use super::*;
 
 /// A flow, named from the client's side: client address and port, server address and port.
@@ -40,6 +43,79 @@ impl FlowKey {
             sport,
         }
     }
+}
+
+/// One memory budget for the flow state of every worker (the engines of one daemon share it):
+/// each flow is charged its slot and the heap it holds (held segments, carry, a partial line).
+/// A full budget evicts unproven flows first and refuses to hold more out-of-order bytes.
+#[derive(Debug)]
+pub struct FlowBudget {
+    limit: AtomicUsize,
+    used: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl FlowBudget {
+    pub fn new(limit: usize) -> FlowBudget {
+        FlowBudget {
+            limit: AtomicUsize::new(limit),
+            used: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit.load(Relaxed)
+    }
+
+    /// A new limit (a reload): flows beyond it are evicted as their workers next see packets.
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Relaxed);
+    }
+
+    /// Bytes charged now, and the most ever charged at once.
+    pub fn used(&self) -> usize {
+        self.used.load(Relaxed)
+    }
+
+    pub fn peak(&self) -> usize {
+        self.peak.load(Relaxed)
+    }
+
+    /// Is there room for `bytes` more?
+    pub fn fits(&self, bytes: usize) -> bool {
+        self.used().saturating_add(bytes) <= self.limit()
+    }
+
+    pub fn over(&self) -> bool {
+        self.used() > self.limit()
+    }
+
+    fn add(&self, bytes: usize) {
+        let now = self.used.fetch_add(bytes, Relaxed) + bytes;
+        self.peak.fetch_max(now, Relaxed);
+    }
+
+    fn sub(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Relaxed);
+    }
+
+    /// Charges `flow` what it holds now (its slot and its heap), adjusting the shared count
+    /// by the difference only (most packets change nothing: no atomic write).
+    pub fn recharge(&self, flow: &mut Flow) {
+        let now = u32::try_from(slot_bytes() + flow.heap_bytes()).unwrap_or(u32::MAX);
+        match now.cmp(&flow.charged) {
+            std::cmp::Ordering::Greater => self.add((now - flow.charged) as usize),
+            std::cmp::Ordering::Less => self.sub((flow.charged - now) as usize),
+            std::cmp::Ordering::Equal => return,
+        }
+        flow.charged = now;
+    }
+}
+
+/// What one flow costs without its heap: its slot in the slab and its place in the index.
+pub fn slot_bytes() -> usize {
+    std::mem::size_of::<Option<Slot>>() + std::mem::size_of::<u32>() + 1
 }
 
 /// Where a flow stands.
@@ -94,6 +170,8 @@ pub struct Flow {
     /// the last byte it has sent: a client can acknowledge only what lies between.
     pub server_isn: u32,
     pub server_high: u32,
+    /// What the flow budget has charged this flow (slot and heap), in bytes.
+    pub charged: u32,
 }
 
 impl Flow {
@@ -107,6 +185,7 @@ impl Flow {
             },
             server_isn: 0,
             server_high: 0,
+            charged: 0,
             last_seen: now,
             matched: 0,
             packets: 0,
@@ -184,6 +263,21 @@ pub struct Flows {
     max: usize,
     /// Proven flows evicted (the table held nothing else).
     proven_evicted: u64,
+    budget: Arc<FlowBudget>,
+}
+
+impl Drop for Flows {
+    /// Gives back to the shared budget what this table's flows were charged (a worker's engine
+    /// rebuilt on reload, a replay ended).
+    fn drop(&mut self) {
+        let charged: usize = self
+            .pages
+            .iter()
+            .flat_map(|p| p.iter().flatten())
+            .map(|s| s.flow.charged as usize)
+            .sum();
+        self.budget.sub(charged);
+    }
 }
 
 impl std::fmt::Debug for Flows {
@@ -196,8 +290,10 @@ impl std::fmt::Debug for Flows {
 }
 
 impl Flows {
-    pub fn new(max: usize) -> Flows {
+    /// A table of at most `max` flows, charging `budget` for each.
+    pub fn new(max: usize, budget: Arc<FlowBudget>) -> Flows {
         Flows {
+            budget,
             index: hashbrown::HashTable::new(),
             hasher: std::collections::hash_map::RandomState::new(),
             pages: Vec::new(),
@@ -300,9 +396,31 @@ impl Flows {
         self.proven_evicted
     }
 
+    /// The budget this table charges.
+    pub fn budget(&self) -> &Arc<FlowBudget> {
+        &self.budget
+    }
+
+    /// Evicts flows (unproven first, least recently seen first) until the budget has room for
+    /// `bytes` more, or this table is empty; hands each evicted flow to `evicted`.
+    pub fn make_room(&mut self, bytes: usize, mut evicted: impl FnMut(Flow)) {
+        while !self.budget.fits(bytes) {
+            if self.tail[usize::from(UNPROVEN)] == NIL {
+                if self.tail[usize::from(PROVEN)] == NIL {
+                    return;
+                }
+                self.proven_evicted += 1;
+            }
+            match self.pop_evictable() {
+                Some(f) => evicted(f),
+                None => return,
+            }
+        }
+    }
+
     /// Adds a flow for a key not in the table; when the table is full, first evicts and
-    /// returns the least recently seen.
-    pub fn insert(&mut self, key: FlowKey, flow: Flow) -> Option<Flow> {
+    /// returns the least recently seen (unproven first).
+    pub fn insert(&mut self, key: FlowKey, mut flow: Flow) -> Option<Flow> {
         let evicted = if self.index.len() >= self.max {
             if self.tail[usize::from(UNPROVEN)] == NIL {
                 self.proven_evicted += 1;
@@ -326,6 +444,7 @@ impl Flows {
                 (self.used - 1) as u32
             }
         };
+        self.budget.recharge(&mut flow);
         let tier = if flow.handshake == Handshake::Done {
             PROVEN
         } else {
@@ -371,9 +490,13 @@ impl Flows {
         let (i, _) = entry.remove();
         self.unlink(i);
         self.free.push(i);
-        self.pages[i as usize / PAGE][i as usize % PAGE]
+        let flow = self.pages[i as usize / PAGE][i as usize % PAGE]
             .take()
-            .map(|s| s.flow)
+            .map(|s| s.flow);
+        if let Some(f) = &flow {
+            self.budget.sub(f.charged as usize);
+        }
+        flow
     }
 
     /// The least recently seen flow of either tier: the one idle longest.
