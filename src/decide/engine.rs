@@ -588,7 +588,7 @@ impl Engine {
             // Packet mode has no tracker: only a socket can vouch, and a segment without ACK
             // belongs to no established connection. With no socket table (a replay, FORWARD)
             // the match convicts as the kernel's would.
-            let proof = if allowed || !rule.acts() {
+            let proof = if allowed || !rule.acts() || !self.config.proof {
                 Ok(())
             } else if let Transport::Tcp(t) = packet.transport
                 && t.flags & tcp_flags::ACK == 0
@@ -865,6 +865,7 @@ impl Engine {
             let rule = &self.rules[index];
             if !allowed
                 && rule.acts()
+                && self.config.proof
                 && let Err(cause) = prove(flow, &t, || witness.sighting(packet, hook))
             {
                 if cause != Unproven::MidStream {
@@ -1400,6 +1401,14 @@ mod tests {
             assert_eq!(e.stats().bans_new, 0, "{mode}");
             assert_eq!(e.stats().unproven.iter().sum::<u64>(), 1, "{mode}");
         }
+        // Without proof (`--no-proof`: a load generator's forged sources), the match convicts.
+        let mut e = engine("packet", "reject", |f| f.no_proof = true);
+        let seg = tcp_segment(client(7), SERVER, 1234, 99, b"RCPT TO:<v@example.com>\r\n");
+        let d = e.decide_seen(&seg, Hook::Input, T0, &mut Says(Sighting::Absent, 0));
+        assert_eq!(
+            (d.verdict, d.reason),
+            (Verdict::Reset, Reason::Matched { rule: 0 })
+        );
         // A segment without ACK belongs to no established connection: no lookup is made.
         let mut e = engine("packet", "reject", |_| {});
         let mut w = Says(Sighting::Established, 0);

@@ -3,6 +3,8 @@
 # Usage: state.sh STRINGBAN_BINARY [BLAST_BINARY]
 # The daemon runs with --state-dir and --control-socket in a temporary directory; loopback
 # sources (127.1.0.0 on) send pattern-carrying segments to 127.0.0.1:25 to make bans.
+# The load generator (stringban-blast) forges its sources: --no-proof lets its one-segment
+# "sessions" convict, as this test measures bans, not proof of address (tests/live/attack.sh does).
 set -uo pipefail
 BIN=$(realpath "$1")
 BLAST=$(realpath "${2:-$(dirname "$BIN")/stringban-blast}")
@@ -15,7 +17,7 @@ CTL=(--control-socket "$T/ctl.sock")
 sb() { "$BIN" "$@" "${CTL[@]}"; }
 start() {
     rm -f "$T/pid"
-    ip netns exec "$S" "$BIN" run --string @example.com --action drop --ttl 24h --install-rules --no-default-allow \
+    ip netns exec "$S" "$BIN" run --no-proof --string @example.com --action drop --ttl 24h --install-rules --no-default-allow \
         --pidfile "$T/pid" --state-dir "$T/state" "${CTL[@]}" --metrics 127.0.0.1:9325 --summary-interval 1s "$@" 2>> "$T/daemon.log" & DPID=$!
     for _ in $(seq 200); do [ -s "$T/pid" ] && [ -S "$T/ctl.sock" ] && return 0; sleep 0.05; done
     echo "daemon did not start:"; tail -20 "$T/daemon.log"; return 1

@@ -68,6 +68,7 @@ struct RawEngine {
     max_flows: Option<Spanned<u64>>,
     flow_idle: Option<Spanned<DurationValue>>,
     flow_memory: Option<Spanned<SizeValue>>,
+    proof: Option<bool>,
 }
 
 /// A size: bytes as an integer, or text with a suffix (`"64M"`).
@@ -256,6 +257,9 @@ pub(super) fn parse_file(origin: &Origin<'_>) -> Result<Config, ConfigError> {
             return Err(origin.at(m, "engine.max_flows", "0", "must be at least 1"));
         }
         config.engine.max_flows = usize::try_from(*m.as_ref()).unwrap_or(usize::MAX);
+    }
+    if let Some(p) = raw.engine.proof {
+        config.engine.proof = p;
     }
     if let Some(m) = &raw.engine.flow_memory {
         let text = match m.as_ref() {

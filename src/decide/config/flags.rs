@@ -74,6 +74,10 @@ pub struct Flags {
     /// Most flows tracked per worker, least recently seen evicted [default: 65536].
     #[arg(long, value_name = "N")]
     pub max_flows: Option<u64>,
+    /// Trust source addresses: convict without proof of address (load tests with forged sources,
+    /// replays of one-sided captures). Never on a host that strangers reach.
+    #[arg(long)]
+    pub no_proof: bool,
     /// Memory for the state of all flows, every worker together (e.g. 64M, 1G); full, unproven
     /// flows are evicted first [default: 64M].
     #[arg(long, value_name = "SIZE")]

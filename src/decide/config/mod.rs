@@ -198,6 +198,10 @@ pub struct EngineConfig {
     /// One memory budget, in bytes, for the state of every flow of every worker (slots, held
     /// segments, partial lines); full, it evicts unproven flows first.
     pub flow_memory: usize,
+    /// Ask for proof of address before a conviction (off: trust source addresses, for load
+    /// generators with forged sources and replays of one-sided captures — never on a host that
+    /// strangers reach).
+    pub proof: bool,
 }
 
 /// [`EngineConfig::flow_memory`]'s default: 64 MiB, enough for ~300,000 flows of a small mail
@@ -215,6 +219,7 @@ impl Default for EngineConfig {
             max_flows: 65_536,
             flow_idle: crate::time::Duration::from_secs(300),
             flow_memory: DEFAULT_FLOW_MEMORY,
+            proof: true,
         }
     }
 }
@@ -372,6 +377,9 @@ impl Config {
                 return Err(cli("--max-flows", "0", &"must be at least 1"));
             }
             config.engine.max_flows = usize::try_from(m).unwrap_or(usize::MAX);
+        }
+        if flags.no_proof {
+            config.engine.proof = false;
         }
         if let Some(m) = &flags.flow_memory {
             config.engine.flow_memory = parse_size(m)
