@@ -909,6 +909,14 @@ impl Engine {
             verdict: Verdict::Accept,
             reason: Reason::Reply,
         };
+        // Stream mode reads nothing of the server but its sequence numbers: a pure ACK moves
+        // none (the live rules do not even queue it), so it needs no lookup.
+        if self.flow_rules.smtp.is_empty()
+            && packet.payload().is_empty()
+            && t.flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0
+        {
+            return reply;
+        }
         self.expire(now);
         let key = FlowKey::new(packet.dst, t.dport, packet.src, t.sport);
         let rst = t.flags & tcp_flags::RST != 0;
