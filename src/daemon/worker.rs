@@ -83,11 +83,49 @@ impl Sockets {
         {
             return Ok(Some(s));
         }
-        let diag = self.diag.as_mut().ok_or(())?;
+        if self.diag.is_none() {
+            return Err(());
+        }
+        // A reset the proof did not look up (imported iptables rules): the same budget, so a
+        // flood of forged matches buys no more lookups; over it, no session is assumed.
+        if !self.take_token() {
+            return Ok(None);
+        }
+        Ok(self.lookup(&p, &t))
+    }
+
+    /// One lookup token, if the second's budget has one left (else counted).
+    fn take_token(&mut self) -> bool {
+        let second = self.now.secs();
+        if second != self.second {
+            (self.second, self.tokens) = (second, LOOKUPS_PER_SECOND);
+        }
+        if self.tokens == 0 {
+            self.over_budget += 1;
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+
+    /// The session with `p`'s exact tuple, if it takes data. A failed lookup counts as none,
+    /// and is counted and logged (the first of each thousand).
+    fn lookup(&mut self, p: &parse::Packet<'_>, t: &crate::parse::Tcp) -> Option<TcpSocket> {
+        let diag = self.diag.as_mut()?;
         self.lookups += 1;
-        diag.session(p.dst, t.dport, p.src, t.sport).map_err(|_| {
-            self.errors += 1;
-        })
+        match diag.session(p.dst, t.dport, p.src, t.sport) {
+            Ok(found) => found,
+            Err(e) => {
+                self.errors += 1;
+                if self.errors % 1000 == 1 {
+                    warn!(
+                        failures = self.errors,
+                        "a socket lookup failed ({e}): the match convicts nobody"
+                    );
+                }
+                None
+            }
+        }
     }
 }
 
@@ -110,29 +148,18 @@ impl Witness for Sockets {
         if hook == Hook::Forward {
             return Sighting::Unknown;
         }
-        let Some(diag) = self.diag.as_mut() else {
+        if self.diag.is_none() {
             return Sighting::Unknown;
-        };
-        let second = self.now.secs();
-        if second != self.second {
-            (self.second, self.tokens) = (second, LOOKUPS_PER_SECOND);
         }
-        if self.tokens == 0 {
-            self.over_budget += 1;
+        if !self.take_token() {
             return Sighting::Absent;
         }
-        self.tokens -= 1;
-        self.lookups += 1;
-        match diag.session(packet.dst, t.dport, packet.src, t.sport) {
-            Ok(Some(s)) => {
+        match self.lookup(packet, &t) {
+            Some(s) => {
                 self.found = Some(s);
                 Sighting::Established
             }
-            Ok(None) => Sighting::Absent,
-            Err(_) => {
-                self.errors += 1;
-                Sighting::Absent
-            }
+            None => Sighting::Absent,
         }
     }
 }
@@ -162,7 +189,7 @@ pub(super) fn worker(
             None
         }
     });
-    let iptables_mode = lock(&shared.config).iptables.is_some();
+    let mut iptables_mode = lock(&shared.config).iptables.is_some();
     let injector = match RstInjector::open(marks.inject()) {
         Ok(i) => Some(i),
         Err(e) => {
@@ -181,6 +208,7 @@ pub(super) fn worker(
             engine = Engine::with_blacklist(&lock(&shared.config), Arc::clone(&blacklist));
             share_recent(shared, &mut engine);
             engine.share_flow_budget(Arc::clone(&shared.flow_budget));
+            iptables_mode = lock(&shared.config).iptables.is_some();
         }
         let n = queue.recv()?;
         if n == 0 {

@@ -35,6 +35,14 @@ const TAKES_DATA: [u8; 3] = [1, 4, 5];
 /// `inet_diag_sockid.idiag_cookie` meaning "any socket".
 const NO_COOKIE: [u8; 8] = [0xff; 8];
 
+/// The kernel's answer to a request naming one socket.
+enum Answer {
+    /// An `inet_diag_msg` (None: malformed or of another family).
+    Socket(Option<TcpSocket>),
+    /// An `NLMSG_ERROR`'s errno (0: success).
+    Errno(i32),
+}
+
 /// The outcome of a destroy request.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 pub enum Destroyed {
@@ -126,15 +134,36 @@ impl SockDiag {
         remote: IpAddr,
         rport: u16,
     ) -> io::Result<Option<TcpSocket>> {
-        self.seq = self.seq.wrapping_add(1);
-        let request = sockid_request(
-            self.seq,
+        let answer = self.ask(
             SOCK_DIAG_BY_FAMILY,
             NLM_F_REQUEST,
             (local, lport, remote, rport),
             NO_COOKIE,
-        );
-        send_to_kernel(&self.fd, &request)?;
+        )?;
+        match answer {
+            Answer::Socket(found) => Ok(found.filter(|s| {
+                s.takes_data()
+                    && (s.local, s.lport, s.remote, s.rport) == (local, lport, remote, rport)
+            })),
+            Answer::Errno(0 | libc::ENOENT) => Ok(None),
+            Answer::Errno(e) => Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+
+    /// Sends one request naming a socket and reads the kernel's answer to it (by sequence
+    /// number): the socket it describes, or the errno of its `NLMSG_ERROR` (0: success).
+    fn ask(
+        &mut self,
+        kind: u16,
+        flags: u16,
+        tuple: (IpAddr, u16, IpAddr, u16),
+        cookie: [u8; 8],
+    ) -> io::Result<Answer> {
+        self.seq = self.seq.wrapping_add(1);
+        send_to_kernel(
+            &self.fd,
+            &sockid_request(self.seq, kind, flags, tuple, cookie),
+        )?;
         loop {
             let n = recv_one(&self.fd, &mut self.buf)?;
             for msg in codec::messages(&self.buf[..n]) {
@@ -145,20 +174,11 @@ impl SockDiag {
                     continue;
                 }
                 match msg.kind {
-                    SOCK_DIAG_BY_FAMILY => {
-                        return Ok(parse_diag_msg(msg.payload).filter(|s| {
-                            s.takes_data()
-                                && (s.local, s.lport, s.remote, s.rport)
-                                    == (local, lport, remote, rport)
-                        }));
-                    }
+                    SOCK_DIAG_BY_FAMILY => return Ok(Answer::Socket(parse_diag_msg(msg.payload))),
                     codec::NLMSG_ERROR => {
                         let errno =
                             codec::error_code(&msg).map_err(|e| io::Error::other(e.to_string()))?;
-                        return match errno {
-                            0 | libc::ENOENT => Ok(None),
-                            e => Err(io::Error::from_raw_os_error(e)),
-                        };
+                        return Ok(Answer::Errno(errno));
                     }
                     _ => {}
                 }
@@ -170,33 +190,18 @@ impl SockDiag {
     /// if it is gone, the kernel's lookup falls back to the listener, whose cookie differs, and
     /// nothing is destroyed ([`Destroyed::NoSocket`]).
     pub fn destroy_session(&mut self, session: &TcpSocket) -> io::Result<Destroyed> {
-        self.seq = self.seq.wrapping_add(1);
-        let request = sockid_request(
-            self.seq,
+        let answer = self.ask(
             SOCK_DESTROY,
             NLM_F_REQUEST | NLM_F_ACK,
             (session.local, session.lport, session.remote, session.rport),
             session.cookie,
-        );
-        send_to_kernel(&self.fd, &request)?;
-        loop {
-            let n = recv_one(&self.fd, &mut self.buf)?;
-            for msg in codec::messages(&self.buf[..n]) {
-                let Ok(msg) = msg else {
-                    return Err(io::Error::other("malformed sock_diag reply"));
-                };
-                if msg.kind != codec::NLMSG_ERROR || msg.seq != self.seq {
-                    continue;
-                }
-                let errno = codec::error_code(&msg).map_err(|e| io::Error::other(e.to_string()))?;
-                return Ok(match errno {
-                    0 => Destroyed::Yes,
-                    libc::ENOENT | libc::ESTALE => Destroyed::NoSocket,
-                    libc::EOPNOTSUPP | libc::EPERM | libc::EACCES => Destroyed::Unsupported,
-                    e => return Err(io::Error::from_raw_os_error(e)),
-                });
-            }
-        }
+        )?;
+        Ok(match answer {
+            Answer::Errno(0) => Destroyed::Yes,
+            Answer::Errno(libc::ENOENT | libc::ESTALE) | Answer::Socket(_) => Destroyed::NoSocket,
+            Answer::Errno(libc::EOPNOTSUPP | libc::EPERM | libc::EACCES) => Destroyed::Unsupported,
+            Answer::Errno(e) => return Err(io::Error::from_raw_os_error(e)),
+        })
     }
 
     /// The local TCP sessions with `remote` (IPv4 peers also as IPv4-mapped on AF_INET6).
