@@ -289,9 +289,15 @@ pub(crate) struct RunArgs {
     /// MTA's group, so that its ACL can run `stringban add ADDR --reset`.
     #[arg(long, value_name = "GROUP")]
     pub(crate) control_group: Option<String>,
-    /// Mirror bans into the ipsets stringban-v4/-v6 and drop their sources before the queue.
-    #[arg(long)]
+    /// Demand the kernel offload: bans mirrored into the ipsets stringban-v4/-v6, their sources
+    /// dropped before the queue (a start without ipset fails). Default: on wherever ipset works
+    /// and the daemon installs iptables rules.
+    #[arg(long, conflicts_with = "no_offload")]
     pub(crate) offload: bool,
+    /// Never mirror bans into the kernel: banned sources are dropped by the daemon only (so a
+    /// queue that fails open lets them through).
+    #[arg(long)]
+    pub(crate) no_offload: bool,
     /// Serve Prometheus metrics at this address (HOST:PORT; --metrics alone: 127.0.0.1:9325).
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9325")]
     pub(crate) metrics: Option<String>,

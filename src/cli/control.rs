@@ -144,7 +144,7 @@ pub(crate) fn status_text(s: &serde_json::Value, now: u64) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-        None => "off".into(),
+        None => s["offload_note"].as_str().unwrap_or("off").to_string(),
     };
     let store = &st["store"];
     let state = match s["state_dir"].as_str() {

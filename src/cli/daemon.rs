@@ -192,7 +192,11 @@ pub(crate) fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
             None => None,
         },
         metrics: args.metrics.clone(),
-        offload: args.offload,
+        offload: match (args.offload, args.no_offload) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
         share: share_config(&args, &config)?,
     };
     let rule_args = args.rules.clone();

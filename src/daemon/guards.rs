@@ -120,3 +120,15 @@ impl Drop for PidFile {
         let _ = std::fs::remove_file(&self.path);
     }
 }
+
+/// Destroys the offload sets when dropped: at exit, and when a start fails after creating them
+/// (declared after the rules lock and before the rules guard, it runs after the rules are gone).
+pub(super) struct OffloadGuard(pub(super) Option<crate::sys::offload::Offload>);
+
+impl Drop for OffloadGuard {
+    fn drop(&mut self) {
+        if let Some(o) = self.0.take() {
+            o.destroy();
+        }
+    }
+}

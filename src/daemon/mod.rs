@@ -85,8 +85,10 @@ pub struct DaemonConfig {
     pub control_group: Option<u32>,
     /// Where Prometheus metrics are served (host:port); None: nowhere.
     pub metrics: Option<String>,
-    /// Mirror bans into ipsets dropped before the queue.
-    pub offload: bool,
+    /// Mirror bans into ipsets dropped before the queue: Some(true) demanded (`--offload`: a
+    /// start without ipset fails), Some(false) refused (`--no-offload`), None wherever the
+    /// kernel and `ipset` have it (the default; needs `install_rules` and the iptables backend).
+    pub offload: Option<bool>,
     /// Share bans with a fleet through Redis; None: this host alone.
     pub share: Option<share::ShareConfig>,
     /// Where traffic is queued (`INPUT`, and/or `FORWARD` on a gateway).
@@ -258,32 +260,42 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
         .map_err(|e| DaemonError::start(e.to_string()))?;
         queues.push(q);
     }
-    let offload = if daemon.offload {
-        let capacity: usize = config
-            .lists
-            .iter()
-            .map(|l| l.capacity)
-            .fold(0usize, usize::saturating_add);
-        let o = Offload::new(capacity);
-        o.setup()
-            .map_err(|e| DaemonError::start(format!("offload: {e}")))?;
-        let t = std::time::Instant::now();
-        let n = o
-            .resync(&blacklist, now())
-            .map_err(|e| DaemonError::start(format!("offload: {e}")))?;
-        let secs = t.elapsed().as_secs_f64();
-        info!(
-            bans = n,
-            seconds = (secs * 1000.0).round() / 1000.0,
-            adds_per_second = (n as f64 / secs.max(1e-6)).round(),
-            v4 = %o.v4,
-            v6 = %o.v6,
-            "offload sets loaded"
-        );
-        Some(o)
+    // The rules lock (one daemon's rules per network namespace) is taken before the offload
+    // sets are touched, so a second daemon never flushes the first one's sets. Declared
+    // before the guards, it is released last, after a failed start's guards have removed the
+    // rules and then the sets.
+    let rules_lock: Option<RulesLock> = if daemon.install_rules {
+        Some(RulesLock::take().map_err(DaemonError::start)?)
     } else {
         None
     };
+    // Offload is decided before the rules are chosen, and the backend after: an automatic
+    // offload is only taken where the daemon installs iptables rules.
+    let auto_backend_ok = daemon.install_rules
+        && matches!(daemon.firewall, None | Some(firewall::Backend::Iptables))
+        && firewall::choose(daemon.firewall).is_ok_and(|b| b == firewall::Backend::Iptables);
+    let (offload, offload_note) = match daemon.offload {
+        Some(false) => (None, "off (--no-offload)".to_string()),
+        None if !auto_backend_ok => (
+            None,
+            "off (the daemon does not install iptables rules; --offload with them)".to_string(),
+        ),
+        demand => match start_offload(&config, &blacklist) {
+            Ok(o) => (
+                Some(o),
+                "on: the kernel drops banned sources, also while the queue fails open".to_string(),
+            ),
+            Err(e) if demand.is_none() => {
+                warn!(
+                    "offload: {e}; banned sources are dropped by the daemon only (a queue that fails open lets them through)"
+                );
+                (None, format!("off ({e})"))
+            }
+            Err(e) => return Err(DaemonError::start(format!("offload: {e}"))),
+        },
+    };
+    // Destroys the sets when `run` returns, after the rules that use them are gone.
+    let _offload_guard = guards::OffloadGuard(offload.clone().filter(|_| daemon.install_rules));
     let mut rules_cfg = RulesConfig {
         fail_open: daemon.fail_open,
         marks: daemon.marks,
@@ -320,12 +332,8 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
         ),
         None => None,
     };
-    // The lock is declared first so that it is released last, after a failed start's guard
-    // has removed the rules.
-    let mut rules_lock: Option<RulesLock> = None;
     let mut rules_guard = RulesGuard(None);
     if daemon.install_rules {
-        rules_lock = Some(RulesLock::take().map_err(DaemonError::start)?);
         rules_cfg.backend = firewall::choose(daemon.firewall)
             .map_err(|e| DaemonError::start(format!("installing rules: {e}")))?;
         if offload.is_some() && rules_cfg.backend == firewall::Backend::Nft {
@@ -376,6 +384,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
             "protect": rules_cfg.protect.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
             "fail_open": daemon.fail_open,
             "offload": offload.as_ref().map(|o| serde_json::json!([o.v4, o.v6])),
+            "offload_note": offload_note,
             "state_dir": daemon.state_dir.as_ref().map(|d| d.display().to_string()),
             "control_socket": daemon.control_socket.as_ref().map(|d| d.display().to_string()),
             "metrics": daemon.metrics,
@@ -539,6 +548,11 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
                         let n = new.rules.len();
                         let allowed = new.allow.list.entries().len();
                         let lifted = serve::lift_allowlisted(&blacklist, &new.allow.list);
+                        if let Some(o) = &offload
+                            && let Err(e) = crate::sys::offload::restore(&o.allow_script(&new.allow.list))
+                        {
+                            error!("offload: the allow sets could not follow the reload: {e}");
+                        }
                         shared.flow_budget.set_limit(new.engine.flow_memory);
                         *lock(&shared.config) = new;
                         shared.generation.fetch_add(1, Relaxed);
@@ -632,15 +646,49 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
             Err(e) => error!("removing rules: {e}"),
         }
     }
-    if let Some(o) = offload.as_ref().filter(|_| daemon.install_rules) {
-        o.destroy();
-    }
+    drop(_offload_guard);
     drop(rules_lock);
     drop(pidfile);
     match failure {
         Some(f) => Err(DaemonError::failed(f)),
         None => Ok(()),
     }
+}
+
+/// Creates the offload sets, loads every ban and the allowlist into them; a failure removes
+/// what it created.
+fn start_offload(
+    config: &Config,
+    blacklist: &Blacklist,
+) -> Result<Offload, crate::sys::offload::OffloadError> {
+    let capacity: usize = config
+        .lists
+        .iter()
+        .map(|l| l.capacity)
+        .fold(0usize, usize::saturating_add);
+    let o = Offload::new(capacity);
+    o.setup()?;
+    let t = std::time::Instant::now();
+    let loaded = o.resync(blacklist, now()).and_then(|n| {
+        crate::sys::offload::restore(&o.allow_script(&config.allow.list)).map(|()| n)
+    });
+    let n = match loaded {
+        Ok(n) => n,
+        Err(e) => {
+            o.destroy();
+            return Err(e);
+        }
+    };
+    let secs = t.elapsed().as_secs_f64();
+    info!(
+        bans = n,
+        seconds = (secs * 1000.0).round() / 1000.0,
+        adds_per_second = (n as f64 / secs.max(1e-6)).round(),
+        v4 = %o.v4,
+        v6 = %o.v6,
+        "offload sets loaded"
+    );
+    Ok(o)
 }
 
 /// Locks the state directory (one daemon per directory) and loads its bans.

@@ -55,6 +55,12 @@ impl Default for Marks {
     }
 }
 
+/// The ipset of allowlisted networks that goes with offload set `set`: its members are never
+/// dropped by the offload rule, whatever ban of a prefix covers them.
+pub fn allow_set(set: &str) -> String {
+    format!("{set}-allow")
+}
+
 /// What the rules protect and how.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct RulesConfig {
@@ -255,7 +261,12 @@ pub fn rules_for(cfg: &RulesConfig, v6: bool) -> (Vec<Vec<String>>, Vec<Vec<Stri
     ))];
     if let Some((set4, set6)) = &cfg.offload_sets {
         let set = if v6 { set6 } else { set4 };
-        chain.push(words(format!("{c} -m set --match-set {set} src -j DROP")));
+        // Never an allowlisted source, though a ban of its prefix covers it: those go on to
+        // the queue, where the allowlist is consulted.
+        let allow = allow_set(set);
+        chain.push(words(format!(
+            "{c} -m set --match-set {set} src -m set ! --match-set {allow} src -j DROP"
+        )));
     }
     if cfg.skip_pure_acks {
         for doff in [5, 8] {

@@ -10,7 +10,9 @@
 use std::io::{self, Write};
 use std::process::{Command, Stdio};
 
+use crate::allow::Allowlist;
 use crate::blacklist::{Ban, Blacklist, Change, Key};
+use crate::sys::firewall::allow_set;
 use crate::time::Instant;
 
 /// The longest timeout ipset takes, in seconds.
@@ -71,14 +73,34 @@ impl Offload {
         }
     }
 
-    /// The `ipset restore` script that creates both sets (if missing).
+    /// The `ipset restore` script that creates the sets (if missing): the bans', with
+    /// timeouts, and beside each the allowlisted networks' ([`allow_set`]).
     pub fn create_script(&self) -> String {
         format!(
-            "create {} hash:net family inet timeout 0 maxelem {m}\ncreate {} hash:net family inet6 timeout 0 maxelem {m}\n",
+            "create {} hash:net family inet timeout 0 maxelem {m}\ncreate {} hash:net family inet6 timeout 0 maxelem {m}\n\
+             create {} hash:net family inet\ncreate {} hash:net family inet6\n",
             self.v4,
             self.v6,
+            allow_set(&self.v4),
+            allow_set(&self.v6),
             m = self.maxelem
         )
+    }
+
+    /// The script that replaces the allow sets' members by `allow`'s networks (at start and
+    /// on every reload), in one transaction.
+    pub fn allow_script(&self, allow: &Allowlist) -> String {
+        let (a4, a6) = (allow_set(&self.v4), allow_set(&self.v6));
+        let mut script = format!("{}flush {a4}\nflush {a6}\n", self.create_script());
+        for e in allow.entries() {
+            let set = if e.cidr.addr().is_ipv4() { &a4 } else { &a6 };
+            script.push_str(&format!(
+                "add {set} {}/{}\n",
+                e.cidr.addr(),
+                e.cidr.prefix()
+            ));
+        }
+        script
     }
 
     /// Creates the sets (if missing).
@@ -118,11 +140,16 @@ impl Offload {
             .and_then(|n| n.trim().parse().ok())
     }
 
-    /// Destroys both sets (after the rules that use them are gone).
+    /// Destroys the sets (after the rules that use them are gone).
     pub fn destroy(&self) {
-        for set in [&self.v4, &self.v6] {
+        for set in [
+            self.v4.clone(),
+            self.v6.clone(),
+            allow_set(&self.v4),
+            allow_set(&self.v6),
+        ] {
             let _ = Command::new("ipset")
-                .args(["destroy", set])
+                .args(["destroy", &set])
                 .stderr(Stdio::null())
                 .status();
         }
@@ -204,6 +231,37 @@ pub fn restore(script: &str) -> Result<(), OffloadError> {
 mod tests {
     use super::*;
     use crate::time::Duration;
+
+    /// The allow sets hold the allowlist's networks, replaced whole; the offload rule drops a
+    /// banned source only outside them.
+    #[test]
+    fn allowlisted_networks_are_kept_out_of_the_kernel_drop() {
+        let o = Offload::new(10);
+        let allow = Allowlist::new(
+            ["198.18.0.2/32", "2001:db8::/48"]
+                .iter()
+                .map(|c| crate::allow::Allowed {
+                    cidr: c.parse().unwrap(),
+                    origin: "test".into(),
+                })
+                .collect(),
+        );
+        let script = o.allow_script(&allow);
+        assert!(
+            script.contains("create stringban-v4-allow hash:net family inet\n"),
+            "{script}"
+        );
+        assert!(script.contains("flush stringban-v4-allow\nflush stringban-v6-allow\n"));
+        assert!(script.contains("add stringban-v4-allow 198.18.0.2/32\n"));
+        assert!(script.contains("add stringban-v6-allow 2001:db8::/48\n"));
+        let mut cfg = crate::sys::firewall::RulesConfig::new(vec![25], (0, 0));
+        cfg.offload_sets = Some((o.v4.clone(), o.v6.clone()));
+        let rules = crate::sys::firewall::script(&cfg, "iptables");
+        assert!(
+            rules.contains("-m set --match-set stringban-v4 src -m set '!' --match-set stringban-v4-allow src -j DROP"),
+            "{rules}"
+        );
+    }
 
     #[test]
     fn restore_lines() {

@@ -181,6 +181,15 @@ check "... and its sender is not banned" not_banned 198.19.204.3
 out=$(bdat 198.19.204.4 "EHLO x<UNTIL:250>\nMAIL FROM:<a@partner.test>\nRCPT TO:<b@hosted.test>\nBDAT 10<CRLF>0123456789RCPT TO:<victim@example.com>")
 check "... pipelined: the command after a chunk in the same segment is read and reset ($out)" test "$out" = reset
 stop
+
+echo "== fail-open is not ban-open: with the daemon gone, the kernel still drops banned sources"
+start offload --string @example.com || exit 1
+check "status says the kernel drops banned sources (the default)" bash -c "'$BIN' status --control-socket '$T/ctl.sock' | grep -q 'offload: on'"
+read -r outcome _ < <(inc python3 "$HERE/exim_session.py" 198.19.1.60 198.18.0.1 "$S" 3)
+check "a spam session is reset ($outcome) and banned" banned 198.19.1.60
+kill -9 "$DPID"; wait "$DPID" 2>/dev/null; DPID=
+check "daemon killed -9, the queue bypassed: a clean client still gets the banner" banner 198.19.1.61
+check "... and the banned source's SYN is still dropped, by the kernel" test "$(inc python3 "$HERE/smtp_client.py" 198.19.1.60 198.18.0.1 'NOOP' 2)" = timeout
 exim_stop
 
 echo "== IPv6 on loopback"
