@@ -153,6 +153,17 @@ impl Stats {
         0
     }
 
+    /// Counts a flow evicted (`for_budget`: to keep within the memory budget, else the table
+    /// was full), ending its session if it was open.
+    fn evicted(&mut self, old: &Flow, for_budget: bool) {
+        self.flows_evicted += 1;
+        self.flows_budget_evicted += u64::from(for_budget);
+        self.flows_proven_evicted += u64::from(old.handshake == Handshake::Done);
+        if old.state == FlowState::Open {
+            self.end_session(old.packets);
+        }
+    }
+
     fn end_session(&mut self, packets: u32) {
         self.sessions += 1;
         self.session_packets += u64::from(packets);
@@ -678,14 +689,7 @@ impl Engine {
             return;
         }
         let stats = &mut self.stats;
-        self.flows.make_room(0, |old| {
-            stats.flows_evicted += 1;
-            stats.flows_budget_evicted += 1;
-            stats.flows_proven_evicted += u64::from(old.handshake == Handshake::Done);
-            if old.state == FlowState::Open {
-                stats.end_session(old.packets);
-            }
-        });
+        self.flows.make_room(0, |old| stats.evicted(&old, true));
     }
 
     fn flow_client_segment(
@@ -728,20 +732,9 @@ impl Engine {
                 }
                 let smtp = (!fr.smtp.is_empty()).then(|| Smtp::new(syn));
                 // A full budget makes room: unproven flows go first.
-                flows.make_room(slot_bytes(), |old| {
-                    stats.flows_evicted += 1;
-                    stats.flows_budget_evicted += 1;
-                    stats.flows_proven_evicted += u64::from(old.handshake == Handshake::Done);
-                    if old.state == FlowState::Open {
-                        stats.end_session(old.packets);
-                    }
-                });
+                flows.make_room(slot_bytes(), |old| stats.evicted(&old, true));
                 if let Some(old) = flows.insert(key, Flow::new(now, smtp, syn)) {
-                    stats.flows_evicted += 1;
-                    stats.flows_proven_evicted += u64::from(old.handshake == Handshake::Done);
-                    if old.state == FlowState::Open {
-                        stats.end_session(old.packets);
-                    }
+                    stats.evicted(&old, false);
                 }
                 stats.flows_new += 1;
                 match flows.get(&key) {
