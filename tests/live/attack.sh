@@ -187,6 +187,9 @@ start offload --string @example.com || exit 1
 check "status says the kernel drops banned sources (the default)" bash -c "'$BIN' status --control-socket '$T/ctl.sock' | grep -q 'offload: on'"
 read -r outcome _ < <(inc python3 "$HERE/exim_session.py" 198.19.1.60 198.18.0.1 "$S" 3)
 check "a spam session is reset ($outcome) and banned" banned 198.19.1.60
+inset() { ins ipset test stringban-v4 198.19.1.60 2> /dev/null; }
+for _ in $(seq 40); do inset && break; sleep 0.05; done
+check "... and its ban is in the kernel's set" inset
 kill -9 "$DPID"; wait "$DPID" 2>/dev/null; DPID=
 check "daemon killed -9, the queue bypassed: a clean client still gets the banner" banner 198.19.1.61
 check "... and the banned source's SYN is still dropped, by the kernel" test "$(inc python3 "$HERE/smtp_client.py" 198.19.1.60 198.18.0.1 'NOOP' 2)" = timeout
