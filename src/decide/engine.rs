@@ -340,6 +340,8 @@ pub struct Engine {
     budget: Arc<FlowBudget>,
     /// Imported iptables rules (`--iptables`), run instead of the rules above.
     chains: Option<crate::chains::Chains>,
+    /// No flow can be idle long enough to expire before this ([`Engine::expire`]).
+    expire_due: Instant,
     /// Scratch: a flow's carry plus its new in-order bytes; a folded SMTP path.
     scratch: Vec<u8>,
     folded: Vec<u8>,
@@ -378,6 +380,7 @@ impl Engine {
             flow_rules,
             stream_scanner,
             chains,
+            expire_due: Instant::from_micros(0),
             scratch: Vec::new(),
             folded: Vec::new(),
             stats,
@@ -405,6 +408,7 @@ impl Engine {
             flow_rules: Arc::clone(&self.flow_rules),
             stream_scanner: self.stream_scanner.clone(),
             chains: self.chains.clone(),
+            expire_due: Instant::from_micros(0),
             flows: Flows::new(self.config.max_flows, Arc::clone(&self.budget)),
             budget: Arc::clone(&self.budget),
             scratch: Vec::new(),
@@ -636,9 +640,20 @@ impl Engine {
     }
 
     /// Forgets flows idle longer than the configured time (from the least recently seen).
+    /// Nothing can expire before `expire_due` (the least recently seen flow's time plus the idle
+    /// time, when last looked at), so most packets skip the look at the table's cold ends.
     fn expire(&mut self, now: Instant) {
-        while let Some(seen) = self.flows.oldest_seen() {
-            if seen.saturating_add(self.config.flow_idle) >= now {
+        if now < self.expire_due {
+            return;
+        }
+        loop {
+            let Some(seen) = self.flows.oldest_seen() else {
+                self.expire_due = now.saturating_add(self.config.flow_idle);
+                break;
+            };
+            let due = seen.saturating_add(self.config.flow_idle);
+            if due >= now {
+                self.expire_due = due;
                 break;
             }
             if let Some(f) = self.flows.pop_oldest() {
@@ -923,7 +938,9 @@ impl Engine {
             budget,
             ..
         } = self;
-        let Some(flow) = flows.get(&key) else {
+        // The client's packets keep the flow's place in the recency order; the server's only
+        // refresh its time (a flow whose server alone talks is at worst expired a little late).
+        let Some(flow) = flows.peek(&key) else {
             return reply;
         };
         if let Err(decided) = touch(flow, now) {

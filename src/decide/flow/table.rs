@@ -380,6 +380,12 @@ impl Flows {
         Some(&mut self.slot(i).flow)
     }
 
+    /// The flow of `key`, its place in the recency order unchanged.
+    pub fn peek(&mut self, key: &FlowKey) -> Option<&mut Flow> {
+        let i = self.find(key)?;
+        Some(&mut self.slot(i).flow)
+    }
+
     /// Moves the flow of `key` among the proven (most recently seen there).
     pub fn promote(&mut self, key: &FlowKey) -> Option<&mut Flow> {
         let i = self.find(key)?;
