@@ -18,6 +18,9 @@
 //! only inside `MAIL FROM`/`RCPT TO` commands ([`flow::Smtp`]) and lets a flow bypass the queue
 //! once its envelope is over. `gen` writes captures of the flood for the replay harness.
 
+// The `stats` document is one `json!` literal, deeper than the macro's default limit.
+#![recursion_limit = "256"]
+
 // The tree is the architecture: the pure core, the iptables wing, captures, the daemon, the
 // system calls. The modules most used are re-exported here under their short paths.
 pub mod capture;

@@ -298,13 +298,17 @@ pub(crate) fn status_text(s: &serde_json::Value, now: u64) -> String {
     let fm = &st["flow_memory"];
     let _ = writeln!(
         o,
-        "flow memory: {} of {} MiB (peak {}) · flows evicted {} ({} for the budget, {} proven)",
+        "flow memory: {} of {} MiB (peak {}), {} KiB per network and worker · flows evicted {} \
+         ({} for the budget, {} proven, {} for their network's share) · {} refused (share full)",
         u(&fm["used_bytes"]) >> 20,
         u(&fm["limit_bytes"]) >> 20,
         u(&fm["peak_bytes"]) >> 20,
+        n(u(&fm["network_share_bytes"]) >> 10),
         n(u(&st["flows_evicted"])),
         n(u(&st["flows_budget_evicted"])),
-        n(u(&st["flows_proven_evicted"]))
+        n(u(&st["flows_proven_evicted"])),
+        n(u(&st["flows_share_evicted"])),
+        n(u(&st["flows_share_refused"]))
     );
     let queue_drops: u64 = st["kernel_queues"]
         .as_array()

@@ -117,6 +117,7 @@ pub(super) fn with_counters<R>(
             shared.flow_budget.used(),
             shared.flow_budget.peak(),
             shared.flow_budget.limit(),
+            shared.flow_budget.share(),
         ),
         lookups: total.lookups,
         lookups_over_budget: total.lookups_over_budget,

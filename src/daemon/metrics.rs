@@ -66,7 +66,8 @@ pub struct Snapshot<'a> {
     /// Resets with no local session of the packet's exact tuple: dropped, nothing destroyed.
     pub reset_no_socket: u64,
     /// The flow memory budget: bytes charged now, the most ever, the limit.
-    pub flow_memory: (usize, usize, usize),
+    /// Flow memory: used, peak, limit, and one network's share per worker.
+    pub flow_memory: (usize, usize, usize, usize),
     /// Socket lookups for proof of address; refused over the budget; failed.
     pub lookups: u64,
     pub lookups_over_budget: u64,
@@ -221,10 +222,13 @@ impl Snapshot<'_> {
             "flows_evicted": e.flows_evicted,
             "flows_proven_evicted": e.flows_proven_evicted,
             "flows_budget_evicted": e.flows_budget_evicted,
+            "flows_share_evicted": e.flows_share_evicted,
+            "flows_share_refused": e.flows_share_refused,
             "flow_memory": {
                 "used_bytes": self.flow_memory.0,
                 "peak_bytes": self.flow_memory.1,
                 "limit_bytes": self.flow_memory.2,
+                "network_share_bytes": self.flow_memory.3,
             },
             "flows_bypassed": e.flows_bypassed,
             "sessions": e.sessions,
@@ -578,6 +582,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
         ("used", s.flow_memory.0),
         ("peak", s.flow_memory.1),
         ("limit", s.flow_memory.2),
+        ("network_share", s.flow_memory.3),
     ] {
         let _ = writeln!(o, "stringban_flow_memory_bytes{{what=\"{what}\"}} {n}");
     }
@@ -585,7 +590,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
         &mut o,
         "stringban_flows_evicted_total",
         "counter",
-        "Flows evicted: table full or budget, and of those, proven ones.",
+        "Flows evicted: table full or budget, of those proven ones, and unproven ones of a network at its share.",
     );
     let _ = writeln!(
         o,
@@ -601,6 +606,22 @@ pub fn render(s: &Snapshot<'_>) -> String {
         o,
         "stringban_flows_evicted_total{{kind=\"proven\"}} {}",
         e.flows_proven_evicted
+    );
+    let _ = writeln!(
+        o,
+        "stringban_flows_evicted_total{{kind=\"share\"}} {}",
+        e.flows_share_evicted
+    );
+    head(
+        &mut o,
+        "stringban_flows_share_refused_total",
+        "counter",
+        "New flows refused: their source network's share of flow memory was all proven sessions.",
+    );
+    let _ = writeln!(
+        o,
+        "stringban_flows_share_refused_total {}",
+        e.flows_share_refused
     );
     head(
         &mut o,
@@ -845,7 +866,7 @@ mod tests {
             forwarded: 8,
             forwarded_resets: 1,
             reset_no_socket: 9,
-            flow_memory: (1, 2, 3),
+            flow_memory: (1, 2, 3, 4),
             lookups: 11,
             lookups_over_budget: 12,
             lookup_errors: 13,

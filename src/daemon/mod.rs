@@ -353,7 +353,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
     notify_systemd("READY=1");
     info!(queues = ?daemon.queues, rules = config.rules.len(), "stringban running");
 
-    let flow_budget = Arc::new(crate::flow::FlowBudget::new(config.engine.flow_memory));
+    let flow_budget = Arc::new(config.engine.flow_budget());
     let shared = Arc::new(Shared {
         flow_budget,
         recent: Mutex::new(None),
@@ -554,6 +554,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
                             error!("offload: the allow sets could not follow the reload: {e}");
                         }
                         shared.flow_budget.set_limit(new.engine.flow_memory);
+                        shared.flow_budget.set_share(new.engine.flow_share());
                         *lock(&shared.config) = new;
                         shared.generation.fetch_add(1, Relaxed);
                         let lists = if changed.is_empty() {

@@ -71,6 +71,11 @@ pub struct Stats {
     pub flows_proven_evicted: u64,
     /// Evicted flows (of `flows_evicted`) to keep all flow state within its memory budget.
     pub flows_budget_evicted: u64,
+    /// Unproven flows (of `flows_evicted`) of a source network at its share, evicted for a
+    /// new flow of the same network; new flows refused because their network's share was all
+    /// proven sessions.
+    pub flows_share_evicted: u64,
+    pub flows_share_refused: u64,
     pub flows_expired: u64,
     pub flows_bypassed: u64,
     pub flow_refused: u64,
@@ -164,6 +169,12 @@ impl Stats {
         }
     }
 
+    /// Counts an unproven flow evicted for a new flow of its own network.
+    fn evicted_for_share(&mut self, old: &Flow) {
+        self.flows_share_evicted += 1;
+        self.evicted(old, false);
+    }
+
     fn end_session(&mut self, packets: u32) {
         self.sessions += 1;
         self.session_packets += u64::from(packets);
@@ -236,6 +247,8 @@ impl Stats {
         self.flows_evicted += other.flows_evicted;
         self.flows_proven_evicted += other.flows_proven_evicted;
         self.flows_budget_evicted += other.flows_budget_evicted;
+        self.flows_share_evicted += other.flows_share_evicted;
+        self.flows_share_refused += other.flows_share_refused;
         self.flows_expired += other.flows_expired;
         self.flows_bypassed += other.flows_bypassed;
         self.flow_refused += other.flow_refused;
@@ -368,7 +381,7 @@ impl Engine {
         stats.iptables_rules = vec![0; chains.as_ref().map_or(0, |c| c.rule_count())];
         let (flow_rules, stream_scanner) = FlowRules::new(&rules);
         let flow_rules = Arc::new(flow_rules);
-        let budget = Arc::new(FlowBudget::new(config.engine.flow_memory));
+        let budget = Arc::new(config.engine.flow_budget());
         Engine {
             config: config.engine.clone(),
             packet_rules: rules.iter().any(|r| r.mode == Mode::Packet),
@@ -746,6 +759,15 @@ impl Engine {
                     return clean;
                 }
                 let smtp = (!fr.smtp.is_empty()).then(|| Smtp::new(syn));
+                // A network at its share makes room among its own unproven flows; one whose
+                // share is all proven sessions opens no more until one ends.
+                if !flows.admit(&key, |old| stats.evicted_for_share(&old)) {
+                    stats.flows_share_refused += 1;
+                    return Decision {
+                        verdict: Verdict::Drop,
+                        reason: Reason::FlowLimit,
+                    };
+                }
                 // A full budget makes room: unproven flows go first.
                 flows.make_room(slot_bytes(), |old| stats.evicted(&old, true));
                 if let Some(old) = flows.insert(key, Flow::new(now, smtp, syn)) {
@@ -825,7 +847,9 @@ impl Engine {
                 let carry_len = scratch.len();
                 // Only a proven client may make us hold bytes ahead of a gap (a forger's flows
                 // hold nothing), and only within the budget; refused, TCP sends them again.
-                let may_hold = flow.handshake == Handshake::Done && budget.fits(payload.len());
+                let may_hold = flow.handshake == Handshake::Done
+                    && budget.fits(payload.len())
+                    && flow.net_fits(payload.len());
                 match flow.client.push_within(seq, payload, scratch, may_hold) {
                     Push::Refused => {
                         stats.flow_refused += 1;
@@ -968,6 +992,7 @@ impl Engine {
                 flow.server_high = end;
             }
         }
+        let may_hold = budget.fits(payload.len()) && flow.net_fits(payload.len());
         if !payload.is_empty()
             && let Some(smtp) = flow.smtp.as_mut()
         {
@@ -976,10 +1001,7 @@ impl Engine {
                 Some(bytes) => bytes,
                 None => {
                     scratch.clear();
-                    match flow
-                        .server
-                        .push_within(seq, payload, scratch, budget.fits(payload.len()))
-                    {
+                    match flow.server.push_within(seq, payload, scratch, may_hold) {
                         Push::Data => scratch,
                         // The server's stream has a gap we will not fill: stop pairing replies.
                         Push::Refused => {
@@ -1597,8 +1619,12 @@ mod tests {
                 e.flow_budget().used()
             );
         }
-        assert!(e.stats().flows_budget_evicted > 15_000);
-        assert_eq!(e.stats().flows_proven_evicted, 0);
+        // Evicted for the budget, or first for their own network's share (the forged
+        // sources are 78 networks of 256 addresses; the proven client is in the first).
+        let st = e.stats();
+        assert!(st.flows_budget_evicted + st.flows_share_evicted > 15_000);
+        assert!(st.flows_share_evicted > 0);
+        assert_eq!(st.flows_proven_evicted, 0);
         assert!(e.flow_budget().peak() <= (1 << 20) + 4096);
         // The proven client is still followed from its start: its RCPT convicts.
         let d = said(&mut e, from, 100, b"RCPT TO:<v@example.com>\r\n");
@@ -1607,5 +1633,124 @@ mod tests {
         let budget = Arc::clone(e.flow_budget());
         drop(e);
         assert_eq!(budget.used(), 0);
+    }
+
+    /// A forger who spoofs addresses of a victim's network fills that network's share with
+    /// unproven flows: its new flows push out only its own unproven ones (oldest first), so the
+    /// victim's proven session is kept, a new connection of the victim's is admitted and
+    /// proven, and other networks never notice.
+    #[test]
+    fn a_forger_filling_a_networks_share_never_pushes_out_its_proven_sessions() {
+        let mut e = engine("smtp", "reject", |f| {
+            f.flow_memory = Some("8M".into());
+            f.flow_share = Some("64K".into());
+            f.max_flows = Some(1 << 20);
+        });
+        let victim = client(11);
+        handshake(&mut e, victim, 99);
+        for i in 0..5_000u32 {
+            let forged = (
+                IpAddr::V4(Ipv4Addr::new(198, 19, 0, (i % 250) as u8)),
+                1024 + i as u16,
+            );
+            let syn = tcp_flags_segment(forged, SERVER, i, 0, tcp_flags::SYN, b"");
+            assert_eq!(e.decide(&syn, T0).verdict, Verdict::Accept, "{i}");
+            let net = e.flows().network_bytes(victim.0);
+            assert!(net <= (64 << 10) + 2 * slot_bytes(), "{i}: {net}");
+        }
+        assert!(e.stats().flows_share_evicted > 4_000);
+        assert_eq!(e.stats().flows_share_refused, 0);
+        assert_eq!(e.stats().flows_proven_evicted, 0);
+        // Another network's flows are untouched by it.
+        let other = (IpAddr::V4(Ipv4Addr::new(198, 18, 7, 7)), 5555);
+        handshake(&mut e, other, 1);
+        // The victim's new connection gets in, proves itself, and is followed.
+        let again = (victim.0, 40_001);
+        handshake(&mut e, again, 500);
+        let d = said(&mut e, again, 501, b"RCPT TO:<v@hosted.test>\r\n");
+        assert_eq!((d.verdict, d.reason), (Verdict::Accept, Reason::Clean));
+        // And the first session is still known from its start: its RCPT convicts.
+        let d = said(&mut e, victim, 100, b"RCPT TO:<v@example.com>\r\n");
+        assert_eq!(d.verdict, Verdict::Reset);
+        let budget = Arc::clone(e.flow_budget());
+        drop(e);
+        assert_eq!(budget.used(), 0, "every network's entry is given back");
+    }
+
+    /// A network that fills its share with sessions it proved gets no more flows until one
+    /// ends (its SYNs are dropped, counted); other networks open theirs as before.
+    #[test]
+    fn a_network_whose_share_is_all_proven_sessions_opens_no_more() {
+        let mut e = engine("stream", "reject", |f| {
+            f.flow_memory = Some("8M".into());
+            f.flow_share = Some("64K".into());
+            f.max_flows = Some(1 << 20);
+        });
+        let addr = IpAddr::V4(Ipv4Addr::new(198, 19, 3, 1));
+        let mut refused = None;
+        for port in 1000..3000u16 {
+            let syn = tcp_flags_segment((addr, port), SERVER, 7, 0, tcp_flags::SYN, b"");
+            let d = e.decide(&syn, T0);
+            if d.verdict == Verdict::Drop {
+                assert_eq!(d.reason, Reason::FlowLimit);
+                refused = Some(port);
+                break;
+            }
+            handshake(&mut e, (addr, port), 7);
+        }
+        let port = refused.expect("the share ran out");
+        assert!(usize::from(port - 1000) * slot_bytes() <= 64 << 10);
+        assert_eq!(e.stats().flows_share_refused, 1);
+        assert_eq!(e.stats().flows_proven_evicted, 0);
+        // Another network is not refused.
+        let other = (IpAddr::V4(Ipv4Addr::new(198, 19, 4, 1)), 1000);
+        let syn = tcp_flags_segment(other, SERVER, 7, 0, tcp_flags::SYN, b"");
+        assert_eq!(e.decide(&syn, T0).verdict, Verdict::Accept);
+        // One session ends (RST): the network may open one again.
+        let rst = tcp_flags_segment((addr, 1000), SERVER, 8, 0, tcp_flags::RST, b"");
+        let _ = e.decide(&rst, T0);
+        let syn = tcp_flags_segment((addr, port), SERVER, 7, 0, tcp_flags::SYN, b"");
+        assert_eq!(e.decide(&syn, T0).verdict, Verdict::Accept);
+    }
+
+    /// Out-of-order bytes count against the network's share: proven sessions of one network
+    /// hold bytes ahead of a gap only while their network is within it.
+    #[test]
+    fn held_bytes_count_against_their_networks_share() {
+        let mut e = engine("stream", "reject", |f| {
+            f.flow_memory = Some("8M".into());
+            f.flow_share = Some("64K".into());
+        });
+        let addr = IpAddr::V4(Ipv4Addr::new(198, 19, 5, 1));
+        let ahead = [b'a'; 1400];
+        let mut held = 0usize;
+        let mut refused = false;
+        for port in 1000..1100u16 {
+            handshake(&mut e, (addr, port), 7);
+            // Bytes 1000 past the stream's next: held, until the share is spent.
+            let d = said(&mut e, (addr, port), 1008, &ahead);
+            if d.reason == Reason::FlowLimit {
+                refused = true;
+                break;
+            }
+            held += ahead.len();
+        }
+        assert!(refused, "held {held}");
+        assert!(e.flows().network_bytes(addr) <= (64 << 10) + ahead.len() + 4096);
+        // Another network still may hold.
+        let other = (IpAddr::V4(Ipv4Addr::new(198, 19, 6, 1)), 1000);
+        handshake(&mut e, other, 7);
+        let d = said(&mut e, other, 1008, &ahead);
+        assert_eq!(d.verdict, Verdict::Accept);
+    }
+
+    #[test]
+    fn networks_are_a_slash_24_and_a_slash_48() {
+        let n = |a: &str| flow::network(a.parse().expect("an address"));
+        assert_eq!(n("198.19.0.1"), n("198.19.0.254"));
+        assert_ne!(n("198.19.0.1"), n("198.19.1.1"));
+        assert_eq!(n("2001:db8:1::1"), n("2001:db8:1:ffff::2"));
+        assert_ne!(n("2001:db8:1::1"), n("2001:db8:2::1"));
+        assert_ne!(n("::ffff:0:0"), n("::"));
     }
 }

@@ -13,7 +13,8 @@
 #     (flow modes): nobody banned, the session lives on;
 #   - the positive case: a real spam session is still reset and banned.
 # Then, smtp mode: the eviction flood (a session held in DATA, 70,000 forged half-open flows,
-# a body line that reads like a RCPT command: delivered, nobody banned), and BDAT against Exim
+# then 20,000 more forged from the session's own /24, beyond that network's share of the flow
+# memory; a body line that reads like a RCPT command: delivered, nobody banned), and BDAT against Exim
 # with CHUNKING off and on. Last, IPv6 on loopback (the only IPv6 the test rules allow).
 set -uo pipefail
 BIN=$(realpath "$1")
@@ -137,6 +138,16 @@ evicted=$(stat_of '["flows_evicted"]'); proven=$(stat_of '["flows_proven_evicted
 echo "   70,000 forged SYNs sent in $(python3 -c "print(round($t1-$t0,1))") s; flows followed: $(stat_of '["flows_new"]')"
 check "the flood filled the flow table: $evicted flows evicted" test "$evicted" -gt 0
 check "... none of them proven ($proven)" test "$proven" = 0
+# Now the forger spoofs the held session's own network (198.19.1.64-255: the SYN-ACKs go
+# nowhere): 20,000 half-open flows, more than the /24's share of the budget (4 MiB).
+forge flood 198.19.1.64 192 198.18.0.1 25 20000
+sleep 1
+share=$(stat_of '["flows_share_evicted"]'); proven=$(stat_of '["flows_proven_evicted"]')
+check "a flood forged from the session's own /24 is pushed out by its own newer flows ($share evicted for the network's share)" test "$share" -gt 0
+check "... none of them proven ($proven)" test "$proven" = 0
+check "... nothing refused: a forger cannot lock the network out ($(stat_of '["flows_share_refused"]'))" test "$(stat_of '["flows_share_refused"]')" = 0
+check "... a real client of that /24 gets its mail through" legit 198.19.1.51 "share-legit"
+check "status shows the share" bash -c "'$BIN' status --control-socket '$T/ctl.sock' | grep -q 'KiB per network and worker'"
 touch "$T/go"; wait "$HOLD"; HOLD=
 code=$(tail -1 "$T/hold.out")
 check "after the flood, the body line 'RCPT TO:<quoted@example.com> is just text' is body: the message is accepted ($code)" test "$code" = 250

@@ -68,6 +68,7 @@ struct RawEngine {
     max_flows: Option<Spanned<u64>>,
     flow_idle: Option<Spanned<DurationValue>>,
     flow_memory: Option<Spanned<SizeValue>>,
+    flow_share: Option<Spanned<SizeValue>>,
     proof: Option<bool>,
 }
 
@@ -276,6 +277,23 @@ pub(super) fn parse_file(origin: &Origin<'_>) -> Result<Config, ConfigError> {
                     "expected a size of at least 1M: bytes, or text with K, M or G (\"64M\")",
                 )
             })?;
+    }
+    if let Some(m) = &raw.engine.flow_share {
+        let text = match m.as_ref() {
+            SizeValue::Bytes(b) => b.to_string(),
+            SizeValue::Text(t) => t.clone(),
+        };
+        let share = super::parse_size(&text)
+            .filter(|&b| b >= super::MIN_FLOW_SHARE)
+            .ok_or_else(|| {
+                origin.at(
+                    m,
+                    "engine.flow_share",
+                    &text,
+                    "expected a size of at least 64K: bytes, or text with K, M or G (\"4M\")",
+                )
+            })?;
+        config.engine.flow_share = Some(share);
     }
     if let Some(idle) = &raw.engine.flow_idle {
         config.engine.flow_idle = match idle.as_ref() {

@@ -82,6 +82,11 @@ pub struct Flags {
     /// flows are evicted first [default: 64M].
     #[arg(long, value_name = "SIZE")]
     pub flow_memory: Option<String>,
+    /// What one source network (a /24, a /48) may hold of the flow memory in one worker: a
+    /// network at its share first evicts its own unproven flows, then opens no more flows
+    /// [default: a sixteenth of --flow-memory].
+    #[arg(long, value_name = "SIZE")]
+    pub flow_share: Option<String>,
     /// Forget a flow unseen this long [default: 300s].
     #[arg(long, value_name = "DURATION")]
     pub flow_idle: Option<String>,

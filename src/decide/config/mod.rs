@@ -198,6 +198,9 @@ pub struct EngineConfig {
     /// One memory budget, in bytes, for the state of every flow of every worker (slots, held
     /// segments, partial lines); full, it evicts unproven flows first.
     pub flow_memory: usize,
+    /// What one source network (a /24, a /48) may hold of it in one worker's table; `None`:
+    /// a sixteenth of `flow_memory` ([`EngineConfig::flow_share`]).
+    pub flow_share: Option<usize>,
     /// Ask for proof of address before a conviction (off: trust source addresses, for load
     /// generators with forged sources and replays of one-sided captures — never on a host that
     /// strangers reach).
@@ -219,10 +222,29 @@ impl Default for EngineConfig {
             max_flows: 65_536,
             flow_idle: crate::time::Duration::from_secs(300),
             flow_memory: DEFAULT_FLOW_MEMORY,
+            flow_share: None,
             proof: true,
         }
     }
 }
+
+impl EngineConfig {
+    /// What one source network may hold of the flow memory, per worker: set, or a sixteenth.
+    pub fn flow_share(&self) -> usize {
+        self.flow_share
+            .unwrap_or(self.flow_memory / crate::flow::SHARE_DIVISOR)
+    }
+
+    /// The flow memory budget these settings ask for.
+    pub fn flow_budget(&self) -> crate::flow::FlowBudget {
+        crate::flow::FlowBudget::with_share(self.flow_memory, self.flow_share())
+    }
+}
+
+/// The least [`EngineConfig::flow_share`] taken: room for a few hundred flows.
+pub const MIN_FLOW_SHARE: usize = 64 << 10;
+const FLOW_SHARE_HINT: &str =
+    "expected a size of at least 64K: bytes, or with K, M or G (KiB, MiB, GiB)";
 
 /// An imported iptables rule set, the recent tables' bound (`--compat-list-tot`), and the
 /// chains built from them — once, here, so that a rule set that cannot run is refused with the
@@ -385,6 +407,13 @@ impl Config {
             config.engine.flow_memory = parse_size(m)
                 .filter(|&b| b >= MIN_FLOW_MEMORY)
                 .ok_or_else(|| cli("--flow-memory", m, &FLOW_MEMORY_HINT))?;
+        }
+        if let Some(m) = &flags.flow_share {
+            config.engine.flow_share = Some(
+                parse_size(m)
+                    .filter(|&b| b >= MIN_FLOW_SHARE)
+                    .ok_or_else(|| cli("--flow-share", m, &FLOW_SHARE_HINT))?,
+            );
         }
         if let Some(idle) = &flags.flow_idle {
             config.engine.flow_idle =
@@ -1004,6 +1033,54 @@ ban = false
             .to_string();
         assert!(
             text.contains("--flow-memory") && text.contains("lots"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_networks_share_defaults_to_a_sixteenth_and_says_what_is_wrong() {
+        let c = Config::build(
+            Some((
+                "f.toml",
+                "[engine]\nflow_memory = \"32M\"\n[[rule]]\nstring = \"x\"\n",
+            )),
+            &Flags::default(),
+        )
+        .expect("valid");
+        assert_eq!(c.engine.flow_share(), 2 << 20);
+        assert_eq!(c.engine.flow_budget().share(), 2 << 20);
+        let c = Config::build(
+            Some((
+                "f.toml",
+                "[engine]\nflow_share = \"512K\"\n[[rule]]\nstring = \"x\"\n",
+            )),
+            &Flags::default(),
+        )
+        .expect("valid");
+        assert_eq!(c.engine.flow_share(), 512 << 10);
+        let text = Config::build(
+            Some((
+                "f.toml",
+                "[engine]\nflow_share = \"1K\"\n[[rule]]\nstring = \"x\"\n",
+            )),
+            &Flags::default(),
+        )
+        .expect_err("too small")
+        .to_string();
+        assert!(
+            text.contains("f.toml:2") && text.contains("engine.flow_share") && text.contains("1K"),
+            "{text}"
+        );
+        let flags = Flags {
+            string: vec!["x".into()],
+            flow_share: Some("some".into()),
+            ..Flags::default()
+        };
+        let text = Config::build(None, &flags)
+            .expect_err("not a size")
+            .to_string();
+        assert!(
+            text.contains("--flow-share") && text.contains("some"),
             "{text}"
         );
     }

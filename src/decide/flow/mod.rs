@@ -28,7 +28,9 @@ mod table;
 
 pub use reasm::{Push, Reasm};
 pub use smtp::{Envelope, Smtp, SmtpEvents, domain, path};
-pub use table::{Flow, FlowBudget, FlowKey, FlowState, Flows, Handshake, slot_bytes};
+pub use table::{
+    Flow, FlowBudget, FlowKey, FlowState, Flows, Handshake, SHARE_DIVISOR, network, slot_bytes,
+};
 
 /// Most out-of-order segments held per flow side.
 pub const MAX_HELD: usize = 8;

@@ -22,9 +22,20 @@ pub(super) fn octets(a: IpAddr) -> [u8; 16] {
 }
 
 impl std::hash::Hash for FlowKey {
-    /// One 36-byte write: the derived impl makes six calls (with length prefixes), and the
-    /// flow table hashes a key for every packet.
+    /// One write of 12 bytes (IPv4) or 36: the derived impl makes six calls (with length
+    /// prefixes), and the flow table hashes a key for every packet.
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // IPv4 (both addresses mapped): 12 bytes, which SipHash takes in fewer rounds.
+        const MAPPED: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+        if self.client[..12] == MAPPED && self.server[..12] == MAPPED {
+            let mut b = [0u8; 12];
+            b[..4].copy_from_slice(&self.client[12..]);
+            b[4..8].copy_from_slice(&self.server[12..]);
+            b[8..10].copy_from_slice(&self.cport.to_ne_bytes());
+            b[10..].copy_from_slice(&self.sport.to_ne_bytes());
+            state.write(&b);
+            return;
+        }
         let mut b = [0u8; 36];
         b[..16].copy_from_slice(&self.client);
         b[16..32].copy_from_slice(&self.server);
@@ -48,20 +59,53 @@ impl FlowKey {
 /// One memory budget for the flow state of every worker (the engines of one daemon share it):
 /// each flow is charged its slot and the heap it holds (held segments, carry, a partial line).
 /// A full budget evicts unproven flows first and refuses to hold more out-of-order bytes.
+/// Within it, each source network (a /24, a /48: [`net_of`]) may take at most its *share* of a
+/// worker's table, so one network cannot take it all.
 #[derive(Debug)]
 pub struct FlowBudget {
     limit: AtomicUsize,
+    share: AtomicUsize,
+    /// Written by every worker: on a cache line of their own, away from the two read by
+    /// every packet.
+    counts: Counts,
+}
+
+#[derive(Debug)]
+#[repr(align(64))]
+struct Counts {
     used: AtomicUsize,
     peak: AtomicUsize,
 }
 
+/// The share of one source network when none is set: a sixteenth of the budget.
+pub const SHARE_DIVISOR: usize = 16;
+
 impl FlowBudget {
+    /// A budget of `limit` bytes, each network's share a sixteenth of it.
     pub fn new(limit: usize) -> FlowBudget {
+        FlowBudget::with_share(limit, limit / SHARE_DIVISOR)
+    }
+
+    /// A budget of `limit` bytes, of which one source network may take `share` per worker.
+    pub fn with_share(limit: usize, share: usize) -> FlowBudget {
         FlowBudget {
             limit: AtomicUsize::new(limit),
-            used: AtomicUsize::new(0),
-            peak: AtomicUsize::new(0),
+            share: AtomicUsize::new(share),
+            counts: Counts {
+                used: AtomicUsize::new(0),
+                peak: AtomicUsize::new(0),
+            },
         }
+    }
+
+    /// What one source network may hold in one worker's table, in bytes.
+    pub fn share(&self) -> usize {
+        self.share.load(Relaxed)
+    }
+
+    /// A new share (a reload): networks over it take nothing more until they are back within.
+    pub fn set_share(&self, share: usize) {
+        self.share.store(share, Relaxed);
     }
 
     pub fn limit(&self) -> usize {
@@ -75,11 +119,11 @@ impl FlowBudget {
 
     /// Bytes charged now, and the most ever charged at once.
     pub fn used(&self) -> usize {
-        self.used.load(Relaxed)
+        self.counts.used.load(Relaxed)
     }
 
     pub fn peak(&self) -> usize {
-        self.peak.load(Relaxed)
+        self.counts.peak.load(Relaxed)
     }
 
     /// Is there room for `bytes` more?
@@ -92,12 +136,12 @@ impl FlowBudget {
     }
 
     fn add(&self, bytes: usize) {
-        let now = self.used.fetch_add(bytes, Relaxed) + bytes;
-        self.peak.fetch_max(now, Relaxed);
+        let now = self.counts.used.fetch_add(bytes, Relaxed) + bytes;
+        self.counts.peak.fetch_max(now, Relaxed);
     }
 
     fn sub(&self, bytes: usize) {
-        self.used.fetch_sub(bytes, Relaxed);
+        self.counts.used.fetch_sub(bytes, Relaxed);
     }
 
     /// Charges `flow` what it holds now (its slot and its heap), adjusting the shared count
@@ -172,6 +216,13 @@ pub struct Flow {
     pub server_high: u32,
     /// What the flow budget has charged this flow (slot and heap), in bytes.
     pub charged: u32,
+    /// What its source network may still take of its share, in KiB (set by the table each
+    /// time it hands the flow out): the bound on out-of-order bytes it may hold now.
+    pub net_room: u16,
+    /// What its network was charged for it: `charged` when the table last saw it.
+    net_charged: u32,
+    /// Which recency list of the table its slot is on.
+    tier: u8,
 }
 
 impl Flow {
@@ -186,6 +237,9 @@ impl Flow {
             server_isn: 0,
             server_high: 0,
             charged: 0,
+            net_room: 0,
+            net_charged: 0,
+            tier: UNPROVEN,
             last_seen: now,
             matched: 0,
             packets: 0,
@@ -198,6 +252,11 @@ impl Flow {
             carry: Vec::new(),
             smtp,
         }
+    }
+
+    /// May its network's share take `bytes` more (out of order, to hold)?
+    pub fn net_fits(&self, bytes: usize) -> bool {
+        bytes <= usize::from(self.net_room) << 10
     }
 
     /// Heap bytes this flow holds beyond its slot: carry, held segments, a partial line.
@@ -234,9 +293,43 @@ pub(super) struct Slot {
     key: FlowKey,
     prev: u32,
     next: u32,
-    /// Which recency list the slot is on: [`UNPROVEN`] or [`PROVEN`].
-    tier: u8,
+    /// Its source network (in [`Flows::nets`]) and its place on that network's list of the
+    /// same tier (oldest first, by arrival).
+    net: u32,
+    nprev: u32,
+    nnext: u32,
+    /// The flow; its `tier` (kept there, in the flow's padding) names the slot's recency
+    /// list: [`UNPROVEN`] or [`PROVEN`].
     flow: Flow,
+}
+
+/// The network `client` counts under for its share (see [`net_of`]).
+pub fn network(client: IpAddr) -> [u8; 16] {
+    net_of(&octets(client))
+}
+
+/// The network a client address counts under for its share: its /24 (IPv4) or /48 (IPv6).
+fn net_of(client: &[u8; 16]) -> [u8; 16] {
+    let mut n = *client;
+    let v4 = n[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+    let keep = if v4 { 15 } else { 6 };
+    n[keep..].fill(0);
+    n
+}
+
+/// One source network's flows in a table: what they hold, and its two lists.
+struct Net {
+    key: [u8; 16],
+    bytes: usize,
+    flows: u32,
+    /// Oldest and newest flow, per tier.
+    first: [u32; 2],
+    last: [u32; 2],
+}
+
+/// What a network's entry costs: its slot and its place in the index.
+fn net_bytes() -> usize {
+    std::mem::size_of::<Option<Net>>() + std::mem::size_of::<u32>() + 1
 }
 
 /// Flows whose client has not (yet) completed a handshake the tracker saw: evicted first.
@@ -264,7 +357,22 @@ pub struct Flows {
     /// Proven flows evicted (the table held nothing else).
     proven_evicted: u64,
     budget: Arc<FlowBudget>,
+    /// Source networks with flows here: a slab of entries, its free list, and its index.
+    nets: Vec<Option<Net>>,
+    nets_free: Vec<u32>,
+    net_index: hashbrown::HashTable<u32>,
+    /// The slot whose flow was handed out last ([`Flows::settle`]).
+    handed: u32,
+    /// The network found last, and its entry: a flow's admission, insertion, promotion and
+    /// removal ask for the same one in turn.
+    net_cache: std::cell::Cell<([u8; 16], u32)>,
+    /// Networks within [`NEAR`] of `near_of`, the share they were counted against.
+    near: usize,
+    near_of: usize,
 }
+
+/// A network this close to its share is "near" it: a segment may not fit in what is left.
+const NEAR: usize = 64 << 10;
 
 impl Drop for Flows {
     /// Gives back to the shared budget what this table's flows were charged (a worker's engine
@@ -276,7 +384,8 @@ impl Drop for Flows {
             .flat_map(|p| p.iter().flatten())
             .map(|s| s.flow.charged as usize)
             .sum();
-        self.budget.sub(charged);
+        let nets = self.nets.iter().flatten().count() * net_bytes();
+        self.budget.sub(charged + nets);
     }
 }
 
@@ -303,6 +412,13 @@ impl Flows {
             tail: [NIL; 2],
             max: max.clamp(1, NIL as usize - 1),
             proven_evicted: 0,
+            nets: Vec::new(),
+            nets_free: Vec::new(),
+            net_index: hashbrown::HashTable::new(),
+            handed: NIL,
+            net_cache: std::cell::Cell::new(([0; 16], NIL)),
+            near: 0,
+            near_of: 0,
         }
     }
 
@@ -339,7 +455,7 @@ impl Flows {
     fn unlink(&mut self, i: u32) {
         let (prev, next, tier) = {
             let s = self.slot(i);
-            (s.prev, s.next, usize::from(s.tier))
+            (s.prev, s.next, usize::from(s.flow.tier))
         };
         if prev == NIL {
             self.head[tier] = next;
@@ -354,7 +470,7 @@ impl Flows {
     }
 
     fn link_front(&mut self, i: u32) {
-        let tier = usize::from(self.slot(i).tier);
+        let tier = usize::from(self.slot(i).flow.tier);
         let head = self.head[tier];
         {
             let s = self.slot(i);
@@ -372,29 +488,265 @@ impl Flows {
     /// The flow of `key`, marked most recently seen.
     pub fn get(&mut self, key: &FlowKey) -> Option<&mut Flow> {
         let i = self.find(key)?;
-        let tier = usize::from(self.at(i).tier);
+        let tier = usize::from(self.at(i).flow.tier);
         if self.head[tier] != i {
             self.unlink(i);
             self.link_front(i);
         }
-        Some(&mut self.slot(i).flow)
+        Some(self.hand_out(i))
     }
 
     /// The flow of `key`, its place in the recency order unchanged.
     pub fn peek(&mut self, key: &FlowKey) -> Option<&mut Flow> {
         let i = self.find(key)?;
-        Some(&mut self.slot(i).flow)
+        Some(self.hand_out(i))
     }
 
-    /// Moves the flow of `key` among the proven (most recently seen there).
+    /// Moves the flow of `key` among the proven (most recently seen there, newest of its
+    /// network's).
     pub fn promote(&mut self, key: &FlowKey) -> Option<&mut Flow> {
         let i = self.find(key)?;
-        if self.at(i).tier != PROVEN {
+        if self.at(i).flow.tier != PROVEN {
             self.unlink(i);
-            self.slot(i).tier = PROVEN;
+            let n = self.net_at(i);
+            self.net_unlink(i, n);
+            self.slot(i).flow.tier = PROVEN;
             self.link_front(i);
+            self.net_link_last(i, n);
         }
-        Some(&mut self.slot(i).flow)
+        Some(self.hand_out(i))
+    }
+
+    /// Slot `i`'s flow, after charging its network what the flow came to hold since the
+    /// table last saw it, and telling it what its network may still take.
+    fn hand_out(&mut self, i: u32) -> &mut Flow {
+        if self.handed != i {
+            self.settle();
+            self.handed = i;
+        }
+        self.settle_slot(i);
+        // No network near its share (the common case): room for any segment, known without
+        // reading the network's entry.
+        let room = if self.near_share() == 0 {
+            u16::MAX
+        } else {
+            let n = self.net_at(i) as usize;
+            let bytes = self.nets[n].as_ref().map_or(0, |x| x.bytes);
+            u16::try_from(self.budget.share().saturating_sub(bytes) >> 10).unwrap_or(u16::MAX)
+        };
+        let s = self.slot(i);
+        s.flow.net_room = room;
+        &mut s.flow
+    }
+
+    /// Networks within [`NEAR`] bytes of their share (counted against the share now in the
+    /// budget: a new one recounts).
+    fn near_share(&mut self) -> usize {
+        let share = self.budget.share();
+        if share != self.near_of {
+            self.near_of = share;
+            let line = share.saturating_sub(NEAR);
+            self.near = self
+                .nets
+                .iter()
+                .flatten()
+                .filter(|n| n.bytes > line)
+                .count();
+        }
+        self.near
+    }
+
+    /// Sets network `n`'s bytes, keeping the count of networks near their share.
+    fn set_net_bytes(&mut self, n: u32, bytes: usize) {
+        let line = self.near_of.saturating_sub(NEAR);
+        let Some(net) = self.nets[n as usize].as_mut() else {
+            return;
+        };
+        let (was, now) = (net.bytes > line, bytes > line);
+        net.bytes = bytes;
+        match (was, now) {
+            (false, true) => self.near += 1,
+            (true, false) => self.near -= 1,
+            _ => {}
+        }
+    }
+
+    /// Charges the network of the flow handed out last what that flow came to hold (the
+    /// engine recharges a flow while it holds it, so its network learns at the next call).
+    fn settle(&mut self) {
+        if self.handed != NIL {
+            self.settle_slot(self.handed);
+            self.handed = NIL;
+        }
+    }
+
+    /// Brings slot `i`'s network up to date with its flow's charge.
+    fn settle_slot(&mut self, i: u32) {
+        let (charged, was) = {
+            let s = self.at(i);
+            (s.flow.charged, s.flow.net_charged)
+        };
+        if charged == was {
+            return;
+        }
+        let n = self.net_at(i);
+        self.near_share();
+        let bytes = self.nets[n as usize].as_ref().map_or(0, |x| x.bytes);
+        self.set_net_bytes(n, (bytes + charged as usize).saturating_sub(was as usize));
+        self.slot(i).flow.net_charged = charged;
+    }
+
+    /// The network of slot `i`'s client.
+    fn net_at(&self, i: u32) -> u32 {
+        self.at(i).net
+    }
+
+    fn find_net(&self, net: &[u8; 16]) -> Option<u32> {
+        let (key, n) = self.net_cache.get();
+        if n != NIL && key == *net {
+            return Some(n);
+        }
+        use std::hash::BuildHasher;
+        let h = self.hasher.hash_one(net);
+        let nets = &self.nets;
+        let found = self
+            .net_index
+            .find(h, |&n| {
+                nets[n as usize].as_ref().is_some_and(|x| x.key == *net)
+            })
+            .copied();
+        if let Some(n) = found {
+            self.net_cache.set((*net, n));
+        }
+        found
+    }
+
+    /// The network of `client`, added (and charged to the budget) if it has no flow here yet.
+    fn net_for(&mut self, client: &[u8; 16]) -> u32 {
+        let key = net_of(client);
+        if let Some(n) = self.find_net(&key) {
+            return n;
+        }
+        let net = Net {
+            key,
+            bytes: 0,
+            flows: 0,
+            first: [NIL; 2],
+            last: [NIL; 2],
+        };
+        let n = match self.nets_free.pop() {
+            Some(n) => {
+                self.nets[n as usize] = Some(net);
+                n
+            }
+            None => {
+                self.nets.push(Some(net));
+                (self.nets.len() - 1) as u32
+            }
+        };
+        self.budget.add(net_bytes());
+        use std::hash::BuildHasher;
+        let h = self.hasher.hash_one(key);
+        let Flows {
+            net_index,
+            nets,
+            hasher,
+            ..
+        } = self;
+        net_index.insert_unique(h, n, |&m| {
+            hasher.hash_one(nets[m as usize].as_ref().map_or([0; 16], |x| x.key))
+        });
+        self.net_cache.set((key, n));
+        n
+    }
+
+    /// Forgets network `n` (its last flow is gone).
+    fn drop_net(&mut self, n: u32) {
+        let Some(key) = self.nets[n as usize].as_ref().map(|x| x.key) else {
+            return;
+        };
+        use std::hash::BuildHasher;
+        let h = self.hasher.hash_one(key);
+        if let Ok(entry) = self.net_index.find_entry(h, |&m| m == n) {
+            entry.remove();
+        }
+        self.set_net_bytes(n, 0);
+        if self.net_cache.get().1 == n {
+            self.net_cache.set(([0; 16], NIL));
+        }
+        self.nets[n as usize] = None;
+        self.nets_free.push(n);
+        self.budget.sub(net_bytes());
+    }
+
+    fn net(&mut self, n: u32) -> &mut Net {
+        self.nets[n as usize]
+            .as_mut()
+            .expect("a slot's network is listed")
+    }
+
+    /// Appends slot `i` to its network's list of its tier (the newest there).
+    fn net_link_last(&mut self, i: u32, n: u32) {
+        let tier = usize::from(self.at(i).flow.tier);
+        let last = self.net(n).last[tier];
+        {
+            let s = self.slot(i);
+            s.nprev = last;
+            s.nnext = NIL;
+        }
+        if last == NIL {
+            self.net(n).first[tier] = i;
+        } else {
+            self.slot(last).nnext = i;
+        }
+        self.net(n).last[tier] = i;
+    }
+
+    fn net_unlink(&mut self, i: u32, n: u32) {
+        let (tier, prev, next) = {
+            let s = self.at(i);
+            (usize::from(s.flow.tier), s.nprev, s.nnext)
+        };
+        if prev == NIL {
+            self.net(n).first[tier] = next;
+        } else {
+            self.slot(prev).nnext = next;
+        }
+        if next == NIL {
+            self.net(n).last[tier] = prev;
+        } else {
+            self.slot(next).nprev = prev;
+        }
+    }
+
+    /// May a new flow of `key`'s client network be added? A network at its share first gives
+    /// up its own oldest unproven flows (handed to `evicted`): a forger who fills a victim's
+    /// share with forged flows only ever pushes out forged flows and the victim's not yet
+    /// proven ones, never a proven session. A network whose share is all proven flows gets no
+    /// more until one ends (false).
+    pub fn admit(&mut self, key: &FlowKey, mut evicted: impl FnMut(Flow)) -> bool {
+        self.settle();
+        let share = self.budget.share();
+        let Some(n) = self.find_net(&net_of(&key.client)) else {
+            return true;
+        };
+        loop {
+            let Some(net) = self.nets[n as usize].as_ref() else {
+                return true;
+            };
+            if net.bytes + slot_bytes() <= share {
+                return true;
+            }
+            let oldest = net.first[usize::from(UNPROVEN)];
+            if oldest == NIL {
+                return false;
+            }
+            let key = self.at(oldest).key;
+            match self.remove(&key) {
+                Some(f) => evicted(f),
+                None => return false,
+            }
+        }
     }
 
     /// Proven flows evicted so far (a full table with no unproven flow left to evict).
@@ -456,14 +808,25 @@ impl Flows {
         } else {
             UNPROVEN
         };
+        let net = self.net_for(&key.client);
+        let charged = flow.charged;
+        flow.net_charged = charged;
+        flow.tier = tier;
         self.pages[i as usize / PAGE][i as usize % PAGE] = Some(Slot {
             key,
             prev: NIL,
             next: NIL,
-            tier,
+            net,
+            nprev: NIL,
+            nnext: NIL,
             flow,
         });
+        self.near_share();
+        let bytes = self.net(net).bytes;
+        self.net(net).flows += 1;
+        self.set_net_bytes(net, bytes + charged as usize);
         self.link_front(i);
+        self.net_link_last(i, net);
         let h = self.hash(&key);
         let Flows {
             index,
@@ -494,15 +857,36 @@ impl Flows {
             })
             .ok()?;
         let (i, _) = entry.remove();
-        self.unlink(i);
-        self.free.push(i);
-        let flow = self.pages[i as usize / PAGE][i as usize % PAGE]
-            .take()
-            .map(|s| s.flow);
-        if let Some(f) = &flow {
-            self.budget.sub(f.charged as usize);
+        if self.handed == i {
+            self.handed = NIL;
         }
-        flow
+        self.unlink(i);
+        let n = self.net_at(i);
+        self.net_unlink(i, n);
+        self.free.push(i);
+        let slot = self.pages[i as usize / PAGE][i as usize % PAGE].take()?;
+        self.budget.sub(slot.flow.charged as usize);
+        self.near_share();
+        let bytes = self.net(n).bytes;
+        self.set_net_bytes(n, bytes.saturating_sub(slot.flow.net_charged as usize));
+        let net = self.net(n);
+        net.flows -= 1;
+        if net.flows == 0 {
+            self.drop_net(n);
+        }
+        Some(slot.flow)
+    }
+
+    /// Source networks with flows in this table.
+    pub fn networks(&self) -> usize {
+        self.net_index.len()
+    }
+
+    /// What the flows of `client`'s network hold here, in bytes (as of their last packet).
+    pub fn network_bytes(&self, client: std::net::IpAddr) -> usize {
+        self.find_net(&net_of(&octets(client)))
+            .and_then(|n| self.nets[n as usize].as_ref())
+            .map_or(0, |n| n.bytes)
     }
 
     /// The least recently seen flow of either tier: the one idle longest.
@@ -552,5 +936,8 @@ impl Flows {
         self.pages.len() * PAGE * std::mem::size_of::<Option<Slot>>()
             + self.index.capacity() * (std::mem::size_of::<u32>() + 1)
             + self.free.capacity() * std::mem::size_of::<u32>()
+            + self.nets.capacity() * std::mem::size_of::<Option<Net>>()
+            + self.net_index.capacity() * (std::mem::size_of::<u32>() + 1)
+            + self.nets_free.capacity() * std::mem::size_of::<u32>()
     }
 }
