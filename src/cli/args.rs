@@ -308,6 +308,10 @@ pub(crate) struct RunArgs {
     /// The CA certificate (PEM) that signed the Redis server's (rediss:// URLs).
     #[arg(long, value_name = "FILE")]
     pub(crate) share_ca: Option<PathBuf>,
+    /// The fleet key's file (one key per line, the first signs; keep it 0600): entries are
+    /// signed with it, and only those signed with one of its keys are applied.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) share_key: Option<PathBuf>,
     /// The fleet's name: its keys are under stringban:{FLEET}: (default: stringban).
     #[arg(long, value_name = "NAME")]
     pub(crate) share_fleet: Option<String>,

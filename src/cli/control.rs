@@ -187,7 +187,7 @@ pub(crate) fn status_text(s: &serde_json::Value, now: u64) -> String {
         None => writeln!(o, "fleet: none (bans are this host's alone)"),
         Some(node) => writeln!(
             o,
-            "fleet: {} as node {node} through {} — {}; lag {} entries ({} s); published {}, pending {}; applied {} from peers; {} errors{}",
+            "fleet: {} as node {node} through {} — {}; lag {} entries ({} s); published {}, pending {}; applied {} from peers; {}; {} errors{}",
             sh["fleet"].as_str().unwrap_or("?"),
             sh["url"].as_str().unwrap_or("?"),
             if sh["connected"] == true {
@@ -200,6 +200,19 @@ pub(crate) fn status_text(s: &serde_json::Value, now: u64) -> String {
             u(&sh["published"]),
             u(&sh["pending"]),
             u(&sh["applied"]),
+            if sh["signed"] == true {
+                let r = &sh["refused"];
+                format!(
+                    "signed (key {}), refused {} unsigned, {} forged, {} replayed",
+                    sh["key_ids"][0].as_str().unwrap_or("?"),
+                    u(&r["unsigned"]),
+                    u(&r["bad_signature"]),
+                    u(&r["stale"])
+                )
+            } else {
+                "UNSIGNED: anything that can write to Redis can ban, lift and flush here"
+                    .to_string()
+            },
             u(&sh["errors"]),
             sh["last_error"]
                 .as_str()

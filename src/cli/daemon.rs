@@ -221,12 +221,13 @@ fn share_config(
     let file = config.share.clone().unwrap_or_default();
     let Some(url) = args.share.clone().or(file.url.clone()) else {
         if args.share_ca.is_some()
+            || args.share_key.is_some()
             || args.share_fleet.is_some()
             || args.share_node.is_some()
             || !args.share_lists.is_empty()
         {
             return Err(bad(
-                "command line: --share-ca/--share-fleet/--share-node/--share-lists need --share URL (or [share] url in the file)",
+                "command line: --share-ca/--share-key/--share-fleet/--share-node/--share-lists need --share URL (or [share] url in the file)",
             ));
         }
         return Ok(None);
@@ -259,7 +260,16 @@ fn share_config(
         }
         args.share_lists.clone()
     };
+    let key = match args
+        .share_key
+        .clone()
+        .or(file.key_file.map(std::path::PathBuf::from))
+    {
+        Some(path) => Some(read_fleet_key(&path)?),
+        None => None,
+    };
     Ok(Some(sbdaemon::share::ShareConfig {
+        key,
         url,
         ca_file: args
             .share_ca
@@ -270,6 +280,22 @@ fn share_config(
         lists,
         maxlen: file.maxlen.unwrap_or(1_000_000),
     }))
+}
+
+/// The fleet key file: owned by no one else than its reader's kind (no access for others),
+/// one key per line. The error names the file, never a key.
+fn read_fleet_key(path: &std::path::Path) -> anyhow::Result<sbdaemon::share::wire::FleetKey> {
+    use std::os::unix::fs::MetadataExt;
+    let shown = path.display();
+    let meta = fs::metadata(path).map_err(|e| bad(format!("{shown}: the fleet key: {e}")))?;
+    if meta.mode() & 0o007 != 0 {
+        return Err(bad(format!(
+            "{shown}: the fleet key is readable or writable by others (mode {:o}): chmod 600 it",
+            meta.mode() & 0o777
+        )));
+    }
+    let text = fs::read_to_string(path).map_err(|e| bad(format!("{shown}: the fleet key: {e}")))?;
+    sbdaemon::share::wire::FleetKey::parse(&text).map_err(|e| bad(format!("{shown}: {e}")))
 }
 
 pub(crate) fn run_rules(args: RulesArgs) -> anyhow::Result<()> {

@@ -242,6 +242,16 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
             let client = share::client(cfg).map_err(DaemonError::start)?;
             let note = share::check_start(cfg, &client).map_err(DaemonError::start)?;
             info!(fleet = %cfg.fleet, node = %cfg.node, "{note}");
+            match &cfg.key {
+                Some(k) => info!(
+                    key = %k.ids()[0],
+                    accepted = k.len(),
+                    "share: entries signed with the fleet key; only signed ones are applied"
+                ),
+                None => warn!(
+                    "share: no fleet key ([share] key_file, --share-key): entries are neither signed nor checked, so anything that can write to this Redis can ban, lift and flush here"
+                ),
+            }
             let state = Arc::new(share::ShareState::new(
                 cfg.clone(),
                 daemon.state_dir.as_deref(),

@@ -113,6 +113,79 @@ ctl A flush > /dev/null
 for h in B C D; do check "$h empty" until_eq 5 0 count "$h"; done
 for h in A B C D; do stop_host "$h"; done
 
+echo "== a signed fleet: what Redis alone writes is refused, a key rotation loses nothing"
+K1="k1-$(head -c 24 /dev/urandom | base64)"; K2="k2-$(head -c 24 /dev/urandom | base64)"
+key() { local f="$T/key-$1"; shift; printf '%s\n' "$@" > "$f"; chmod 600 "$f"; echo "$f"; }
+SIGNED=(--share "$URL" --share-fleet signed)
+LOG='stringban:{signed}:log'
+rcli() { ip netns exec "$R" redis-cli -h 198.18.9.1 "$@"; }
+refused() { ctl "$1" stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["share"]["refused"][sys.argv[1]])' "$2"; }
+start_host A "${SIGNED[@]}" --share-key "$(key A1 "$K1")" || exit 1
+start_host B "${SIGNED[@]}" --share-key "$(key B1 "$K1")" || exit 1
+ctl A add 198.19.1.20 > /dev/null
+check "a ban on A, signed, is applied on B" until_eq 3 A field B 198.19.1.20 node
+far=4102444800; t=$(($(date +%s) * 1000000))
+rcli XADD "$LOG" '*' m "b spam 198.19.1.21/32 $far A $t forged" > /dev/null
+rcli XADD "$LOG" '*' m "b spam 198.19.1.22/32 $far A $t forged" s "$((t / 1000)):$(printf '%064d' 0)" > /dev/null
+rcli XADD "$LOG" '*' m "u spam 198.19.1.20/32 - A $t " > /dev/null
+rcli XADD "$LOG" '*' m "f spam - - A $t " > /dev/null
+rcli XADD "$LOG" '*' m "b spam 198.19.1.23/32 $far $(printf 'A\n2099-01-01T00:00:00Z forged\033]0;x\a') $t r" > /dev/null
+python3 -c "import sys; sys.stdout.write('b spam 198.19.1.24/32 $far ' + 'N' * 10_000_000 + ' $t r')" | rcli -x XADD "$LOG" '*' m > /dev/null
+sleep 1.5
+check "unsigned entries written straight into Redis are refused on B ($(refused B unsigned))" test "$(refused B unsigned)" -ge 5
+check "... and one with a forged signature ($(refused B bad_signature))" test "$(refused B bad_signature)" -ge 1
+for a in 21 22 23 24; do check "... 198.19.1.$a is not banned on B" test -z "$(field B 198.19.1.$a key)"; done
+check "... the forged lift and flush lifted nothing: A's ban holds on B" test "$(field B 198.19.1.20 node)" = A
+check "... the forged node name forged no log line" bash -c "! grep -q '^2099-01-01T00:00:00Z' '$T/B/daemon.log'"
+check "... B's memory stayed small after a 10 MB entry ($(awk '/VmHWM/ {print $2}' /proc/${DPID[B]}/status) kB)" test "$(awk '/VmHWM/ {print $2}' /proc/${DPID[B]}/status)" -lt 120000
+# A valid entry copied into the log again: a replay, refused (B lifted the ban meanwhile).
+entry=$(rcli --raw XRANGE "$LOG" - + | python3 -c '
+import sys
+v = sys.stdin.read().split("\n")
+for i in range(len(v) - 3):
+    if v[i] == "m" and v[i + 1].startswith("b spam 198.19.1.20/32 ") and v[i + 2] == "s":
+        print(v[i + 1]); print(v[i + 3]); break
+')
+m=$(sed -n 1p <<< "$entry"); sig=$(sed -n 2p <<< "$entry")
+check "A's entry in Redis carries its signature" test -n "$sig"
+ctl B del 198.19.1.20 > /dev/null
+check "del on B lifts it on A" until_eq 3 "" field A 198.19.1.20 key
+before=$(refused A stale)
+rcli XADD "$LOG" '*' m "$m" s "$sig" > /dev/null
+sleep 1
+check "the same signed ban written into the log again is refused as a replay on A ($(refused A stale) stale)" test "$(refused A stale)" -gt "$before"
+check "... and 198.19.1.20 stays lifted on A" test -z "$(field A 198.19.1.20 key)"
+ctl A add 198.19.1.29 > /dev/null
+rcli HSET 'stringban:{signed}:ban:spam' 198.19.1.25/32 "$far A forged" > /dev/null
+start_host D "${SIGNED[@]}" --share-key "$(key D1 "$K1")" || exit 1
+check "a new host D loads the signed snapshot (A's ban)" until_eq 5 A field D 198.19.1.29 node
+check "... but not a value written straight into the snapshot ($(refused D unsigned) refused)" test "$(refused D unsigned)" -ge 1
+check "... 198.19.1.25 is not banned on D" test -z "$(field D 198.19.1.25 key)"
+check "status says the fleet is signed" bash -c "ip netns exec $(ns D) '$BIN' status --control-socket '$T/D/ctl.sock' | grep -q 'signed (key '"
+stop_host D
+# Rotation: A accepts K2 too; B signs with K2 and accepts K1; then A signs with K2 alone.
+stop_host A; start_host A "${SIGNED[@]}" --share-key "$(key A2 "$K1" "$K2")" || exit 1
+stop_host B; start_host B "${SIGNED[@]}" --share-key "$(key B2 "$K2" "$K1")" || exit 1
+ctl A add 198.19.1.26 > /dev/null; ctl B add 198.19.1.27 > /dev/null
+check "mid-rotation: A's ban (old key) reaches B" until_eq 3 A field B 198.19.1.26 node
+check "... B's ban (new key) reaches A" until_eq 3 B field A 198.19.1.27 node
+stop_host A; start_host A "${SIGNED[@]}" --share-key "$(key A3 "$K2")" || exit 1
+ctl A add 198.19.1.28 > /dev/null
+check "after it: A's ban (new key only) reaches B" until_eq 3 A field B 198.19.1.28 node
+check "... and nothing was refused on the way (B: $(refused B bad_signature) forged)" test "$(refused B bad_signature)" = 0
+start_host C "${SIGNED[@]}" || exit 1
+check "a host with no key says plainly that it checks nothing" bash -c "grep -q 'no fleet key' '$T/C/daemon.log' && ip netns exec $(ns C) '$BIN' status --control-socket '$T/C/ctl.sock' | grep -q UNSIGNED"
+ip netns exec "$(ns C)" "$BIN" run --config "$T/sb.toml" --no-control --state-dir "$T/C/state3" \
+    --share "$URL" --share-key "$T/nokey" > "$T/nokey.out" 2>&1
+code=$?
+check "a missing key file: exit 2, naming it" bash -c "[ $code -eq 2 ] && grep -q nokey '$T/nokey.out'"
+printf '%s\n' "$K1" > "$T/openkey"; chmod 644 "$T/openkey"
+ip netns exec "$(ns C)" "$BIN" run --config "$T/sb.toml" --no-control --state-dir "$T/C/state3" \
+    --share "$URL" --share-key "$T/openkey" > "$T/openkey.out" 2>&1
+code=$?
+check "a key file others may read: exit 2, saying chmod 600" bash -c "[ $code -eq 2 ] && grep -q 'chmod 600' '$T/openkey.out'"
+for h in A B C; do stop_host "$h"; done
+
 echo "== an ACL user over TLS; a wrong password and an unknown CA are errors at start"
 mkdir -p "$T/tls" && cd "$T/tls" || exit 1
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=stringban-test-ca -keyout ca.key -out ca.pem 2> openssl.out &&

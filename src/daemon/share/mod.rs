@@ -69,6 +69,8 @@ pub const ORIGINS_FILE: &str = "share.origins";
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct ShareConfig {
     pub url: String,
+    /// The fleet key: sign what is published, apply only what is signed.
+    pub key: Option<wire::FleetKey>,
     pub ca_file: Option<PathBuf>,
     pub fleet: String,
     pub node: String,
@@ -294,6 +296,59 @@ pub struct ShareState {
     published_through: AtomicU64,
     /// Set when the log went backwards (Redis lost its data): publish every local ban again.
     republish: AtomicBool,
+    /// Entries and snapshot values refused, by [`wire::Refused`] (unsigned, bad signature,
+    /// stale or repeated).
+    pub refused: [AtomicU64; 3],
+    /// Signatures of the entries read lately: a signed entry written again is a replay.
+    seen: Mutex<Seen>,
+}
+
+/// The signatures of the entries read in the last [`wire::SIGNED_SKEW_MS`] (twice over), at
+/// most [`Seen::MAX`]: a valid entry copied into the log again within the skew is refused.
+#[derive(Debug, Default)]
+struct Seen {
+    order: std::collections::VecDeque<(u64, u64)>,
+    set: std::collections::HashSet<u64>,
+}
+
+impl Seen {
+    const MAX: usize = 200_000;
+
+    /// Is `sig` (read in an entry of Redis time `ms`) new? Remembers it.
+    fn first(&mut self, sig: &str, ms: u64) -> bool {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = SEEN_HASH.build_hasher();
+        h.write(sig.as_bytes());
+        let fp = h.finish();
+        while let Some(&(t, old)) = self.order.front() {
+            if self.order.len() < Seen::MAX && t + 2 * wire::SIGNED_SKEW_MS >= ms {
+                break;
+            }
+            self.order.pop_front();
+            self.set.remove(&old);
+        }
+        if !self.set.insert(fp) {
+            return false;
+        }
+        self.order.push_back((ms, fp));
+        true
+    }
+}
+
+static SEEN_HASH: std::sync::LazyLock<std::collections::hash_map::RandomState> =
+    std::sync::LazyLock::new(std::collections::hash_map::RandomState::new);
+
+/// Text from Redis as a log line may show it: escaped, and cut at 200 characters.
+fn shown(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(200)
+        .flat_map(char::escape_debug)
+        .collect();
+    if text.chars().count() > 200 {
+        out.push('…');
+    }
+    out
 }
 
 impl ShareState {
@@ -325,12 +380,29 @@ impl ShareState {
             propagation: Mutex::new(Propagation::default()),
             published_through: AtomicU64::new(0),
             republish: AtomicBool::new(false),
+            refused: Default::default(),
+            seen: Mutex::new(Seen::default()),
         }
     }
 
     /// The peers' origins, by index (for [`crate::control::Names`]).
     pub fn origins(&self) -> Vec<(String, String)> {
         read(&self.origins).list.clone()
+    }
+
+    /// Counts a refused entry; logs the first of each kind, then every 1,000th (a flood of
+    /// forged entries does not flood the log).
+    fn refuse(&self, why: wire::Refused, what: impl FnOnce() -> String) {
+        let n = self.refused[why as usize].fetch_add(1, Relaxed) + 1;
+        if n == 1 || n.is_multiple_of(1000) {
+            let what = what();
+            warn!(
+                refused = n,
+                "share: refused ({}; {n} so far): {what}",
+                why.as_str()
+            );
+            *lock(&self.last_error) = format!("refused {}: {what}", why.as_str());
+        }
     }
 
     fn fault(&self, what: String) {
@@ -359,6 +431,13 @@ impl ShareState {
             "received": self.received.load(Relaxed),
             "applied": self.applied.load(Relaxed),
             "skipped": self.skipped.load(Relaxed),
+            "signed": self.config.key.is_some(),
+            "key_ids": self.config.key.as_ref().map(|k| k.ids().to_vec()),
+            "refused": {
+                "unsigned": self.refused[wire::Refused::Unsigned as usize].load(Relaxed),
+                "bad_signature": self.refused[wire::Refused::BadSignature as usize].load(Relaxed),
+                "stale": self.refused[wire::Refused::Stale as usize].load(Relaxed),
+            },
             "errors": self.errors.load(Relaxed),
             "reconnects": self.reconnects.load(Relaxed),
             "bootstraps": self.bootstraps.load(Relaxed),
@@ -452,6 +531,28 @@ impl ShareState {
             "Share faults: connects, commands, bad entries, files.",
             self.errors.load(Relaxed),
         );
+        gauge(
+            out,
+            "signed",
+            "The fleet's entries are signed and checked with a fleet key (1) or not (0).",
+            f64::from(u8::from(self.config.key.is_some())),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP stringban_share_refused_total Entries and snapshot values refused: unsigned, bad signature, stale (replayed).\n# TYPE stringban_share_refused_total counter"
+        );
+        for why in [
+            wire::Refused::Unsigned,
+            wire::Refused::BadSignature,
+            wire::Refused::Stale,
+        ] {
+            let _ = writeln!(
+                out,
+                "stringban_share_refused_total{{why=\"{}\"}} {}",
+                why.as_str(),
+                self.refused[why as usize].load(Relaxed)
+            );
+        }
         counter(
             out,
             "dropped",
@@ -879,19 +980,25 @@ fn compact(pending: &mut VecDeque<Pending>, state: &ShareState) {
 
 /// Writes a batch of changes, atomically (one script): each to the log, and to its list's
 /// snapshot. KEYS: the log, then each list's expiry set and hash; ARGV: the log's bound, the
-/// number of lists, their names, then the messages ([`Msg::to_text`]).
+/// number of lists, their names, then three per message: the entry ([`Msg::to_text`]), its
+/// signature (`s`, empty when the fleet has no key) and, for a ban, its snapshot value (signed
+/// as the entry is).
 const WRITE_SCRIPT: &str = r#"
 local lists = {}
 local n = tonumber(ARGV[2])
 for i = 1, n do lists[ARGV[2 + i]] = {KEYS[2 * i], KEYS[2 * i + 1]} end
-for i = 3 + n, #ARGV do
-  local m = ARGV[i]
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', m)
-  local op, list, key, exp, node, _, rule = string.match(m, '^(%a) (%S+) (%S+) (%S+) (%S+) (%S+) ?(.*)$')
+for i = 3 + n, #ARGV, 3 do
+  local m, s, v = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if s == '' then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', m)
+  else
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', m, 's', s)
+  end
+  local op, list, key, exp = string.match(m, '^(%a) (%S+) (%S+) (%S+) ')
   local k = lists[list]
   if op == 'b' then
     redis.call('ZADD', k[1], 'GT', exp, key)
-    redis.call('HSET', k[2], key, exp .. ' ' .. node .. ' ' .. rule)
+    redis.call('HSET', k[2], key, v)
   elseif op == 'u' then
     redis.call('ZREM', k[1], key)
     redis.call('HDEL', k[2], key)
@@ -899,7 +1006,7 @@ for i = 3 + n, #ARGV do
     redis.call('DEL', k[1], k[2])
   end
 end
-return #ARGV - 2 - n
+return (#ARGV - 2 - n) / 3
 "#;
 
 fn write_batch<'m>(
@@ -924,8 +1031,27 @@ fn write_batch<'m>(
     for l in &lists {
         call.arg(*l);
     }
+    let t = unix_us() / 1000;
+    let fleet = &state.config.fleet;
     for m in msgs {
-        call.arg(m.to_text());
+        let text = m.to_text();
+        let key = state.config.key.as_ref();
+        let sig = key.map_or(String::new(), |k| k.sign_entry(fleet, &text, t));
+        let value = match &m.op {
+            Op::Ban {
+                key: k,
+                until,
+                rule,
+            } => {
+                let v = wire::snapshot_value(*until, &m.node, rule);
+                match key {
+                    Some(fk) => fk.sign_snapshot(fleet, &m.list, &wire::key_text(*k), &v),
+                    None => v,
+                }
+            }
+            _ => String::new(),
+        };
+        call.arg(text).arg(sig).arg(value);
     }
     call.invoke::<i64>(con).map(|_| ())
 }
@@ -1160,7 +1286,7 @@ fn read_step(
     for_each_entry(&reply, |id, fields| {
         n += 1;
         last = id;
-        receive(state, apply, fields, &mut batch);
+        receive(state, apply, id, fields, &mut batch);
     });
     drop(batch);
     let Some(c) = cursor.as_mut() else {
@@ -1233,12 +1359,44 @@ impl<'a> Batch<'a> {
 }
 
 /// Applies one entry of the log.
-fn receive(state: &ShareState, apply: &Apply<'_>, fields: &[Value], batch: &mut Batch<'_>) {
+fn receive(
+    state: &ShareState,
+    apply: &Apply<'_>,
+    id: StreamId,
+    fields: &[Value],
+    batch: &mut Batch<'_>,
+) {
     state.received.fetch_add(1, Relaxed);
-    let m = fields
-        .chunks_exact(2)
-        .find(|kv| text(&kv[0]) == Some("m"))
-        .and_then(|kv| text(&kv[1]));
+    let field = |name: &str| {
+        fields
+            .chunks_exact(2)
+            .find(|kv| text(&kv[0]) == Some(name))
+            .and_then(|kv| text(&kv[1]))
+    };
+    let m = field("m");
+    // With a fleet key, only what one of its keys signed, published when Redis says, and
+    // seen once, is read at all.
+    if let (Some(key), Some(m)) = (state.config.key.as_ref(), m) {
+        let s = field("s");
+        match key.verify_entry(&state.config.fleet, m, s, id.ms) {
+            Ok(_) => {
+                if let Some(s) = s
+                    && !lock(&state.seen).first(s, id.ms)
+                {
+                    state.refuse(wire::Refused::Stale, || {
+                        format!("entry {id} repeats one already read: a replay")
+                    });
+                    return;
+                }
+            }
+            Err(why) => {
+                state.refuse(why, || {
+                    format!("entry {id} ({}): {}", why.as_str(), shown(m))
+                });
+                return;
+            }
+        }
+    }
     let parsed = match m {
         Some(m) => Msg::parse(m),
         None => Err("no field \"m\"".to_string()),
@@ -1368,8 +1526,29 @@ fn bootstrap(
                 let (Some(k), Some(v)) = (text(&kv[0]), text(&kv[1])) else {
                     continue;
                 };
+                let v = match state.config.key.as_ref() {
+                    Some(key) => match key.verify_snapshot(&state.config.fleet, l.name(), k, v) {
+                        Ok(v) => v,
+                        Err(why) => {
+                            state.refuse(why, || {
+                                format!(
+                                    "snapshot entry {} ({}): {}",
+                                    shown(k),
+                                    why.as_str(),
+                                    shown(v)
+                                )
+                            });
+                            continue;
+                        }
+                    },
+                    None => wire::unsigned_snapshot(v),
+                };
                 let Some((until, node, rule)) = wire::parse_snapshot_value(v) else {
-                    state.fault(format!("snapshot entry {k} = {v:?}: unreadable"));
+                    state.fault(format!(
+                        "snapshot entry {} = {}: unreadable",
+                        shown(k),
+                        shown(v)
+                    ));
                     continue;
                 };
                 if until <= now_s {
@@ -1426,6 +1605,7 @@ mod tests {
         ShareState::new(
             ShareConfig {
                 url: "redis://127.0.0.1:1".into(),
+                key: None,
                 ca_file: None,
                 fleet: "t".into(),
                 node: "mx1".into(),
@@ -1533,5 +1713,23 @@ mod tests {
             ..s.config.clone()
         };
         assert!(all.shares("bots"));
+    }
+
+    /// A signed entry read once is applied; the same entry again (a copy written into the log
+    /// within the skew) is a replay; entries age out of the memory.
+    #[test]
+    fn a_signed_entry_is_read_once() {
+        let mut seen = Seen::default();
+        assert!(seen.first("1:aa", 1000));
+        assert!(seen.first("1:bb", 1001));
+        assert!(!seen.first("1:aa", 2000));
+        let later = 1000 + 2 * wire::SIGNED_SKEW_MS + 1;
+        assert!(seen.first("1:cc", later));
+        assert!(
+            seen.first("1:aa", later),
+            "forgotten once older than twice the skew"
+        );
+        assert!(shown("a\nb\u{1b}[2J").contains("\\n") && !shown("a\nb").contains('\n'));
+        assert!(shown(&"x".repeat(500)).chars().count() <= 201);
     }
 }

@@ -180,6 +180,239 @@ pub fn parse_snapshot_value(text: &str) -> Option<(u64, &str, &str)> {
     Some((until.parse().ok()?, node, rule))
 }
 
+/// How far a log entry's signed publication time may be from the time Redis gave its id: more
+/// is a replay of an old entry (or a clock off by that much), refused.
+pub const SIGNED_SKEW_MS: u64 = 10 * 60 * 1000;
+
+/// The fleet key: what every node signs its entries with (HMAC-SHA256), so that anything else
+/// that can write to Redis (another application sharing it, a stolen password) can neither
+/// ban, nor lift, nor flush. A key file holds one key per line (at least 32 characters, `#`
+/// comments and blank lines ignored): the first signs, every one verifies, so a fleet rotates
+/// by adding the new key second everywhere, then first, then dropping the old.
+#[derive(Clone)]
+pub struct FleetKey {
+    keys: Vec<ring::hmac::Key>,
+    /// Each key's id: the first 8 hex digits of its SHA-256 (shown in `status`, compared on
+    /// reload; never the key).
+    ids: Vec<String>,
+}
+
+impl fmt::Debug for FleetKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FleetKey({:?})", self.ids)
+    }
+}
+
+impl PartialEq for FleetKey {
+    fn eq(&self, other: &FleetKey) -> bool {
+        self.ids == other.ids
+    }
+}
+
+impl Eq for FleetKey {}
+
+/// Why a signed value was refused.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Refused {
+    /// No signature where one is required.
+    Unsigned,
+    /// A signature no key of ours made (forged, damaged, or another fleet's key).
+    BadSignature,
+    /// Validly signed, but published too far from when Redis took it: a replay.
+    Stale,
+}
+
+impl Refused {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refused::Unsigned => "unsigned",
+            Refused::BadSignature => "bad_signature",
+            Refused::Stale => "stale",
+        }
+    }
+}
+
+/// The least length of a key line.
+pub const MIN_KEY_LEN: usize = 32;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
+}
+
+impl FleetKey {
+    /// The keys of a key file's text; the error says which line is wrong (never its content).
+    pub fn parse(text: &str) -> Result<FleetKey, String> {
+        let (mut keys, mut ids) = (Vec::new(), Vec::new());
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if line.len() < MIN_KEY_LEN {
+                return Err(format!(
+                    "line {}: a key of {} characters; at least {MIN_KEY_LEN} are needed (e.g. `head -c 32 /dev/urandom | base64`)",
+                    n + 1,
+                    line.len()
+                ));
+            }
+            keys.push(ring::hmac::Key::new(
+                ring::hmac::HMAC_SHA256,
+                line.as_bytes(),
+            ));
+            let digest = ring::digest::digest(&ring::digest::SHA256, line.as_bytes());
+            ids.push(hex(&digest.as_ref()[..4]));
+        }
+        if keys.is_empty() {
+            return Err("no key in it (one per line, the first signs)".into());
+        }
+        Ok(FleetKey { keys, ids })
+    }
+
+    /// The keys' ids, the signing one first.
+    pub fn ids(&self) -> &[String] {
+        &self.ids
+    }
+
+    /// How many keys verify.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// What is signed: each part with its length first, so no two lists of parts sign alike.
+    fn framed(parts: &[&[u8]]) -> Vec<u8> {
+        let mut msg = Vec::new();
+        for p in parts {
+            msg.extend_from_slice(&(p.len() as u64).to_be_bytes());
+            msg.extend_from_slice(p);
+        }
+        msg
+    }
+
+    fn mac(key: &ring::hmac::Key, parts: &[&[u8]]) -> ring::hmac::Tag {
+        ring::hmac::sign(key, &FleetKey::framed(parts))
+    }
+
+    /// Does any of the keys make `tag` for `parts`? (`ring::hmac::verify` compares in
+    /// constant time.)
+    fn verify(&self, parts: &[&[u8]], tag: &[u8]) -> bool {
+        let msg = FleetKey::framed(parts);
+        self.keys
+            .iter()
+            .any(|k| ring::hmac::verify(k, &msg, tag).is_ok())
+    }
+
+    /// The signature of a log entry `m` ([`Msg::to_text`]) published at unix ms `t` in `fleet`:
+    /// the entry's `s` field, `T:HEX`.
+    pub fn sign_entry(&self, fleet: &str, m: &str, t: u64) -> String {
+        let t_text = t.to_string();
+        let tag = FleetKey::mac(
+            &self.keys[0],
+            &[
+                b"stringban log 1",
+                fleet.as_bytes(),
+                t_text.as_bytes(),
+                m.as_bytes(),
+            ],
+        );
+        format!("{t}:{}", hex(tag.as_ref()))
+    }
+
+    /// Checks an entry's `s` field against `m` and the time Redis gave it (`id_ms`); the
+    /// publication time when it holds.
+    pub fn verify_entry(
+        &self,
+        fleet: &str,
+        m: &str,
+        s: Option<&str>,
+        id_ms: u64,
+    ) -> Result<u64, Refused> {
+        let s = s.ok_or(Refused::Unsigned)?;
+        let (t_text, tag) = s.split_once(':').ok_or(Refused::BadSignature)?;
+        let tag = unhex(tag).ok_or(Refused::BadSignature)?;
+        let t: u64 = t_text.parse().map_err(|_| Refused::BadSignature)?;
+        if !self.verify(
+            &[
+                b"stringban log 1",
+                fleet.as_bytes(),
+                t_text.as_bytes(),
+                m.as_bytes(),
+            ],
+            &tag,
+        ) {
+            return Err(Refused::BadSignature);
+        }
+        if t.abs_diff(id_ms) > SIGNED_SKEW_MS {
+            return Err(Refused::Stale);
+        }
+        Ok(t)
+    }
+
+    /// A snapshot value ([`snapshot_value`]) of `key` in `list`, signed: `~HEX VALUE`.
+    pub fn sign_snapshot(&self, fleet: &str, list: &str, key: &str, value: &str) -> String {
+        let tag = FleetKey::mac(
+            &self.keys[0],
+            &[
+                b"stringban ban 1",
+                fleet.as_bytes(),
+                list.as_bytes(),
+                key.as_bytes(),
+                value.as_bytes(),
+            ],
+        );
+        format!("~{} {value}", hex(tag.as_ref()))
+    }
+
+    /// A signed snapshot value's value, if its signature holds for `key` in `list`.
+    pub fn verify_snapshot<'a>(
+        &self,
+        fleet: &str,
+        list: &str,
+        key: &str,
+        signed: &'a str,
+    ) -> Result<&'a str, Refused> {
+        let rest = signed.strip_prefix('~').ok_or(Refused::Unsigned)?;
+        let (tag, value) = rest.split_once(' ').ok_or(Refused::BadSignature)?;
+        let tag = unhex(tag).ok_or(Refused::BadSignature)?;
+        if self.verify(
+            &[
+                b"stringban ban 1",
+                fleet.as_bytes(),
+                list.as_bytes(),
+                key.as_bytes(),
+                value.as_bytes(),
+            ],
+            &tag,
+        ) {
+            Ok(value)
+        } else {
+            Err(Refused::BadSignature)
+        }
+    }
+}
+
+/// A snapshot value without its signature, unchecked (a node with no key reads a signing
+/// fleet's snapshot).
+pub fn unsigned_snapshot(value: &str) -> &str {
+    match value.strip_prefix('~') {
+        Some(rest) => rest.split_once(' ').map_or("", |(_, v)| v),
+        None => value,
+    }
+}
+
 /// Where this node is in the fleet's log, kept in the state directory (`share.cursor`).
 #[derive(Clone, Debug, Default, Eq, PartialEq)]
 pub struct Cursor {
@@ -397,5 +630,98 @@ mod tests {
         assert_eq!(p.count, 1000);
         assert_eq!(p.buckets[0], 1);
         assert_eq!(p.buckets.iter().sum::<u64>(), 1000);
+    }
+
+    const K1: &str = "k1-0123456789abcdef0123456789abcdef";
+    const K2: &str = "k2-fedcba9876543210fedcba9876543210";
+
+    /// Only what one of the fleet's keys signed, for this fleet and this very text, published
+    /// near when Redis took it, is accepted; a rotation accepts both keys.
+    #[test]
+    fn fleet_signatures_hold_only_for_what_was_signed() {
+        let k1 = FleetKey::parse(K1).expect("a key");
+        let m = "b spam 198.18.0.1/32 2000000000 A 1767225600000000 @example.com";
+        let s = k1.sign_entry("mx", m, 1_767_225_600_000);
+        assert_eq!(
+            k1.verify_entry("mx", m, Some(&s), 1_767_225_601_000),
+            Ok(1_767_225_600_000)
+        );
+        // Another text, fleet, key, or a missing or mangled signature: refused.
+        let other = m.replace("198.18.0.1", "198.18.0.2");
+        assert_eq!(
+            k1.verify_entry("mx", &other, Some(&s), 1_767_225_601_000),
+            Err(Refused::BadSignature)
+        );
+        assert_eq!(
+            k1.verify_entry("other", m, Some(&s), 1_767_225_601_000),
+            Err(Refused::BadSignature)
+        );
+        let k2 = FleetKey::parse(K2).expect("a key");
+        assert_eq!(
+            k2.verify_entry("mx", m, Some(&s), 1_767_225_601_000),
+            Err(Refused::BadSignature)
+        );
+        assert_eq!(k1.verify_entry("mx", m, None, 0), Err(Refused::Unsigned));
+        for bad in ["", "x", "1:zz", "nan:00", &s[..s.len() - 2]] {
+            assert_eq!(
+                k1.verify_entry("mx", m, Some(bad), 0),
+                Err(Refused::BadSignature),
+                "{bad}"
+            );
+        }
+        // The publication time is signed: an old entry written again now is stale.
+        let later = 1_767_225_600_000 + SIGNED_SKEW_MS + 1;
+        assert_eq!(
+            k1.verify_entry("mx", m, Some(&s), later),
+            Err(Refused::Stale)
+        );
+        // Rotation: a node holding both keys accepts either; it signs with its first.
+        let both = FleetKey::parse(&format!("# new first\n{K2}\n\n{K1}\n")).expect("two keys");
+        assert_eq!(both.len(), 2);
+        assert!(
+            both.verify_entry("mx", m, Some(&s), 1_767_225_600_000)
+                .is_ok()
+        );
+        let s2 = both.sign_entry("mx", m, 1_767_225_600_000);
+        assert!(
+            k2.verify_entry("mx", m, Some(&s2), 1_767_225_600_000)
+                .is_ok()
+        );
+        assert!(
+            k1.verify_entry("mx", m, Some(&s2), 1_767_225_600_000)
+                .is_err()
+        );
+        assert_eq!(both.ids()[1], k1.ids()[0]);
+        assert_ne!(k1, k2);
+        // Snapshot values: bound to the list and the key.
+        let v = snapshot_value(2_000_000_000, "A", "@example.com");
+        let sv = k1.sign_snapshot("mx", "spam", "198.18.0.1/32", &v);
+        assert_eq!(
+            k1.verify_snapshot("mx", "spam", "198.18.0.1/32", &sv),
+            Ok(v.as_str())
+        );
+        assert_eq!(unsigned_snapshot(&sv), v);
+        assert_eq!(unsigned_snapshot(&v), v);
+        assert_eq!(
+            k1.verify_snapshot("mx", "spam", "198.18.0.2/32", &sv),
+            Err(Refused::BadSignature)
+        );
+        assert_eq!(
+            k1.verify_snapshot("mx", "bots", "198.18.0.1/32", &sv),
+            Err(Refused::BadSignature)
+        );
+        assert_eq!(
+            k1.verify_snapshot("mx", "spam", "198.18.0.1/32", &v),
+            Err(Refused::Unsigned)
+        );
+    }
+
+    #[test]
+    fn key_files_say_what_is_wrong_and_never_the_key() {
+        let e = FleetKey::parse("# only a comment\n\n").expect_err("no key");
+        assert!(e.contains("no key"), "{e}");
+        let e = FleetKey::parse(&format!("{K1}\nshort-secret\n")).expect_err("short");
+        assert!(e.contains("line 2") && !e.contains("short-secret"), "{e}");
+        assert!(!format!("{:?}", FleetKey::parse(K1).expect("a key")).contains("k1-"));
     }
 }

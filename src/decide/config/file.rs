@@ -33,6 +33,7 @@ struct RawFile {
 struct RawShare {
     url: Option<Spanned<String>>,
     ca_file: Option<String>,
+    key_file: Option<String>,
     fleet: Option<Spanned<String>>,
     node: Option<Spanned<String>>,
     lists: Option<Vec<Spanned<String>>>,
@@ -440,6 +441,7 @@ pub(super) fn parse_file(origin: &Origin<'_>) -> Result<Config, ConfigError> {
             spec.url = Some(u.as_ref().clone());
         }
         spec.ca_file = share.ca_file;
+        spec.key_file = share.key_file;
         for (key, v, out) in [
             ("share.fleet", &share.fleet, &mut spec.fleet),
             ("share.node", &share.node, &mut spec.node),

@@ -40,6 +40,8 @@ pub struct ShareSpec {
     pub url: Option<String>,
     /// PEM file of the CA that signed the server's certificate (`rediss://`).
     pub ca_file: Option<String>,
+    /// The fleet key's file: entries are signed with it and only signed ones are applied.
+    pub key_file: Option<String>,
     /// The fleet's name: every key is under `stringban:{FLEET}:`.
     pub fleet: Option<String>,
     /// This daemon's id in the fleet.
@@ -597,12 +599,13 @@ mod tests {
     fn the_share_section_and_its_errors() {
         let c = Config::from_toml(
             "t.toml",
-            "[[list]]\nname = \"spam\"\n[[list]]\nname = \"bots\"\n[share]\nurl = \"rediss://sb:pw@10.0.0.5:6380/2\"\nca_file = \"/etc/ca.pem\"\nfleet = \"mx\"\nnode = \"mx1.example.net\"\nlists = [\"spam\"]\nmaxlen = 50000\n[[rule]]\nstring = \"x\"\nlist = \"spam\"\n",
+            "[[list]]\nname = \"spam\"\n[[list]]\nname = \"bots\"\n[share]\nurl = \"rediss://sb:pw@10.0.0.5:6380/2\"\nca_file = \"/etc/ca.pem\"\nkey_file = \"/etc/fleet.key\"\nfleet = \"mx\"\nnode = \"mx1.example.net\"\nlists = [\"spam\"]\nmaxlen = 50000\n[[rule]]\nstring = \"x\"\nlist = \"spam\"\n",
         )
         .unwrap();
         let s = c.share.unwrap();
         assert_eq!(s.url.as_deref(), Some("rediss://sb:pw@10.0.0.5:6380/2"));
         assert_eq!(s.ca_file.as_deref(), Some("/etc/ca.pem"));
+        assert_eq!(s.key_file.as_deref(), Some("/etc/fleet.key"));
         assert_eq!(
             (s.fleet.as_deref(), s.node.as_deref()),
             (Some("mx"), Some("mx1.example.net"))
