@@ -113,3 +113,11 @@ fn a_gateway_protects_the_mail_server_behind_it() {
 fn an_attacker_gets_nothing() {
     live("attack.sh");
 }
+
+/// The control socket's trust boundary: a member of the control group may add but not lift,
+/// flush or reload; slow clients delay no administrator (tests/live/control.sh).
+#[test]
+#[ignore = "needs root, iproute2, util-linux (setpriv) and python3; run by scripts/test as root"]
+fn the_control_group_may_add_but_not_lift() {
+    live("control.sh");
+}

@@ -17,7 +17,7 @@
 //! [`handle`] is pure (the blacklist is in memory; `now` is passed in): tested with strings.
 //! The daemon's listener thread ([`serve`]) and the CLI's [`request`] are the thin shells.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::net::IpAddr;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -35,6 +35,40 @@ pub const WORKERS: usize = 4;
 pub const WAITING: usize = 64;
 /// A connection idle this long (no request, or an answer not read) is closed.
 pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A request line must be whole this long after its first byte, or the connection is closed:
+/// a client sending a byte now and then holds no worker past it.
+pub const REQUEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+/// Connections one uid other than root and the daemon's may hold at once.
+pub const PER_UID: usize = 2;
+/// Workers and waiting places kept for root and the daemon's own uid: no member of the control
+/// group can delay them.
+pub const ADMIN_WORKERS: usize = 2;
+
+/// What the client at the other end may do, by its peer credentials (`SO_PEERCRED`).
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Privilege {
+    /// Root or the daemon's own uid: every command.
+    Admin,
+    /// Anyone else who can open the socket (a member of `--control-group`): `add` (with
+    /// `reset`), `list`, `count`, `status`, `stats`.
+    Member,
+}
+
+impl Privilege {
+    /// `uid`'s privilege, for a daemon running as `daemon_uid`.
+    pub fn of(uid: u32, daemon_uid: u32) -> Privilege {
+        if uid == 0 || uid == daemon_uid {
+            Privilege::Admin
+        } else {
+            Privilege::Member
+        }
+    }
+
+    /// May it run `cmd`?
+    pub fn may(self, cmd: &str) -> bool {
+        self == Privilege::Admin || matches!(cmd, "add" | "list" | "count" | "status" | "stats")
+    }
+}
 
 /// What a request asks of the daemon beyond its answer.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
@@ -275,6 +309,8 @@ pub struct Host<'a> {
     pub reload: &'a dyn Fn() -> Result<String, String>,
     /// The daemon's own facts for `status` (queues, rules, uptime, …).
     pub status: &'a dyn Fn() -> Value,
+    /// Counts a command refused for want of privilege.
+    pub denied: &'a dyn Fn(),
 }
 
 /// Answers one request line. Each answer line goes to `out`.
@@ -283,6 +319,7 @@ pub fn handle(
     bl: &Blacklist,
     now: Instant,
     host: &Host<'_>,
+    privilege: Privilege,
     out: &mut dyn FnMut(String),
 ) -> Effect {
     let req: Value = match serde_json::from_str::<Request>(line) {
@@ -299,6 +336,14 @@ pub fn handle(
         }
     };
     let cmd = req.get("cmd").and_then(Value::as_str).unwrap_or("");
+    if !cmd.is_empty() && !privilege.may(cmd) {
+        (host.denied)();
+        out(err(format!(
+            "permission denied: {} needs root or the daemon's own user; members of the control group may add, list, count, status and stats",
+            Value::from(cmd)
+        )));
+        return Effect::None;
+    }
     let targets = match lists(bl, &req) {
         Ok(l) => l,
         Err(e) => {
@@ -562,6 +607,7 @@ pub fn serve(
     bl: &Blacklist,
     now: &dyn Fn() -> Instant,
     host: &Host<'_>,
+    privilege: Privilege,
     on_effect: &dyn Fn(Effect),
 ) -> io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
@@ -569,12 +615,10 @@ pub fn serve(
     let mut raw = Vec::new();
     loop {
         raw.clear();
-        let n = match Read::by_ref(&mut reader)
-            .take(MAX_LINE as u64 + 1)
-            .read_until(b'\n', &mut raw)
-        {
+        let n = match read_request(&mut reader, &mut raw) {
             Ok(n) => n,
-            // Idle past the timeout: the connection is closed, its place freed.
+            // Idle past the timeout, or a request not whole by its deadline: the connection
+            // is closed, its place freed.
             Err(e)
                 if matches!(
                     e.kind(),
@@ -599,7 +643,7 @@ pub fn serve(
             continue;
         };
         let mut failed = None;
-        let effect = handle(line.trim_end(), bl, now(), host, &mut |answer| {
+        let effect = handle(line.trim_end(), bl, now(), host, privilege, &mut |answer| {
             if failed.is_none()
                 && let Err(e) = writeln!(w, "{answer}")
             {
@@ -611,6 +655,41 @@ pub fn serve(
         }
         w.flush()?;
         on_effect(effect);
+    }
+}
+
+/// Reads one request line into `raw` (at most [`MAX_LINE`] + 1 bytes): waiting up to
+/// [`IDLE_TIMEOUT`] for its first byte, then up to [`REQUEST_DEADLINE`] for the rest. Returns
+/// the bytes read (0 at the end of the stream); a timeout is an error of kind `TimedOut`.
+fn read_request(reader: &mut BufReader<UnixStream>, raw: &mut Vec<u8>) -> io::Result<usize> {
+    let mut deadline = None;
+    loop {
+        let wait = match deadline {
+            None => IDLE_TIMEOUT,
+            Some(d) => {
+                let left = d - std::time::Instant::now().min(d);
+                if left.is_zero() {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                left
+            }
+        };
+        reader.get_ref().set_read_timeout(Some(wait))?;
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(raw.len());
+        }
+        deadline.get_or_insert_with(|| std::time::Instant::now() + REQUEST_DEADLINE);
+        let room = MAX_LINE + 1 - raw.len();
+        let (take, done) = match memchr::memchr(b'\n', buf) {
+            Some(i) if i < room => (i + 1, true),
+            _ => (buf.len().min(room), false),
+        };
+        raw.extend_from_slice(&buf[..take]);
+        reader.consume(take);
+        if done || raw.len() > MAX_LINE {
+            return Ok(raw.len());
+        }
     }
 }
 
@@ -666,6 +745,10 @@ mod tests {
     }
 
     fn ask(bl: &Blacklist, line: &str) -> (Vec<Value>, Effect) {
+        ask_as(bl, line, Privilege::Admin)
+    }
+
+    fn ask_as(bl: &Blacklist, line: &str, privilege: Privilege) -> (Vec<Value>, Effect) {
         let mut out = Vec::new();
         let host = Host {
             stats: &|| json!({"packets": 7}),
@@ -676,8 +759,9 @@ mod tests {
             rules: &|| Names::local(vec!["r0".into()]),
             reload: &|| Ok("reloaded".into()),
             status: &|| json!({"uptime_s": 5}),
+            denied: &|| {},
         };
-        let effect = handle(line, bl, T0, &host, &mut |l| {
+        let effect = handle(line, bl, T0, &host, privilege, &mut |l| {
             out.push(serde_json::from_str(&l).unwrap())
         });
         (out, effect)
@@ -739,8 +823,9 @@ mod tests {
                 rules: &Names::default,
                 reload: &|| Err("no".into()),
                 status: &|| Value::Null,
+                denied: &|| {},
             };
-            serve(server, &bl(), &|| T0, &host, &|_| {}).unwrap();
+            serve(server, &bl(), &|| T0, &host, Privilege::Admin, &|_| {}).unwrap();
         });
         let mut w = client.try_clone().unwrap();
         w.write_all(b"\xff\xfe{\n{\"cmd\":\"count\"}\n").unwrap();
@@ -880,5 +965,73 @@ mod tests {
             ),
             "src=2001:0db8:0000:0000:0000:0000:0000:0000 ttl: 0 last_seen: 5 oldest_pkt: 1 5"
         );
+    }
+
+    /// A member of the control group (not root, not the daemon's uid) may add, list, count and
+    /// ask for status and stats; del, flush and reload are refused with a reason, and change
+    /// nothing.
+    #[test]
+    fn a_member_of_the_control_group_may_add_but_not_lift_flush_or_reload() {
+        assert_eq!(Privilege::of(0, 1000), Privilege::Admin);
+        assert_eq!(Privilege::of(1000, 1000), Privilege::Admin);
+        assert_eq!(Privilege::of(65534, 0), Privilege::Member);
+        let b = bl();
+        let (a, _) = ask_as(
+            &b,
+            r#"{"cmd":"add","addr":"198.18.0.9"}"#,
+            Privilege::Member,
+        );
+        assert_eq!(a.last().unwrap()["ok"], true, "{a:?}");
+        for ok in ["list", "count", "status", "stats"] {
+            let (a, _) = ask_as(&b, &format!(r#"{{"cmd":"{ok}"}}"#), Privilege::Member);
+            assert_eq!(a.last().unwrap()["ok"], true, "{ok}: {a:?}");
+        }
+        for refused in [
+            r#"{"cmd":"del","addr":"198.18.0.9"}"#,
+            r#"{"cmd":"flush"}"#,
+            r#"{"cmd":"reload"}"#,
+        ] {
+            let (a, effect) = ask_as(&b, refused, Privilege::Member);
+            assert_eq!(effect, Effect::None);
+            let e = a[0]["error"].as_str().unwrap();
+            assert!(e.starts_with("permission denied"), "{e}");
+        }
+        assert_eq!(b.lists()[0].len(), 1, "nothing lifted or flushed");
+        let (a, _) = ask_as(&b, r#"{"cmd":"flush"}"#, Privilege::Admin);
+        assert_eq!(a.last().unwrap()["ok"], true);
+    }
+
+    /// A request must be whole within the deadline after its first byte: a client that sends a
+    /// byte now and then is cut off, its worker freed.
+    #[test]
+    fn a_slow_request_is_cut_off_at_its_deadline() {
+        let (client, server) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            let host = Host {
+                stats: &|| Value::Null,
+                reset: &|_| Value::Null,
+                allowed: &|_| None,
+                rules: &Names::default,
+                reload: &|| Err("no".into()),
+                status: &|| Value::Null,
+                denied: &|| {},
+            };
+            let t0 = std::time::Instant::now();
+            serve(server, &bl(), &|| T0, &host, Privilege::Member, &|_| {}).unwrap();
+            t0.elapsed()
+        });
+        let mut w = client.try_clone().unwrap();
+        for b in br#"{"cmd":"#.iter() {
+            if w.write_all(&[*b]).is_err() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(400));
+        }
+        let took = t.join().unwrap();
+        assert!(
+            took < REQUEST_DEADLINE + std::time::Duration::from_millis(600),
+            "{took:?}"
+        );
+        assert!(took >= REQUEST_DEADLINE, "{took:?}");
     }
 }

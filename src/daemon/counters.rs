@@ -128,6 +128,7 @@ pub(super) fn with_counters<R>(
         reset_on_request: shared.reset_on_request.load(Relaxed),
         reset_failures: shared.reset_failures.load(Relaxed),
         control_refused: shared.control_refused.load(Relaxed),
+        control_denied: shared.control_denied.load(Relaxed),
         store: shared.store_health.status(),
     })
 }

@@ -84,6 +84,8 @@ pub struct Snapshot<'a> {
     pub reset_failures: u64,
     /// Control connections refused (the pool full) or not accepted (an accept error).
     pub control_refused: u64,
+    /// Control commands refused for want of privilege.
+    pub control_denied: u64,
     /// The state directory's health (not shown without one).
     pub store: crate::persist::Status,
 }
@@ -237,6 +239,7 @@ impl Snapshot<'_> {
             "sessions_reset_on_request": self.reset_on_request,
             "reset_on_request_failures": self.reset_failures,
             "control_refused": self.control_refused,
+            "control_denied": self.control_denied,
             "store": store_json(&self.store),
             "lists": lists,
             "kernel_queues": queues,
@@ -696,6 +699,13 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "Control connections refused (too many open or waiting) or not accepted (an accept error).",
     );
     let _ = writeln!(o, "stringban_control_refused_total {}", s.control_refused);
+    head(
+        &mut o,
+        "stringban_control_denied_total",
+        "counter",
+        "Control commands refused for want of privilege (del, flush, reload by a member of the control group).",
+    );
+    let _ = writeln!(o, "stringban_control_denied_total {}", s.control_denied);
     if s.store.enabled {
         let st = &s.store;
         let rows: [(&str, &str, &str, u64); 6] = [
@@ -860,6 +870,7 @@ mod tests {
             reset_on_request: 2,
             reset_failures: 0,
             control_refused: 3,
+            control_denied: 1,
             wakeups: 2,
             crafted: 4,
             crafted_failed: 0,
@@ -911,6 +922,7 @@ mod tests {
             "stringban_socket_lookups_total{outcome=\"over_budget\"} 12\n",
             "stringban_resets_total{how=\"on_request\"} 2\n",
             "stringban_control_refused_total 3\n",
+            "stringban_control_denied_total 1\n",
             "stringban_store_healthy 0\n",
             "stringban_crafted_local_rsts_total 4\n",
             "stringban_gso_packets_total 5\n",

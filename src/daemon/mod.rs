@@ -122,6 +122,8 @@ struct Shared {
     reset_failures: AtomicU64,
     /// Control connections refused (pool full) or not accepted (an accept error).
     control_refused: AtomicU64,
+    /// Control commands refused for want of privilege (a control-group member's `flush`).
+    control_denied: AtomicU64,
     store_health: Health,
     /// The rate limit of the ban/unban log lines.
     banlog: Mutex<banlog::BanLog>,
@@ -378,6 +380,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
         reset_on_request: AtomicU64::new(0),
         reset_failures: AtomicU64::new(0),
         control_refused: AtomicU64::new(0),
+        control_denied: AtomicU64::new(0),
         store_health: Health::default(),
         banlog: Mutex::new(banlog::BanLog::new()),
         reloads: Mutex::new((0, Ok(String::new()))),

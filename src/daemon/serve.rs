@@ -3,54 +3,81 @@
 
 use super::*;
 
-/// Accepts control connections and hands them to a fixed pool of [`crate::control::WORKERS`]
-/// threads through a queue of [`crate::control::WAITING`]; a connection beyond that is answered
-/// with an error and closed (counted, logged), and one idle for
-/// [`crate::control::IDLE_TIMEOUT`] is closed: clients cannot exhaust threads or descriptors.
+/// Accepts control connections and hands them to fixed pools of threads: the client's peer
+/// credentials (`SO_PEERCRED`) decide its [`crate::control::Privilege`] and its pool — root and
+/// the daemon's own uid have [`crate::control::ADMIN_WORKERS`] of their own, everyone else
+/// shares [`crate::control::WORKERS`], at most [`crate::control::PER_UID`] connections per uid.
+/// A connection beyond its pool's queue ([`crate::control::WAITING`]) or its uid's share is
+/// answered with an error and closed (counted, logged); one idle for
+/// [`crate::control::IDLE_TIMEOUT`], or whose request is not whole within
+/// [`crate::control::REQUEST_DEADLINE`], is closed: clients cannot exhaust threads or
+/// descriptors, and no member of the control group can delay an administrator.
 pub(super) fn control_loop(
     listener: std::os::unix::net::UnixListener,
     shared: Arc<Shared>,
     blacklist: Arc<Blacklist>,
     hup: Arc<AtomicBool>,
 ) {
-    use crate::control::{IDLE_TIMEOUT, WAITING, WORKERS};
-    let (tx, rx) = std::sync::mpsc::sync_channel::<std::os::unix::net::UnixStream>(WAITING);
-    let rx = Arc::new(Mutex::new(rx));
-    for i in 0..WORKERS {
-        let (shared, blacklist, hup, rx) = (
-            Arc::clone(&shared),
-            Arc::clone(&blacklist),
-            Arc::clone(&hup),
-            Arc::clone(&rx),
-        );
-        let spawned = thread::Builder::new()
-            .name(format!("control-{i}"))
-            .spawn(move || {
-                let host = crate::control::Host {
-                    stats: &|| stats_json(&shared, &blacklist),
-                    reset: &|ip| reset_sessions(&shared, ip),
-                    allowed: &|ip| {
-                        let list = Arc::clone(&lock(&shared.config).allow.list);
-                        list.why(ip).map(|a| format!("{} ({})", a.cidr, a.origin))
-                    },
-                    rules: &|| super::names(&shared),
-                    reload: &|| reload_and_wait(&shared, &hup),
-                    status: &|| status_json(&shared, &blacklist),
-                };
-                let on_effect = |_: crate::control::Effect| {};
-                loop {
-                    let next = lock(&rx).recv();
-                    let Ok(stream) = next else { return };
-                    if let Err(e) =
-                        crate::control::serve(stream, &blacklist, &now, &host, &on_effect)
-                    {
-                        warn!("control connection: {e}");
+    use crate::control::{ADMIN_WORKERS, IDLE_TIMEOUT, PER_UID, Privilege, WAITING, WORKERS};
+    type Conn = (std::os::unix::net::UnixStream, Privilege, u32);
+    let per_uid: Arc<Mutex<std::collections::HashMap<u32, usize>>> = Arc::default();
+    let daemon_uid = crate::sys::cred::euid();
+    let mut pools = Vec::new();
+    for (pool, workers) in [("control", WORKERS), ("control-admin", ADMIN_WORKERS)] {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Conn>(WAITING);
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..workers {
+            let (shared, blacklist, hup, rx, per_uid) = (
+                Arc::clone(&shared),
+                Arc::clone(&blacklist),
+                Arc::clone(&hup),
+                Arc::clone(&rx),
+                Arc::clone(&per_uid),
+            );
+            let spawned = thread::Builder::new()
+                .name(format!("{pool}-{i}"))
+                .spawn(move || {
+                    let host = crate::control::Host {
+                        stats: &|| stats_json(&shared, &blacklist),
+                        reset: &|ip| reset_sessions(&shared, ip),
+                        allowed: &|ip| {
+                            let list = Arc::clone(&lock(&shared.config).allow.list);
+                            list.why(ip).map(|a| format!("{} ({})", a.cidr, a.origin))
+                        },
+                        rules: &|| super::names(&shared),
+                        reload: &|| reload_and_wait(&shared, &hup),
+                        status: &|| status_json(&shared, &blacklist),
+                        denied: &|| {
+                            shared.control_denied.fetch_add(1, Relaxed);
+                        },
+                    };
+                    let on_effect = |_: crate::control::Effect| {};
+                    loop {
+                        let next = lock(&rx).recv();
+                        let Ok((stream, privilege, uid)) = next else {
+                            return;
+                        };
+                        if let Err(e) = crate::control::serve(
+                            stream, &blacklist, &now, &host, privilege, &on_effect,
+                        ) {
+                            warn!("control connection (uid {uid}): {e}");
+                        }
+                        if privilege == Privilege::Member {
+                            let mut held = lock(&per_uid);
+                            if let Some(n) = held.get_mut(&uid) {
+                                *n -= 1;
+                                if *n == 0 {
+                                    held.remove(&uid);
+                                }
+                            }
+                        }
                     }
-                }
-            });
-        if let Err(e) = spawned {
-            error!("control worker {i}: {e}");
+                });
+            if let Err(e) = spawned {
+                error!("{pool} worker {i}: {e}");
+            }
         }
+        pools.push(tx);
     }
     let mut last_warn: Option<std::time::Instant> = None;
     let mut warn_once_a_second = |what: String| {
@@ -58,6 +85,9 @@ pub(super) fn control_loop(
             warn!("{what}");
             last_warn = Some(std::time::Instant::now());
         }
+    };
+    let refuse = |mut s: std::os::unix::net::UnixStream, why: &str| {
+        let _ = writeln!(s, "{}", serde_json::json!({"ok": false, "error": why}));
     };
     for stream in listener.incoming() {
         let stream = match stream {
@@ -72,17 +102,47 @@ pub(super) fn control_loop(
         };
         let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
         let _ = stream.set_write_timeout(Some(IDLE_TIMEOUT));
-        if let Err(std::sync::mpsc::TrySendError::Full(mut s)) = tx.try_send(stream) {
+        // No credentials (cannot happen on a Unix stream socket): the least privilege.
+        let (privilege, uid) = match crate::sys::cred::peer_cred(&stream) {
+            Ok((_, uid, _)) => (Privilege::of(uid, daemon_uid), uid),
+            Err(_) => (Privilege::Member, u32::MAX),
+        };
+        if privilege == Privilege::Member {
+            let mut held = lock(&per_uid);
+            let n = held.entry(uid).or_insert(0);
+            if *n >= PER_UID {
+                drop(held);
+                shared.control_refused.fetch_add(1, Relaxed);
+                warn_once_a_second(format!(
+                    "control socket: uid {uid} already holds {PER_UID} connections: refusing more"
+                ));
+                refuse(
+                    stream,
+                    "too many control connections from this user; try again",
+                );
+                continue;
+            }
+            *n += 1;
+        }
+        let pool = &pools[usize::from(privilege == Privilege::Admin)];
+        if let Err(std::sync::mpsc::TrySendError::Full((s, _, _))) =
+            pool.try_send((stream, privilege, uid))
+        {
+            if privilege == Privilege::Member
+                && let Some(n) = lock(&per_uid).get_mut(&uid)
+            {
+                *n -= 1;
+            }
             shared.control_refused.fetch_add(1, Relaxed);
             warn_once_a_second(format!(
-                "control socket: {} connections open or waiting: refusing more",
-                WORKERS + WAITING
+                "control socket: the {} pool's connections are all open or waiting: refusing more",
+                if privilege == Privilege::Admin {
+                    "administrators'"
+                } else {
+                    "members'"
+                }
             ));
-            let _ = writeln!(
-                s,
-                "{}",
-                serde_json::json!({"ok": false, "error": "too many control connections; try again"})
-            );
+            refuse(s, "too many control connections; try again");
         }
     }
 }

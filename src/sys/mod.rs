@@ -2,6 +2,7 @@
 //! Every `unsafe` block of the library lives here, each with its SAFETY comment; nothing in the
 //! pure core imports this.
 
+pub mod cred;
 pub mod firewall;
 pub mod ifaddrs;
 pub mod nfqueue;
