@@ -129,6 +129,7 @@ pub(super) fn with_counters<R>(
         reset_failures: shared.reset_failures.load(Relaxed),
         control_refused: shared.control_refused.load(Relaxed),
         control_denied: shared.control_denied.load(Relaxed),
+        metrics_refused: shared.metrics_refused.load(Relaxed),
         store: shared.store_health.status(),
     })
 }

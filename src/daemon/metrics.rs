@@ -5,7 +5,7 @@
 //! fact) over plain HTTP/1.x on an opt-in TCP listener, one response per connection.
 
 use std::fmt::Write as _;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 
 use crate::blacklist::Blacklist;
@@ -86,6 +86,8 @@ pub struct Snapshot<'a> {
     pub control_refused: u64,
     /// Control commands refused for want of privilege.
     pub control_denied: u64,
+    /// Metrics connections closed unanswered (too many, a head too large or too slow).
+    pub metrics_refused: u64,
     /// The state directory's health (not shown without one).
     pub store: crate::persist::Status,
 }
@@ -240,6 +242,7 @@ impl Snapshot<'_> {
             "reset_on_request_failures": self.reset_failures,
             "control_refused": self.control_refused,
             "control_denied": self.control_denied,
+            "metrics_refused": self.metrics_refused,
             "store": store_json(&self.store),
             "lists": lists,
             "kernel_queues": queues,
@@ -706,6 +709,13 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "Control commands refused for want of privilege (del, flush, reload by a member of the control group).",
     );
     let _ = writeln!(o, "stringban_control_denied_total {}", s.control_denied);
+    head(
+        &mut o,
+        "stringban_metrics_refused_total",
+        "counter",
+        "Metrics connections closed unanswered: too many at once, a request head over 16 KiB or not whole within 2 s.",
+    );
+    let _ = writeln!(o, "stringban_metrics_refused_total {}", s.metrics_refused);
     if s.store.enabled {
         let st = &s.store;
         let rows: [(&str, &str, &str, u64); 6] = [
@@ -803,27 +813,90 @@ pub fn render(s: &Snapshot<'_>) -> String {
     o
 }
 
-/// Answers one HTTP connection with `body` (reads the request head first).
-pub fn respond(stream: TcpStream, body: &str) -> io::Result<()> {
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut line = String::new();
-    let mut total = 0;
+/// The most of a request head read: beyond, the request is answered 431 and closed.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// A request head must be whole this long after the connection was taken.
+pub const HEAD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+/// Scrapes served at once, and connections waiting for a worker; one more is closed.
+pub const WORKERS: usize = 8;
+pub const WAITING: usize = 32;
+
+/// How a request head ended.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Head {
+    /// The blank line that ends it was read.
+    Whole,
+    /// [`MAX_HEAD`] bytes and no end.
+    TooLarge,
+    /// The client closed, or was silent past the deadline, before the end.
+    Cut,
+}
+
+/// Reads a request head: at most [`MAX_HEAD`] bytes, within [`HEAD_DEADLINE`] in all (the
+/// socket's read timeout set to what is left before each read), whatever the client sends.
+pub fn read_head(stream: &mut TcpStream) -> io::Result<Head> {
+    let deadline = std::time::Instant::now() + HEAD_DEADLINE;
+    let mut buf = [0u8; 4096];
+    let mut seen = 0usize;
+    // The last 3 bytes read, to find a blank line across reads.
+    let mut tail: Vec<u8> = Vec::with_capacity(4096 + 3);
     loop {
-        line.clear();
-        let n = reader.read_line(&mut line)?;
-        total += n;
-        if n == 0 || line == "\r\n" || line == "\n" || total > 16 * 1024 {
-            break;
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(Head::Cut);
+        }
+        stream.set_read_timeout(Some(left))?;
+        let n = match stream.read(&mut buf) {
+            Ok(0) => return Ok(Head::Cut),
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(Head::Cut);
+            }
+            Err(e) => return Err(e),
+        };
+        seen += n;
+        let keep = tail.len().min(3);
+        tail.drain(..tail.len() - keep);
+        tail.extend_from_slice(&buf[..n]);
+        if tail.windows(4).any(|w| w == b"\r\n\r\n") || tail.windows(2).any(|w| w == b"\n\n") {
+            return Ok(Head::Whole);
+        }
+        if seen >= MAX_HEAD {
+            return Ok(Head::TooLarge);
         }
     }
-    let mut w = stream;
-    write!(
-        w,
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    w.flush()
+}
+
+/// Answers one HTTP connection: reads its head ([`read_head`]), then writes `body()` (made
+/// only for a whole request, so a slow or hostile client costs no rendering). Returns how the
+/// head ended.
+pub fn respond(mut stream: TcpStream, body: impl FnOnce() -> String) -> io::Result<Head> {
+    stream.set_write_timeout(Some(HEAD_DEADLINE))?;
+    let head = read_head(&mut stream)?;
+    match head {
+        Head::Whole => {
+            let body = body();
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )?;
+        }
+        Head::TooLarge => {
+            write!(
+                stream,
+                "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )?;
+        }
+        Head::Cut => return Ok(head),
+    }
+    stream.flush()?;
+    Ok(head)
 }
 
 /// Binds the metrics listener.
@@ -871,6 +944,7 @@ mod tests {
             reset_failures: 0,
             control_refused: 3,
             control_denied: 1,
+            metrics_refused: 0,
             wakeups: 2,
             crafted: 4,
             crafted_failed: 0,
@@ -943,5 +1017,55 @@ mod tests {
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
+    }
+
+    /// A request head is read within its bounds whatever the client does: whole, too large
+    /// (answered 431 after 16 KiB, however much more is sent), or cut (silent, or a byte now and
+    /// then, past the deadline).
+    #[test]
+    fn request_heads_are_bounded_in_size_and_time() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let mut heads = Vec::new();
+            for _ in 0..3 {
+                let (s, _) = listener.accept().unwrap();
+                let t0 = std::time::Instant::now();
+                let head = respond(s, || "up 1\n".to_string()).unwrap();
+                heads.push((head, t0.elapsed()));
+            }
+            heads
+        });
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("up 1\n"),
+            "{answer}"
+        );
+        let mut c = TcpStream::connect(addr).unwrap();
+        let junk = vec![b'x'; 64 * 1024];
+        let _ = c.write_all(&junk);
+        let mut answer = Vec::new();
+        let _ = c.read_to_end(&mut answer);
+        assert!(answer.starts_with(b"HTTP/1.1 431"));
+        let mut c = TcpStream::connect(addr).unwrap();
+        for _ in 0..3 {
+            if c.write_all(b"G").is_err() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(900));
+        }
+        let heads = server.join().unwrap();
+        assert_eq!(heads[0].0, Head::Whole);
+        assert_eq!(heads[1].0, Head::TooLarge);
+        assert_eq!(heads[2].0, Head::Cut);
+        assert!(
+            heads[2].1 < HEAD_DEADLINE + std::time::Duration::from_millis(300),
+            "{:?}",
+            heads[2].1
+        );
     }
 }

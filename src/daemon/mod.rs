@@ -124,6 +124,9 @@ struct Shared {
     control_refused: AtomicU64,
     /// Control commands refused for want of privilege (a control-group member's `flush`).
     control_denied: AtomicU64,
+    /// Metrics connections closed without an answer: too many at once, a request head over
+    /// 16 KiB or not whole within 2 s.
+    metrics_refused: AtomicU64,
     store_health: Health,
     /// The rate limit of the ban/unban log lines.
     banlog: Mutex<banlog::BanLog>,
@@ -381,6 +384,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
         reset_failures: AtomicU64::new(0),
         control_refused: AtomicU64::new(0),
         control_denied: AtomicU64::new(0),
+        metrics_refused: AtomicU64::new(0),
         store_health: Health::default(),
         banlog: Mutex::new(banlog::BanLog::new()),
         reloads: Mutex::new((0, Ok(String::new()))),
@@ -498,15 +502,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
         let (shared, blacklist) = (Arc::clone(&shared), Arc::clone(&blacklist));
         thread::Builder::new()
             .name("metrics".into())
-            .spawn(move || {
-                for stream in listener.incoming() {
-                    let Ok(stream) = stream else { continue };
-                    let body = metrics_text(&shared, &blacklist);
-                    if let Err(e) = crate::metrics::respond(stream, &body) {
-                        warn!("metrics connection: {e}");
-                    }
-                }
-            })
+            .spawn(move || serve::metrics_loop(listener, shared, blacklist))
             .map_err(|e| DaemonError::start(format!("spawning the metrics thread: {e}")))?;
         info!(addr = %addr, "metrics served");
     }

@@ -147,6 +147,61 @@ pub(super) fn control_loop(
     }
 }
 
+/// Serves the metrics port: a pool of [`crate::metrics::WORKERS`] threads fed by a queue of
+/// [`crate::metrics::WAITING`] (one more connection is closed at once, counted), each reading
+/// at most [`crate::metrics::MAX_HEAD`] bytes of a request within
+/// [`crate::metrics::HEAD_DEADLINE`]: a slow or endless client holds one worker for 2 s at
+/// most, and the others go on answering scrapes.
+pub(super) fn metrics_loop(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    blacklist: Arc<Blacklist>,
+) {
+    use crate::metrics::{Head, WAITING, WORKERS};
+    let (tx, rx) = std::sync::mpsc::sync_channel::<std::net::TcpStream>(WAITING);
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..WORKERS {
+        let (shared, blacklist, rx) =
+            (Arc::clone(&shared), Arc::clone(&blacklist), Arc::clone(&rx));
+        let spawned = thread::Builder::new()
+            .name(format!("metrics-{i}"))
+            .spawn(move || {
+                loop {
+                    let next = lock(&rx).recv();
+                    let Ok(stream) = next else { return };
+                    match crate::metrics::respond(stream, || metrics_text(&shared, &blacklist)) {
+                        Ok(Head::Whole) => {}
+                        Ok(_) => {
+                            shared.metrics_refused.fetch_add(1, Relaxed);
+                        }
+                        Err(e) => warn!("metrics connection: {e}"),
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            error!("metrics worker {i}: {e}");
+        }
+    }
+    let mut last_warn: Option<std::time::Instant> = None;
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else {
+            thread::sleep(StdDuration::from_millis(50));
+            continue;
+        };
+        if let Err(std::sync::mpsc::TrySendError::Full(s)) = tx.try_send(stream) {
+            shared.metrics_refused.fetch_add(1, Relaxed);
+            if last_warn.is_none_or(|t| t.elapsed() >= StdDuration::from_secs(1)) {
+                warn!(
+                    "metrics: {} connections open or waiting: closing more",
+                    WORKERS + WAITING
+                );
+                last_warn = Some(std::time::Instant::now());
+            }
+            drop(s);
+        }
+    }
+}
+
 /// A reload's lists applied to the live blacklist: every list checked first (same names in the
 /// same order, same prefixes), then TTL, refresh and capacity changed in place. Returns what
 /// changed; an error changes nothing.

@@ -5,7 +5,8 @@
 # daemon's uid) is a member of the control group. Checks: nobody may add, list, count, status
 # and stats, and is refused del, flush and reload (counted, nothing changed); a third connection
 # of one uid is refused; twelve slow clients of four users (a byte a second) delay no command of
-# root's by more than a second, and are cut off at the request deadline.
+# root's by more than a second, and are cut off at the request deadline. Then the metrics port:
+# a 400 MiB request line and four slow clients while five scrapes each answer within 1 s.
 set -uo pipefail
 BIN=$(realpath "$1")
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -26,7 +27,7 @@ trap cleanup EXIT
 chmod 755 "$T"
 ip netns add "$N" || exit 1
 ip netns exec "$N" "$BIN" run --string @example.com --pidfile "$T/pid" --state-dir "$T/state" \
-    --control-socket "$T/ctl.sock" --control-group nogroup 2> "$T/daemon.log" & DPID=$!
+    --control-socket "$T/ctl.sock" --control-group nogroup --metrics 127.0.0.1:9325 2> "$T/daemon.log" & DPID=$!
 for _ in $(seq 100); do [ -S "$T/ctl.sock" ] && [ -s "$T/pid" ] && break; sleep 0.05; done
 [ -S "$T/ctl.sock" ] || { echo "daemon did not start:"; cat "$T/daemon.log"; exit 1; }
 
@@ -86,6 +87,54 @@ cut=$(cat "$T"/slow*.out | grep -c 'cut off after [0-6]\.')
 check "every slow client was refused, or cut off 2 s after a worker took it (at most two rounds of 4 workers): $cut of 12 ($(cat "$T"/slow*.out | sort | uniq -c | tr '\n' ' '))" test "$cut" = 12
 check "none was left to hold a worker" bash -c "! grep -q 'not cut off' $T/slow*.out"
 check "nobody gets answers again once they are gone" bash -c "$(declare -f as_nobody); BIN='$BIN' T='$T'; [ \"\$(as_nobody count)\" = 1 ]"
+
+echo "== the metrics port: a 400 MiB request line and slow clients do not blind a scrape"
+ip netns exec "$N" ip link set lo up
+hwm0=$(awk '/VmHWM/ {print $2}' "/proc/$DPID/status")
+ip netns exec "$N" python3 - > "$T/metrics.out" 2>&1 <<'EOF'
+import socket, threading, time
+def big():
+    s = socket.create_connection(("127.0.0.1", 9325))
+    chunk, sent, t0 = b"x" * (1 << 20), 0, time.time()
+    try:
+        while sent < 400 << 20 and time.time() - t0 < 20:
+            s.sendall(chunk); sent += len(chunk)
+    except OSError:
+        pass
+    print("big: sent %d MiB before the server closed" % (sent >> 20), flush=True)
+def slow():
+    s = socket.create_connection(("127.0.0.1", 9325))
+    try:
+        for _ in range(8):
+            s.send(b"G"); time.sleep(1.5)
+    except OSError:
+        pass
+ts = [threading.Thread(target=big)] + [threading.Thread(target=slow) for _ in range(4)]
+for t in ts: t.start()
+time.sleep(0.5)
+worst = 0.0
+for _ in range(5):
+    t0 = time.time()
+    s = socket.create_connection(("127.0.0.1", 9325), timeout=5)
+    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while True:
+        b = s.recv(65536)
+        if not b: break
+        data += b
+    worst = max(worst, time.time() - t0)
+    assert data.startswith(b"HTTP/1.1 200") and b"stringban_packets_total" in data, data[:100]
+    time.sleep(0.3)
+print("scrape worst %.3f s" % worst, flush=True)
+for t in ts: t.join()
+EOF
+hwm1=$(awk '/VmHWM/ {print $2}' "/proc/$DPID/status")
+worst=$(grep -o 'scrape worst [0-9.]*' "$T/metrics.out" | awk '{print $3}')
+check "5 scrapes during the flood each answered within 1 s (worst ${worst:-none} s; $(grep big: "$T/metrics.out"))" \
+    python3 -c "import sys; sys.exit(0 if float('${worst:-9}') < 1 else 1)"
+check "... the daemon's peak RSS grew by $(( (hwm1 - hwm0) / 1024 )) MB (at most 20)" test $((hwm1 - hwm0)) -le 20480
+refused=$(as_root stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["metrics_refused"])')
+check "... the connections closed unanswered are counted ($refused)" test "$refused" -ge 5
 
 echo "control: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
