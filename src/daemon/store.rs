@@ -1239,7 +1239,8 @@ fn effective_uid() -> io::Result<u32> {
         .ok_or_else(|| io::Error::other("no effective uid in /proc/self/status"))
 }
 
-/// Creates (or truncates) a file readable by its owner only, whatever the umask.
+/// Creates (or truncates) a file readable by its owner only, whatever the umask; never through
+/// a symbolic link (one planted there to make the daemon truncate another file: `ELOOP`).
 pub fn create_private(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let f = OpenOptions::new()
@@ -1247,6 +1248,7 @@ pub fn create_private(path: &Path) -> io::Result<File> {
         .create(true)
         .truncate(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)?;
     // An existing file keeps its mode on open: narrow it.
     f.set_permissions(fs::Permissions::from_mode(0o600))?;

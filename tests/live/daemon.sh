@@ -114,6 +114,17 @@ check "... the first's rules untouched (queue 0, no queue 3)" bash -c "ins() { i
 ins "$BIN" run --string @example.com --install-rules --fail-closed --queues 3 --pidfile "$T/pid3" --no-state --no-control > "$T/third.out" 2>&1; code=$?
 check "... also with --no-state --no-control --fail-closed (exit $code)" test "$code" = 2
 check "... and the first keeps deciding: spam reset" test "$(client 198.19.9.33 198.18.0.1 "$SPAM")" = reset
+# The lock is a flock on the namespace itself, not a file: nothing a package purge or a unit's
+# runtime-directory cleanup removes can take it (package.sh purges with a daemon running).
+check "the rules lock is a flock on the network namespace, held by the first ($(grep -c " $DPID 00:04:$(stat -L -c %i /proc/$DPID/ns/net) " /proc/locks))" \
+    grep -q "FLOCK .* $DPID 00:04:$(stat -L -c %i "/proc/$DPID/ns/net") " /proc/locks
+check "... and the refusal names the holder" grep -q "another stringban (pid $DPID)" "$T/third.out"
+# The pidfile is never opened through a link: one planted there truncates nothing.
+echo keep > "$T/victim"; ln -sf "$T/victim" "$T/pid-link"
+ins "$BIN" run --string @example.com --queues 4 --pidfile "$T/pid-link" --no-state --no-control > "$T/link.out" 2>&1; code=$?
+check "a pidfile that is a symbolic link is refused (exit $code: $(tail -1 "$T/link.out" | cut -c1-90))" \
+    bash -c "[ $code = 2 ] && grep -q 'symbolic link' '$T/link.out'"
+check "... and the file it points to is untouched" test "$(cat "$T/victim")" = keep
 rm -f "$T/pid3"
 ins "$BIN" run --string @example.com --queues 3 --pidfile "$T/pid3" --no-state --no-control 2> "$T/third.log" & P3=$!
 for _ in $(seq 100); do [ -s "$T/pid3" ] && break; sleep 0.05; done

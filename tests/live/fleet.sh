@@ -136,6 +136,8 @@ check "unsigned entries written straight into Redis are refused on B ($(refused 
 check "... and one with a forged signature ($(refused B bad_signature))" test "$(refused B bad_signature)" -ge 1
 for a in 21 22 23 24; do check "... 198.19.1.$a is not banned on B" test -z "$(field B 198.19.1.$a key)"; done
 check "... the forged lift and flush lifted nothing: A's ban holds on B" test "$(field B 198.19.1.20 node)" = A
+check "the fleet's files in the state directory are private (cursor $(stat -c %a "$T/B/state/share.cursor"), origins $(stat -c %a "$T/B/state/share.origins"))" \
+    bash -c "[ \"\$(stat -c %a '$T/B/state/share.cursor') \$(stat -c %a '$T/B/state/share.origins')\" = '600 600' ]"
 check "... the forged node name forged no log line" bash -c "! grep -q '^2099-01-01T00:00:00Z' '$T/B/daemon.log'"
 check "... B's memory stayed small after a 10 MB entry ($(awk '/VmHWM/ {print $2}' /proc/${DPID[B]}/status) kB)" test "$(awk '/VmHWM/ {print $2}' /proc/${DPID[B]}/status)" -lt 120000
 # A valid entry copied into the log again: a replay, refused (B lifted the ban meanwhile).

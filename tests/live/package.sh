@@ -92,13 +92,24 @@ kill "$DPID"; wait "$DPID"; code=$?; DPID=
 check "it stops cleanly (exit $code)" test "$code" -eq 0
 check "... and removes its rules" bash -c "! ip netns exec '$S' iptables -S INPUT | grep -q STRINGBAN"
 
-echo "== purge"
+echo "== purge while another daemon runs"
+# A daemon of the tested binary (not the package's), with its rules in S: the purge (which
+# removes /run/stringban) must leave it its rules lock and its rules.
+ip netns exec "$S" "$BIN" run --string @example.com --install-rules --queues 5 --pidfile "$T/other.pid" \
+    --no-state --no-control 2> "$T/other.log" & OTHER=$!; PIDS+=($OTHER)
+for _ in $(seq 100); do [ -s "$T/other.pid" ] && break; sleep 0.05; done
+check "another daemon runs with its rules" bash -c "ip netns exec '$S' iptables -S STRINGBAN | grep -q -- '--queue-num 5'"
 dpkg --purge stringban > "$T/purge.out" 2>&1; code=$?
 INSTALLED=
 check "dpkg --purge (exit $code)" test "$code" -eq 0 || cat "$T/purge.out"
 check "no file is left" bash -c "! ls /usr/bin/stringban /etc/stringban /usr/lib/systemd/system/stringban.service /usr/share/man/man1/stringban.1.gz 2>/dev/null | grep -q ."
 check "the user is gone" bash -c "! getent passwd stringban"
 check "the package is gone" bash -c "! dpkg -s stringban > /dev/null 2>&1"
+check "the other daemon kept its rules" bash -c "ip netns exec '$S' iptables -S STRINGBAN | grep -q -- '--queue-num 5'"
+ip netns exec "$S" "$BIN" run --string @example.com --install-rules --queues 6 --no-state --no-control > "$T/third.out" 2>&1; code=$?
+check "... and its lock: a third is refused (exit $code)" bash -c "[ $code = 2 ] && grep -q 'another stringban (pid $OTHER)' '$T/third.out'"
+kill "$OTHER"; wait "$OTHER" 2>/dev/null
+check "... and it removes its rules when it stops" bash -c "! ip netns exec '$S' iptables -S 2>/dev/null | grep -q STRINGBAN"
 
 echo "package: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

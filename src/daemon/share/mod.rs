@@ -241,10 +241,13 @@ impl Origins {
         }
         let i = self.insert(node, rule);
         if let Some(f) = &self.file {
+            use std::os::unix::fs::OpenOptionsExt;
             let line = format!("{node}\t{}\n", rule.replace(['\t', '\n'], " "));
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .open(f)
                 .and_then(|mut file| {
                     file.write_all(line.as_bytes())?;
@@ -628,7 +631,7 @@ impl ShareState {
             return;
         };
         let tmp = path.with_extension("tmp");
-        let written = std::fs::File::create(&tmp)
+        let written = crate::store::create_private(&tmp)
             .and_then(|mut f| {
                 f.write_all(c.to_text().as_bytes())?;
                 f.sync_data()
@@ -1230,7 +1233,8 @@ fn read_step(
             .cmd("GET")
             .arg(keys.epoch())
             .query(con)?;
-        e.unwrap_or_default()
+        // A token, whatever Redis holds (it goes into the cursor file).
+        wire::safe_epoch(&e.unwrap_or_default())
     } else {
         cursor.as_ref().map(|c| c.epoch.clone()).unwrap_or_default()
     };

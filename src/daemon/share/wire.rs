@@ -429,11 +429,46 @@ pub struct Cursor {
     pub published: u64,
 }
 
+/// Is `text` a token the cursor file may hold as it is: 1 to 64 of letters, digits, `.`, `_`,
+/// `-`, `:` (fleet names and the epochs this daemon makes are)?
+pub fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
+}
+
+/// The fleet's epoch as read from Redis, made a token: itself when it is one, else `h` and the
+/// first 16 hex digits of its SHA-256 (still a different epoch for every different value, and
+/// never a newline in the cursor file).
+pub fn safe_epoch(raw: &str) -> String {
+    if is_token(raw) {
+        raw.to_string()
+    } else {
+        let d = ring::digest::digest(&ring::digest::SHA256, raw.as_bytes());
+        format!("h{}", hex(&d.as_ref()[..8]))
+    }
+}
+
 impl Cursor {
+    /// The file's text; fields that are not tokens ([`is_token`]) are written as `-` (never a
+    /// line of their own).
     pub fn to_text(&self) -> String {
+        let token = |t: &str| {
+            if is_token(t) {
+                t.to_string()
+            } else {
+                "-".into()
+            }
+        };
         format!(
             "stringban share cursor 1\nfleet {}\nepoch {}\nid {}\npos {}\npublished {}\n",
-            self.fleet, self.epoch, self.id, self.pos, self.published
+            token(&self.fleet),
+            token(&self.epoch),
+            self.id,
+            self.pos,
+            self.published
         )
     }
 
@@ -453,6 +488,7 @@ impl Cursor {
                 .ok_or_else(|| format!("line {line:?}: expected KEY VALUE"))?;
             let bad = || format!("{k} = {v:?}: bad value");
             match k {
+                "fleet" | "epoch" if !is_token(v) => return Err(bad()),
                 "fleet" => c.fleet = v.to_string(),
                 "epoch" => c.epoch = v.to_string(),
                 "id" => c.id = StreamId::parse(v).ok_or_else(bad)?,
@@ -723,5 +759,26 @@ mod tests {
         let e = FleetKey::parse(&format!("{K1}\nshort-secret\n")).expect_err("short");
         assert!(e.contains("line 2") && !e.contains("short-secret"), "{e}");
         assert!(!format!("{:?}", FleetKey::parse(K1).expect("a key")).contains("k1-"));
+    }
+
+    /// What Redis hands back as the fleet's epoch can never write a line of its own into the
+    /// cursor file, and a damaged field is refused on read.
+    #[test]
+    fn the_cursor_holds_tokens_only() {
+        assert_eq!(safe_epoch("0123abcd0123abcd"), "0123abcd0123abcd");
+        let forged = safe_epoch("x\nid 999999999999-0\npos 1");
+        assert!(is_token(&forged) && forged.starts_with('h'), "{forged}");
+        assert_ne!(safe_epoch("a b"), safe_epoch("a  b"));
+        let c = Cursor {
+            fleet: "mx".into(),
+            epoch: "bad\nid 1-1".into(),
+            ..Cursor::default()
+        };
+        let text = c.to_text();
+        assert_eq!(text.lines().count(), 6, "{text}");
+        assert!(text.contains("epoch -\n"));
+        let bad =
+            "stringban share cursor 1\nfleet mx\nepoch a\u{1b}b\nid 1-0\npos 1\npublished 0\n";
+        assert!(Cursor::parse(bad).is_err());
     }
 }
