@@ -167,6 +167,7 @@ impl Snapshot<'_> {
                     "expired": s.expired.load(Relaxed),
                     "evicted": s.evicted.load(Relaxed),
                     "removed": s.removed.load(Relaxed),
+                    "peer_refused": s.peer_refused.load(Relaxed),
                 })
             })
             .collect();
@@ -445,6 +446,13 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "counter",
         "Bans removed by hand.",
         &|l| l.stats().removed.load(Relaxed),
+    );
+    per_list(
+        &mut o,
+        "stringban_peer_bans_refused_total",
+        "counter",
+        "Peers' bans not applied: the list was full of this host's own entries.",
+        &|l| l.stats().peer_refused.load(Relaxed),
     );
     head(
         &mut o,

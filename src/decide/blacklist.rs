@@ -77,6 +77,8 @@ pub struct ListConfig {
     pub max_ttl: Option<Duration>,
     /// How long after a ban ends its offender is remembered for escalation (default: max_ttl).
     pub remember: Option<Duration>,
+    /// Longest ban a peer of the fleet may make here, from now (default: the list's `ttl`).
+    pub peer_max_ttl: Option<Duration>,
 }
 
 impl ListConfig {
@@ -95,6 +97,7 @@ impl ListConfig {
         escalate: 1,
         max_ttl: None,
         remember: None,
+        peer_max_ttl: None,
     };
 
     pub fn new(name: &str) -> ListConfig {
@@ -375,6 +378,8 @@ pub struct ListStats {
     pub expired: AtomicU64,
     pub evicted: AtomicU64,
     pub removed: AtomicU64,
+    /// Peers' bans not applied: the list was full of this host's own entries.
+    pub peer_refused: AtomicU64,
 }
 
 /// One named ban list.
@@ -510,6 +515,16 @@ impl List {
             Err(poisoned) => poisoned.into_inner().max_ttl,
         };
         max.unwrap_or_else(|| self.ttl().max(Duration::from_secs(30 * 86_400)))
+    }
+
+    /// The longest ban a peer may make here, from now: [`ListConfig::peer_max_ttl`] as
+    /// configured now, else the list's own TTL (a peer's ban never outlasts a local first one).
+    pub fn peer_max_ttl(&self) -> Duration {
+        let max = match self.offenders.read() {
+            Ok(c) => c.peer_max_ttl,
+            Err(poisoned) => poisoned.into_inner().peer_max_ttl,
+        };
+        max.unwrap_or_else(|| self.ttl())
     }
 
     fn policy(&self) -> Policy {
@@ -912,8 +927,10 @@ impl List {
             self.record(|id| Change::Ban(id, ban, Banned::Shared));
             return true;
         }
-        if self.len() >= self.capacity() {
-            self.make_room(now);
+        if self.len() >= self.capacity() && !self.make_room_for_peer(now) {
+            // Full of this host's own entries: a peer's ban never evicts one.
+            self.stats.peer_refused.fetch_add(1, Relaxed);
+            return false;
         }
         let entry = Entry {
             expires_at: AtomicU32::new(until_s),
@@ -973,6 +990,44 @@ impl List {
         self.len.fetch_sub(gone, Relaxed);
         self.stats.expired.fetch_add(gone as u64, Relaxed);
         gone
+    }
+
+    /// Frees room for a peer's ban: expired entries first, then the least recently seen of the
+    /// peers' entries (a batch of `max(1, capacity / 64)`), never one of this host's own. False
+    /// when the list is still full.
+    fn make_room_for_peer(&self, now: Instant) -> bool {
+        if self.expire(now) > 0 && self.len() < self.capacity() {
+            return true;
+        }
+        let batch = (self.capacity() / 64).max(1);
+        let mut seen: Vec<u32> = Vec::new();
+        let peer = |e: &Entry| peer_index(e.rule).is_some();
+        self.v4
+            .iter()
+            .filter(|e| peer(e.value()))
+            .for_each(|e| seen.push(e.last_seen.load(Relaxed)));
+        self.v6
+            .iter()
+            .filter(|e| peer(e.value()))
+            .for_each(|e| seen.push(e.last_seen.load(Relaxed)));
+        if seen.is_empty() {
+            return false;
+        }
+        let k = batch.min(seen.len()) - 1;
+        let threshold = *seen.select_nth_unstable(k).1;
+        let mut left = batch;
+        let mut gone = 0usize;
+        let mut keep = |e: &Entry| {
+            let evict = left > 0 && peer(e) && e.last_seen.load(Relaxed) <= threshold;
+            left -= usize::from(evict);
+            gone += usize::from(evict);
+            !evict
+        };
+        self.v4.retain(|_, e| keep(e));
+        self.v6.retain(|_, e| keep(e));
+        self.len.fetch_sub(gone, Relaxed);
+        self.stats.evicted.fetch_add(gone as u64, Relaxed);
+        self.len() < self.capacity()
     }
 
     /// Frees room for at least one entry: expired entries first, then the least recently seen
@@ -1588,5 +1643,47 @@ mod tests {
         assert!(!l.remove(ip("198.18.0.1")));
         assert_eq!(l.clear(), 1);
         assert!(l.is_empty());
+    }
+
+    /// A peer's bans fill free room and push out only peers' entries: a list full of this
+    /// host's own convictions and bans by hand refuses them (counted), never evicting one.
+    #[test]
+    fn peers_bans_never_evict_this_hosts_own() {
+        let l = list(3600, false, 128);
+        let t = Instant::from_secs(1000);
+        let v4 = |i: u32| IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        for i in 0..100 {
+            l.ban(v4(i), t, 0);
+        }
+        let until = Instant::from_secs(5000);
+        let mut applied = 0;
+        for i in 1000..1400 {
+            applied += usize::from(l.apply_shared(l.key(v4(i)), until, t, PEER_RULE));
+        }
+        assert_eq!(l.len(), 128);
+        assert!((0..100).all(|i| l.check(v4(i), t)), "every local ban kept");
+        assert!(applied >= 28, "{applied}");
+        assert!(
+            l.stats().peer_refused.load(Relaxed) == 0,
+            "room was made among the peers'"
+        );
+        // Full of local entries: a peer's ban is refused.
+        let full = list(3600, false, 10);
+        for i in 0..10 {
+            full.ban(v4(i), t, 0);
+        }
+        assert!(!full.apply_shared(full.key(v4(77)), until, t, PEER_RULE));
+        assert_eq!(full.stats().peer_refused.load(Relaxed), 1);
+        assert_eq!(full.len(), 10);
+        // A local ban still makes room as it always did.
+        full.ban(v4(99), t, 0);
+        assert!(full.check(v4(99), t));
+        // The peer TTL: the list's own TTL unless peer_max_ttl says otherwise.
+        assert_eq!(l.peer_max_ttl(), Duration::from_secs(3600));
+        let p = List::new(ListConfig {
+            peer_max_ttl: Some(Duration::from_secs(60)),
+            ..ListConfig::new("p")
+        });
+        assert_eq!(p.peer_max_ttl(), Duration::from_secs(60));
     }
 }

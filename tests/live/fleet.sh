@@ -111,6 +111,21 @@ check "metrics show the share state" bash -c "grep -q '^stringban_share_connecte
 echo "== flush on A empties the list everywhere"
 ctl A flush > /dev/null
 for h in B C D; do check "$h empty" until_eq 5 0 count "$h"; done
+
+echo "== a peer gets a peer's share (an unsigned fleet: entries written straight into Redis)"
+tlog='stringban:{test}:log'; t=$(($(date +%s) * 1000000))
+ip netns exec "$R" redis-cli -h 198.18.9.1 XADD "$tlog" '*' m "b spam 198.19.1.40/32 4102444800 Z $t year-2100" > /dev/null
+ip netns exec "$R" redis-cli -h 198.18.9.1 XADD "$tlog" '*' m "b spam 198.19.1.41/32 4102444800 $(printf 'Z\n2099-01-01T00:00:00Z forged') $t r" > /dev/null
+ip netns exec "$R" redis-cli -h 198.18.9.1 XADD "$tlog" '*' m "b spam 198.19.1.42/32 4102444800 Z $t $(printf 'r\033]0;x\a')" > /dev/null
+python3 -c "import sys; sys.stdout.write('b spam 198.19.1.43/32 4102444800 Z $t ' + 'N' * 65536)" | ip netns exec "$R" redis-cli -h 198.18.9.1 -x XADD "$tlog" '*' m > /dev/null
+check "a peer's ban until 2100 lasts at most the list's TTL (1 h) on B" until_eq 3 Z field B 198.19.1.40 node
+exp=$(field B 198.19.1.40 expires_at); now=$(date +%s)
+check "... it expires at $exp, within an hour of now ($now)" test "$exp" -le $((now + 3601))
+bad=$(ctl B stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["share"]["refused"]["bad_name"])')
+check "a node name with a newline, a rule name with an escape, a 64 KiB rule name: refused ($bad bad_name)" test "$bad" -ge 3
+for a in 41 42 43; do check "... 198.19.1.$a is not banned on B" test -z "$(field B 198.19.1.$a key)"; done
+check "... and no log line was forged" bash -c "! grep -q '^2099-01-01T00:00:00Z' '$T/B/daemon.log'"
+ctl A flush > /dev/null
 for h in A B C D; do stop_host "$h"; done
 
 echo "== a signed fleet: what Redis alone writes is refused, a key rotation loses nothing"

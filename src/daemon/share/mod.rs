@@ -301,7 +301,7 @@ pub struct ShareState {
     republish: AtomicBool,
     /// Entries and snapshot values refused, by [`wire::Refused`] (unsigned, bad signature,
     /// stale or repeated).
-    pub refused: [AtomicU64; 3],
+    pub refused: [AtomicU64; 4],
     /// Signatures of the entries read lately: a signed entry written again is a replay.
     seen: Mutex<Seen>,
 }
@@ -340,6 +340,14 @@ impl Seen {
 
 static SEEN_HASH: std::sync::LazyLock<std::collections::hash_map::RandomState> =
     std::sync::LazyLock::new(std::collections::hash_map::RandomState::new);
+
+/// The rule name an op carries (empty for lifts and flushes).
+fn rule_of(op: &Op) -> &str {
+    match op {
+        Op::Ban { rule, .. } => rule,
+        _ => "",
+    }
+}
 
 /// Text from Redis as a log line may show it: escaped, and cut at 200 characters.
 fn shown(text: &str) -> String {
@@ -440,6 +448,7 @@ impl ShareState {
                 "unsigned": self.refused[wire::Refused::Unsigned as usize].load(Relaxed),
                 "bad_signature": self.refused[wire::Refused::BadSignature as usize].load(Relaxed),
                 "stale": self.refused[wire::Refused::Stale as usize].load(Relaxed),
+                "bad_name": self.refused[wire::Refused::BadName as usize].load(Relaxed),
             },
             "errors": self.errors.load(Relaxed),
             "reconnects": self.reconnects.load(Relaxed),
@@ -548,6 +557,7 @@ impl ShareState {
             wire::Refused::Unsigned,
             wire::Refused::BadSignature,
             wire::Refused::Stale,
+            wire::Refused::BadName,
         ] {
             let _ = writeln!(
                 out,
@@ -1416,6 +1426,10 @@ fn receive(
         state.skipped.fetch_add(1, Relaxed);
         return;
     }
+    if let Err(what) = wire::check_names(&msg.node, rule_of(&msg.op)) {
+        state.refuse(wire::Refused::BadName, || format!("entry {id}: {what}"));
+        return;
+    }
     let Some((_, list)) = apply
         .blacklist
         .by_name(&msg.list)
@@ -1465,7 +1479,8 @@ fn apply_ban(
         }
     };
     let now = batch.now;
-    let until = Instant::from_secs(until).min(now.saturating_add(list.max_ttl()));
+    // A peer's ban lasts at most the list's own TTL here (or its peer_max_ttl), from now.
+    let until = Instant::from_secs(until).min(now.saturating_add(list.peer_max_ttl()));
     let done = list.apply_shared(key, until, now, tag);
     if !done && list.key(key.addr()) != key {
         state.fault(format!(
@@ -1555,6 +1570,12 @@ fn bootstrap(
                     ));
                     continue;
                 };
+                if let Err(what) = wire::check_names(node, rule) {
+                    state.refuse(wire::Refused::BadName, || {
+                        format!("snapshot entry {}: {what}", shown(k))
+                    });
+                    continue;
+                }
                 if until <= now_s {
                     continue;
                 }

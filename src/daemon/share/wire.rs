@@ -220,6 +220,9 @@ pub enum Refused {
     BadSignature,
     /// Validly signed, but published too far from when Redis took it: a replay.
     Stale,
+    /// A node or rule name that is not one ([`check_names`]): too long, or with characters a
+    /// log line or a terminal would take for something else.
+    BadName,
 }
 
 impl Refused {
@@ -228,8 +231,38 @@ impl Refused {
             Refused::Unsigned => "unsigned",
             Refused::BadSignature => "bad_signature",
             Refused::Stale => "stale",
+            Refused::BadName => "bad_name",
         }
     }
+}
+
+/// The longest rule name a peer's entry may carry.
+pub const MAX_RULE_NAME: usize = 256;
+
+/// Are a peer's node and rule names ones this host will store, log and print? A node: 1 to 64
+/// of letters, digits, `.`, `_`, `-`, `:` (as `--share-node` takes); a rule: at most
+/// [`MAX_RULE_NAME`] bytes, no control character (no newline to forge a log line, no escape
+/// for a terminal).
+pub fn check_names(node: &str, rule: &str) -> Result<(), String> {
+    if !is_token(node) {
+        return Err(format!(
+            "node name {:?}: expected 1 to 64 letters, digits, '.', '_', '-' or ':'",
+            node.chars().take(80).collect::<String>()
+        ));
+    }
+    let control = rule.chars().any(char::is_control);
+    if rule.len() > MAX_RULE_NAME || control {
+        return Err(format!(
+            "rule name of {} bytes{}: at most {MAX_RULE_NAME}, no control characters",
+            rule.len(),
+            if control {
+                " with control characters"
+            } else {
+                ""
+            }
+        ));
+    }
+    Ok(())
 }
 
 /// The least length of a key line.
@@ -780,5 +813,23 @@ mod tests {
         let bad =
             "stringban share cursor 1\nfleet mx\nepoch a\u{1b}b\nid 1-0\npos 1\npublished 0\n";
         assert!(Cursor::parse(bad).is_err());
+    }
+
+    #[test]
+    fn peer_names_are_checked() {
+        assert!(check_names("mx1.example.net", "@example.com").is_ok());
+        assert!(check_names("mx1", "").is_ok());
+        for node in [
+            "",
+            "a b",
+            "A\n2099-01-01T00:00:00Z x",
+            "\u{1b}]0;x",
+            &"n".repeat(65),
+        ] {
+            assert!(check_names(node, "r").is_err(), "{node:?}");
+        }
+        assert!(check_names("mx1", &"r".repeat(MAX_RULE_NAME + 1)).is_err());
+        assert!(check_names("mx1", "a\u{1b}[2J").is_err());
+        assert!(check_names("mx1", "line\nbreak").is_err());
     }
 }

@@ -95,6 +95,7 @@ struct RawList {
     escalate: Option<Spanned<u64>>,
     max_ttl: Option<Spanned<DurationValue>>,
     remember: Option<Spanned<DurationValue>>,
+    peer_max_ttl: Option<Spanned<DurationValue>>,
 }
 
 #[derive(Deserialize)]
@@ -409,6 +410,9 @@ pub(super) fn parse_file(origin: &Origin<'_>) -> Result<Config, ConfigError> {
         }
         if let Some(r) = &list.remember {
             out.remember = Some(duration(r, "list.remember")?);
+        }
+        if let Some(p) = &list.peer_max_ttl {
+            out.peer_max_ttl = Some(duration(p, "list.peer_max_ttl")?);
         }
         if let Some(m) = &list.max_ttl
             && out.max_ttl < Some(out.ttl)
