@@ -187,7 +187,7 @@ pub(crate) fn status_text(s: &serde_json::Value, now: u64) -> String {
         None => writeln!(o, "fleet: none (bans are this host's alone)"),
         Some(node) => writeln!(
             o,
-            "fleet: {} as node {node} through {} — {}; lag {} entries ({} s); published {}, pending {}; applied {} from peers; {}; {} errors{}",
+            "fleet: {} as node {node} through {} — {}; lag {} entries ({} s); published {}, pending {}; applied {} from peers; {}; {} errors{}{}",
             sh["fleet"].as_str().unwrap_or("?"),
             sh["url"].as_str().unwrap_or("?"),
             if sh["connected"] == true {
@@ -214,6 +214,11 @@ pub(crate) fn status_text(s: &serde_json::Value, now: u64) -> String {
                     .to_string()
             },
             u(&sh["errors"]),
+            match u(&sh["duplicate_node"]) {
+                0 => String::new(),
+                n =>
+                    format!(" — DUPLICATE NODE ID: {n} entries under this node's id made elsewhere"),
+            },
             sh["last_error"]
                 .as_str()
                 .map_or(String::new(), |e| format!(" (last: {e})"))

@@ -245,9 +245,9 @@ fn share_config(
     let fleet = name("--share-fleet", args.share_fleet.clone())?
         .or(file.fleet)
         .unwrap_or_else(|| "stringban".into());
-    let node = name("--share-node", args.share_node.clone())?
-        .or(file.node)
-        .unwrap_or_else(sbdaemon::share::host_name);
+    let given = name("--share-node", args.share_node.clone())?.or(file.node);
+    let node_given = given.is_some();
+    let node = given.unwrap_or_else(sbdaemon::share::host_name);
     let lists = if args.share_lists.is_empty() {
         file.lists.unwrap_or_default()
     } else {
@@ -277,6 +277,7 @@ fn share_config(
             .or(file.ca_file.map(std::path::PathBuf::from)),
         fleet,
         node,
+        node_given,
         lists,
         maxlen: file.maxlen.unwrap_or(1_000_000),
     }))

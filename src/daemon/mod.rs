@@ -244,6 +244,15 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
     // start here, before anything is bound or installed; Redis down does not.
     let share = match &daemon.share {
         Some(cfg) => {
+            let mut cfg = cfg.clone();
+            if !cfg.node_given {
+                cfg.node = share::node_id(daemon.state_dir.as_deref(), &cfg.node)
+                    .map_err(DaemonError::start)?;
+                if daemon.state_dir.is_none() {
+                    warn!(node = %cfg.node, "share: no state directory: this node's id is new at every start (give --share-node)");
+                }
+            }
+            let cfg = &cfg;
             let client = share::client(cfg).map_err(DaemonError::start)?;
             let note = share::check_start(cfg, &client).map_err(DaemonError::start)?;
             info!(fleet = %cfg.fleet, node = %cfg.node, "{note}");

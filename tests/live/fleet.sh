@@ -203,6 +203,30 @@ code=$?
 check "a key file others may read: exit 2, saying chmod 600" bash -c "[ $code -eq 2 ] && grep -q 'chmod 600' '$T/openkey.out'"
 for h in A B C; do stop_host "$h"; done
 
+echo "== node ids: two hosts with one host name share bans; a deliberate duplicate id is reported"
+IDS=(--share "$URL" --share-fleet ids)
+NONODE=1 STATE=state-ids start_host A "${IDS[@]}" || exit 1
+NONODE=1 STATE=state-ids start_host B "${IDS[@]}" || exit 1
+idA=$(cat "$T/A/state-ids/share.node"); idB=$(cat "$T/B/state-ids/share.node")
+labelA=${idA%-*}; labelB=${idB%-*}
+check "with no --share-node, each node made its own id from the host name ($idA, $idB)" \
+    bash -c "[ '$idA' != '$idB' ] && [ '$labelA' = '$labelB' ] && [ '$labelA' = '$(hostname | tr -c 'A-Za-z0-9._:\n-' - | cut -c1-55)' ]"
+check "... kept in the state directory, private ($(stat -c %a "$T/A/state-ids/share.node"))" test "$(stat -c %a "$T/A/state-ids/share.node")" = 600
+ctl A add 198.19.1.50 > /dev/null
+check "a ban on A reaches B although both hosts have one host name" until_eq 3 "$idA" field B 198.19.1.50 node
+stop_host A; NONODE=1 STATE=state-ids start_host A "${IDS[@]}" || exit 1
+check "A keeps its id across a restart" test "$(share A node)" = "$idA"
+stop_host A; stop_host B
+NONODE=1 start_host A "${IDS[@]}" --share-node twin || exit 1
+NONODE=1 start_host B "${IDS[@]}" --share-node twin || exit 1
+ctl A add 198.19.1.51 > /dev/null
+check "two daemons given one id: B reports the other at once" until_eq 3 1 bash -c "grep -c 'another node publishes under this node.s id' '$T/B/daemon.log'"
+check "... and counts it ($(share B duplicate_node))" test "$(share B duplicate_node)" -ge 1
+check "... and status shows it" bash -c "ip netns exec $(ns B) '$BIN' status --control-socket '$T/B/ctl.sock' | grep -q 'DUPLICATE NODE ID'"
+check "a fleet that is only a few entries behind logs no catch-up lines ($(grep -c 'caught up' "$T/B/daemon.log"))" \
+    bash -c "! grep -q 'caught up.*entries=[1-9] \|caught up.*entries=[1-9][0-9] ' '$T/B/daemon.log'"
+stop_host A; stop_host B
+
 echo "== an ACL user over TLS; a wrong password and an unknown CA are errors at start"
 mkdir -p "$T/tls" && cd "$T/tls" || exit 1
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=stringban-test-ca -keyout ca.key -out ca.pem 2> openssl.out &&

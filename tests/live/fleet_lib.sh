@@ -73,7 +73,8 @@ start_host() { # start_host H [ARGS…] — the daemon of host H, sharing (ARGS 
     local args=("$@"); [ $# -eq 0 ] && args=("${SHARE[@]}")
     rm -f "$T/$h/pid"
     ip netns exec "$(ns "$h")" "$BIN" run --config "$T/sb.toml" --install-rules --pidfile "$T/$h/pid" \
-        --state-dir "$T/$h/state" --control-socket "$T/$h/ctl.sock" --metrics 127.0.0.1:9325 --share-node "$h" "${args[@]}" \
+        --state-dir "$T/$h/${STATE:-state}" --control-socket "$T/$h/ctl.sock" --metrics 127.0.0.1:9325 \
+        $([ -z "${NONODE:-}" ] && echo --share-node "$h") "${args[@]}" \
         2>> "$T/$h/daemon.log" & DPID[$h]=$!
     for _ in $(seq 100); do [ -S "$T/$h/ctl.sock" ] && [ -s "$T/$h/pid" ] && return 0; sleep 0.05; done
     echo "daemon $h did not start:"; cat "$T/$h/daemon.log"; return 1

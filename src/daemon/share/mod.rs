@@ -39,7 +39,7 @@ use std::time::{Duration as StdDuration, Instant as StdInstant};
 
 use redis::Value;
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::blacklist::{Blacklist, By, Change, NO_RULE, PEER_RULE, RuleId, peer_index};
 use crate::time::Instant;
@@ -74,6 +74,9 @@ pub struct ShareConfig {
     pub ca_file: Option<PathBuf>,
     pub fleet: String,
     pub node: String,
+    /// `node` was given (`--share-node`, `[share] node`); else it is the host name, a label for
+    /// the id the daemon makes once and keeps in its state directory ([`node_id`]).
+    pub node_given: bool,
     /// The lists shared, by name; empty: all.
     pub lists: Vec<String>,
     pub maxlen: u64,
@@ -84,6 +87,47 @@ impl ShareConfig {
     pub fn shares(&self, name: &str) -> bool {
         self.lists.is_empty() || self.lists.iter().any(|l| l == name)
     }
+}
+
+/// The file in the state directory that keeps this node's id.
+pub const NODE_FILE: &str = "share.node";
+
+/// This node's id when none was given: the one kept in `dir`'s [`NODE_FILE`], else a new one —
+/// `label` (the host name, cut to 55 characters) and 8 random hex digits — written there (0600)
+/// for every later start. Two hosts with one host name (cloned machines, containers sharing a
+/// UTS name) so get two ids. Without a state directory, a new id each start.
+pub fn node_id(dir: Option<&Path>, label: &str) -> Result<String, String> {
+    let file = dir.map(|d| d.join(NODE_FILE));
+    if let Some(f) = &file {
+        match std::fs::read_to_string(f) {
+            Ok(text) => {
+                let id = text.trim();
+                if wire::is_token(id) {
+                    return Ok(id.to_string());
+                }
+                return Err(format!(
+                    "{}: not a node id (1 to 64 letters, digits, '.', '_', '-', ':'); remove it to make a new one",
+                    f.display()
+                ));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", f.display())),
+        }
+    }
+    let label: String = label.chars().take(55).collect();
+    let id = format!(
+        "{label}-{:08x}",
+        crate::blacklist::HashKeys::random().0 as u32
+    );
+    if let Some(f) = &file {
+        crate::store::create_private(f)
+            .and_then(|mut w| {
+                w.write_all(format!("{id}\n").as_bytes())?;
+                w.sync_all()
+            })
+            .map_err(|e| format!("{}: {e}", f.display()))?;
+    }
+    Ok(id)
 }
 
 /// This host's name (its UTS namespace's), made a valid node id.
@@ -304,6 +348,34 @@ pub struct ShareState {
     pub refused: [AtomicU64; 4],
     /// Signatures of the entries read lately: a signed entry written again is a replay.
     seen: Mutex<Seen>,
+    /// The times (`at_us`) of the entries this process published lately, and when it started:
+    /// an entry under this node's id that it did not write is another node using the same id.
+    own: Mutex<Own>,
+    started_us: u64,
+    /// Entries read under this node's id that this node did not write.
+    pub duplicate_node: AtomicU64,
+}
+
+/// What this process published lately (at most [`Own::MAX`] entry times).
+#[derive(Debug, Default)]
+struct Own {
+    order: std::collections::VecDeque<u64>,
+    set: std::collections::HashSet<u64>,
+}
+
+impl Own {
+    const MAX: usize = 1 << 20;
+
+    fn add(&mut self, at_us: u64) {
+        if self.set.insert(at_us) {
+            self.order.push_back(at_us);
+        }
+        while self.order.len() > Own::MAX {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
 }
 
 /// The signatures of the entries read in the last [`wire::SIGNED_SKEW_MS`] (twice over), at
@@ -393,6 +465,9 @@ impl ShareState {
             republish: AtomicBool::new(false),
             refused: Default::default(),
             seen: Mutex::new(Seen::default()),
+            own: Mutex::new(Own::default()),
+            started_us: unix_us(),
+            duplicate_node: AtomicU64::new(0),
         }
     }
 
@@ -450,6 +525,7 @@ impl ShareState {
                 "stale": self.refused[wire::Refused::Stale as usize].load(Relaxed),
                 "bad_name": self.refused[wire::Refused::BadName as usize].load(Relaxed),
             },
+            "duplicate_node": self.duplicate_node.load(Relaxed),
             "errors": self.errors.load(Relaxed),
             "reconnects": self.reconnects.load(Relaxed),
             "bootstraps": self.bootstraps.load(Relaxed),
@@ -1046,6 +1122,13 @@ fn write_batch<'m>(
     }
     let t = unix_us() / 1000;
     let fleet = &state.config.fleet;
+    {
+        // Known as ours before the reader can meet them in the log.
+        let mut own = lock(&state.own);
+        for m in msgs.clone() {
+            own.add(m.at_us);
+        }
+    }
     for m in msgs {
         let text = m.to_text();
         let key = state.config.key.as_ref();
@@ -1185,11 +1268,15 @@ pub fn subscribe_loop(state: &ShareState, client: &redis::Client, apply: &Apply<
                     && let Some((t, entries)) = catching_up.take()
                 {
                     let secs = t.elapsed().as_secs_f64();
-                    info!(
-                        entries,
-                        seconds = (secs * 1000.0).round() / 1000.0,
-                        "share: caught up with the fleet's log"
-                    );
+                    // Logged only when the node was really behind (a start, an outage), not
+                    // for the few entries a busy fleet is always behind by.
+                    if entries >= 100 || secs >= 1.0 {
+                        info!(
+                            entries,
+                            seconds = (secs * 1000.0).round() / 1000.0,
+                            "share: caught up with the fleet's log"
+                        );
+                    }
                     *lock(&state.last_sync) =
                         json!({"kind": "catch-up", "entries": entries, "seconds": secs});
                 }
@@ -1424,6 +1511,19 @@ fn receive(
     };
     if msg.node == state.config.node {
         state.skipped.fetch_add(1, Relaxed);
+        // Made since this process started, and not by it: another node has this id.
+        if msg.at_us >= state.started_us && !lock(&state.own).set.contains(&msg.at_us) {
+            let n = state.duplicate_node.fetch_add(1, Relaxed) + 1;
+            if n == 1 || n.is_multiple_of(1000) {
+                let what = format!(
+                    "another node publishes under this node's id {:?} (entry {id}; {n} so far): its bans are ignored here as our own; give each node its own id (--share-node, or remove {NODE_FILE} from one state directory)",
+                    state.config.node
+                );
+                error!("share: {what}");
+                state.errors.fetch_add(1, Relaxed);
+                *lock(&state.last_error) = what;
+            }
+        }
         return;
     }
     if let Err(what) = wire::check_names(&msg.node, rule_of(&msg.op)) {
@@ -1631,6 +1731,7 @@ mod tests {
             ShareConfig {
                 url: "redis://127.0.0.1:1".into(),
                 key: None,
+                node_given: true,
                 ca_file: None,
                 fleet: "t".into(),
                 node: "mx1".into(),
@@ -1756,5 +1857,33 @@ mod tests {
         );
         assert!(shown("a\nb\u{1b}[2J").contains("\\n") && !shown("a\nb").contains('\n'));
         assert!(shown(&"x".repeat(500)).chars().count() <= 201);
+    }
+
+    /// A node id is made once from the host name and kept; a damaged file is an error, never a
+    /// silent new id.
+    #[test]
+    fn a_node_id_is_made_once_and_kept() {
+        let dir = std::env::temp_dir().join(format!("sb-node-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = node_id(Some(&dir), "mx1").unwrap();
+        assert!(
+            a.starts_with("mx1-") && a.len() == 12 && wire::is_token(&a),
+            "{a}"
+        );
+        assert_eq!(node_id(Some(&dir), "other").unwrap(), a);
+        let other = std::env::temp_dir().join(format!("sb-node2-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&other);
+        std::fs::create_dir_all(&other).unwrap();
+        assert_ne!(
+            node_id(Some(&other), "mx1").unwrap(),
+            a,
+            "one host name, two ids"
+        );
+        std::fs::write(dir.join(NODE_FILE), "bad\nid").unwrap();
+        assert!(node_id(Some(&dir), "mx1").unwrap_err().contains(NODE_FILE));
+        assert!(node_id(None, &"h".repeat(80)).unwrap().len() <= 64);
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&other);
     }
 }
