@@ -5,19 +5,21 @@
 # namespace holds 198.18.0.2 and 198.19.1.0-9. An allowlisted source sends the spam string and is
 # never banned (nor reset); `add` refuses allowlisted addresses (the configured ones, the host's
 # own, loopback); a list bans at the second conviction, and a repeat offender's TTL triples, across
-# restarts; a reload that adds to the allowlist file takes effect, and a refused one says so.
+# restarts; a reload that adds to the allowlist file takes effect, and a refused one says so. Last,
+# offload with prefix_v4 = 24 and prefix_v6 = 64: a ban of a neighbour puts the /24 (the ::/64 on
+# loopback) in the kernel's set, and the allowlisted host inside it still connects.
 set -uo pipefail
 BIN=$(realpath "$1")
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
-need ip iptables python3
+need ip iptables ipset python3
 
 S=sbAS$$; C=sbAC$$; T=$(mktemp -d); PIDS=(); DPID=
 cleanup() {
     for p in $DPID "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
     sleep 0.3
     for p in $DPID "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
-    ip netns del "$S" 2>/dev/null; ip netns del "$C" 2>/dev/null
+    ip netns del "$S" 2>/dev/null; ip netns del "$C" 2>/dev/null; ip netns del "sbAL$$" 2>/dev/null
     rm -rf "$T"
 }
 trap cleanup EXIT
@@ -144,6 +146,50 @@ sleep 13   # the sweep that logs ended bans runs every 10 s
 check "... and per ended ban" grep -q "unban 198.19.1.8 list=spam rule=by-hand (ended after" "$T/daemon.log"
 grep -E " (un)?ban " "$T/daemon.log" | tail -4
 stop_daemon
+
+echo "== offload with prefixes: the kernel drops a banned /24, never an allowlisted host in it"
+cat > "$T/sb24.toml" <<TOML
+[allow]
+cidrs = ["198.19.1.5/32"]
+
+[[list]]
+name = "spam"
+ttl = "1h"
+prefix_v4 = 24
+prefix_v6 = 64
+
+[[rule]]
+string = "@example.com"
+list = "spam"
+TOML
+rm -f "$T/pid"
+ip netns exec "$S" "$BIN" run --config "$T/sb24.toml" --install-rules --offload --pidfile "$T/pid" --state-dir "$T/state24" \
+    --control-socket "$T/ctl.sock" 2>> "$T/daemon24.log" & DPID=$!
+for _ in $(seq 100); do [ -S "$T/ctl.sock" ] && [ -s "$T/pid" ] && break; sleep 0.05; done
+ctl add 198.19.1.6 > /dev/null
+inset() { for _ in $(seq 40); do ip netns exec "$1" ipset test "$2" "$3" 2> /dev/null && return 0; sleep 0.05; done; return 1; }
+check "a ban of 198.19.1.6 puts its /24 in the kernel's set" inset "$S" stringban-v4 198.19.1.7
+check "... the allowlisted 198.19.1.5 in it is in the allow set" bash -c "ip netns exec '$S' ipset test stringban-v4-allow 198.19.1.5 2> /dev/null"
+check "... and still gets its mail through" test "$(client 198.19.1.5 198.18.0.1 "$LEGIT")" = ok
+check "... while 198.19.1.7 of the same /24 is dropped" test "$(client 198.19.1.7 198.18.0.1 "$LEGIT" 1.5)" = timeout
+stop_daemon
+L=sbAL$$
+ip netns add "$L" && ip -n "$L" link set lo up
+sleep 1   # ::1 leaves the tentative state
+ip netns exec "$L" python3 "$HERE/smtp_server.py" ::1 25 "$T/server6.log" & PIDS+=($!)
+rm -f "$T/pid"
+ip netns exec "$L" "$BIN" run --config "$T/sb24.toml" --install-rules --offload --pidfile "$T/pid" --state-dir "$T/state6" \
+    --control-socket "$T/ctl6.sock" 2>> "$T/daemon6.log" & DPID=$!
+for _ in $(seq 100); do [ -S "$T/ctl6.sock" ] && [ -s "$T/pid" ] && break; sleep 0.05; done
+ip netns exec "$L" "$BIN" add ::2 --control-socket "$T/ctl6.sock" > /dev/null
+check "IPv6: a ban of ::2 puts ::/64 in the kernel's set" inset "$L" stringban-v6 ::3
+check "... ::1 (loopback, allowlisted by default) is in the allow set" bash -c "ip netns exec '$L' ipset test stringban-v6-allow ::1 2> /dev/null"
+check "... and ::1 still connects to ::1:25" ip netns exec "$L" python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_INET6); s.settimeout(3)
+s.connect(("::1", 25)); sys.exit(0 if s.recv(64).startswith(b"220") else 1)'
+stop_daemon
+ip netns del "$L"
 
 echo "allow: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
