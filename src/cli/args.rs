@@ -169,6 +169,10 @@ pub(crate) struct FlushArgs {
     /// The daemon's answer as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+    /// In a fleet: empty the list on every node (without it, peers drop only the bans they
+    /// got from the fleet and keep their own).
+    #[arg(long)]
+    pub(crate) fleet: bool,
     #[command(flatten)]
     pub(crate) pick: ListPick,
 }
@@ -180,6 +184,10 @@ pub(crate) struct DelArgs {
     /// The daemon's answer as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+    /// In a fleet: lift the address's ban on every node, theirs too (without it, peers drop
+    /// only the copies they got from the fleet and keep their own).
+    #[arg(long)]
+    pub(crate) fleet: bool,
     #[command(flatten)]
     pub(crate) pick: ListPick,
 }

@@ -435,11 +435,12 @@ pub(crate) fn run_del(a: DelArgs) -> anyhow::Result<()> {
             &Command::Del {
                 addr: a.addr,
                 list: a.pick.list,
+                fleet: a.fleet,
             },
         );
     }
     let n = client(&a.pick.ctl)
-        .del(a.addr, a.pick.list)
+        .del(a.addr, a.pick.list, a.fleet)
         .map_err(ctl_error)?;
     println!("removed {n}");
     Ok(())
@@ -448,11 +449,17 @@ pub(crate) fn run_del(a: DelArgs) -> anyhow::Result<()> {
 pub(crate) fn run_flush(a: FlushArgs) -> anyhow::Result<()> {
     let p = a.pick;
     if a.json {
-        return print_answer(&p.ctl, &Command::Flush { list: p.list });
+        return print_answer(
+            &p.ctl,
+            &Command::Flush {
+                list: p.list,
+                fleet: a.fleet,
+            },
+        );
     }
     println!(
         "removed {}",
-        client(&p.ctl).flush(p.list).map_err(ctl_error)?
+        client(&p.ctl).flush(p.list, a.fleet).map_err(ctl_error)?
     );
     Ok(())
 }

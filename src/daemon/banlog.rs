@@ -103,6 +103,7 @@ pub(super) fn change_line(
             name(*id),
             match by {
                 crate::blacklist::By::Local => "removed: del, or now allowlisted",
+                crate::blacklist::By::Fleet => "removed fleet-wide: del --fleet",
                 crate::blacklist::By::Peer => "removed by a peer of the fleet",
             }
         )),
@@ -111,6 +112,7 @@ pub(super) fn change_line(
             name(*id),
             match by {
                 crate::blacklist::By::Local => "flushed by hand",
+                crate::blacklist::By::Fleet => "flushed fleet-wide: flush --fleet",
                 crate::blacklist::By::Peer => "flushed by a peer of the fleet",
             }
         )),

@@ -29,9 +29,14 @@ pub enum Command {
     Del {
         addr: String,
         list: Option<String>,
+        /// Lift the peers' own bans of the address too (`del --fleet`).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        fleet: bool,
     },
     Flush {
         list: Option<String>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        fleet: bool,
     },
     Stats,
     Status,
@@ -186,12 +191,12 @@ impl Client {
             .map_err(|e| ClientError::Answer(format!("{last}: {e}")))
     }
 
-    pub fn del(&self, addr: String, list: Option<String>) -> Result<u64, ClientError> {
-        self.number(&Command::Del { addr, list }, "removed")
+    pub fn del(&self, addr: String, list: Option<String>, fleet: bool) -> Result<u64, ClientError> {
+        self.number(&Command::Del { addr, list, fleet }, "removed")
     }
 
-    pub fn flush(&self, list: Option<String>) -> Result<u64, ClientError> {
-        self.number(&Command::Flush { list }, "removed")
+    pub fn flush(&self, list: Option<String>, fleet: bool) -> Result<u64, ClientError> {
+        self.number(&Command::Flush { list, fleet }, "removed")
     }
 
     /// Every counter (the `stats` object).

@@ -439,10 +439,15 @@ pub fn handle(
                 out(err("del needs \"addr\""));
                 return Effect::None;
             };
+            let by = if req.get("fleet") == Some(&Value::Bool(true)) {
+                crate::blacklist::By::Fleet
+            } else {
+                crate::blacklist::By::Local
+            };
             let mut removed = 0;
             for l in &targets {
                 match parse_addr(text, l) {
-                    Ok(ip) => removed += usize::from(l.remove(ip)),
+                    Ok(ip) => removed += usize::from(l.remove_by(ip, by)),
                     Err(e) => {
                         out(err(e));
                         return Effect::None;
@@ -452,7 +457,12 @@ pub fn handle(
             out(json!({"ok": true, "removed": removed}).to_string());
         }
         "flush" => {
-            let removed: usize = targets.iter().map(|l| l.clear()).sum();
+            let by = if req.get("fleet") == Some(&Value::Bool(true)) {
+                crate::blacklist::By::Fleet
+            } else {
+                crate::blacklist::By::Local
+            };
+            let removed: usize = targets.iter().map(|l| l.clear_by(by)).sum();
             out(json!({"ok": true, "removed": removed}).to_string());
         }
         "stats" => out(json!({"ok": true, "stats": (host.stats)()}).to_string()),

@@ -53,7 +53,12 @@ pub fn peer_index(rule: RuleId) -> Option<u16> {
 /// Who asked for a removal: this host (a rule, `del`, `flush`), or a peer of the fleet.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 pub enum By {
+    /// This host, for itself: peers lift only what the fleet shared with them (their copies).
     Local,
+    /// This host, for the whole fleet (`del --fleet`, `flush --fleet`): peers lift their own
+    /// bans too.
+    Fleet,
+    /// A peer's change, applied here (never published again).
     Peer,
 }
 
@@ -356,7 +361,7 @@ impl Change {
     pub fn is_local(&self) -> bool {
         match self {
             Change::Ban(_, _, b) => *b != Banned::Shared,
-            Change::Remove(_, _, by) | Change::Flush(_, by) => *by == By::Local,
+            Change::Remove(_, _, by) | Change::Flush(_, by) => *by != By::Peer,
         }
     }
 
@@ -878,6 +883,50 @@ impl List {
         self.stats.removed.fetch_add(n as u64, Relaxed);
         self.record(|id| Change::Flush(id, by));
         n
+    }
+
+    /// A peer's lift that is not fleet-wide: removes `addr`'s entry only if it came from the
+    /// fleet (a peer's ban), never one of this host's own. Recorded as a peer's removal.
+    pub fn remove_shared(&self, addr: IpAddr) -> bool {
+        let key = self.key(addr);
+        let peer = |e: &Entry| peer_index(e.rule).is_some();
+        let removed = match key {
+            Key::V4 { addr, .. } => self.v4.remove_if(&addr, |_, e| peer(e)).is_some(),
+            Key::V6 { addr, .. } => self.v6.remove_if(&addr, |_, e| peer(e)).is_some(),
+        };
+        if removed {
+            self.len.fetch_sub(1, Relaxed);
+            self.stats.removed.fetch_add(1, Relaxed);
+            self.record(|id| Change::Remove(id, key, By::Peer));
+        }
+        removed
+    }
+
+    /// A peer's flush that is not fleet-wide: removes every entry that came from the fleet,
+    /// keeping this host's own (each removal recorded, as a peer's). Returns how many.
+    pub fn clear_shared(&self) -> usize {
+        let peer = |e: &Entry| peer_index(e.rule).is_some();
+        let mut gone: Vec<Key> = Vec::new();
+        self.v4.retain(|k, e| {
+            let drop = peer(e);
+            if drop {
+                gone.push(self.key_of(*k));
+            }
+            !drop
+        });
+        self.v6.retain(|k, e| {
+            let drop = peer(e);
+            if drop {
+                gone.push(self.key_of(*k));
+            }
+            !drop
+        });
+        self.len.fetch_sub(gone.len(), Relaxed);
+        self.stats.removed.fetch_add(gone.len() as u64, Relaxed);
+        for key in &gone {
+            self.record(|id| Change::Remove(id, *key, By::Peer));
+        }
+        gone.len()
     }
 
     /// Applies a ban a peer of the fleet made: `key` banned until `until` (absolute time; the
@@ -1685,5 +1734,27 @@ mod tests {
             ..ListConfig::new("p")
         });
         assert_eq!(p.peer_max_ttl(), Duration::from_secs(60));
+    }
+
+    /// A peer's lift or flush that is not fleet-wide takes only what the fleet shared here:
+    /// this host's own convictions and bans by hand stay.
+    #[test]
+    fn a_peers_lift_and_flush_take_only_what_the_fleet_shared() {
+        let l = list(3600, false, 100);
+        let t = Instant::from_secs(1000);
+        let (own, shared, other) = (ip("198.18.0.1"), ip("198.18.0.2"), ip("198.18.0.3"));
+        l.ban(own, t, 0);
+        for a in [shared, other] {
+            assert!(l.apply_shared(l.key(a), Instant::from_secs(5000), t, PEER_RULE));
+        }
+        assert!(!l.remove_shared(own), "this host's own ban stays");
+        assert!(l.remove_shared(shared));
+        assert!(l.check(own, t) && !l.check(shared, t));
+        assert_eq!(l.clear_shared(), 1);
+        assert!(l.check(own, t) && !l.check(other, t));
+        assert_eq!(l.len(), 1);
+        // Fleet-wide: everything goes.
+        assert!(l.remove_by(own, By::Peer));
+        assert!(l.is_empty());
     }
 }

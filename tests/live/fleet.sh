@@ -38,10 +38,16 @@ done
 check "A lists its own ban as node A, rule \"@example.com\"" test "$(field A 198.19.1.1 node) $(field A 198.19.1.1 rule_name)" = "A @example.com"
 inset() { ip netns exec "$(ns B)" ipset list stringban-v4 2>/dev/null | grep -c "^$1 timeout"; }
 check "B's offload set holds the peer's ban" until_eq 3 1 inset 198.19.1.1
-check "del on B" test "$(ctl B del 198.19.1.1 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["removed"])')" = 1
-for h in A C; do check "... lifted on $h within 2 s" until_eq 2 "" field "$h" 198.19.1.1 key; done
+check "del --fleet on B" test "$(ctl B del 198.19.1.1 --fleet --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["removed"])')" = 1
+for h in A C; do check "... lifted on $h within 2 s (A's own ban too)" until_eq 2 "" field "$h" 198.19.1.1 key; done
 check "... and out of B's offload set" until_eq 3 0 inset 198.19.1.1
 check "198.19.1.1's mail to A flows again" test "$(client 198.19.1.1 "${ADDR[A]}" "$LEGIT")" = ok
+ctl A add 198.19.1.9 > /dev/null
+check "a ban by hand on A reaches C" until_eq 3 A field C 198.19.1.9 node
+ctl B del 198.19.1.9 > /dev/null
+check "a plain del on B lifts the fleet's copy on C" until_eq 3 "" field C 198.19.1.9 key
+check "... but a peer's lift never takes A's own ban" bash -c "sleep 1; [ \"\$(ip netns exec $(ns A) '$BIN' list --json --control-socket '$T/A/ctl.sock' | grep -c '\"198.19.1.9\"')\" = 1 ]"
+ctl A del 198.19.1.9 --fleet > /dev/null
 ctl C add 198.19.1.2 --ttl 4s > /dev/null
 exp=$(field C 198.19.1.2 expires_at)
 for h in A B; do check "a 4 s ban by hand on C ends at the same second on $h ($exp)" until_eq 2 "$exp" field "$h" 198.19.1.2 expires_at; done
@@ -108,8 +114,8 @@ check "list shows the rule and node of each ban" bash -c "grep -q '^SOURCE .*RUL
 ip netns exec "$(ns D)" python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:9325/metrics").read().decode())' > "$T/metrics.txt"
 check "metrics show the share state" bash -c "grep -q '^stringban_share_connected 1' '$T/metrics.txt' && grep -q '^stringban_share_lag_entries 0' '$T/metrics.txt' && grep -q '^stringban_share_applied_total' '$T/metrics.txt'"
 
-echo "== flush on A empties the list everywhere"
-ctl A flush > /dev/null
+echo "== flush --fleet on A empties the list everywhere"
+ctl A flush --fleet > /dev/null
 for h in B C D; do check "$h empty" until_eq 5 0 count "$h"; done
 
 echo "== a peer gets a peer's share (an unsigned fleet: entries written straight into Redis)"
@@ -125,7 +131,7 @@ bad=$(ctl B stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["sha
 check "a node name with a newline, a rule name with an escape, a 64 KiB rule name: refused ($bad bad_name)" test "$bad" -ge 3
 for a in 41 42 43; do check "... 198.19.1.$a is not banned on B" test -z "$(field B 198.19.1.$a key)"; done
 check "... and no log line was forged" bash -c "! grep -q '^2099-01-01T00:00:00Z' '$T/B/daemon.log'"
-ctl A flush > /dev/null
+ctl A flush --fleet > /dev/null
 for h in A B C D; do stop_host "$h"; done
 
 echo "== a signed fleet: what Redis alone writes is refused, a key rotation loses nothing"
@@ -165,8 +171,8 @@ for i in range(len(v) - 3):
 ')
 m=$(sed -n 1p <<< "$entry"); sig=$(sed -n 2p <<< "$entry")
 check "A's entry in Redis carries its signature" test -n "$sig"
-ctl B del 198.19.1.20 > /dev/null
-check "del on B lifts it on A" until_eq 3 "" field A 198.19.1.20 key
+ctl B del 198.19.1.20 --fleet > /dev/null
+check "del --fleet on B lifts it on A" until_eq 3 "" field A 198.19.1.20 key
 before=$(refused A stale)
 rcli XADD "$LOG" '*' m "$m" s "$sig" > /dev/null
 sleep 1

@@ -990,8 +990,13 @@ fn local_msg(
             return Some(ban_msg(state, list, &ban, names, at_us));
         }
         Change::Ban(..) => return None,
-        Change::Remove(_, key, _) => Op::Unban { key },
-        Change::Flush(..) => Op::Flush,
+        Change::Remove(_, key, by) => Op::Unban {
+            key,
+            fleet: by == By::Fleet,
+        },
+        Change::Flush(_, by) => Op::Flush {
+            fleet: by == By::Fleet,
+        },
     };
     Some(Msg {
         node: state.config.node.clone(),
@@ -1041,8 +1046,8 @@ fn compact(pending: &mut VecDeque<Pending>, state: &ShareState) {
             continue;
         }
         let key = match &p.msg.op {
-            Op::Ban { key, .. } | Op::Unban { key } => Some(*key),
-            Op::Flush => {
+            Op::Ban { key, .. } | Op::Unban { key, .. } => Some(*key),
+            Op::Flush { .. } => {
                 flushed.insert(p.msg.list.clone());
                 None
             }
@@ -1088,10 +1093,10 @@ for i = 3 + n, #ARGV, 3 do
   if op == 'b' then
     redis.call('ZADD', k[1], 'GT', exp, key)
     redis.call('HSET', k[2], key, v)
-  elseif op == 'u' then
+  elseif op == 'u' or op == 'U' then
     redis.call('ZREM', k[1], key)
     redis.call('HDEL', k[2], key)
-  elseif op == 'f' then
+  elseif op == 'f' or op == 'F' then
     redis.call('DEL', k[1], k[2])
   end
 end
@@ -1547,8 +1552,18 @@ fn receive(
             }
             done
         }
-        Op::Unban { key } => list.key(key.addr()) == *key && list.remove_by(key.addr(), By::Peer),
-        Op::Flush => list.clear_by(By::Peer) > 0,
+        // A peer's lift or flush takes only what the fleet shared here, unless its maker asked
+        // for the whole fleet (`--fleet`).
+        Op::Unban { key, fleet } => {
+            list.key(key.addr()) == *key
+                && if *fleet {
+                    list.remove_by(key.addr(), By::Peer)
+                } else {
+                    list.remove_shared(key.addr())
+                }
+        }
+        Op::Flush { fleet: true } => list.clear_by(By::Peer) > 0,
+        Op::Flush { fleet: false } => list.clear_shared() > 0,
     };
     if changed {
         state.applied.fetch_add(1, Relaxed);
@@ -1769,10 +1784,16 @@ mod tests {
         q.push_back(msg("bots", ban(1, 5)));
         q.push_back(msg("spam", ban(1, 5)));
         q.push_back(msg("spam", ban(2, 5)));
-        q.push_back(msg("spam", Op::Flush));
+        q.push_back(msg("spam", Op::Flush { fleet: false }));
         q.push_back(msg("spam", ban(1, 9)));
         q.push_back(msg("spam", ban(1, 10)));
-        q.push_back(msg("spam", Op::Unban { key: k(3) }));
+        q.push_back(msg(
+            "spam",
+            Op::Unban {
+                key: k(3),
+                fleet: false,
+            },
+        ));
         q.push_back(msg("bots", ban(1, 7)));
         let s = state();
         compact(&mut q, &s);

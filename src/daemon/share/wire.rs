@@ -72,10 +72,12 @@ impl fmt::Display for StreamId {
 pub enum Op {
     /// Banned until `until` (unix seconds, the origin's clock), by `rule` (empty: by hand).
     Ban { key: Key, until: u64, rule: String },
-    /// Removed (`del`).
-    Unban { key: Key },
-    /// The list flushed.
-    Flush,
+    /// Removed (`del`): on peers, only their copies of shared bans, unless `fleet` (`del
+    /// --fleet`), which lifts their own bans of the key too.
+    Unban { key: Key, fleet: bool },
+    /// The list flushed (`flush`): on peers, every shared ban, unless `fleet` (`flush
+    /// --fleet`), which empties the list.
+    Flush { fleet: bool },
 }
 
 /// One change of the log.
@@ -91,14 +93,19 @@ pub struct Msg {
 
 impl Msg {
     /// The stream entry's one field, `m`: `OP LIST KEY EXPIRY NODE TIME RULE` — op `b` (ban),
-    /// `u` (unban) or `f` (flush), `-` for what the op has not, the rule last (it may hold
+    /// `u` (unban) or `f` (flush), `U`/`F` fleet-wide, `-` for what the op has not, the rule last (it may hold
     /// spaces; empty for a ban by hand). One field, not seven: readers parse a fifth of the
     /// values, and `XRANGE` in `redis-cli` still reads as a line.
     pub fn to_text(&self) -> String {
         let (op, key, until, rule) = match &self.op {
             Op::Ban { key, until, rule } => ("b", key_text(*key), until.to_string(), rule.as_str()),
-            Op::Unban { key } => ("u", key_text(*key), "-".into(), ""),
-            Op::Flush => ("f", "-".into(), "-".into(), ""),
+            Op::Unban { key, fleet } => (
+                if *fleet { "U" } else { "u" },
+                key_text(*key),
+                "-".into(),
+                "",
+            ),
+            Op::Flush { fleet } => (if *fleet { "F" } else { "f" }, "-".into(), "-".into(), ""),
         };
         format!(
             "{op} {} {key} {until} {} {} {rule}",
@@ -128,9 +135,12 @@ impl Msg {
                     .map_err(|_| format!("expiry {until:?}: not seconds"))?,
                 rule: rule.to_string(),
             },
-            "u" => Op::Unban { key: key()? },
-            "f" => Op::Flush,
-            other => return Err(format!("op {other:?}: expected b, u or f")),
+            "u" | "U" => Op::Unban {
+                key: key()?,
+                fleet: op == "U",
+            },
+            "f" | "F" => Op::Flush { fleet: op == "F" },
+            other => return Err(format!("op {other:?}: expected b, u, U, f or F")),
         };
         if node.is_empty() || list.is_empty() {
             return Err(format!("{text:?}: empty node or list"));
@@ -601,8 +611,10 @@ mod tests {
                 until: 5,
                 rule: String::new(),
             },
-            Op::Unban { key },
-            Op::Flush,
+            Op::Unban { key, fleet: false },
+            Op::Unban { key, fleet: true },
+            Op::Flush { fleet: false },
+            Op::Flush { fleet: true },
         ] {
             let m = Msg {
                 node: "mx1".into(),
@@ -639,7 +651,7 @@ mod tests {
         assert!(
             Msg::parse("z x - - a 1")
                 .unwrap_err()
-                .contains("expected b, u or f")
+                .contains("expected b, u, U, f or F")
         );
         assert!(
             Msg::parse("b x 198.18.0.1/32 soon a 1")
