@@ -390,7 +390,8 @@ fn rule_text(name: Option<&str>) -> String {
 /// The rule, and the node that banned when the daemon shares bans with a fleet.
 fn rule_of(name: Option<&str>, node: Option<&str>) -> String {
     match node {
-        Some(n) => format!("{}@{n}", rule_text(name)),
+        // Escaped: a node name comes from the fleet (checked there, but printed defensively).
+        Some(n) => format!("{}@{}", rule_text(name), n.escape_debug()),
         None => rule_text(name),
     }
 }

@@ -257,7 +257,12 @@ impl Origins {
         {
             for line in text.lines() {
                 let (node, rule) = line.split_once('\t').unwrap_or((line, ""));
-                o.insert(node, rule);
+                // A line written before names were checked keeps its place (the line's index
+                // is the rule id stored bans carry), under a name that prints harmlessly.
+                match wire::check_names(node, rule) {
+                    Ok(()) => o.insert(node, rule),
+                    Err(_) => o.insert("unreadable", ""),
+                };
             }
         }
         o
@@ -1906,5 +1911,21 @@ mod tests {
         assert!(node_id(None, &"h".repeat(80)).unwrap().len() <= 64);
         let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::remove_dir_all(&other);
+    }
+
+    /// An origins file from before names were checked: a bad line keeps its index (stored bans
+    /// name their origin by it) but not its text.
+    #[test]
+    fn origins_files_keep_indices_and_drop_bad_names() {
+        let dir = std::env::temp_dir().join(format!("sb-origins-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join(ORIGINS_FILE);
+        std::fs::write(&f, "mx1\t@example.com\nA\u{1b}]0;x\tr\nmx2\t@b.test\n").unwrap();
+        let o = Origins::load(Some(f));
+        assert_eq!(o.list[0], ("mx1".to_string(), "@example.com".to_string()));
+        assert_eq!(o.list[1], ("unreadable".to_string(), String::new()));
+        assert_eq!(o.list[2], ("mx2".to_string(), "@b.test".to_string()));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
