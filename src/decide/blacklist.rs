@@ -316,19 +316,16 @@ impl HashKeys {
     }
 }
 
-/// SipHash with explicit keys (std's `RandomState` hides its keys).
+/// SipHash-2-4 with explicit keys (std's `RandomState` hides its keys), taken a word at a
+/// time ([`crate::decide::sip`]): the same hash as std's `SipHasher`, which a persisted map needs.
 #[derive(Clone, Copy, Debug)]
 pub struct Keyed(HashKeys);
 
 impl BuildHasher for Keyed {
-    // SipHash-2-4, std's only keyed SipHash on stable: deprecated only in favour of crates,
-    // and frozen, which is what a persisted hash needs.
-    #[allow(deprecated)]
-    type Hasher = std::hash::SipHasher;
+    type Hasher = crate::decide::sip::Sip24;
 
-    #[allow(deprecated)]
-    fn build_hasher(&self) -> std::hash::SipHasher {
-        std::hash::SipHasher::new_with_keys(self.0.0, self.0.1)
+    fn build_hasher(&self) -> crate::decide::sip::Sip24 {
+        crate::decide::sip::Sip24::new(self.0.0, self.0.1)
     }
 }
 

@@ -14,5 +14,6 @@ pub mod flow;
 pub mod parse;
 pub mod rule;
 pub mod scan;
+pub mod sip;
 pub mod time;
 pub mod verdict;

@@ -105,7 +105,60 @@ impl fmt::Display for Error {
 }
 
 /// Parses a packet that starts at the IP header.
+#[inline]
 pub fn packet(bytes: &[u8]) -> Result<Packet<'_>, Error> {
+    match plain_v4_tcp(bytes) {
+        Some(p) => Ok(p),
+        None => sliced(bytes),
+    }
+}
+
+/// The common case, read directly: IPv4, not a fragment, `total_len` within the buffer, a
+/// whole TCP header. What etherparse would make of the same bytes, exactly (tested below:
+/// `the_fast_path_agrees_with_etherparse`); anything else is left to it (`None`).
+#[inline]
+fn plain_v4_tcp(bytes: &[u8]) -> Option<Packet<'_>> {
+    let head = bytes.get(..20)?;
+    let ihl = usize::from(head[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([head[2], head[3]]));
+    // Version 4, TCP, no MF flag and offset 0 (DF may be set).
+    if head[0] >> 4 != 4 || head[9] != proto::TCP || head[6] & 0x3f != 0 || head[7] != 0 {
+        return None;
+    }
+    if ihl < 20 || total > bytes.len() || ihl + 20 > total {
+        return None;
+    }
+    let tcp = &bytes[ihl..total];
+    let doff = usize::from(tcp[12] >> 4) * 4;
+    if doff < 20 || doff > tcp.len() {
+        return None;
+    }
+    let tcp: &[u8; 20] = tcp.first_chunk()?;
+    let addrs: &[u8; 20] = head.try_into().ok()?;
+    Some(Packet {
+        bytes,
+        src: IpAddr::from(word(addrs, 12)),
+        dst: IpAddr::from(word(addrs, 16)),
+        proto: proto::TCP,
+        transport: Transport::Tcp(Tcp {
+            sport: u16::from_be_bytes([tcp[0], tcp[1]]),
+            dport: u16::from_be_bytes([tcp[2], tcp[3]]),
+            seq: u32::from_be_bytes(word(tcp, 4)),
+            ack: u32::from_be_bytes(word(tcp, 8)),
+            flags: tcp[13],
+        }),
+        payload: ihl + doff..total,
+    })
+}
+
+/// Four bytes of a 20-byte header at `at` (≤ 16).
+#[inline(always)]
+fn word(h: &[u8; 20], at: usize) -> [u8; 4] {
+    [h[at], h[at + 1], h[at + 2], h[at + 3]]
+}
+
+/// Any packet, through etherparse's lax slicing.
+fn sliced(bytes: &[u8]) -> Result<Packet<'_>, Error> {
     let (ip, _ext_err) = LaxIpSlice::from_slice(bytes).map_err(|e| match e {
         LaxHeaderSliceError::Len(_) => Error::Truncated,
         LaxHeaderSliceError::Content(HeaderError::UnsupportedIpVersion { .. }) => Error::BadVersion,
@@ -279,6 +332,40 @@ mod tests {
         let p = packet(&frag).unwrap();
         assert_eq!(p.transport, Transport::Fragment);
         assert_eq!(p.ports(), None);
+    }
+
+    proptest::proptest! {
+        /// Whatever the header fields (version, lengths, flags, offsets, protocol) and
+        /// however the buffer is cut, the direct IPv4 path parses as etherparse does.
+        #[test]
+        fn the_fast_path_agrees_with_etherparse(
+            v: u8, ihl in 0u8..16, total in proptest::prop_oneof![0u16..120, proptest::prelude::any::<u16>()],
+            frag: u16, proto in proptest::prop_oneof![proptest::strategy::Just(6u8), proptest::prelude::any::<u8>()],
+            doff in 0u8..16, body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120),
+            four in proptest::prelude::any::<bool>(), cut in 0usize..200,
+        ) {
+            let mut b = V4_DATA.to_vec();
+            b.extend_from_slice(&body);
+            b[0] = if four { 0x40 | ihl } else { v };
+            b[2..4].copy_from_slice(&total.to_be_bytes());
+            b[6..8].copy_from_slice(&frag.to_be_bytes());
+            b[9] = proto;
+            let at = usize::from(ihl.max(5)) * 4 + 12;
+            if at < b.len() {
+                b[at] = (b[at] & 0x0f) | doff << 4;
+            }
+            b.truncate(cut.max(1));
+            if let Some(fast) = plain_v4_tcp(&b) {
+                proptest::prop_assert_eq!(Ok(fast), sliced(&b));
+            }
+            proptest::prop_assert_eq!(packet(&b), sliced(&b));
+        }
+    }
+
+    #[test]
+    fn the_fast_path_takes_the_common_case() {
+        assert!(plain_v4_tcp(&V4_DATA).is_some());
+        assert!(plain_v4_tcp(&V6_HOPOPT_SYN).is_none());
     }
 
     #[test]

@@ -521,7 +521,7 @@ impl Cursor {
             return Err("not a stringban share cursor (version 1)".into());
         }
         let mut c = Cursor::default();
-        let mut seen = 0;
+        let mut seen = 0u8;
         if text.contains('\r') {
             return Err("a carriage return: not a file this daemon wrote".into());
         }
@@ -530,18 +530,36 @@ impl Cursor {
                 .split_once(' ')
                 .ok_or_else(|| format!("line {line:?}: expected KEY VALUE"))?;
             let bad = || format!("{k} = {v:?}: bad value");
-            match k {
+            let bit = match k {
                 "fleet" | "epoch" if !is_token(v) => return Err(bad()),
-                "fleet" => c.fleet = v.to_string(),
-                "epoch" => c.epoch = v.to_string(),
-                "id" => c.id = StreamId::parse(v).ok_or_else(bad)?,
-                "pos" => c.pos = v.parse().map_err(|_| bad())?,
-                "published" => c.published = v.parse().map_err(|_| bad())?,
+                "fleet" => {
+                    c.fleet = v.to_string();
+                    1
+                }
+                "epoch" => {
+                    c.epoch = v.to_string();
+                    2
+                }
+                "id" => {
+                    c.id = StreamId::parse(v).ok_or_else(bad)?;
+                    4
+                }
+                "pos" => {
+                    c.pos = v.parse().map_err(|_| bad())?;
+                    8
+                }
+                "published" => {
+                    c.published = v.parse().map_err(|_| bad())?;
+                    16
+                }
                 _ => return Err(format!("line {line:?}: unknown key")),
+            };
+            if seen & bit != 0 {
+                return Err(format!("line {line:?}: {k} given twice"));
             }
-            seen += 1;
+            seen |= bit;
         }
-        if seen < 5 {
+        if seen != 31 {
             return Err("truncated".into());
         }
         Ok(c)
@@ -697,6 +715,13 @@ mod tests {
         assert!(Cursor::parse(&text[..text.len() - 12]).is_err());
         assert!(Cursor::parse("garbage").is_err());
         assert!(Cursor::parse(&text.replace("pos 99", "pos x")).is_err());
+        // Five lines are not five keys: a repeated key (found by the fuzzer) is refused, not
+        // read as a cursor with an empty epoch.
+        let twice = text.replace("epoch e1", "fleet mx");
+        assert_eq!(
+            Cursor::parse(&twice),
+            Err("line \"fleet mx\": fleet given twice".into())
+        );
     }
 
     #[test]

@@ -508,6 +508,43 @@ mod tests {
         assert!(s.line_capacity() <= 256);
     }
 
+    proptest::proptest! {
+        /// Against a plain map, over keys enough to share the front caches' places (4,096
+        /// and 1,024): the table finds exactly the flows inserted and not removed since,
+        /// however slots are freed and reused.
+        #[test]
+        fn the_front_caches_never_answer_for_another_flow(
+            ops in proptest::collection::vec((0u8..3, 0u16..3000), 1..3000)
+        ) {
+            let now = Instant::from_secs(1);
+            let key = |p: u16| {
+                FlowKey::new("10.0.0.1".parse().unwrap(), p, "10.0.0.2".parse().unwrap(), 25)
+            };
+            let mut t = Flows::new(100_000, std::sync::Arc::new(FlowBudget::new(usize::MAX)));
+            let mut model = std::collections::HashMap::new();
+            for (n, (op, port)) in ops.into_iter().enumerate() {
+                let k = key(port);
+                match op {
+                    0 if !model.contains_key(&port) => {
+                        let mut f = Flow::new(now, None, true);
+                        f.packets = n as u32;
+                        proptest::prop_assert!(t.insert(k, f).is_none());
+                        model.insert(port, n as u32);
+                    }
+                    1 => {
+                        let gone = t.remove(&k).map(|f| f.packets);
+                        proptest::prop_assert_eq!(gone, model.remove(&port));
+                    }
+                    _ => {
+                        let found = t.peek(&k).map(|f| f.packets);
+                        proptest::prop_assert_eq!(found, model.get(&port).copied());
+                    }
+                }
+            }
+            proptest::prop_assert_eq!(t.len(), model.len());
+        }
+    }
+
     #[test]
     fn lru_table_evicts_the_least_recently_seen() {
         let now = Instant::from_secs(1);

@@ -22,30 +22,50 @@ pub(super) fn octets(a: IpAddr) -> [u8; 16] {
 }
 
 impl std::hash::Hash for FlowKey {
-    /// One write of 12 bytes (IPv4) or 36: the derived impl makes six calls (with length
-    /// prefixes), and the flow table hashes a key for every packet.
+    /// Whole words (the table's [`crate::decide::sip`] hasher compresses each at once): 12 bytes for
+    /// IPv4 (both addresses mapped), 36 for IPv6. The derived impl makes six calls, with
+    /// length prefixes, and the flow table hashes a key for every packet.
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        // IPv4 (both addresses mapped): 12 bytes, which SipHash takes in fewer rounds.
         const MAPPED: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+        let word = |b: &[u8]| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(b);
+            u64::from_ne_bytes(w)
+        };
+        let ports = u32::from(self.cport) | u32::from(self.sport) << 16;
         if self.client[..12] == MAPPED && self.server[..12] == MAPPED {
-            let mut b = [0u8; 12];
+            let mut b = [0u8; 8];
             b[..4].copy_from_slice(&self.client[12..]);
-            b[4..8].copy_from_slice(&self.server[12..]);
-            b[8..10].copy_from_slice(&self.cport.to_ne_bytes());
-            b[10..].copy_from_slice(&self.sport.to_ne_bytes());
-            state.write(&b);
+            b[4..].copy_from_slice(&self.server[12..]);
+            state.write_u64(u64::from_ne_bytes(b));
+            state.write_u32(ports);
             return;
         }
-        let mut b = [0u8; 36];
-        b[..16].copy_from_slice(&self.client);
-        b[16..32].copy_from_slice(&self.server);
-        b[32..34].copy_from_slice(&self.cport.to_ne_bytes());
-        b[34..].copy_from_slice(&self.sport.to_ne_bytes());
-        state.write(&b);
+        for half in [&self.client, &self.server] {
+            state.write_u64(word(&half[..8]));
+            state.write_u64(word(&half[8..]));
+        }
+        state.write_u32(ports);
     }
 }
 
 impl FlowKey {
+    /// A cheap, unkeyed mix of the key: the place of its flow in [`Flows`]' front cache.
+    /// An attacker may aim keys at one place; that costs only the keyed lookup behind it.
+    fn quick(&self) -> usize {
+        let w = |b: &[u8]| {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(b);
+            u64::from_ne_bytes(x)
+        };
+        let ports = u64::from(self.cport) << 16 | u64::from(self.sport);
+        let x = w(&self.client[8..])
+            ^ w(&self.server[8..]).rotate_left(32)
+            ^ (w(&self.client[..8]) ^ w(&self.server[..8])).rotate_left(7)
+            ^ ports << 21;
+        (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - FRONT_BITS)) as usize
+    }
+
     pub fn new(client: IpAddr, cport: u16, server: IpAddr, sport: u16) -> FlowKey {
         FlowKey {
             client: octets(client),
@@ -345,7 +365,7 @@ const PROVEN: u8 = 1;
 /// never pushes out a session whose client proved its address.
 pub struct Flows {
     index: hashbrown::HashTable<u32>,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: crate::decide::sip::SipKeys<1, 3>,
     pages: Vec<Box<[Option<Slot>]>>,
     used: usize,
     free: Vec<u32>,
@@ -361,6 +381,14 @@ pub struct Flows {
     nets: Vec<Option<Net>>,
     nets_free: Vec<u32>,
     net_index: hashbrown::HashTable<u32>,
+    /// A direct-mapped cache in front of the index, by [`FlowKey::quick`]: a slot number,
+    /// checked against the slot's key before use (a freed or reused slot is a miss), so it
+    /// needs no upkeep. Most packets are of a flow seen a few packets before.
+    front: Box<[std::cell::Cell<u32>]>,
+    /// Keys of flows removed lately, by [`FlowKey::quick`]: a flow's last packets (the
+    /// server's ACK of a FIN, a reset's echo) come after it ended, and are known absent
+    /// without the index. An insert of the key clears its entry.
+    gone: Box<[Option<FlowKey>]>,
     /// The slot whose flow was handed out last ([`Flows::settle`]).
     handed: u32,
     /// The network found last, and its entry: a flow's admission, insertion, promotion and
@@ -370,6 +398,12 @@ pub struct Flows {
     near: usize,
     near_of: usize,
 }
+
+/// The front cache's size: 4,096 slot numbers (16 KiB).
+const FRONT_BITS: u32 = 12;
+
+/// Removed keys remembered: 1,024 (40 KiB).
+const GONE: usize = 1024;
 
 /// A network this close to its share is "near" it: a segment may not fit in what is left.
 const NEAR: usize = 64 << 10;
@@ -404,7 +438,7 @@ impl Flows {
         Flows {
             budget,
             index: hashbrown::HashTable::new(),
-            hasher: std::collections::hash_map::RandomState::new(),
+            hasher: crate::decide::sip::SipKeys::random(),
             pages: Vec::new(),
             used: 0,
             free: Vec::new(),
@@ -415,6 +449,10 @@ impl Flows {
             nets: Vec::new(),
             nets_free: Vec::new(),
             net_index: hashbrown::HashTable::new(),
+            front: (0..1 << FRONT_BITS)
+                .map(|_| std::cell::Cell::new(NIL))
+                .collect(),
+            gone: vec![None; GONE].into_boxed_slice(),
             handed: NIL,
             net_cache: std::cell::Cell::new(([0; 16], NIL)),
             near: 0,
@@ -447,9 +485,27 @@ impl Flows {
             .expect("indexed slots are occupied")
     }
 
+    /// The slot of `key`: from the front cache when it still holds it, else from the keyed
+    /// index (and the cache then remembers it).
     fn find(&self, key: &FlowKey) -> Option<u32> {
+        let place = &self.front[key.quick()];
+        let i = place.get();
+        if i != NIL
+            && let Some(Some(s)) = self
+                .pages
+                .get(i as usize / PAGE)
+                .and_then(|p| p.get(i as usize % PAGE))
+            && s.key == *key
+        {
+            return Some(i);
+        }
+        if self.gone[key.quick() % GONE] == Some(*key) {
+            return None;
+        }
         let h = self.hash(key);
-        self.index.find(h, |&i| self.at(i).key == *key).copied()
+        let i = self.index.find(h, |&i| self.at(i).key == *key).copied()?;
+        place.set(i);
+        Some(i)
     }
 
     fn unlink(&mut self, i: u32) {
@@ -779,6 +835,10 @@ impl Flows {
     /// Adds a flow for a key not in the table; when the table is full, first evicts and
     /// returns the least recently seen (unproven first).
     pub fn insert(&mut self, key: FlowKey, mut flow: Flow) -> Option<Flow> {
+        let gone = &mut self.gone[key.quick() % GONE];
+        if *gone == Some(key) {
+            *gone = None;
+        }
         let evicted = if self.index.len() >= self.max {
             if self.tail[usize::from(UNPROVEN)] == NIL {
                 self.proven_evicted += 1;
@@ -857,6 +917,7 @@ impl Flows {
             })
             .ok()?;
         let (i, _) = entry.remove();
+        self.gone[key.quick() % GONE] = Some(*key);
         if self.handed == i {
             self.handed = NIL;
         }
