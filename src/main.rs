@@ -7,6 +7,7 @@ mod cli;
 use std::process::ExitCode;
 
 use clap::Parser;
+use stringban::daemon::printable::printable;
 
 use cli::*;
 
@@ -34,12 +35,13 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<BadInput>() {
+            // Escaped: a message may quote a file's line, a peer's or a client's text.
             Some(BadInput(msg)) => {
-                eprintln!("stringban: {msg}");
+                eprintln!("stringban: {}", printable(msg));
                 ExitCode::from(2)
             }
             None => {
-                eprintln!("stringban: {e:#}");
+                eprintln!("stringban: {}", printable(&format!("{e:#}")));
                 ExitCode::from(1)
             }
         },

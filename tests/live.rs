@@ -114,6 +114,15 @@ fn an_attacker_gets_nothing() {
     live("attack.sh");
 }
 
+/// Everything printed is escaped: a rule named with terminal escapes and a newline, a control
+/// request holding them; the log, status, list and errors show them escaped
+/// (tests/live/escape.sh).
+#[test]
+#[ignore = "needs root, iproute2, iptables and python3; run by scripts/test as root"]
+fn what_strangers_wrote_is_printed_escaped() {
+    live("escape.sh");
+}
+
 /// The control socket's trust boundary: a member of the control group may add but not lift,
 /// flush or reload; slow clients delay no administrator (tests/live/control.sh).
 #[test]

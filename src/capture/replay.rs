@@ -668,11 +668,13 @@ fn write_verdicts(out: &mut dyn Write, batch: &Batch, engine: &Engine) -> io::Re
             }
             Err(_) => ("-".into(), "-".into(), "-".into(), "-".into()),
         };
+        // A rule's name is the operator's text: escaped, and no tab to break the columns.
+        let reason = reason_text(decision.reason, engine);
         writeln!(
             out,
             "{index}\t{src}\t{sport}\t{dst}\t{dport}\t{}\t{}",
             decision.verdict.name(),
-            reason_text(decision.reason, engine)
+            crate::daemon::printable::printable(&reason).replace('\t', "\\t")
         )?;
     }
     Ok(())

@@ -213,6 +213,11 @@ pub(crate) struct QueueArgs {
     /// Drop protected traffic while no daemon is bound (default: it flows, --queue-bypass).
     #[arg(long)]
     pub(crate) fail_closed: bool,
+    /// Queue even the segments conntrack finds outside the TCP window (default: the rules
+    /// drop them, INPUT only; this keeps conntrack out of packet mode's path, which then
+    /// checks no window).
+    #[arg(long)]
+    pub(crate) no_window_check: bool,
     /// Mark that asks the rules to stop queueing a flow (saved into the connmark).
     #[arg(long, default_value = "0x10000", value_name = "MARK")]
     pub(crate) bypass_mark: String,

@@ -5,6 +5,8 @@
 use super::*;
 use stringban::daemon::client::{BanLine, Client, ClientError, Command, ResetOutcome};
 
+use stringban::daemon::printable::printable;
+
 fn client(ctl: &Ctl) -> Client {
     Client::new(&ctl.control_socket)
 }
@@ -70,7 +72,10 @@ pub(crate) fn run_status(a: StatusArgs) -> anyhow::Result<()> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
-        print!("{}", status_text(&status, unix_now()));
+        // Line by line, escaped: names in it came from files and peers.
+        for line in status_text(&status, unix_now()).lines() {
+            println!("{}", printable(line));
+        }
     }
     Ok(())
 }
@@ -162,6 +167,9 @@ pub(crate) fn status_text(s: &serde_json::Value, now: u64) -> String {
         ),
     };
     let _ = writeln!(o, "offload: {offload}; state: {state}");
+    if let Some(note) = s["window_note"].as_str() {
+        let _ = writeln!(o, "window check: {note}");
+    }
     let allow: Vec<String> = s["allowlist"]
         .as_array()
         .map(|a| {
@@ -476,7 +484,7 @@ pub(crate) fn run_stats(c: Ctl) -> anyhow::Result<()> {
 
 pub(crate) fn run_reload(c: Ctl) -> anyhow::Result<()> {
     let done = client(&c).reload().map_err(ctl_error)?;
-    println!("reloaded: {done}");
+    println!("reloaded: {}", printable(&done));
     Ok(())
 }
 
@@ -530,8 +538,8 @@ pub(crate) fn run_list(args: ListArgs) -> anyhow::Result<()> {
             _ => writeln!(
                 out,
                 "{:<40} {:<12} {:<24} {:>10} {:>9} {:>7}  {:<21} {:<21}",
-                ban.key,
-                ban.list,
+                printable(&ban.key),
+                printable(&ban.list),
                 rule_of(ban.rule_name.as_deref(), ban.node.as_deref()),
                 stringban::daemon::human_duration(ban.ttl_left),
                 ban.hits,
@@ -587,6 +595,7 @@ mod tests {
             "version": "0.1.0", "uptime_s": 7_980, "pid": 42, "queues": [0, 1],
             "rules_installed": true, "firewall": "iptables", "chain": "STRINGBAN", "fail_open": true,
             "offload": null, "state_dir": "/var/lib/stringban",
+            "window_note": "on: conntrack drops the clients' segments outside the TCP window before the queue",
             "allowlist": [{"cidr": "127.0.0.0/8", "origin": "default: loopback"}],
             "rules": [{"name": "@example.com", "mode": "smtp", "action": "reject", "list": "spam"}],
             "lists": [{"name": "spam", "bans": 23_992, "new_last_minute": 120, "new_last_hour": 23_992,
@@ -623,6 +632,7 @@ mod tests {
             "x2≤30d",
             "dropped 553,987",
             "reload failures 1",
+            "window check: on: conntrack drops",
             "198.18.59.132",
             "23h53m",
         ] {

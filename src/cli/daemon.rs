@@ -142,9 +142,11 @@ pub(crate) fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
             )));
         }
     };
+    // Every line escaped (a field may hold a stranger's text), so no colours: their escape
+    // sequences would be escaped too.
     tracing_subscriber::fmt()
-        .with_writer(io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&io::stderr()))
+        .with_writer(|| stringban::daemon::printable::Escaped(io::stderr()))
+        .with_ansi(false)
         .with_max_level(level)
         .with_target(false)
         .init();
@@ -174,6 +176,7 @@ pub(crate) fn run_daemon(args: RunArgs) -> anyhow::Result<()> {
         fail_open: !args.queue.fail_closed,
         marks: marks(&args.queue)?,
         firewall: backend(&args.queue)?,
+        window_check: !args.queue.no_window_check,
         pidfile: args.pidfile.clone(),
         summary_every: std::time::Duration::from_micros(summary_every.micros().max(1_000_000)),
         sock_destroy: !args.no_sock_destroy,
@@ -335,11 +338,15 @@ pub(crate) fn run_rules(args: RulesArgs) -> anyhow::Result<()> {
     };
     let requested = backend(&args.queue)?;
     let (hooks, protect) = hooks(&args.queue, file.as_ref())?;
+    // As the daemon installs them: the window check where only INPUT is queued (the printed
+    // rules cannot probe the kernel; the daemon leaves the rule out where it lacks conntrack).
+    let window_check = !args.queue.no_window_check && hooks == [stringban::verdict::Hook::Input];
     let mut cfg = RulesConfig {
         hooks,
         protect,
         fail_open: !args.queue.fail_closed,
         marks: marks(&args.queue)?,
+        window_check,
         bypass,
         replies,
         skip_pure_acks,

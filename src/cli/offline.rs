@@ -93,7 +93,10 @@ pub(crate) fn run_replay(args: ReplayArgs) -> anyhow::Result<()> {
     }
     for f in &report.files {
         if let Some(t) = &f.truncated {
-            eprintln!("stringban: warning: {}: {t}", f.path.display());
+            eprintln!(
+                "stringban: warning: {}",
+                stringban::daemon::printable::printable(&format!("{}: {t}", f.path.display()))
+            );
         }
     }
     Ok(())

@@ -283,10 +283,20 @@ fn store_json(s: &crate::persist::Status) -> serde_json::Value {
     })
 }
 
+/// A label value: the exposition format's three escapes, and any other control character
+/// (a peer's or a file's text may hold one; the format has no escape for it) as U+FFFD.
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c if c.is_control() => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The text exposition of `s`.
@@ -917,6 +927,12 @@ mod tests {
     use super::*;
     use crate::blacklist::ListConfig;
     use crate::time::Instant;
+
+    #[test]
+    fn label_values_hold_no_control_character() {
+        assert_eq!(escape("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
+        assert_eq!(escape("x\u{1b}[2Jy\u{7}"), "x\u{fffd}[2Jy\u{fffd}");
+    }
 
     #[test]
     fn exposition_has_every_family_with_values() {

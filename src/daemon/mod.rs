@@ -45,6 +45,7 @@ mod counters;
 mod guards;
 pub mod metrics;
 pub mod persist;
+pub mod printable;
 mod serve;
 pub mod share;
 pub mod store;
@@ -66,6 +67,10 @@ pub struct DaemonConfig {
     pub fail_open: bool,
     /// Who writes the rules; None: auto ([`firewall::choose`]).
     pub firewall: Option<firewall::Backend>,
+    /// Drop the clients' segments conntrack finds INVALID before the queue (the kernel's
+    /// window check; [`firewall::RulesConfig::window_check`]): where rules are installed for
+    /// `INPUT` alone and the kernel has the conntrack match. Off: `--no-window-check`.
+    pub window_check: bool,
     pub marks: Marks,
     pub pidfile: Option<PathBuf>,
     pub summary_every: StdDuration,
@@ -357,6 +362,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
         None => None,
     };
     let mut rules_guard = RulesGuard(None);
+    let mut window_note = "off (the daemon does not install the rules)".to_string();
     if daemon.install_rules {
         rules_cfg.backend = firewall::choose(daemon.firewall)
             .map_err(|e| DaemonError::start(format!("installing rules: {e}")))?;
@@ -365,6 +371,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
                 "--offload mirrors bans into ipsets, which the iptables backend matches; use --firewall iptables",
             ));
         }
+        (rules_cfg.window_check, window_note) = window_check(&daemon, &rules_cfg);
         let tools = firewall::install(&rules_cfg)
             .map_err(|e| DaemonError::start(format!("installing rules: {e}")))?;
         rules_guard.0 = Some(rules_cfg.clone());
@@ -411,6 +418,8 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
             "fail_open": daemon.fail_open,
             "offload": offload.as_ref().map(|o| serde_json::json!([o.v4, o.v6])),
             "offload_note": offload_note,
+            "window_check": rules_cfg.window_check,
+            "window_note": window_note,
             "state_dir": daemon.state_dir.as_ref().map(|d| d.display().to_string()),
             "control_socket": daemon.control_socket.as_ref().map(|d| d.display().to_string()),
             "metrics": daemon.metrics,
@@ -672,6 +681,35 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
         Some(f) => Err(DaemonError::failed(f)),
         None => Ok(()),
     }
+}
+
+/// Whether the rules drop what conntrack finds outside the window, and what `status` says
+/// of it. A failed probe is warned about at once: packet mode then checks no window.
+fn window_check(daemon: &DaemonConfig, rules: &RulesConfig) -> (bool, String) {
+    if !daemon.window_check {
+        return (false, "off (--no-window-check)".into());
+    }
+    if rules.hooks != [crate::verdict::Hook::Input] {
+        return (
+            false,
+            "off (a gateway may see one direction of a session only; the flow tracker checks the window)"
+                .into(),
+        );
+    }
+    if rules.backend == firewall::Backend::Iptables
+        && !firewall::tools()
+            .iter()
+            .all(|t| firewall::conntrack_works(t))
+    {
+        warn!(
+            "window check: the kernel takes no conntrack match; segments outside the TCP window reach the queue (packet mode convicts them when the session exists)"
+        );
+        return (false, "off (the kernel takes no conntrack match)".into());
+    }
+    (
+        true,
+        "on: conntrack drops the clients' segments outside the TCP window before the queue".into(),
+    )
 }
 
 /// Creates the offload sets, loads every ban and the allowlist into them; a failure removes

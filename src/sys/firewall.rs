@@ -8,6 +8,8 @@
 //! -I FORWARD -d CIDR -p tcp -m multiport --dports 25 -j STRINGBAN
 //! -I FORWARD -s CIDR -p tcp -m multiport --sports 25 -j STRINGBAN   smtp mode: their replies
 //! -A STRINGBAN -m mark --mark INJECT/MASK -j RETURN             the daemon's own crafted RSTs
+//! -A STRINGBAN -p tcp -m multiport --dports 25 -m conntrack --ctstate INVALID -j DROP
+//!                                   (INPUT only: segments outside the TCP window, the kernel's check)
 //! (the next three only when a matching mode can bypass a flow; not in packet mode)
 //! -A STRINGBAN -m connmark --mark BYPASS/MASK -j RETURN        flow already judged clean
 //! -A STRINGBAN -m mark --mark BYPASS/MASK -j CONNMARK --save-mark --nfmask MASK --ctmask MASK
@@ -81,6 +83,12 @@ pub struct RulesConfig {
     /// kernel does). Matched exactly with `-m u32`: IP and TCP header lengths add up to the
     /// packet's, for the usual TCP headers of 20 and 32 bytes (no options, timestamps).
     pub skip_pure_acks: bool,
+    /// Drop, before the queue, the clients' segments that conntrack finds INVALID (outside
+    /// the TCP window, acknowledging what the server never sent, no connection): the window
+    /// check for packet mode, which tracks no flows, and a second one for the flow modes.
+    /// Only where the host sees both directions of its sessions (`INPUT`): it puts conntrack
+    /// in the packet path.
+    pub window_check: bool,
     /// Kernel offload: the IPv4 and IPv6 ipsets whose sources are dropped before the queue.
     pub offload_sets: Option<(String, String)>,
     pub backend: Backend,
@@ -162,6 +170,7 @@ impl RulesConfig {
             bypass: false,
             replies: false,
             skip_pure_acks: false,
+            window_check: false,
             offload_sets: None,
             backend: Backend::Iptables,
             hooks: vec![Hook::Input],
@@ -268,6 +277,13 @@ pub fn rules_for(cfg: &RulesConfig, v6: bool) -> (Vec<Vec<String>>, Vec<Vec<Stri
             "{c} -m set --match-set {set} src -m set ! --match-set {allow} src -j DROP"
         )));
     }
+    if cfg.window_check {
+        for m in port_matches("d") {
+            chain.push(words(format!(
+                "{c} -p tcp{m} -m conntrack --ctstate INVALID -j DROP"
+            )));
+        }
+    }
     if cfg.skip_pure_acks {
         for doff in [5, 8] {
             // One argument with no blanks inside, so `words` keeps it whole.
@@ -356,6 +372,9 @@ pub fn nft_ruleset(cfg: &RulesConfig) -> String {
         queue
     };
     let mut guard = vec![format!("meta mark & {mask:#x} == {inject:#x} return")];
+    if cfg.window_check {
+        guard.push(format!("{ports} ct state invalid drop"));
+    }
     if cfg.skip_pure_acks {
         for doff in [5u32, 8] {
             guard.push(format!(
@@ -615,6 +634,34 @@ pub fn remove(cfg: &RulesConfig) -> Result<(), FirewallError> {
     Ok(())
 }
 
+/// Does the kernel take a conntrack match (`-m conntrack --ctstate INVALID`) from `tool`?
+/// Tried on a chain of its own, made and removed here.
+pub fn conntrack_works(tool: &str) -> bool {
+    let chain = "STRINGBAN-PROBE".to_string();
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let _ = run(tool, &args(&["-X", &chain]));
+    if !run(tool, &args(&["-N", &chain])).is_ok_and(|r| r.0) {
+        return false;
+    }
+    let ok = run(
+        tool,
+        &args(&[
+            "-A",
+            &chain,
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "INVALID",
+            "-j",
+            "DROP",
+        ]),
+    )
+    .is_ok_and(|r| r.0);
+    let _ = run(tool, &args(&["-F", &chain]));
+    let _ = run(tool, &args(&["-X", &chain]));
+    ok
+}
+
 /// Does the running kernel support the nft `queue` statement? Checked with a dry run
 /// (`nft -c`), which the kernel validates without applying. False when `nft` is absent.
 pub fn nft_queue_supported() -> bool {
@@ -692,6 +739,25 @@ iptables -w -A STRINGBAN -p tcp -m mark --mark 0x20000/0x30000 -j REJECT --rejec
 iptables -w -A STRINGBAN -j NFQUEUE --queue-num 0 --queue-bypass
 iptables -w -I INPUT -p tcp -m multiport --dports 25 -j STRINGBAN
 "
+        );
+    }
+
+    /// The window check drops the clients' INVALID segments (to the protected ports only,
+    /// never the server's own) after the daemon's injected RSTs and before anything else.
+    #[test]
+    fn the_window_check_drops_what_conntrack_finds_invalid() {
+        let mut cfg = RulesConfig::new(vec![25, 587], (0, 0));
+        cfg.window_check = true;
+        let (_, chain) = rules(&cfg);
+        assert_eq!(
+            chain[1].join(" "),
+            "STRINGBAN -p tcp -m multiport --dports 25,587 -m conntrack --ctstate INVALID -j DROP"
+        );
+        assert!(chain[0].join(" ").contains("0x30000/0x30000 -j RETURN"));
+        cfg.backend = Backend::Nft;
+        assert!(
+            nft_ruleset(&cfg)
+                .contains("\t\tmeta mark & 0x30000 == 0x30000 return\n\t\ttcp dport { 25, 587 } ct state invalid drop\n")
         );
     }
 

@@ -9,8 +9,9 @@
 #     the legitimate client's own): the listener survives, a new client gets the banner, mail
 #     flows, nobody is banned;
 #   - a blind handshake (SYN, a guessed ACK, data): nobody banned;
-#   - the string forged into a real session with a guessed sequence or acknowledgement number
-#     (flow modes): nobody banned, the session lives on;
+#   - the string forged into a real session with a guessed sequence or acknowledgement number:
+#     nobody banned, the session lives on (packet mode too: conntrack's window check; and,
+#     with --no-window-check, packet mode's documented limitation: the forged segment convicts);
 #   - the positive case: a real spam session is still reset and banned.
 # Then, smtp mode: the eviction flood (a session held in DATA, 70,000 forged half-open flows,
 # then 20,000 more forged from the session's own /24, beyond that network's share of the flow
@@ -80,11 +81,9 @@ attacks() {   # attacks NAME FLOWMODE(yes|no): the cases every mode gets
     forge blind 198.19.201.$n 198.18.0.1 25 "$RCPT"
     sleep 0.3
     check "$name: a blind handshake (guessed ACK, then the string) bans nobody" not_banned 198.19.201.$n
-    if [ "$flow" = yes ]; then
-        out=$(forge guess vC 198.19.202.$n 198.18.0.1 25 "$RCPT")
-        check "$name: the string forged into a real session (guessed ack, guessed seq) bans nobody" not_banned 198.19.202.$n
-        check "$name: ... and the real session lives on ($out)" test "$out" = alive
-    fi
+    out=$(forge guess vC 198.19.202.$n 198.18.0.1 25 "$RCPT")
+    check "$name: the string forged into a real session (guessed ack, guessed seq) bans nobody" not_banned 198.19.202.$n
+    check "$name: ... and the real session lives on ($out)" test "$out" = alive
     read -r outcome secs < <(inc python3 "$HERE/exim_session.py" 198.19.1.$((n + 20)) 198.18.0.1 "$S" 3)
     check "$name: a real spam session is still reset ($outcome, Exim child gone after ${secs} s)" test "$outcome" = reset
     check "$name: ... and its sender banned" banned 198.19.1.$((n + 20))
@@ -101,8 +100,17 @@ for mode in packet stream smtp; do
     check "$mode: the refused convictions are counted" python3 -c "import sys; d=$un; sys.exit(0 if sum(d.values()) >= 2 else 1)"
     check "$mode: ... and logged" grep -q 'did not prove' "$T/daemon-$mode.log"
     check "$mode: status shows them" bash -c "'$BIN' status --control-socket '$T/ctl.sock' | grep -q 'proof of address: '"
+    check "$mode: ... and the kernel's window check" bash -c "'$BIN' status --control-socket '$T/ctl.sock' | grep -q 'window check: on'"
     stop
 done
+
+echo "== packet mode without the kernel's window check (--no-window-check): the documented limitation"
+start nowindow --string @example.com --mode packet --no-window-check || exit 1
+check "nowindow: no conntrack rule in the chain" bash -c "! ip netns exec '$S' iptables -S STRINGBAN | grep -q ctstate"
+check "nowindow: status says so" bash -c "'$BIN' status --control-socket '$T/ctl.sock' | grep -q 'window check: off (--no-window-check)'"
+out=$(forge guess vC 198.19.202.99 198.18.0.1 25 "$RCPT")
+check "nowindow: the string forged into a real session with a bad ack convicts its client ($out): packet mode checks no window without conntrack" banned 198.19.202.99
+stop
 
 echo "== the kernel recipe through --iptables (kernel-exact: a forged source is banned, as by the kernel)"
 cat > "$T/recipe.sh" <<'EOF'

@@ -172,6 +172,7 @@ for i in range(len(v) - 3):
 ')
 m=$(sed -n 1p <<< "$entry"); sig=$(sed -n 2p <<< "$entry")
 check "A's entry in Redis carries its signature" test -n "$sig"
+oldval=$(rcli HGET 'stringban:{signed}:ban:spam' 198.19.1.20/32)
 ctl B del 198.19.1.20 --fleet > /dev/null
 check "del --fleet on B lifts it on A" until_eq 3 "" field A 198.19.1.20 key
 before=$(refused A stale)
@@ -179,12 +180,23 @@ rcli XADD "$LOG" '*' m "$m" s "$sig" > /dev/null
 sleep 1
 check "the same signed ban written into the log again is refused as a replay on A ($(refused A stale) stale)" test "$(refused A stale)" -gt "$before"
 check "... and 198.19.1.20 stays lifted on A" test -z "$(field A 198.19.1.20 key)"
+# Freshly restarted, A has read nothing yet: it learns the signatures just before its cursor.
+stop_host A; start_host A "${SIGNED[@]}" --share-key "$(key A1 "$K1")" || exit 1
+before=$(refused A stale)
+rcli XADD "$LOG" '*' m "$m" s "$sig" > /dev/null
+sleep 1
+check "... refused as a replay by A freshly restarted too ($(refused A stale) stale)" test "$(refused A stale)" -gt "$before"
+check "... 198.19.1.20 still lifted on A" test -z "$(field A 198.19.1.20 key)"
+# The lifted ban's own signed snapshot value, written back by someone without the key.
+rcli HSET 'stringban:{signed}:ban:spam' 198.19.1.20/32 "$oldval" > /dev/null
 ctl A add 198.19.1.29 > /dev/null
 rcli HSET 'stringban:{signed}:ban:spam' 198.19.1.25/32 "$far A forged" > /dev/null
 start_host D "${SIGNED[@]}" --share-key "$(key D1 "$K1")" || exit 1
 check "a new host D loads the signed snapshot (A's ban)" until_eq 5 A field D 198.19.1.29 node
 check "... but not a value written straight into the snapshot ($(refused D unsigned) refused)" test "$(refused D unsigned)" -ge 1
 check "... 198.19.1.25 is not banned on D" test -z "$(field D 198.19.1.25 key)"
+check "... nor the lifted ban whose old signed value was written back (the log has its lift; $(refused D stale) stale)" \
+    bash -c "[ -n '$oldval' ] && [ -z '$(field D 198.19.1.20 key)' ] && [ '$(refused D stale)' -ge 1 ]"
 check "status says the fleet is signed" bash -c "ip netns exec $(ns D) '$BIN' status --control-socket '$T/D/ctl.sock' | grep -q 'signed (key '"
 stop_host D
 # Rotation: A accepts K2 too; B signs with K2 and accepts K1; then A signs with K2 alone.

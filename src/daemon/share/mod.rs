@@ -415,6 +415,156 @@ impl Seen {
     }
 }
 
+/// What the log still holds of each shared key's history (signed entries only): the position
+/// of its last ban, of its last lift, and of each list's last flush. A lift or flush removes
+/// the key from the snapshot in the same script that logs it, so a snapshot value whose key
+/// was lifted after its last ban was put back by someone without the fleet's key: an old
+/// signed value planted again.
+#[derive(Debug, Default)]
+struct History {
+    ban: HashMap<(String, crate::blacklist::Key), u64>,
+    lift: HashMap<(String, crate::blacklist::Key), u64>,
+    flush: HashMap<String, u64>,
+}
+
+impl History {
+    fn note(&mut self, at: u64, msg: &Msg) {
+        match &msg.op {
+            Op::Ban { key, .. } => {
+                self.ban.insert((msg.list.clone(), *key), at);
+            }
+            Op::Unban { key, .. } => {
+                self.lift.insert((msg.list.clone(), *key), at);
+            }
+            Op::Flush { .. } => {
+                self.flush.insert(msg.list.clone(), at);
+            }
+        }
+    }
+
+    /// Was `key` of `list` lifted (or its list flushed) after it was last banned?
+    fn lifted(&self, list: &str, key: crate::blacklist::Key) -> bool {
+        let k = (list.to_string(), key);
+        let banned = self.ban.get(&k).copied();
+        let gone = self
+            .lift
+            .get(&k)
+            .copied()
+            .max(self.flush.get(list).copied());
+        match (banned, gone) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(b), Some(g)) => g > b,
+        }
+    }
+}
+
+/// Calls `f` with each entry of the log from `from` to `to` (inclusive; `-` for the first),
+/// paged.
+fn scan_log(
+    con: &mut redis::Connection,
+    state: &ShareState,
+    from: &str,
+    to: StreamId,
+    mut f: impl FnMut(StreamId, &[Value]),
+) -> redis::RedisResult<u64> {
+    let mut start = from.to_string();
+    let mut n = 0u64;
+    loop {
+        let page: Value = redis::cmd("XRANGE")
+            .arg(state.keys.log())
+            .arg(&start)
+            .arg(to.to_string())
+            .arg("COUNT")
+            .arg(10_000)
+            .query(con)?;
+        let mut last = None;
+        let mut got = 0u64;
+        // An XRANGE reply is the entries alone; as one stream of an XREAD reply, the same.
+        for_each_entry(
+            &Value::Array(vec![Value::Array(vec![Value::Nil, page])]),
+            |id, fields| {
+                got += 1;
+                last = Some(id);
+                f(id, fields);
+            },
+        );
+        n += got;
+        match last {
+            Some(id) if got == 10_000 => start = format!("({id}"),
+            _ => return Ok(n),
+        }
+    }
+}
+
+/// The value of field `name` in an entry's fields.
+fn field_of<'v>(fields: &'v [Value], name: &str) -> Option<&'v str> {
+    fields
+        .chunks_exact(2)
+        .find(|kv| text(&kv[0]) == Some(name))
+        .and_then(|kv| text(&kv[1]))
+}
+
+/// With a fleet key: remembers the signatures of the log's entries of the last
+/// 2 × [`wire::SIGNED_SKEW_MS`] up to `upto` (a cursor read from the state directory), so that
+/// one of them copied into the log again is refused as a replay by a freshly started node too.
+fn recall_seen(
+    con: &mut redis::Connection,
+    state: &ShareState,
+    upto: StreamId,
+) -> redis::RedisResult<u64> {
+    if state.config.key.is_none() {
+        return Ok(0);
+    }
+    let from = format!("{}-0", upto.ms.saturating_sub(2 * wire::SIGNED_SKEW_MS));
+    let mut seen = lock(&state.seen);
+    scan_log(con, state, &from, upto, |id, fields| {
+        if let Some(s) = field_of(fields, "s") {
+            seen.first(s, id.ms);
+        }
+    })
+}
+
+/// With a fleet key: the history of every key the log still holds, up to `upto` (the
+/// snapshot's position), from verified entries only; their signatures are remembered as
+/// [`recall_seen`] does. Without one, nothing (Redis is trusted then).
+fn log_history(
+    con: &mut redis::Connection,
+    state: &ShareState,
+    upto: StreamId,
+) -> redis::RedisResult<History> {
+    let mut h = History::default();
+    let Some(key) = state.config.key.as_ref() else {
+        return Ok(h);
+    };
+    let recent = upto.ms.saturating_sub(2 * wire::SIGNED_SKEW_MS);
+    let mut seen = lock(&state.seen);
+    // A signature read twice is a replay: only its first place in the log counts (a ban
+    // copied in after its lift must not read as a ban again).
+    let mut once: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut at = 0u64;
+    scan_log(con, state, "-", upto, |id, fields| {
+        let (Some(m), s) = (field_of(fields, "m"), field_of(fields, "s")) else {
+            return;
+        };
+        if key.verify_entry(&state.config.fleet, m, s, id.ms).is_err()
+            || s.is_some_and(|s| !once.insert(s.to_string()))
+        {
+            return;
+        }
+        if let Ok(msg) = Msg::parse(m) {
+            at += 1;
+            h.note(at, &msg);
+        }
+        if let Some(s) = s
+            && id.ms >= recent
+        {
+            seen.first(s, id.ms);
+        }
+    })?;
+    Ok(h)
+}
+
 static SEEN_HASH: std::sync::LazyLock<std::collections::hash_map::RandomState> =
     std::sync::LazyLock::new(std::collections::hash_map::RandomState::new);
 
@@ -1256,6 +1406,9 @@ pub fn subscribe_loop(state: &ShareState, client: &redis::Client, apply: &Apply<
     if let Some(c) = &cursor {
         info!(cursor = %c.id, "share: reading the fleet's log from the saved cursor");
     }
+    // A saved cursor: the signatures of the entries just before it are learnt before any
+    // entry after it is read (a replay of one of them is then refused, after a restart too).
+    let mut to_recall = cursor.as_ref().map(|c| c.id);
     // The cursor saved is the one of the previous tick: the changes applied up to it have had
     // (at least) a tick to reach the journal's fsync.
     let mut to_save: Option<Cursor> = None;
@@ -1267,6 +1420,15 @@ pub fn subscribe_loop(state: &ShareState, client: &redis::Client, apply: &Apply<
             std::thread::sleep(StdDuration::from_millis(50));
             continue;
         };
+        if let Some(upto) = to_recall {
+            match recall_seen(con, state, upto) {
+                Ok(_) => to_recall = None,
+                Err(e) => {
+                    link.failed(format!("reading the log before the cursor: {e}"));
+                    continue;
+                }
+            }
+        }
         let start = StdInstant::now();
         let step = read_step(con, state, apply, &mut cursor, &mut epoch_checked);
         match step {
@@ -1625,6 +1787,8 @@ fn bootstrap(
 ) -> redis::RedisResult<Cursor> {
     let t = StdInstant::now();
     let mut bans = 0u64;
+    // Read first: a lift logged after the snapshot is read is applied from the log anyway.
+    let history = log_history(con, state, info.last)?;
     let lists: Vec<&crate::blacklist::List> = apply
         .blacklist
         .lists()
@@ -1699,10 +1863,20 @@ fn bootstrap(
                 if until <= now_s {
                     continue;
                 }
-                let Some(k) = wire::parse_key(k) else {
+                let Some(key) = wire::parse_key(k) else {
                     state.fault(format!("snapshot key {k:?}: not ADDR/PREFIX"));
                     continue;
                 };
+                if history.lifted(l.name(), key) {
+                    state.refuse(wire::Refused::Stale, || {
+                        format!(
+                            "snapshot entry {}: lifted in the log after its last ban there (an old value written back)",
+                            shown(k)
+                        )
+                    });
+                    continue;
+                }
+                let k = key;
                 if apply_ban(state, l, node, rule, k, until, &mut batch) {
                     bans += 1;
                 }
@@ -1869,6 +2043,64 @@ mod tests {
 
     /// A signed entry read once is applied; the same entry again (a copy written into the log
     /// within the skew) is a replay; entries age out of the memory.
+    /// A key lifted (or its list flushed) after its last ban is lifted; banned again after,
+    /// it is not; a key the log never lifted is not.
+    #[test]
+    fn the_history_tells_a_value_written_back() {
+        let key = |a: &str| Key::V4 {
+            addr: u32::from(a.parse::<std::net::Ipv4Addr>().unwrap()),
+            prefix: 32,
+        };
+        let msg = |list: &str, op: Op| Msg {
+            node: "mx1".into(),
+            list: list.into(),
+            op,
+            at_us: 1,
+        };
+        let ban = |a: &str| Op::Ban {
+            key: key(a),
+            until: 9,
+            rule: String::new(),
+        };
+        let mut h = History::default();
+        h.note(1, &msg("spam", ban("198.18.0.1")));
+        h.note(2, &msg("spam", ban("198.18.0.2")));
+        h.note(
+            3,
+            &msg(
+                "spam",
+                Op::Unban {
+                    key: key("198.18.0.1"),
+                    fleet: false,
+                },
+            ),
+        );
+        h.note(
+            4,
+            &msg(
+                "spam",
+                Op::Unban {
+                    key: key("198.18.0.3"),
+                    fleet: false,
+                },
+            ),
+        );
+        assert!(h.lifted("spam", key("198.18.0.1")));
+        assert!(!h.lifted("spam", key("198.18.0.2")));
+        assert!(
+            h.lifted("spam", key("198.18.0.3")),
+            "its ban is older than the log"
+        );
+        assert!(!h.lifted("spam", key("198.18.0.4")));
+        assert!(!h.lifted("other", key("198.18.0.1")));
+        h.note(5, &msg("spam", ban("198.18.0.1")));
+        assert!(!h.lifted("spam", key("198.18.0.1")), "banned again since");
+        h.note(6, &msg("spam", Op::Flush { fleet: true }));
+        assert!(h.lifted("spam", key("198.18.0.2")));
+        h.note(7, &msg("spam", ban("198.18.0.2")));
+        assert!(!h.lifted("spam", key("198.18.0.2")));
+    }
+
     #[test]
     fn a_signed_entry_is_read_once() {
         let mut seen = Seen::default();
