@@ -416,25 +416,35 @@ impl Seen {
 }
 
 /// What the log still holds of each shared key's history (signed entries only): the position
-/// of its last ban, of its last lift, and of each list's last flush. A lift or flush removes
+/// of its last ban and of its last lift, and of each list's last flush. A lift or flush removes
 /// the key from the snapshot in the same script that logs it, so a snapshot value whose key
 /// was lifted after its last ban was put back by someone without the fleet's key: an old
-/// signed value planted again.
+/// signed value planted again. Keys are kept as 64-bit keyed fingerprints of (list, key): 24
+/// bytes or so per key of a full log (1,000,000 entries by default), not a copy of each.
 #[derive(Debug, Default)]
 struct History {
-    ban: HashMap<(String, crate::blacklist::Key), u64>,
-    lift: HashMap<(String, crate::blacklist::Key), u64>,
-    flush: HashMap<String, u64>,
+    /// Fingerprint → (last ban, last lift), 0 for none.
+    keys: HashMap<u64, (u32, u32)>,
+    flush: HashMap<String, u32>,
 }
 
+static HISTORY_HASH: std::sync::LazyLock<crate::decide::sip::SipKeys<1, 3>> =
+    std::sync::LazyLock::new(crate::decide::sip::SipKeys::random);
+
 impl History {
-    fn note(&mut self, at: u64, msg: &Msg) {
+    fn print(list: &str, key: crate::blacklist::Key) -> u64 {
+        use std::hash::BuildHasher;
+        HISTORY_HASH.hash_one((list, key))
+    }
+
+    /// Notes the `at`-th change of the log (from 1).
+    fn note(&mut self, at: u32, msg: &Msg) {
         match &msg.op {
             Op::Ban { key, .. } => {
-                self.ban.insert((msg.list.clone(), *key), at);
+                self.keys.entry(Self::print(&msg.list, *key)).or_default().0 = at
             }
             Op::Unban { key, .. } => {
-                self.lift.insert((msg.list.clone(), *key), at);
+                self.keys.entry(Self::print(&msg.list, *key)).or_default().1 = at
             }
             Op::Flush { .. } => {
                 self.flush.insert(msg.list.clone(), at);
@@ -444,18 +454,12 @@ impl History {
 
     /// Was `key` of `list` lifted (or its list flushed) after it was last banned?
     fn lifted(&self, list: &str, key: crate::blacklist::Key) -> bool {
-        let k = (list.to_string(), key);
-        let banned = self.ban.get(&k).copied();
-        let gone = self
-            .lift
-            .get(&k)
+        let (banned, lifted) = self
+            .keys
+            .get(&Self::print(list, key))
             .copied()
-            .max(self.flush.get(list).copied());
-        match (banned, gone) {
-            (_, None) => false,
-            (None, Some(_)) => true,
-            (Some(b), Some(g)) => g > b,
-        }
+            .unwrap_or_default();
+        lifted.max(self.flush.get(list).copied().unwrap_or(0)) > banned
     }
 }
 
@@ -540,20 +544,21 @@ fn log_history(
     let recent = upto.ms.saturating_sub(2 * wire::SIGNED_SKEW_MS);
     let mut seen = lock(&state.seen);
     // A signature read twice is a replay: only its first place in the log counts (a ban
-    // copied in after its lift must not read as a ban again).
-    let mut once: std::collections::HashSet<String> = std::collections::HashSet::new();
-    let mut at = 0u64;
+    // copied in after its lift must not read as a ban again). A copy is read only within the
+    // skew of its original, so a memory of the last 20 minutes' signatures is enough.
+    let mut once = Seen::default();
+    let mut at = 0u32;
     scan_log(con, state, "-", upto, |id, fields| {
         let (Some(m), s) = (field_of(fields, "m"), field_of(fields, "s")) else {
             return;
         };
         if key.verify_entry(&state.config.fleet, m, s, id.ms).is_err()
-            || s.is_some_and(|s| !once.insert(s.to_string()))
+            || s.is_some_and(|s| !once.first(s, id.ms))
         {
             return;
         }
         if let Ok(msg) = Msg::parse(m) {
-            at += 1;
+            at = at.saturating_add(1);
             h.note(at, &msg);
         }
         if let Some(s) = s
