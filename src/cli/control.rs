@@ -168,7 +168,10 @@ pub(crate) fn status_text(s: &serde_json::Value, now: u64) -> String {
     };
     let _ = writeln!(o, "offload: {offload}; state: {state}");
     if let Some(note) = s["window_note"].as_str() {
-        let _ = writeln!(o, "window check: {note}");
+        let dropped = st["window_dropped"].as_u64().map_or(String::new(), |n| {
+            format!(" ({} dropped)", stringban::replay::group(n))
+        });
+        let _ = writeln!(o, "window check: {note}{dropped}");
     }
     let allow: Vec<String> = s["allowlist"]
         .as_array()
@@ -603,7 +606,7 @@ mod tests {
             "top": [{"key": "198.18.59.132", "list": "spam", "rule_name": "@example.com", "hits": 103,
                      "expires_at": 1_000 + 86_000, "offences": 2}],
             "reload_failures": 1,
-            "stats": {"packets": 1_780_220, "verdicts": {"accept": 1, "drop": 553_987, "reset": 23_992, "bypass": 0},
+            "stats": {"window_dropped": 1_234, "packets": 1_780_220, "verdicts": {"accept": 1, "drop": 553_987, "reset": 23_992, "bypass": 0},
                       "store": {"healthy": true, "last_snapshot_age_s": 12, "errors": 0}, "kernel_queues": []},
         });
         let mut gateway = s.clone();
@@ -633,6 +636,7 @@ mod tests {
             "dropped 553,987",
             "reload failures 1",
             "window check: on: conntrack drops",
+            "before the queue (1,234 dropped)",
             "198.18.59.132",
             "23h53m",
         ] {

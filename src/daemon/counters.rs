@@ -130,6 +130,7 @@ pub(super) fn with_counters<R>(
         control_refused: shared.control_refused.load(Relaxed),
         control_denied: shared.control_denied.load(Relaxed),
         metrics_refused: shared.metrics_refused.load(Relaxed),
+        window_dropped: shared.window_dropped.as_ref().map(|n| n.load(Relaxed)),
         store: shared.store_health.status(),
     })
 }

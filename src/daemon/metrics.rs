@@ -88,6 +88,9 @@ pub struct Snapshot<'a> {
     pub control_denied: u64,
     /// Metrics connections closed unanswered (too many, a head too large or too slow).
     pub metrics_refused: u64,
+    /// Clients' segments the window check dropped before the queue (outside the TCP window:
+    /// forged into a session, or stray); None: no window check.
+    pub window_dropped: Option<u64>,
     /// The state directory's health (not shown without one).
     pub store: crate::persist::Status,
 }
@@ -244,6 +247,7 @@ impl Snapshot<'_> {
             "control_refused": self.control_refused,
             "control_denied": self.control_denied,
             "metrics_refused": self.metrics_refused,
+            "window_dropped": self.window_dropped,
             "store": store_json(&self.store),
             "lists": lists,
             "kernel_queues": queues,
@@ -734,6 +738,15 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "Metrics connections closed unanswered: too many at once, a request head over 16 KiB or not whole within 2 s.",
     );
     let _ = writeln!(o, "stringban_metrics_refused_total {}", s.metrics_refused);
+    if let Some(n) = s.window_dropped {
+        head(
+            &mut o,
+            "stringban_window_dropped_total",
+            "counter",
+            "Clients' segments the window check dropped before the queue: outside the TCP window (forged into a session, or stray), as conntrack judged.",
+        );
+        let _ = writeln!(o, "stringban_window_dropped_total {n}");
+    }
     if s.store.enabled {
         let st = &s.store;
         let rows: [(&str, &str, &str, u64); 6] = [
@@ -969,6 +982,7 @@ mod tests {
             control_refused: 3,
             control_denied: 1,
             metrics_refused: 0,
+            window_dropped: Some(3),
             wakeups: 2,
             crafted: 4,
             crafted_failed: 0,

@@ -132,6 +132,9 @@ struct Shared {
     /// Metrics connections closed without an answer: too many at once, a request head over
     /// 16 KiB or not whole within 2 s.
     metrics_refused: AtomicU64,
+    /// Segments the window check dropped before the queue (the kernel rules' counter, read
+    /// every 2 s); None: no window check.
+    window_dropped: Option<AtomicU64>,
     store_health: Health,
     /// The rate limit of the ban/unban log lines.
     banlog: Mutex<banlog::BanLog>,
@@ -401,6 +404,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
         control_refused: AtomicU64::new(0),
         control_denied: AtomicU64::new(0),
         metrics_refused: AtomicU64::new(0),
+        window_dropped: rules_cfg.window_check.then(|| AtomicU64::new(0)),
         store_health: Health::default(),
         banlog: Mutex::new(banlog::BanLog::new()),
         reloads: Mutex::new((0, Ok(String::new()))),
@@ -539,6 +543,7 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
 
     let mut last_summary = std::time::Instant::now();
     let mut last_expiry = std::time::Instant::now();
+    let mut last_window = std::time::Instant::now();
     let mut failure = None;
     while !term.load(Relaxed) {
         thread::sleep(StdDuration::from_millis(100));
@@ -610,6 +615,14 @@ pub fn run(config: Config, daemon: DaemonConfig, reload: Reload) -> Result<(), D
             r.0 += 1;
             r.1 = outcome;
             shared.reloaded.notify_all();
+        }
+        if last_window.elapsed() >= StdDuration::from_secs(2)
+            && let Some(dropped) = &shared.window_dropped
+        {
+            last_window = std::time::Instant::now();
+            if let Some(n) = firewall::window_drops(&rules_cfg) {
+                dropped.store(n, Relaxed);
+            }
         }
         if last_expiry.elapsed() >= StdDuration::from_secs(10) {
             last_expiry = std::time::Instant::now();

@@ -373,7 +373,7 @@ pub fn nft_ruleset(cfg: &RulesConfig) -> String {
     };
     let mut guard = vec![format!("meta mark & {mask:#x} == {inject:#x} return")];
     if cfg.window_check {
-        guard.push(format!("{ports} ct state invalid drop"));
+        guard.push(format!("{ports} ct state invalid counter drop"));
     }
     if cfg.skip_pure_acks {
         for doff in [5u32, 8] {
@@ -634,6 +634,59 @@ pub fn remove(cfg: &RulesConfig) -> Result<(), FirewallError> {
     Ok(())
 }
 
+/// Packets the window check's rules dropped, from `iptables -L -v -x` (or `nft list chain`)
+/// text: the first column of each rule line matching `ctstate INVALID` (nft: the `counter
+/// packets N` of the `ct state invalid` rule), summed.
+pub fn parse_window_drops(text: &str) -> u64 {
+    text.lines()
+        .map(|l| {
+            if l.contains("ctstate INVALID") {
+                l.split_whitespace().next().and_then(|n| n.parse().ok())
+            } else if l.contains("ct state invalid") {
+                l.split_whitespace()
+                    .skip_while(|w| *w != "packets")
+                    .nth(1)
+                    .and_then(|n| n.parse().ok())
+            } else {
+                None
+            }
+        })
+        .map(|n: Option<u64>| n.unwrap_or(0))
+        .sum()
+}
+
+/// What the window check has dropped so far, read from the kernel's rule counters; None when
+/// they cannot be read.
+pub fn window_drops(cfg: &RulesConfig) -> Option<u64> {
+    if cfg.backend == Backend::Nft {
+        let t = nft_table(cfg);
+        let out = Command::new("nft")
+            .args(["list", "chain", "inet", &t, "guard"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        return out
+            .status
+            .success()
+            .then(|| parse_window_drops(&String::from_utf8_lossy(&out.stdout)));
+    }
+    let mut n = 0;
+    for tool in tools() {
+        let out = Command::new(tool)
+            .args(["-w", "-L", &cfg.chain, "-v", "-x", "-n"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        n += parse_window_drops(&String::from_utf8_lossy(&out.stdout));
+    }
+    Some(n)
+}
+
 /// Does the kernel take a conntrack match (`-m conntrack --ctstate INVALID`) from `tool`?
 /// Tried on a chain of its own, made and removed here.
 pub fn conntrack_works(tool: &str) -> bool {
@@ -757,8 +810,13 @@ iptables -w -I INPUT -p tcp -m multiport --dports 25 -j STRINGBAN
         cfg.backend = Backend::Nft;
         assert!(
             nft_ruleset(&cfg)
-                .contains("\t\tmeta mark & 0x30000 == 0x30000 return\n\t\ttcp dport { 25, 587 } ct state invalid drop\n")
+                .contains("\t\tmeta mark & 0x30000 == 0x30000 return\n\t\ttcp dport { 25, 587 } ct state invalid counter drop\n")
         );
+        // What it dropped, from the rule counters the daemon reads.
+        let ipt = "Chain STRINGBAN (1 references)\n    pkts      bytes target     prot opt in     out     source               destination\n       0        0 RETURN     all  --  *      *       0.0.0.0/0            0.0.0.0/0            mark match 0x30000/0x30000\n      12      600 DROP       tcp  --  *      *       0.0.0.0/0            0.0.0.0/0            multiport dports 25 ctstate INVALID\n       7      350 DROP       tcp  --  *      *       0.0.0.0/0            0.0.0.0/0            multiport dports 465 ctstate INVALID\n";
+        assert_eq!(parse_window_drops(ipt), 19);
+        let nft = "table inet stringban {\n\tchain guard {\n\t\ttcp dport { 25 } ct state invalid counter packets 5 bytes 300 drop\n\t}\n}\n";
+        assert_eq!(parse_window_drops(nft), 5);
     }
 
     #[test]

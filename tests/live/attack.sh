@@ -101,6 +101,8 @@ for mode in packet stream smtp; do
     check "$mode: ... and logged" grep -q 'did not prove' "$T/daemon-$mode.log"
     check "$mode: status shows them" bash -c "'$BIN' status --control-socket '$T/ctl.sock' | grep -q 'proof of address: '"
     check "$mode: ... and the kernel's window check" bash -c "'$BIN' status --control-socket '$T/ctl.sock' | grep -q 'window check: on'"
+    sleep 2.2   # the rule counters are read every 2 s
+    check "$mode: what the window check dropped is counted ($(stat_of '["window_dropped"]'))" test "$(stat_of '["window_dropped"]')" -ge 2
     stop
 done
 
