@@ -656,7 +656,8 @@ pub fn parse_window_drops(text: &str) -> u64 {
 }
 
 /// What the window check has dropped so far, read from the kernel's rule counters; None when
-/// they cannot be read.
+/// they cannot be read (the xtables lock is waited for 1 s at most: the daemon's main loop
+/// reads them).
 pub fn window_drops(cfg: &RulesConfig) -> Option<u64> {
     if cfg.backend == Backend::Nft {
         let t = nft_table(cfg);
@@ -674,7 +675,7 @@ pub fn window_drops(cfg: &RulesConfig) -> Option<u64> {
     let mut n = 0;
     for tool in tools() {
         let out = Command::new(tool)
-            .args(["-w", "-L", &cfg.chain, "-v", "-x", "-n"])
+            .args(["-w", "1", "-L", &cfg.chain, "-v", "-x", "-n"])
             .stdin(Stdio::null())
             .stderr(Stdio::null())
             .output()

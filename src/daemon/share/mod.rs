@@ -1994,11 +1994,17 @@ mod tests {
         assert_eq!(s.dropped.load(Relaxed), 0);
     }
 
-    #[test]
-    fn origins_are_tagged_once_and_kept_across_restarts() {
-        let dir = std::env::temp_dir().join(format!("sb-origins-{}", std::process::id()));
+    /// An empty directory of this test's own (tests run in parallel: one name each).
+    fn fresh_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("sb-origins-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn origins_are_tagged_once_and_kept_across_restarts() {
+        let dir = fresh_dir("kept");
         let file = dir.join(ORIGINS_FILE);
         let mut o = Origins::load(Some(file.clone()));
         let a = o.tag("mx2", "spam to example.com").unwrap();
@@ -2154,9 +2160,7 @@ mod tests {
     /// name their origin by it) but not its text.
     #[test]
     fn origins_files_keep_indices_and_drop_bad_names() {
-        let dir = std::env::temp_dir().join(format!("sb-origins-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("bad-names");
         let f = dir.join(ORIGINS_FILE);
         std::fs::write(&f, "mx1\t@example.com\nA\u{1b}]0;x\tr\nmx2\t@b.test\n").unwrap();
         let o = Origins::load(Some(f));
